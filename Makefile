@@ -1,0 +1,74 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= build/demo-lab
+DEMO_TRIALS ?= 12
+
+CLIS := build/clis
+CLAUDE_CODE_VERSION := 2.1.328
+CODEX_VERSION := 0.169.0
+AIDER := build/aider
+AIDER_VERSION := 0.86.2
+
+.PHONY: demo test lint typecheck bench clean clis system-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+## demo: install, then run the example lab end to end, offline, on the CPU
+demo: $(VENV)/.installed
+	rm -rf $(DEMO_DIR)
+	$(BIN)/overnight example spirals $(DEMO_DIR)
+	# the lab's `run = "python train.py"` must find the venv's python (numpy is there)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/overnight run $(DEMO_DIR) --trials $(DEMO_TRIALS)
+	$(BIN)/overnight report $(DEMO_DIR)
+
+## system-deps: Debian packages the tests drive for real (tmux for terminal sessions)
+system-deps:
+	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux; }
+
+## clis: the real Claude Code and Codex CLIs, for end-to-end tests against our gateway
+$(CLIS)/.installed:
+	mkdir -p $(CLIS)
+	npm install --prefix $(CLIS) --no-audit --no-fund --loglevel=error \
+		@anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION) @openai/codex@$(CODEX_VERSION)
+	touch $@
+
+## ... and aider, in a virtualenv of its own (its pinned dependencies are not ours)
+$(AIDER)/.installed:
+	$(PYTHON) -m venv $(AIDER)
+	$(AIDER)/bin/pip install -q aider-chat==$(AIDER_VERSION)
+	touch $@
+
+clis: $(CLIS)/.installed $(AIDER)/.installed
+
+## test: install with dev tools, lint, type-check, and run the whole suite
+test: system-deps $(VENV)/.installed-dev $(CLIS)/.installed $(AIDER)/.installed lint typecheck
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check overnight tests benchmarks
+	$(BIN)/ruff format --check overnight tests benchmarks
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+## bench: every benchmark, each printing its figures
+bench: system-deps $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/lab_overhead.py
+	$(BIN)/python benchmarks/failover.py
+	$(BIN)/python benchmarks/agents_scale.py       # needs tmux; ~3 min
+	$(BIN)/python benchmarks/gateway_overhead.py   # installs a pinned LiteLLM into build/bench on first use
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,271 @@
+"""The process of one external CLI agent (`overnight agent WORKTREE`), run in a terminal session.
+
+It drives the agent's CLI (Claude Code, Codex, aider) turn by turn in the agent's
+worktree and records the agent's state exactly at each boundary: *working* while a
+turn runs, *idle* between turns, *waiting* while a rate limit or a failed turn
+backs off. An agent idle longer than its `idle_after` is nudged (recorded as an
+`agent.nudged` event) and goes on in the same conversation. The conversation id
+is stored, so a restarted process resumes the conversation instead of starting
+over. The gateway's address is read from the lab's state directory before every
+turn, so an agent that outlived a restart of `overnight run` follows the new one.
+
+Knows nothing about the supervisor or the web page; it is what runs in the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S
+from overnight.agents.runtimes import RUNTIMES, TurnContext, instructions, key_of, missing_cli
+from overnight.errors import UserError
+from overnight.lab import integrity
+from overnight.lab.git import Git
+from overnight.lab.lab import RUN_MARKER, Lab
+
+GATEWAY_URL_FILE = "gateway.url"
+FIRST_PROMPT = (
+    "Start now: read the editable files, choose your first experiment, make the change and "
+    'submit it with `overnight try "<what you changed>"`. Then keep going.'
+)
+RESUME_PROMPT = (
+    "overnight restarted you; your conversation is intact. Continue the research where you "
+    "left off (check `git status`: an unsubmitted change may be waiting for `overnight try`)."
+)
+MAX_BACKOFF_S = 300.0
+
+
+def gateway_url(lab: Lab) -> str:
+    path = lab.state_dir / GATEWAY_URL_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise UserError(
+            f"{path} is missing: the lab's gateway is not running.\n"
+            f"  fix: start the lab with `overnight run {lab.org.root}`."
+        ) from None
+
+
+class ExternalAgent:
+    """One agent's turns, until `stop` is set."""
+
+    def __init__(self, lab: Lab, name: str, write: Callable[[str], None]) -> None:
+        self.lab = lab
+        self.name = name
+        self.write = write
+        self.stop = threading.Event()
+        self.config = dict(lab.config.agent_names())[name]
+        self.runtime = RUNTIMES[self.config.runtime]
+        self.home = lab.state_dir / "agents" / lab.run.id / name
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._child: subprocess.Popen[str] | None = None
+        self.turns = 0
+        self.description: str | None = None
+
+    def _state(self, state: str, **detail: object) -> None:
+        self.lab.store.set_agent_state(self.lab.run.id, self.name, state, **detail)
+
+    def _context(self) -> TurnContext:
+        cfg = self.lab.config
+        assert self.config.model is not None
+        worktree = Git(Path(self.lab.agent(self.name).worktree))
+        files = tuple(
+            path
+            for path in worktree.run("ls-files", "-z").split("\0")
+            if path and integrity.matches(path, cfg.lab.editable)
+        )
+        return TurnContext(
+            agent=self.name,
+            worktree=worktree.path,
+            home=self.home,
+            gateway_url=gateway_url(self.lab),
+            key=key_of(self.lab.state_dir / "keys" / self.name),
+            model=self.config.model,
+            instructions=instructions(
+                self.lab.org.program,
+                self.name,
+                cfg.lab.editable,
+                cfg.lab.metric,
+                cfg.lab.goal,
+                submits=self.runtime.submits,
+            ),
+            files=files,
+        )
+
+    def run(self) -> None:
+        if self.runtime.executable() is None:
+            raise UserError(missing_cli(self.runtime))
+        record = self.lab.agent(self.name)
+        session = record.session
+        prompt = FIRST_PROMPT if session is None else RESUME_PROMPT
+        backoff = 5.0
+        while not self.stop.is_set():
+            if self._wait_while_paused():
+                prompt = RESUME_PROMPT
+            if self.stop.is_set():
+                break
+            ok, retry_at = self._turn(prompt, session)
+            session = self.lab.agent(self.name).session
+            if self.stop.is_set():
+                break
+            if not ok:
+                until = retry_at if retry_at is not None else time.time() + backoff
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                self._state("waiting", reason="rate limited" if retry_at else "turn failed",
+                            until=until)  # fmt: skip
+                self.write(
+                    f"[overnight] waiting until {time.strftime('%H:%M:%S', time.localtime(until))}"
+                )
+                self.stop.wait(max(0.0, until - time.time()))
+                prompt = RESUME_PROMPT
+                continue
+            backoff = 5.0
+            if self.runtime.submits:
+                result = self._submit()
+                if result is not None:  # the next turn hears how its change did
+                    prompt = f"{result}\n\nContinue with your next experiment."
+                    continue
+            self._state("idle", turn=self.turns)
+            if self.stop.wait(self.config.idle_after):
+                break
+            if self._wait_while_paused():
+                prompt = RESUME_PROMPT
+                continue
+            self.lab.store.append_event(
+                self.lab.run.id,
+                "agent.nudged",
+                {"idle_s": self.config.idle_after, "message": self.config.nudge},
+                agent=self.name,
+            )
+            self.write(f"[overnight] idle for {self.config.idle_after:g}s: nudging")
+            prompt = self.config.nudge
+
+    def _wait_while_paused(self) -> bool:
+        """Hold while the supervisor's pause file exists (a brownout); True if it did."""
+        pause = self.home / PAUSE_FILE
+        try:
+            reason = pause.read_text().strip()
+        except FileNotFoundError:
+            return False
+        self.write(f"[overnight] paused: {reason}")
+        self._state("paused", reason=reason)
+        while pause.exists() and not self.stop.wait(PROBE_EVERY_S):
+            pass
+        self.write("[overnight] resumed")
+        return True
+
+    def _turn(self, prompt: str, session: str | None) -> tuple[bool, float | None]:
+        """One run of the CLI; (whether it ended well, when a rate limit says to retry)."""
+        ctx = self._context()
+        argv, new_session = self.runtime.turn(ctx, prompt, session)
+        if new_session and new_session != session:
+            self.lab.store.set_agent_session(self.lab.run.id, self.name, new_session)
+        self.turns += 1
+        self._state("working", turn=self.turns)
+        self.write(f"[overnight] turn {self.turns}: {prompt[:100]}")
+        env = {
+            **os.environ,
+            **self.runtime.env(ctx),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "OVERNIGHT_AGENT": self.name,
+        }
+        error: str | None = None
+        retry_at: float | None = None
+        done = False
+        self.description = None
+        with subprocess.Popen(
+            argv,
+            cwd=ctx.worktree,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        ) as child:
+            self._child = child
+            try:
+                assert child.stdout is not None
+                for line in child.stdout:
+                    event = self.runtime.parse(line)
+                    for shown in event.show:
+                        self.write(shown)
+                    if event.session and event.session != session:
+                        session = event.session
+                        self.lab.store.set_agent_session(self.lab.run.id, self.name, session)
+                    if event.error:
+                        error, retry_at = event.error, event.retry_at or retry_at
+                    if event.description:
+                        self.description = event.description
+                    done = done or event.done
+            finally:
+                self._child = None
+        code = child.returncode
+        if code != 0 and error is None:
+            error = f"{self.runtime.binary} exited with code {code}"
+        if error is not None:
+            self.lab.store.append_event(
+                self.lab.run.id,
+                "agent.turn_failed",
+                {"turn": self.turns, "error": error, "retry_at": retry_at},
+                agent=self.name,
+            )
+        return error is None, retry_at
+
+    def _submit(self) -> str | None:
+        """`overnight try` the turn's change, for a CLI that cannot; None if nothing changed."""
+        worktree = Path(self.lab.agent(self.name).worktree)
+        if not Git(worktree).dirty():
+            return None
+        description = self.description or f"{self.runtime.name} turn {self.turns}"
+        self.write(f"[overnight] submitting: {description}")
+        done = subprocess.run(
+            [sys.executable, "-m", "overnight", "try", description],
+            cwd=worktree,
+            capture_output=True,
+            text=True,
+            errors="replace",
+        )
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        for line in lines:
+            self.write(line)
+        return "\n".join(lines)
+
+    def shutdown(self) -> None:
+        """Stop after the current turn's CLI is killed (from a signal handler)."""
+        self.stop.set()
+        child = self._child
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGTERM)
+
+
+def main(worktree: Path) -> None:
+    """`overnight agent WORKTREE`: run the agent until a signal stops it."""
+    lab, name = Lab.attach(worktree)
+    try:
+
+        def write(line: str) -> None:
+            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+        agent = ExternalAgent(lab, name, write)
+
+        def on_signal(_signum: int, _frame: FrameType | None) -> None:
+            agent.shutdown()
+
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        os.environ.setdefault(RUN_MARKER, lab.run.id)
+        agent.run()  # the supervisor that stopped it records the agent `paused`
+    finally:
+        lab.close()

@@ -1,0 +1,390 @@
+"""External CLI runtimes: how to run Claude Code, Codex and aider headless, one turn at a time.
+
+A *turn* is one run of the CLI in the agent's worktree: the first turn gives it
+the lab's instructions, every later turn resumes the same conversation with a
+short message (a nudge to go on, or "continue" after a restart). Each CLI is run
+in its non-interactive JSON mode, so the agent process knows exactly when a turn
+starts and ends, which tools it calls, its conversation id and its errors, with
+no screen scraping. The CLI talks to the lab's gateway with the agent's virtual key.
+
+Owns the command lines, environments and the parsing of each CLI's JSON events.
+Knows nothing about the store, trials or sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from overnight.errors import UserError
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """What a turn needs to know about its agent."""
+
+    agent: str
+    worktree: Path
+    home: Path
+    """A directory private to this agent (the CLI's config and conversation files)."""
+    gateway_url: str
+    key: str
+    model: str
+    instructions: str
+    files: tuple[str, ...] = ()
+    """The editable files in the worktree (for a CLI that must be told what to edit)."""
+
+
+@dataclass
+class TurnEvent:
+    """What one line of a CLI's JSON output says, for the terminal and the agent's state."""
+
+    show: list[str] = field(default_factory=list)
+    session: str | None = None
+    tool: str | None = None
+    done: bool = False
+    error: str | None = None
+    retry_at: float | None = None
+    """When a rate limit says to come back (epoch seconds)."""
+    description: str | None = None
+    """What the agent says it changed (for runtimes whose turns overnight submits)."""
+
+
+class CliRuntime(Protocol):
+    name: str
+    binary: str
+    install: str
+    submits: bool
+    """True when the CLI cannot run `overnight try` itself: the agent process submits
+    the worktree after each turn that changed it, and tells the next turn the result."""
+
+    def executable(self) -> str | None:
+        """The CLI's path, or None when it is not installed."""
+
+    def turn(self, ctx: TurnContext, prompt: str, session: str | None) -> tuple[list[str], str]:
+        """argv of one turn and the conversation id it will have (None session: a new one)."""
+
+    def env(self, ctx: TurnContext) -> dict[str, str]:
+        """What the CLI's environment adds to the agent's."""
+
+    def parse(self, line: str) -> TurnEvent:
+        """One line of the CLI's stdout."""
+
+
+def _which(env_var: str, binary: str) -> str | None:
+    override = os.environ.get(env_var)
+    if override:
+        return override if Path(override).exists() else None
+    return shutil.which(binary)
+
+
+def _decode(line: str) -> tuple[dict[str, Any] | None, TurnEvent]:
+    """A JSON output line's object (None if it is not one: plain text is shown as it is)."""
+    event = TurnEvent()
+    try:
+        data = json.loads(line)
+    except ValueError:
+        event.show.append(line.rstrip())
+        return None, event
+    return (data if isinstance(data, dict) else None), event
+
+
+def _short(text: str, limit: int = 160) -> str:
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
+_EPOCH_RE = re.compile(r"(?:reset\w*|retry\w*|limit reached)\D{0,40}?\b(\d{10})\b", re.I)
+_AFTER_RE = re.compile(
+    r"(?:retry[- ]after|retry in|try again in)\W{0,3}(\d+(?:\.\d+)?)\s*(ms|s|sec|seconds|m|min|minutes)?\b",
+    re.I,
+)
+_UNIT = {"ms": 0.001, "m": 60.0, "min": 60.0, "minutes": 60.0}
+
+
+def retry_at(message: str, now: float | None = None) -> float | None:
+    """When a rate-limit message says to come back (epoch seconds): an epoch reset time
+    ("usage limit reached|1767225600", "resets at 1767225600"), or a wait ("retry in 30s",
+    "Retry-After: 12"). None when it says neither."""
+    now = time.time() if now is None else now
+    match = _EPOCH_RE.search(message)
+    if match is not None:
+        return float(match.group(1))
+    match = _AFTER_RE.search(message)
+    if match is not None:
+        return now + float(match.group(1)) * _UNIT.get((match.group(2) or "s").lower(), 1.0)
+    return None
+
+
+class ClaudeCode:
+    """`claude -p` with stream-json output; `--resume` continues the conversation."""
+
+    name = "claude-code"
+    binary = "claude"
+    submits = False
+    install = (
+        "npm install -g @anthropic-ai/claude-code (or set OVERNIGHT_CLAUDE to the `claude` binary)"
+    )
+    tools = ("Bash", "Edit", "MultiEdit", "Write", "Read", "Glob", "Grep", "LS")
+
+    def executable(self) -> str | None:
+        return _which("OVERNIGHT_CLAUDE", self.binary)
+
+    def turn(self, ctx: TurnContext, prompt: str, session: str | None) -> tuple[list[str], str]:
+        exe = self.executable()
+        assert exe is not None
+        argv = [
+            exe, "-p", prompt,
+            "--output-format", "stream-json", "--verbose",
+            "--model", ctx.model,
+            "--allowedTools", ",".join(self.tools),
+            "--append-system-prompt", ctx.instructions,
+        ]  # fmt: skip
+        if session is None:
+            session = str(uuid.uuid4())
+            argv += ["--session-id", session]
+        else:
+            argv += ["--resume", session]
+        return argv, session
+
+    def env(self, ctx: TurnContext) -> dict[str, str]:
+        return {
+            "ANTHROPIC_BASE_URL": ctx.gateway_url,
+            "ANTHROPIC_API_KEY": ctx.key,
+            "CLAUDE_CONFIG_DIR": str(ctx.home / "claude"),
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+        }
+
+    def parse(self, line: str) -> TurnEvent:
+        data, event = _decode(line)
+        if data is None:
+            return event
+        kind = data.get("type")
+        if isinstance(data.get("session_id"), str):
+            event.session = data["session_id"]
+        if kind == "assistant":
+            for block in (data.get("message") or {}).get("content") or []:
+                if block.get("type") == "text" and block.get("text", "").strip():
+                    event.show.append("● " + _short(block["text"], 400))
+                elif block.get("type") == "tool_use":
+                    event.tool = str(block.get("name"))
+                    event.show.append(f"→ {event.tool}: {_short(json.dumps(block.get('input')))}")
+        elif kind == "user":
+            for block in (data.get("message") or {}).get("content") or []:
+                if isinstance(block, dict) and block.get("type") == "tool_result":
+                    content = block.get("content")
+                    if isinstance(content, list):
+                        content = " ".join(str(c.get("text", "")) for c in content)
+                    event.show.append(f"  ← {_short(str(content))}")
+        elif kind == "result":
+            event.done = True
+            text = str(data.get("result") or "")
+            if data.get("is_error") or data.get("subtype") != "success":
+                event.error = _short(text or str(data.get("subtype")), 400)
+                event.retry_at = retry_at(text)
+                event.show.append(f"✗ turn failed: {event.error}")
+            else:
+                event.show.append("✓ turn done")
+        return event
+
+
+class Codex:
+    """`codex exec --json`; `codex exec resume ID` continues the conversation."""
+
+    name = "codex"
+    binary = "codex"
+    submits = False
+    install = "npm install -g @openai/codex (or set OVERNIGHT_CODEX to the `codex` binary)"
+
+    def executable(self) -> str | None:
+        return _which("OVERNIGHT_CODEX", self.binary)
+
+    def turn(self, ctx: TurnContext, prompt: str, session: str | None) -> tuple[list[str], str]:
+        exe = self.executable()
+        assert exe is not None
+        self._write_config(ctx)
+        common = [
+            "--json", "--skip-git-repo-check",
+            # overnight's integrity guard, not Codex's sandbox, is what judges the work;
+            # the sandbox needs user namespaces many containers lack.
+            "--dangerously-bypass-approvals-and-sandbox",
+            "-m", ctx.model,
+        ]  # fmt: skip
+        if session is None:
+            return [exe, "exec", *common, prompt], ""
+        return [exe, "exec", "resume", *common, session, prompt], session
+
+    def _write_config(self, ctx: TurnContext) -> None:
+        home = ctx.home / "codex"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'model = "{ctx.model}"\n'
+            'model_provider = "overnight"\n'
+            # a login shell resets PATH from /etc/profile, and `overnight` must stay on it
+            "allow_login_shell = false\n"
+            f"developer_instructions = {json.dumps(ctx.instructions)}\n\n"
+            "[model_providers.overnight]\n"
+            'name = "overnight gateway"\n'
+            f'base_url = "{ctx.gateway_url}/v1"\n'
+            'env_key = "OVERNIGHT_GATEWAY_KEY"\n'
+            'wire_api = "responses"\n'
+        )
+
+    def env(self, ctx: TurnContext) -> dict[str, str]:
+        return {"CODEX_HOME": str(ctx.home / "codex"), "OVERNIGHT_GATEWAY_KEY": ctx.key}
+
+    def parse(self, line: str) -> TurnEvent:
+        data, event = _decode(line)
+        if data is None:
+            return event
+        kind = data.get("type")
+        if kind == "thread.started" and isinstance(data.get("thread_id"), str):
+            event.session = data["thread_id"]
+        elif kind in ("item.started", "item.completed"):
+            item = data.get("item") or {}
+            itype = item.get("type")
+            if itype == "agent_message" and kind == "item.completed":
+                event.show.append("● " + _short(str(item.get("text", "")), 400))
+            elif itype == "command_execution":
+                event.tool = "shell"
+                if kind == "item.started":
+                    event.show.append(f"→ shell: {_short(str(item.get('command')))}")
+                else:
+                    out = _short(str(item.get("aggregated_output", "")))
+                    event.show.append(f"  ← exit {item.get('exit_code')}: {out}")
+            elif itype == "file_change" and kind == "item.completed":
+                event.tool = "edit"
+                paths = [c.get("path") for c in item.get("changes") or []]
+                event.show.append(f"→ edit: {', '.join(map(str, paths))}")
+        elif kind == "turn.completed":
+            event.done = True
+            event.show.append("✓ turn done")
+        elif kind in ("turn.failed", "error"):
+            message = data.get("message") or (data.get("error") or {}).get("message") or kind
+            event.error = _short(str(message), 400)
+            event.retry_at = retry_at(str(message))
+            event.done = kind == "turn.failed"
+            event.show.append(f"✗ {event.error}")
+        return event
+
+
+class Aider:
+    """`aider --message FILES...` through the gateway's OpenAI-compatible endpoint, with
+    SEARCH/REPLACE edits and its chat history in the agent's private directory. aider
+    does not run shell commands unattended, so overnight submits each turn's change."""
+
+    name = "aider"
+    binary = "aider"
+    submits = True
+    install = "pip install aider-chat (or set OVERNIGHT_AIDER to the `aider` binary)"
+
+    def executable(self) -> str | None:
+        return _which("OVERNIGHT_AIDER", self.binary)
+
+    def turn(self, ctx: TurnContext, prompt: str, session: str | None) -> tuple[list[str], str]:
+        exe = self.executable()
+        assert exe is not None
+        history = ctx.home / "aider"
+        history.mkdir(parents=True, exist_ok=True)
+        full = prompt if session else f"{ctx.instructions}\n\n{prompt}"
+        argv = [
+            exe, "--yes-always", "--no-auto-commits", "--no-dirty-commits", "--no-gitignore",
+            "--no-check-update", "--no-show-model-warnings", "--no-pretty", "--map-tokens", "0",
+            "--no-analytics", "--no-auto-lint", "--edit-format", "diff",
+            "--model", f"openai/{ctx.model}",
+            "--openai-api-base", f"{ctx.gateway_url}/v1",
+            "--chat-history-file", str(history / "chat.md"),
+            "--input-history-file", str(history / "input"),
+            "--restore-chat-history",
+            "--message", full,
+            *ctx.files,
+        ]  # fmt: skip
+        return argv, "aider-chat-history"
+
+    def env(self, ctx: TurnContext) -> dict[str, str]:
+        # LiteLLM inside aider would fetch its price list from the internet otherwise.
+        return {"OPENAI_API_KEY": ctx.key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+
+    def parse(self, line: str) -> TurnEvent:
+        text = line.rstrip()
+        event = TurnEvent(show=[text])
+        if text.startswith("DESCRIPTION:"):
+            event.description = text.removeprefix("DESCRIPTION:").strip()
+        return event
+
+
+RUNTIMES: dict[str, CliRuntime] = {}
+
+
+def register(runtime: CliRuntime) -> None:
+    RUNTIMES[runtime.name] = runtime
+
+
+for _builtin in (ClaudeCode(), Codex(), Aider()):
+    register(_builtin)
+
+
+def missing_cli(runtime: CliRuntime) -> str:
+    """The message for a runtime whose CLI is not installed."""
+    return (
+        f"the {runtime.name} runtime runs the `{runtime.binary}` command, which is not "
+        f"installed (not on PATH).\n  fix: {runtime.install}"
+    )
+
+
+def check_installed(name: str, on_missing: Callable[[str], Exception]) -> None:
+    runtime = RUNTIMES[name]
+    if runtime.executable() is None:
+        raise on_missing(missing_cli(runtime))
+
+
+def instructions(
+    program: str, agent: str, editable: list[str], metric: str, goal: str, submits: bool = False
+) -> str:
+    """What an external agent is told, besides the lab's program.md."""
+    files = ", ".join(editable)
+    if submits:
+        how = f"""- Make one experiment per reply. Begin the reply with a line
+      DESCRIPTION: <one line saying what you change and why>
+  then make the edit. After your reply, overnight commits your change, runs the experiment
+  under its time budget and tells you the result in the next message. The metric is
+  {metric} ({goal} it). A better result is KEPT and the files stay that way; otherwise the
+  change is DISCARDED and the files are put back as they were at the best result."""
+    else:
+        how = f"""- When a change is ready, submit it with the shell command:
+      overnight try "<one line saying what you changed and why>"
+  It commits your worktree, runs the experiment under its time budget, and prints the result.
+  The metric is {metric} ({goal} it). A better result is KEPT and your worktree stays on it;
+  otherwise the change is DISCARDED and your worktree is reset to the best commit (read the
+  printed lines: they say which). Do not run the experiment yourself to judge it; only
+  `overnight try` counts.
+- One `overnight try` at a time."""
+    return f"""You are {agent}, a research agent in an overnight lab. Your working directory is your
+own git worktree of the lab's repository.
+
+How the lab works:
+- Change only these files: {files}. Any other change (including new files) gets the trial
+  rejected, and the protected evaluator is checked before and after every run.
+{how}
+- Keep going: after each result, think about what to try next, using what the earlier
+  trials taught you. Do not repeat a change that was discarded.
+
+The lab's program:
+
+{program}
+"""
+
+
+def key_of(path: Path | None) -> str:
+    if path is None:
+        raise UserError("this agent has no gateway key; the lab needs a [gateway]")
+    return path.read_text().strip()

@@ -1,0 +1,450 @@
+"""The supervisor: runs a lab's in-process agents on threads until the stop rules say so.
+
+Owns the agent loop (a generator of finished trials), the shared allowance of
+trials and time for one invocation, and a clean stop: a stop request kills the
+running experiments, which are recorded `interrupted` and re-queued by the next
+start. Knows nothing about the CLI or how the progress is shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S, Brownout, RouteWatch
+from overnight.agents.runtimes import RUNTIMES
+from overnight.errors import UserError
+from overnight.lab.git import Git
+from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
+from overnight.lab.runner import kill_marked
+from overnight.lab.trial import TrialStatus
+from overnight.proposers import Proposer, ProposerSetup, ProposerUnavailable, create
+from overnight.sessions import default_backend
+from overnight.sessions.base import Session
+from overnight.store import AgentRecord, Trial
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the agents need to know of the services running beside them."""
+
+    gateway_url: str | None = None
+    key_files: dict[str, Path] = field(default_factory=dict)
+    """Each agent's virtual-key file for the gateway."""
+    gateway: Any = None
+    """The running gateway app (overnight.gateway.app.Gateway), to watch route health."""
+
+
+class Allowance:
+    """How many more trials may start, and until when (shared by all agents)."""
+
+    def __init__(self, trials: int | None, seconds: float | None) -> None:
+        self._left = trials
+        self.deadline = time.monotonic() + seconds if seconds is not None else None
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self, stop: threading.Event) -> bool:
+        with self._lock:
+            if stop.is_set():
+                return False
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                return False
+            if self._left is not None:
+                if self._left <= 0:
+                    return False
+                self._left -= 1
+            return True
+
+    def give_back(self) -> None:
+        """Return a taken trial that was never tried."""
+        with self._lock:
+            if self._left is not None:
+                self._left += 1
+
+
+def agent_loop(
+    lab: Lab,
+    name: str,
+    proposer: Proposer,
+    allowance: Allowance,
+    stop: threading.Event,
+    watch: RouteWatch | None = None,
+    optimizer: Proposer | None = None,
+) -> Iterator[Trial]:
+    """One agent's work: propose, run, learn; yields each finished trial.
+
+    With `watch` (an LLM agent behind the gateway), a brownout of its route pauses
+    it, or runs `optimizer` in its place, until the route answers again.
+    """
+    worktree = Path(lab.agent(name).worktree)
+    while not stop.is_set():
+        if watch is not None and watch.down():
+            yield from _ride_out(lab, name, watch, optimizer, allowance, stop)
+            continue
+        if not allowance.take(stop):
+            return
+        try:
+            trial = lab.run_trial(name, lambda t: proposer.propose(worktree, t), stop)
+        except ProposerUnavailable as exc:
+            allowance.give_back()  # nothing was tried
+            if exc.brownout and watch is not None:
+                continue  # the route is down: ride it out above
+            if exc.retry_after is not None:  # rate-limited: wait as told, not hammering
+                until = time.time() + exc.retry_after
+                lab.store.set_agent_state(lab.run.id, name, "waiting", reason=str(exc), until=until)
+                if stop.wait(exc.retry_after):
+                    return
+                lab.store.set_agent_state(lab.run.id, name, "working")
+                continue
+            lab.store.set_agent_state(lab.run.id, name, "paused", reason=str(exc))
+            return
+        proposer.observe(trial)
+        yield trial
+        if trial.status is TrialStatus.interrupted:
+            return
+
+
+def _ride_out(
+    lab: Lab,
+    name: str,
+    watch: RouteWatch,
+    optimizer: Proposer | None,
+    allowance: Allowance,
+    stop: threading.Event,
+) -> Iterator[Trial]:
+    mode = "optimize" if optimizer is not None else "pause"
+    brownout = Brownout(lab.store, lab.run.id, name, watch.alias, mode)
+    worktree = Path(lab.agent(name).worktree)
+    try:
+        while not stop.is_set():
+            if optimizer is not None and allowance.take(stop):
+                trial = lab.run_trial(name, lambda t: optimizer.propose(worktree, t), stop)
+                optimizer.observe(trial)
+                brownout.done(trial)
+                yield trial
+                if trial.status is TrialStatus.interrupted:
+                    return
+            elif stop.wait(PROBE_EVERY_S):
+                return
+            if watch.probe():
+                break
+    finally:
+        brownout.end()
+    lab.store.set_agent_state(lab.run.id, name, "working", reason="route recovered")
+
+
+@dataclass
+class Supervisor:
+    lab: Lab
+    trials: int | None = None
+    seconds: float | None = None
+    on_trial: Callable[[Trial], None] = lambda _t: None
+    services: Services = field(default_factory=Services)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    finished: list[Trial] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.allowance = Allowance(self.trials, self.seconds)
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def run(self) -> list[Trial]:
+        """Baseline first, then every agent until the allowance or a stop ends it."""
+        lab = self.lab
+        proposers = self._proposers()
+        measured_before = lab.baseline() is not None
+        baseline = lab.ensure_baseline(self.stop_event)
+        if baseline is None:
+            return self.finished
+        if not measured_before:
+            self._report(baseline)
+        first_of_runtime: dict[str, Proposer] = {}
+        for agent in lab.agents():
+            if agent.name in proposers:
+                first_of_runtime.setdefault(agent.runtime, proposers[agent.name])
+        for proposer in first_of_runtime.values():
+            proposer.baseline(baseline, Path(lab.agents()[0].worktree))
+        runtime_of = {a.name: a.runtime for a in lab.agents()}
+        finished = [t for t in lab.store.trials(lab.run.id) if t.status.final]
+        for runtime, proposer in first_of_runtime.items():
+            proposer.resume(
+                [t for t in finished if runtime_of.get(t.agent) == runtime],
+                [t for t in lab.requeued if runtime_of.get(t.agent) == runtime],
+            )
+        done = {name: threading.Event() for name in proposers}
+        for name, proposer in proposers.items():
+            threading.Thread(
+                target=self._agent, args=(name, proposer, done[name]), name=f"agent-{name}"
+            ).start()
+        for agent in lab.agents():
+            if agent.runtime in RUNTIMES:
+                done[agent.name] = threading.Event()
+                threading.Thread(
+                    target=self._external, args=(agent.name, done[agent.name]),
+                    name=f"agent-{agent.name}",
+                ).start()  # fmt: skip
+        # Wait on our own events, not Thread.join: a KeyboardInterrupt that lands
+        # inside join() can leave the thread marked as finished while it still
+        # runs (CPython 3.11), and we must not close the lab under a live agent.
+        try:
+            for event in done.values():
+                while not event.wait(0.2):
+                    pass
+        except KeyboardInterrupt:
+            self.stop()
+            for event in done.values():
+                while not event.wait(0.2):
+                    pass
+            raise
+        if self.errors:
+            raise self.errors[0]
+        return self.finished
+
+    def _proposers(self) -> dict[str, Proposer]:
+        return {
+            agent.name: create(agent.runtime, self._setup(agent))
+            for agent in self.lab.agents()
+            if agent.runtime not in RUNTIMES  # those run in their own process, in a terminal
+        }
+
+    def _setup(self, agent: AgentRecord) -> ProposerSetup:
+        lab = self.lab
+        return ProposerSetup(
+            config=lab.config,
+            run_id=lab.run.id,
+            agent=agent.name,
+            store_url=lab.store.url,
+            program=lab.org.program,
+            root=lab.org.root,
+            gateway_url=self.services.gateway_url,
+            key_file=self.services.key_files.get(agent.name),
+        )
+
+    def _agent(self, name: str, proposer: Proposer, done: threading.Event) -> None:
+        store, run_id = self.lab.store, self.lab.run.id
+        try:
+            store.set_agent_state(run_id, name, "working")
+            watch, optimizer = self._brownout_policy(name)
+            for trial in agent_loop(
+                self.lab, name, proposer, self.allowance, self.stop_event, watch, optimizer
+            ):
+                self._report(trial)
+        except BaseException as exc:
+            self.errors.append(exc)
+            self.stop()
+            store.set_agent_state(run_id, name, "crashed", error=repr(exc))
+        else:
+            if self.lab.agent(name).state != "paused":  # paused says why; keep it
+                store.set_agent_state(run_id, name, "idle")
+        finally:
+            close = getattr(proposer, "close", None)
+            if callable(close):
+                close()
+            done.set()
+
+    def _brownout_policy(self, name: str) -> tuple[RouteWatch | None, Proposer | None]:
+        """How agent `name` rides out a brownout of its route: the route to watch (None
+        when it has no LLM behind the gateway) and the optimizer to run meanwhile."""
+        config = dict(self.lab.config.agent_names())[name]
+        services = self.services
+        key_file = services.key_files.get(name)
+        if (
+            config.model is None
+            or services.gateway is None
+            or services.gateway_url is None
+            or key_file is None
+        ):
+            return None, None
+        watch = RouteWatch(services.gateway, services.gateway_url, config.model, key_file)
+        optimizer = None
+        if config.on_brownout == "optimize":
+            optimizer = create("optuna", self._setup(self.lab.agent(name)))
+        return watch, optimizer
+
+    def _external(self, name: str, done: threading.Event) -> None:
+        """Keep an external agent's terminal session running (re-attaching to one that
+        outlived the last run, restarting a dead one with backoff), and report its trials."""
+        try:
+            ExternalSupervision(self, name).run()
+        except BaseException as exc:
+            self.errors.append(exc)
+            self.stop()
+            self.lab.store.set_agent_state(self.lab.run.id, name, "crashed", error=repr(exc))
+        finally:
+            done.set()
+
+    def _report(self, trial: Trial) -> None:
+        with self._lock:
+            self.finished.append(trial)
+        self.on_trial(trial)
+
+
+def session_name(root: Path, run_id: str, agent: str) -> str:
+    """A terminal session name unique to this lab directory, run and agent."""
+    tag = hashlib.sha1(str(root).encode()).hexdigest()[:8]
+    name = f"ov-{tag}-{run_id}-{agent}"
+    if len(name) > 64:
+        name = name[:55] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+class ExternalSupervision:
+    """The supervisor's side of one external agent."""
+
+    POLL_S = 0.25
+    MAX_BACKOFF_S = 60.0
+
+    def __init__(self, supervisor: Supervisor, name: str) -> None:
+        self.sup = supervisor
+        self.lab = supervisor.lab
+        self.name = name
+        self.backend = default_backend()
+        self.session_name = session_name(self.lab.org.root, self.lab.run.id, name)
+        self.home = self.lab.state_dir / "agents" / self.lab.run.id / name
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.watch, self.optimizer = supervisor._brownout_policy(name)
+        self.seen: set[int] = set()
+
+    def _collect(self) -> bool:
+        """Report the agent's newly finished trials; False once the allowance is spent."""
+        allowance = self.sup.allowance
+        for trial in self.lab.store.trials(self.lab.run.id, agent=self.name):
+            if trial.status.final and trial.number not in self.seen:
+                self.seen.add(trial.number)
+                self.sup._report(trial)
+                if not allowance.take(threading.Event()):
+                    return False
+        return allowance.deadline is None or time.monotonic() < allowance.deadline
+
+    def _ride_out(self) -> bool:
+        """Hold the agent between turns while its route is down (optimizing in its
+        worktree meanwhile, if so configured); False if the run should end."""
+        assert self.watch is not None
+        lab, stop = self.lab, self.sup.stop_event
+        pause = self.home / PAUSE_FILE
+        pause.write_text(f"route {self.watch.alias!r} is in brownout\n")
+        mode = "optimize" if self.optimizer is not None else "pause"
+        brownout = Brownout(lab.store, lab.run.id, self.name, self.watch.alias, mode)
+        try:
+            while not stop.is_set():
+                trial = self._optimize() if self.optimizer is not None else None
+                if trial is not None:
+                    brownout.done(trial)
+                if not self._collect():
+                    return False
+                if trial is None and stop.wait(PROBE_EVERY_S):
+                    return False
+                if self.watch.probe():
+                    return True
+            return False
+        finally:
+            brownout.end()
+            pause.unlink(missing_ok=True)
+
+    def _optimize(self) -> Trial | None:
+        """One optimizer trial in the agent's worktree, unless the agent has work of its
+        own there (uncommitted changes, or a trial of its own in flight)."""
+        assert self.optimizer is not None
+        optimizer, lab = self.optimizer, self.lab
+        agent = lab.agent(self.name)
+        worktree = Git(Path(agent.worktree))
+        if worktree.dirty() or worktree.head() != agent.best_commit:
+            return None
+        try:
+            trial = lab.run_trial(
+                self.name, lambda t: optimizer.propose(Path(agent.worktree), t), self.sup.stop_event
+            )
+        except UserError:
+            return None  # its own `overnight try` holds the agent
+        optimizer.observe(trial)
+        return trial
+
+    def _start(self) -> Session:
+        lab = self.lab
+        old = self.backend.get(self.session_name)
+        if old is not None:
+            old.kill()
+        worktree = Path(lab.agent(self.name).worktree)
+        env = {
+            **os.environ,
+            RUN_MARKER: lab.run.id,
+            SESSION_MARKER: self.session_name,
+            "OVERNIGHT_AGENT": self.name,
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
+        log = lab.state_dir / "agents" / lab.run.id / self.name / "terminal.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        return self.backend.start(
+            self.session_name,
+            [sys.executable, "-m", "overnight", "agent", str(worktree)],
+            worktree,
+            env,
+            log=log,
+        )
+
+    def run(self) -> None:
+        store, run_id = self.lab.store, self.lab.run.id
+        stop = self.sup.stop_event
+        session = self.backend.get(self.session_name)
+        if session is not None and session.alive():
+            store.append_event(
+                run_id, "agent.reattached", {"session": self.session_name}, agent=self.name
+            )
+        else:
+            session = self._start()
+            store.append_event(
+                run_id, "agent.started", {"session": self.session_name}, agent=self.name
+            )
+        self.seen = {t.number for t in store.trials(run_id, agent=self.name) if t.status.final}
+        backoff, started = 1.0, time.monotonic()
+        pid = session.pid()
+        try:
+            while not stop.wait(self.POLL_S):
+                if not self._collect():
+                    return
+                if self.watch is not None and self.watch.down() and not self._ride_out():
+                    return
+                pid = pid or session.pid()
+                if _pid_running(pid) if pid else session.alive():
+                    continue
+                status = session.exit_status()
+                store.set_agent_state(run_id, self.name, "crashed",
+                                      exit_status=status, restart_in_s=backoff)  # fmt: skip
+                if time.monotonic() - started > 10 * self.MAX_BACKOFF_S:
+                    backoff = 1.0  # it had been healthy for a long while
+                if stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.MAX_BACKOFF_S)
+                session = self._start()
+                pid = session.pid()
+                started = time.monotonic()
+                store.append_event(run_id, "agent.restarted",
+                                   {"session": self.session_name, "exit_status": status},
+                                   agent=self.name)  # fmt: skip
+        finally:
+            session.kill()
+            kill_marked(
+                RUN_MARKER, run_id, spare=lambda env: env.get("OVERNIGHT_AGENT") != self.name
+            )
+            store.set_agent_state(run_id, self.name, "paused", reason="the run stopped")
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie has ended): a look in /proc, no tmux client per check,
+    since the supervisor polls every agent several times a second."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

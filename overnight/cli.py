@@ -1,0 +1,546 @@
+"""The `overnight` command: a thin typer layer over the lab's service API.
+
+Owns argument parsing, what the terminal shows, and exit codes (0 ok, 1 our
+bug, 2 bad input, 3 the baseline could not be measured, 130 interrupted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.markup import escape
+from rich.text import Text
+
+from overnight.errors import BaselineFailed, UserError
+from overnight.lab.trial import IN_FLIGHT
+from overnight.units import parse_duration
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Run a team of agents on a repository with a metric; keep what improves, all night.",
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+Dir = Annotated[Path, typer.Argument(help="The lab: a git repository with overnight.toml.")]
+
+
+@app.command()
+def run(
+    directory: Dir = Path("."),
+    trials: Annotated[
+        int | None, typer.Option("--trials", min=1, help="Stop after N more trials.")
+    ] = None,
+    for_: Annotated[
+        str | None, typer.Option("--for", help='Stop starting trials after this long, e.g. "8h".')
+    ] = None,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start a new run from HEAD instead of resuming.")
+    ] = False,
+) -> None:
+    """Run the lab in the foreground; run it again to resume where it stopped."""
+    _run_lab(directory, trials, for_, new, live=True)
+
+
+@app.command()
+def up(
+    directory: Dir = Path("."),
+    for_: Annotated[
+        str | None, typer.Option("--for", help='Stop starting trials after this long, e.g. "8h".')
+    ] = None,
+) -> None:
+    """Run the lab as a long-lived service: one log line per trial, until SIGTERM or Ctrl-C."""
+    _run_lab(directory, None, for_, False, live=False)
+
+
+def _run_lab(directory: Path, trials: int | None, for_: str | None, new: bool, live: bool) -> None:
+    from overnight.agents.supervisor import Supervisor
+    from overnight.daemon import lab_services
+    from overnight.lab.lab import Lab
+
+    seconds = _duration("--for", for_) if for_ else None
+    lab = Lab.start(directory, new_run=new)
+    for warning in lab.warnings:
+        err.print(Text("warning: ", style="yellow") + Text(warning))
+    view = _Progress(lab, trials, seconds, live=live)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    interrupted = False
+    try:
+        with lab_services(lab, lambda line: out.print(line, soft_wrap=True)) as services:
+            supervisor = Supervisor(
+                lab, trials=trials, seconds=seconds, on_trial=view.finished, services=services
+            )
+            with view.live():
+                supervisor.run()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGINT, _exit_now)
+        view.summary(interrupted)
+        lab.close()
+    if interrupted and live:  # a service (`up`) stopped by a signal has done its job
+        raise typer.Exit(130)
+
+
+@app.command("try")
+def try_(
+    description: Annotated[str, typer.Argument(help="What you changed, in one line.")],
+    directory: Annotated[
+        Path, typer.Option("--dir", "-C", help="The agent's worktree (default: here).")
+    ] = Path("."),
+) -> None:
+    """Submit the work in an agent's worktree as a trial: commit, check, run, measure, then
+    keep it (the agent's branch advances) or reset the worktree to the best commit.
+
+    Meant for agents: run it from the worktree overnight gave you. Exit code 0 when the
+    trial was measured (kept or discarded), 1 when it crashed, timed out or was rejected.
+    """
+    from overnight.lab.lab import Lab
+    from overnight.lab.trial import TrialStatus
+
+    lab, agent = Lab.attach(directory)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        before = lab.agent(agent)
+        out.print(f"overnight: trial for {agent}: running `{lab.config.lab.run}` ...", markup=False)
+        trial = lab.try_worktree(agent, description, stop)
+    except KeyboardInterrupt:
+        out.print("overnight: interrupted; the trial is recorded as interrupted")
+        raise typer.Exit(130) from None
+    finally:
+        lab.close()
+    metric_name, goal = lab.config.lab.metric, lab.config.lab.goal.value
+    best = before.best_metric
+    if trial.status is TrialStatus.kept:
+        change = ""
+        if best:
+            change = f", {(trial.metric or 0) / best * 100 - 100:+.2f}% vs the best {best:.6g}"
+        out.print(
+            f"overnight: trial {trial.number} KEPT: {metric_name} {trial.metric:.6g}"
+            f" ({goal}{change}). Your branch advanced to {(trial.candidate_commit or '')[:10]};"
+            " build on it.",
+            markup=False,
+        )
+        return
+    if trial.status is TrialStatus.discarded:
+        out.print(
+            f"overnight: trial {trial.number} DISCARDED: {metric_name} {trial.metric:.6g}; "
+            f"{trial.reason}. The worktree is reset to the best commit (the diff is kept in "
+            "the ledger); try something else.",
+            markup=False,
+        )
+        return
+    out.print(
+        f"overnight: trial {trial.number} {trial.status.value.upper()}: {trial.reason}."
+        + (
+            " The worktree is reset to the best commit."
+            if trial.status is not TrialStatus.interrupted
+            else ""
+        ),
+        markup=False,
+    )
+    tail = (trial.log_tail or "").strip().splitlines()[-15:]
+    if tail:
+        out.print("overnight: last lines of the run:")
+        for line in tail:
+            out.print("  " + line, markup=False)
+    if trial.log_path:
+        out.print(f"overnight: full log: {trial.log_path}", markup=False)
+    raise typer.Exit(130 if trial.status is TrialStatus.interrupted else 1)
+
+
+@app.command(hidden=True)
+def agent(
+    worktree: Annotated[Path, typer.Argument(help="The agent's worktree.")],
+) -> None:
+    """Run one external CLI agent (started by `overnight run` in a terminal session)."""
+    from overnight.agents.external import main as run_agent
+
+    run_agent(worktree)
+
+
+@app.command()
+def status(
+    directory: Dir = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Where the latest run stands: trials, best metric, agents, what is running."""
+    from overnight.lab.ledger import open_view
+    from overnight.lab.ledger import status as lab_status
+
+    view = open_view(directory)
+    try:
+        data = lab_status(view)
+    finally:
+        view.close()
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    best = data["best"]
+    running = f"running (pid {data['running_pid']})" if data["running_pid"] else "not running"
+    out.print(f"[bold]{data['lab']}[/] run {data['run']} · {running}")
+    counts = ", ".join(f"{k} {v}" for k, v in data["trials"]["by_status"].items())
+    out.print(f"trials: {data['trials']['total']} ({counts})")
+    out.print(f"baseline {data['metric']}: {_num(data['baseline'])}")
+    if best:
+        change = (
+            f" ({data['improvement_pct']:+.2f}%)" if data["improvement_pct"] is not None else ""
+        )
+        out.print(
+            f"best {data['metric']}: [green]{_num(best['metric'])}[/]{change} · trial {best['trial']}"
+            f" · {best['agent']} · {(best['commit'] or '')[:7]}"
+            + (f" · branch {best['branch']}" if best["branch"] else "")
+        )
+    spend = data["spend_usd"]
+    if spend["total"]:
+        parts = ", ".join(f"{a} ${v:.4f}" for a, v in spend["by_agent"].items() if v)
+        out.print(f"LLM spend through the gateway: ${spend['total']:.4f} ({parts})")
+    now = time.time()
+    for agent in data["agents"]:
+        since = agent["state_since"]
+        state = agent["state"] + (f" {_ago(now - since)}" if since else "")
+        out.print(
+            f"  {agent['name']:<14} {agent['runtime']:<11} {state:<15} trials {agent['trials']:<4}"
+            f" kept {agent['kept']:<3} best {_num(agent['best_metric'])}"
+        )
+    for item in data["running"]:
+        out.print(f"  now: trial {item['trial']} ({item['agent']}) {item['status']}")
+
+
+@app.command()
+def ledger(
+    directory: Dir = Path("."),
+    tsv: Annotated[
+        bool, typer.Option("--tsv", help="autoresearch-compatible results.tsv.")
+    ] = False,
+) -> None:
+    """Every finished trial of the latest run."""
+    from overnight.lab import ledger as ledger_mod
+
+    view = ledger_mod.open_view(directory)
+    try:
+        text = ledger_mod.tsv(view)
+    finally:
+        view.close()
+    if tsv:
+        sys.stdout.write(text)
+        return
+    rows = [line.split("\t") for line in text.splitlines()]
+    header, body = rows[0], rows[1:]
+    out.print(f"{'trial':>5}  {'agent':<12} {'status':<11} {header[1]:>12}  description")
+    for r in body:
+        color = {"kept": "green", "discarded": "dim"}.get(r[6], "red")
+        out.print(f"{r[4]:>5}  {r[5]:<12} [{color}]{r[6]:<11}[/] {r[1]:>12}  {escape(r[3])}")
+
+
+@app.command()
+def report(
+    directory: Dir = Path("."),
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Where to write it (.md or .html).")
+    ] = None,
+) -> None:
+    """Write the morning report: summary, kept changes and a progress plot."""
+    from overnight.lab import report as report_mod
+    from overnight.lab.ledger import open_view
+
+    view = open_view(directory)
+    try:
+        path = report_mod.write(view, out_file.resolve() if out_file else None)
+    finally:
+        view.close()
+    out.print(f"report: {path}")
+
+
+@app.command()
+def init(
+    directory: Dir = Path("."),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+) -> None:
+    """Draft a commented overnight.toml and program.md in an existing git repository."""
+    from overnight.org.scaffold import init as scaffold_init
+
+    for path in scaffold_init(directory, force=force):
+        out.print(f"wrote {path}")
+    out.print("next: review both files, commit them, then `overnight run`.")
+
+
+@app.command()
+def example(
+    name: Annotated[str, typer.Argument(help='An example name, or "list".')],
+    directory: Annotated[Path | None, typer.Argument(help="Where to create the lab.")] = None,
+) -> None:
+    """`overnight example list`, or `overnight example NAME DIR` to copy a lab into DIR."""
+    from overnight.org.scaffold import copy_example, list_examples
+
+    if name == "list":
+        for example_name, title in list_examples().items():
+            out.print(f"{example_name:<12} {title}")
+        return
+    if directory is None:
+        raise UserError(f"say where to put it.\n  fix: `overnight example {name} DIR`.")
+    path = copy_example(name, directory)
+    out.print(f"created {path} (a git repository with one commit)")
+    out.print(f"next: `overnight run {path} --trials 12`")
+
+
+@app.command()
+def gateway(
+    directory: Dir = Path("."),
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="Read [gateway] from this file instead of overnight.toml."),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (0 picks a free one).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+) -> None:
+    """Serve the lab's LLM gateway alone: failover, translation, metering, budgets."""
+    from overnight.gateway.config import load_gateway_config
+    from overnight.gateway.server import quiet_gc
+    from overnight.gateway.service import lab_gateway
+    from overnight.org import load_org
+    from overnight.store import open_store, store_url
+
+    org = load_org(directory)
+    if config_file is not None:
+        gw_config = load_gateway_config(config_file.resolve())
+    elif org.config.gateway is not None:
+        gw_config = org.config.gateway
+    else:
+        raise UserError(
+            f"{org.config_path}: no [gateway] table.\n"
+            "  fix: add [[gateway.upstreams]] and [gateway.models] (see README, Gateway), "
+            "or pass --config FILE."
+        )
+    agents = {name: cfg.budget for name, cfg in org.config.agent_names()}
+    store = open_store(store_url(org.root))
+    run = store.latest_run(org.config.lab.name)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        with lab_gateway(
+            gw_config, store, org.config.lab.name, org.root, agents,
+            run.id if run else None, host=host, port=port,
+        ) as (url, keys):  # fmt: skip
+            quiet_gc()
+            out.print(f"gateway: {url}", soft_wrap=True)
+            out.print(f"virtual keys: {keys[next(iter(keys))].parent}/<agent>", soft_wrap=True)
+            out.print(
+                f"point agents at it: ANTHROPIC_BASE_URL={url} OPENAI_BASE_URL={url}/v1",
+                soft_wrap=True,
+            )
+            sys.stdout.flush()
+            stop.wait()
+    except OSError as exc:
+        raise UserError(
+            f"cannot listen on {host or gw_config.host}:{gw_config.port if port is None else port}"
+            f" ({exc.strerror}).\n  fix: pick another --port (0 for any free one)."
+        ) from None
+    finally:
+        store.close()
+    out.print("gateway stopped")
+
+
+@app.command("fake-provider")
+def fake_provider(
+    protocol: Annotated[
+        str, typer.Option(help="anthropic or openai (chat completions + responses).")
+    ] = "anthropic",
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0 picks a free one).")] = 0,
+    script: Annotated[Path | None, typer.Option(help="JSON list of scripted replies.")] = None,
+    mode: Annotated[
+        str, typer.Option(help="queue (replies in order) or conversation (by tool results so far).")
+    ] = "queue",
+) -> None:
+    """A fake LLM provider on loopback that speaks the real wire format and injects faults."""
+    from overnight.testing.fake_provider import serve
+
+    serve(protocol, port, script, mode)
+
+
+class _Progress:
+    """The live terminal view of a run (plain lines when stdout is not a terminal)."""
+
+    def __init__(self, lab: Any, trials: int | None, seconds: float | None, live: bool) -> None:
+        self.lab = lab
+        self.target = trials
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.done = 0
+        self.last: Any = None
+        # best and baseline change only when a trial finishes: read them then, not
+        # on every refresh (each read scans the run's kept trials)
+        self.best, self.base = lab.best(), lab.baseline()
+        self.tty = live and out.is_terminal
+        self._lock = threading.Lock()
+        cfg = lab.config.lab
+        what = f"{'resuming' if lab.resumed else 'starting'} run {lab.run.id}"
+        out.print(f"[bold]overnight[/] · {cfg.name} · {what} · {cfg.metric} ({cfg.goal.value})")
+        if lab.requeued:
+            out.print(
+                f"re-queued interrupted trial(s): {', '.join(str(t.number) for t in lab.requeued)}"
+            )
+
+    def live(self) -> Any:
+        if not self.tty:
+            return _Nothing()
+        return Live(get_renderable=self.render, console=out, refresh_per_second=4, transient=True)
+
+    def finished(self, trial: Any) -> None:
+        from overnight.lab.lab import BASELINE
+
+        with self._lock:
+            if trial.agent != BASELINE:
+                self.done += 1
+            self.last = trial
+        if trial.status.value == "kept":
+            self.best, self.base = self.lab.best(), self.lab.baseline()
+        color = {"kept": "green", "discarded": "dim"}.get(trial.status.value, "red")
+        metric = _num(trial.metric)
+        why = f" — {trial.reason}" if trial.reason and trial.status.value != "discarded" else ""
+        out.print(
+            f"trial {trial.number:>4} {trial.agent:<12} [{color}]{trial.status.value:<11}[/] "
+            f"{metric:>12}  {escape(trial.description)}{escape(why)}"
+        )
+
+    def render(self) -> Group:
+        lab = self.lab
+        elapsed = time.monotonic() - self.started
+        best, base = self.best, self.base
+        running = lab.store.trials(lab.run.id, statuses=IN_FLIGHT)
+        parts = [f"elapsed {_clock(elapsed)}"]
+        eta = self._eta(elapsed)
+        if eta is not None:
+            parts.append(f"ETA {_clock(eta)}")
+        head = f"trials {self.done}" + (f"/{self.target}" if self.target else "")
+        lines = [Text(f"{head} · running {len(running)} · " + " · ".join(parts))]
+        if self.last is not None:
+            last = self.last
+            lines.append(
+                Text(
+                    f"last: trial {last.number} {last.status.value} {_num(last.metric)} ({last.agent})"
+                )
+            )
+        if best is not None:
+            change = ""
+            if base is not None and base.metric and best.metric is not None:
+                change = (
+                    f" ({(best.metric - base.metric) / abs(base.metric) * 100:+.1f}% vs baseline)"
+                )
+            lines.append(
+                Text(f"best {_num(best.metric)}{change} · trial {best.number} · {best.agent}")
+            )
+        for t in running:
+            since = f" {_clock(time.time() - t.started_at)}" if t.started_at else ""
+            lines.append(
+                Text(f"  trial {t.number} {t.agent} {t.status.value}{since}", style="cyan")
+            )
+        return Group(*lines)
+
+    def _eta(self, elapsed: float) -> float | None:
+        options = []
+        if self.seconds is not None:
+            options.append(max(0.0, self.seconds - elapsed))
+        if self.target and self.done:
+            options.append(elapsed / self.done * max(0, self.target - self.done))
+        return min(options) if options else None
+
+    def summary(self, interrupted: bool) -> None:
+        lab = self.lab
+        best, base = lab.best(), lab.baseline()
+        out.print(
+            f"[bold]{'stopped' if interrupted else 'done'}[/]: {self.done} trial(s) in {_clock(time.monotonic() - self.started)}"
+        )
+        if best is not None and base is not None and best.metric is not None and base.metric:
+            pct = (best.metric - base.metric) / abs(base.metric) * 100
+            out.print(
+                f"best {lab.config.lab.metric} {_num(best.metric)} (trial {best.number}, {best.agent}) "
+                f"vs baseline {_num(base.metric)}: {pct:+.2f}%"
+            )
+        agent = next((a for a in lab.agents() if best and a.best_trial == best.number), None)
+        if agent:
+            out.print(f"best branch: {agent.branch}")
+        if interrupted:
+            out.print("interrupted trials re-run when you start `overnight run` again.")
+        out.print(f"next: `overnight report {lab.org.root}` for the plot and the kept changes")
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.6g}"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _duration(flag: str, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+
+
+def _raise_interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _exit_now(_signum: int, _frame: object) -> None:
+    # a second Ctrl-C: leave at once; every finished step is already in the store
+    os._exit(130)
+
+
+def _ago(seconds: float) -> str:
+    """How long, compactly: 42s, 7m, 3h05m."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def main() -> None:
+    try:
+        # without standalone mode, click returns the code of a typer.Exit instead of exiting
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except UserError as exc:
+        err.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+        sys.exit(2)
+    except BaselineFailed as exc:
+        err.print(Text("error: ", style="red") + Text(str(exc)), soft_wrap=True)
+        sys.exit(3)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,263 @@
+"""The `[gateway]` table of `overnight.toml`, as frozen pydantic models, and its secrets.
+
+Owns field names, defaults, the checks that need nothing but the file, and
+reading credentials from environment variables or files when the gateway
+starts. Knows nothing about HTTP, routing state or the store: a secret lives
+only in the running gateway's memory, wrapped so it never prints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from overnight.errors import ConfigError
+from overnight.units import PositiveDuration as Duration
+from overnight.units import Size
+
+Protocol = Literal["anthropic", "openai"]
+USD = Annotated[float, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialConfig(_Model):
+    """Where one secret comes from: an environment variable or a file, read at start."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    env: str | None = None
+    file: str | None = None
+    auth: Literal["x-api-key", "bearer"] | None = None
+    """How the secret is sent; default `x-api-key` for Anthropic, `bearer` for OpenAI.
+    Anthropic OAuth tokens need `bearer`."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.env is None) == (self.file is None):
+            raise ValueError(f"credential {self.name!r} needs exactly one of env = or file =")
+        return self
+
+
+class UpstreamConfig(_Model):
+    """A provider (or a local OpenAI-compatible server) and the credentials to call it."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    protocol: Protocol
+    base_url: str
+    """The server's root, e.g. `https://api.anthropic.com`; a trailing `/v1` is accepted."""
+    credentials: list[CredentialConfig] = []
+    """Empty for a local server that takes no key."""
+    responses_api: bool = True
+    """OpenAI only: the server speaks `/v1/responses` itself (false: Responses requests
+    are translated to Chat Completions, as most local servers need)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not re.match(r"^https?://[^/\s]+", self.base_url):
+            raise ValueError(
+                f"base_url {self.base_url!r} of upstream {self.name!r} must start with http:// or https://"
+            )
+        names = [c.name for c in self.credentials]
+        if len(set(names)) != len(names):
+            raise ValueError(f"credential names of upstream {self.name!r} must be unique")
+        return self
+
+    @property
+    def root(self) -> str:
+        """`base_url` without a trailing slash or `/v1`: paths such as `/v1/messages` follow."""
+        url = self.base_url.rstrip("/")
+        return url[:-3] if url.endswith("/v1") else url
+
+
+class TimeoutsConfig(_Model):
+    connect: Duration = 10.0
+    first_byte: Duration = 300.0
+    """From sending a request to its first byte of answer (a whole non-streamed answer
+    may take minutes to start)."""
+    idle: Duration = 60.0
+    """Longest silence between two chunks of an answer before it counts as stalled."""
+
+
+class BreakerConfig(_Model):
+    failures: int = Field(default=5, ge=1)
+    """Consecutive failures of one credential that open its breaker."""
+    cooldown: Duration = 30.0
+    """How long an open breaker waits before letting one probe through."""
+    max_cooldown: Duration = 600.0
+    """Each failed probe doubles the wait, up to this."""
+
+
+class LimitConfig(_Model):
+    daily_usd: USD | None = None
+    """Spend per UTC day."""
+    total_usd: USD | None = None
+
+
+class BudgetsConfig(_Model):
+    org: LimitConfig = LimitConfig()
+    agent: LimitConfig = LimitConfig()
+    """The default for every agent."""
+    agents: dict[str, LimitConfig] = {}
+    """Per-agent limits that replace the default."""
+    default_max_tokens: int = Field(default=8192, ge=1)
+    """Output tokens assumed for a request that sets no maximum, when reserving budget."""
+
+
+class PriceConfig(_Model):
+    """USD per million tokens; the cache prices default to the input price."""
+
+    input: USD
+    output: USD
+    cache_read: USD | None = None
+    cache_write: USD | None = None
+
+
+class GatewayConfig(_Model):
+    """The whole `[gateway]` table."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    upstreams: list[UpstreamConfig] = []
+    models: dict[str, list[str]] = {}
+    """Alias -> ordered `upstream/model` candidates; the alias `*` catches every other name."""
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    budgets: BudgetsConfig = BudgetsConfig()
+    prices: dict[str, PriceConfig] = {}
+    """Overrides of the shipped price table, by model name or `upstream/model`."""
+    max_body: Size = 32 * 2**20
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [u.name for u in self.upstreams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"upstream names must be unique; got {names}")
+        for alias, candidates in self.models.items():
+            if not candidates:
+                raise ValueError(f'model {alias!r} lists no candidates; add e.g. "upstream/model"')
+            for candidate in candidates:
+                upstream, _, model = candidate.partition("/")
+                if not model:
+                    raise ValueError(
+                        f'model {alias!r}: candidate {candidate!r} must be written "upstream/model"'
+                    )
+                if upstream not in names:
+                    raise ValueError(
+                        f"model {alias!r}: candidate {candidate!r} names no upstream; "
+                        f"known upstreams: {names}"
+                    )
+        return self
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        return next(u for u in self.upstreams if u.name == name)
+
+
+class Secret:
+    """A credential's value; never shown by `repr`, `str` or a log line."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def read_secret(
+    upstream: str,
+    credential: CredentialConfig,
+    environ: Mapping[str, str] | None = None,
+    config_file: str = "overnight.toml",
+) -> Secret:
+    """The secret of one credential; a `ConfigError` naming the upstream and source if absent."""
+    environ = os.environ if environ is None else environ
+    field = f"gateway.upstreams[{upstream}].credentials[{credential.name}]"
+    if credential.env is not None:
+        value = environ.get(credential.env, "").strip()
+        if not value:
+            raise ConfigError(
+                config_file,
+                f"environment variable {credential.env} is not set (needed by upstream {upstream!r})",
+                field=field,
+                fix=f"export {credential.env}=... before starting, or use file = instead",
+            )
+        return Secret(value)
+    assert credential.file is not None
+    path = Path(credential.file).expanduser()
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            config_file,
+            f"cannot read credential file {str(path)!r} of upstream {upstream!r} ({exc.strerror})",
+            field=field,
+            fix="write the key into that file, or use env = instead",
+        ) from None
+    if not value:
+        raise ConfigError(
+            config_file,
+            f"credential file {str(path)!r} of upstream {upstream!r} is empty",
+            field=field,
+            fix="write the key into that file",
+        )
+    return Secret(value)
+
+
+def read_secrets(
+    config: GatewayConfig,
+    environ: Mapping[str, str] | None = None,
+    config_file: str = "overnight.toml",
+) -> dict[tuple[str, str], Secret]:
+    """Every credential's secret, keyed by (upstream, credential name); fails on the first missing."""
+    return {
+        (u.name, c.name): read_secret(u.name, c, environ, config_file)
+        for u in config.upstreams
+        for c in u.credentials
+    }
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    """The `[gateway]` table of a TOML file (an `overnight.toml`, or a file of its own).
+
+    Bad input raises one `ConfigError` naming the file, the field and the problem.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read it ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from None
+    table = data.get("gateway", data)
+    try:
+        return GatewayConfig.model_validate(table)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in ("gateway", *first["loc"]))
+        raise ConfigError(
+            path,
+            first["msg"].removeprefix("Value error, "),
+            field=where,
+            fix=f"{len(exc.errors()) - 1} more problem(s) after this one"
+            if len(exc.errors()) > 1
+            else None,
+        ) from None

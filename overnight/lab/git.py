@@ -1,0 +1,163 @@
+"""A thin, explicit wrapper over the `git` command for the lab's worktrees and refs.
+
+Owns how overnight talks to git: which commands, with which safety flags
+(no hooks, no signing, no prompts, a fixed identity so a machine without
+`user.name` still works). Knows nothing about trials or the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from overnight.errors import RepoError
+
+_ENV = {
+    **os.environ,
+    "GIT_TERMINAL_PROMPT": "0",
+    "LC_ALL": "C",
+    "GIT_AUTHOR_NAME": "overnight",
+    "GIT_AUTHOR_EMAIL": "overnight@localhost",
+    "GIT_COMMITTER_NAME": "overnight",
+    "GIT_COMMITTER_EMAIL": "overnight@localhost",
+}
+_SAFE = ["-c", "core.hooksPath=/dev/null", "-c", "commit.gpgsign=false", "-c", "gc.auto=0"]
+
+
+class GitError(Exception):
+    """git failed where it should not have (our bug or a broken repository)."""
+
+
+def blob_hash(data: bytes) -> str:
+    """The id git gives a file's content, computed without starting git."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+@dataclass(frozen=True)
+class Git:
+    """git commands run in one working tree (the user's checkout or an agent's worktree)."""
+
+    path: Path
+
+    def run(self, *args: str, check: bool = True, input: str | None = None) -> str:
+        proc = subprocess.run(
+            ["git", *_SAFE, *args],
+            cwd=self.path,
+            env=_ENV,
+            input=input,
+            capture_output=True,
+            text=True,
+        )
+        if check and proc.returncode != 0:
+            raise GitError(f"git {' '.join(args)} (in {self.path}) failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    @classmethod
+    def open(cls, path: Path) -> Git:
+        """The repository whose top level is `path`, or a RepoError saying what to do."""
+        path = path.resolve()
+        if not path.is_dir():
+            raise RepoError(f"{path}: no such directory")
+        proc = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=path,
+            env=_ENV,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RepoError(
+                f"{path}: not a git repository.\n"
+                f"  fix: overnight keeps every attempt as a git commit; run "
+                f"`git init && git add -A && git commit -m baseline` in {path} first."
+            )
+        git = cls(path)
+        if git.run("rev-parse", "--verify", "-q", "HEAD", check=False).strip() == "":
+            raise RepoError(
+                f"{path}: the repository has no commits yet.\n"
+                "  fix: commit your code first (`git add -A && git commit -m baseline`)."
+            )
+        return git
+
+    def head(self) -> str:
+        return self.run("rev-parse", "HEAD").strip()
+
+    def rev(self, ref: str) -> str | None:
+        out = self.run("rev-parse", "--verify", "-q", ref + "^{commit}", check=False).strip()
+        return out or None
+
+    def tracked_files(self, commit: str) -> dict[str, str]:
+        """Path -> blob id of every file in `commit`."""
+        out = self.run("ls-tree", "-r", "-z", "--full-tree", commit)
+        files = {}
+        for entry in out.split("\0"):
+            if not entry:
+                continue
+            meta, path = entry.split("\t", 1)
+            _mode, kind, blob = meta.split()
+            if kind == "blob":
+                files[path] = blob
+        return files
+
+    def dirty(self) -> list[str]:
+        """`git status --porcelain` lines of the working tree (ignored files excluded)."""
+        return [line for line in self.run("status", "--porcelain").splitlines() if line]
+
+    def exclude(self, pattern: str) -> None:
+        """Ignore `pattern` locally (.git/info/exclude), without touching tracked files."""
+        info = Path(self.run("rev-parse", "--git-path", "info/exclude").strip())
+        if not info.is_absolute():
+            info = self.path / info
+        info.parent.mkdir(parents=True, exist_ok=True)
+        existing = info.read_text().splitlines() if info.exists() else []
+        if pattern not in existing:
+            with info.open("a") as fh:
+                fh.write(("\n" if existing and existing[-1] else "") + pattern + "\n")
+
+    def add_worktree(self, path: Path, commit: str) -> Git:
+        """A detached worktree at `commit`; reuses a registered one at `path` if present."""
+        self.run("worktree", "prune")
+        if not (path / ".git").exists():
+            self.run("worktree", "add", "--detach", "-f", str(path), commit)
+        return Git(path)
+
+    def commit_all(self, message: str) -> str:
+        """Commit everything in the working tree (even nothing); return the new commit."""
+        self.run("add", "-A")
+        self.run("commit", "-q", "--allow-empty", "--no-verify", "-m", message)
+        return self.head()
+
+    def diff(self, old: str, new: str) -> tuple[str, list[str]]:
+        """The patch from `old` to `new`, and every path it touches (both sides of a rename)."""
+        patch = self.run(
+            "-c", "core.quotePath=false", "diff", "--no-color", "--no-ext-diff", "--no-renames",
+            old, new,
+        )  # fmt: skip
+        paths = []
+        for line in patch.splitlines():
+            if not line.startswith("diff --git "):
+                continue
+            rest = line[len("diff --git ") :]
+            # without renames both sides name the same path: "a/P b/P"
+            half = (len(rest) - 1) // 2
+            if rest.startswith("a/") and rest[half + 1 : half + 3] == "b/":
+                paths.append(rest[2:half])
+            else:  # a quoted path (tab, quote, newline in it): ask git plainly
+                out = self.run("diff", "--name-only", "-z", "--no-renames", old, new)
+                return patch, [p for p in out.split("\0") if p]
+        return patch, paths
+
+    def update_ref(self, ref: str, new: str, old: str | None = None) -> None:
+        """Move `ref` to `new`, only if it still points at `old` (when given)."""
+        self.run("update-ref", ref, new, *([old] if old else []))
+
+    def reset_clean(self, commit: str) -> None:
+        """Put the working tree exactly at `commit` (ignored files, like caches, stay)."""
+        self.run("reset", "-q", "--hard", commit)
+        self.run("clean", "-q", "-f", "-d")
+
+    def checkout_detached(self, commit: str) -> None:
+        self.run("checkout", "-q", "--detach", "-f", commit)

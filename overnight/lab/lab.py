@@ -1,0 +1,809 @@
+"""A running lab: start or resume a run, keep worktrees and branches honest, run trials.
+
+`Lab` is the service API the CLI (and later the agents and the web page) use.
+It owns the order of every step of a trial and writes each one to the store
+*before* the side effect it announces, so a kill -9 at any moment loses nothing:
+`Lab.start` on the same directory reconciles git with the store, marks what was
+in flight `interrupted`, and hands those proposals back to be tried again.
+Knows nothing about the CLI, the web page or how proposals are made.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
+from overnight.lab import integrity
+from overnight.lab.executor import LocalExecutor, visible_gpus
+from overnight.lab.git import Git
+from overnight.lab.lock import AgentLock, LabLock
+from overnight.lab.ratchet import better, combined, improves
+from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
+from overnight.lab.trial import IN_FLIGHT, TrialStatus
+from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
+from overnight.org.load import line_of
+from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available, knobs
+from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_url
+
+STATE_DIR = ".overnight"
+RUN_MARKER = "OVERNIGHT_RUN_ID"
+SESSION_MARKER = "OVERNIGHT_SESSION"
+"""Set in an external agent's terminal session: its processes outlive `overnight run`."""
+BASELINE = "baseline"
+MAX_REQUEUES = 2
+_S = TrialStatus
+_SHELL_WORDS = {
+    "cd", "source", ".", "export", "exec", "env", "time", "nice", "nohup", "set",
+    "if", "for", "while", "case", "(", "{", "!", "[", "test", "true", "eval", "ulimit",
+}  # fmt: skip
+
+
+def config_fingerprint(org: Org) -> dict[str, Any]:
+    """The part of the config a run is bound to (agents and the gateway may change)."""
+    data = org.config.model_dump(mode="json", by_alias=True)
+    data.pop("agents", None)
+    data.pop("gateway", None)
+    return data
+
+
+@dataclass(frozen=True)
+class _Measured:
+    metric: float | None
+    failure: TrialStatus | None
+    reason: str | None
+    tail: str
+    duration_s: float
+
+
+class Lab:
+    """One run of a lab, held exclusively by this process until `close()`."""
+
+    def __init__(
+        self,
+        org: Org,
+        git: Git,
+        store: Store,
+        run: Run,
+        lock: LabLock | None,
+        warnings: Sequence[str],
+        resumed: bool,
+    ) -> None:
+        self.org = org
+        self.config = org.config
+        self.git = git
+        self.store = store
+        self.run = run
+        self.lock = lock
+        self.warnings = list(warnings)
+        self.resumed = resumed
+        lab = org.config.lab
+        self.executor = LocalExecutor(
+            lab.parallel, org.root / STATE_DIR / "slots", lab.gpus_per_trial
+        )
+        self.state_dir = org.root / STATE_DIR
+        self.requeued: list[Trial] = []
+
+    # -- start / resume -----------------------------------------------------
+
+    @classmethod
+    def attach(cls, path: Path) -> tuple[Lab, str]:
+        """The lab and agent of an agent's worktree (`path` anywhere inside it), for
+        `overnight try`: the run's store and git, without the lab's lock, so it
+        works beside `overnight run` (or after it stopped). Returns (lab, agent)."""
+        try:
+            top = Path(Git(path).run("rev-parse", "--show-toplevel").strip()).resolve()
+        except Exception:
+            top = path.resolve()
+        if not (top.parent.parent.name == "worktrees" and top.parents[2].name == STATE_DIR):
+            raise UserError(
+                f"{path}: not an agent's worktree.\n"
+                "  fix: run `overnight try` from the worktree overnight gave the agent "
+                f"({STATE_DIR}/worktrees/<run>/<agent> in the lab)."
+            )
+        root, run_id, agent = top.parents[3], top.parent.name, top.name
+        org = load_org(root)
+        store = open_store(store_url(root))
+        try:
+            run = store.get_run(run_id)
+            names = {a.name for a in store.agents(run_id)} if run is not None else set()
+            if run is None or agent not in names:
+                raise UserError(
+                    f"{top}: run {run_id} has no agent {agent!r} in {root}.\n"
+                    "  fix: this worktree belongs to an old run; work in the one "
+                    f"`overnight status {root}` lists."
+                )
+            lab = cls(org, Git(root), store, run, None, [], True)
+        except BaseException:
+            store.close()
+            raise
+        return lab, agent
+
+    @classmethod
+    def start(cls, root: Path, *, new_run: bool = False) -> Lab:
+        """Validate everything, take the lab's lock, and start or resume its run."""
+        root = root.resolve()
+        org = load_org(root)
+        git = Git.open(root)
+        top = Path(git.run("rev-parse", "--show-toplevel").strip()).resolve()
+        if top != root:
+            raise RepoError(
+                f"{root}: overnight.toml must sit at the top of its git repository ({top}).\n"
+                f"  fix: move overnight.toml and {org.config.lab.program} to {top}."
+            )
+        lock = LabLock(root)
+        lock.acquire()
+        try:
+            git.exclude(f"/{STATE_DIR}/")
+            warnings = _preflight(org, git)
+            store = open_store(store_url(root))
+            try:
+                lab = cls._open_run(org, git, store, lock, warnings, new_run)
+                lab._recover()
+            except BaseException:
+                store.close()
+                raise
+            return lab
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_run(
+        cls,
+        org: Org,
+        git: Git,
+        store: Store,
+        lock: LabLock,
+        warnings: list[str],
+        new_run: bool,
+    ) -> Lab:
+        lab_name = org.config.lab.name
+        run = None if new_run else store.latest_run(lab_name)
+        fingerprint = config_fingerprint(org)
+        resumed = run is not None
+        if run is not None and dict(run.config) != fingerprint:
+            changed = sorted(
+                _diff_keys(dict(run.config), fingerprint),
+            )
+            raise ConfigError(
+                org.config_path,
+                f"changed since run {run.id} began ({', '.join(changed)}); a run keeps one "
+                "definition of its lab so its trials stay comparable",
+                fix=f"start a new run from HEAD with `overnight run --new {org.root}`, "
+                "or restore the old values to resume",
+            )
+        if run is None:
+            base = git.head()
+            files = git.tracked_files(base)
+            protected = {
+                path: blob
+                for path, blob in files.items()
+                if integrity.matches(path, org.config.lab.protected)
+            }
+            run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            while store.get_run(run_id) is not None:
+                time.sleep(1.0)
+                run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            run = store.create_run(run_id, lab_name, base, protected, fingerprint)
+        return cls(org, git, store, run, lock, warnings, resumed)
+
+    def _recover(self) -> None:
+        """Make git agree with the store and hand back what was in flight."""
+        run = self.run
+        # An agent whose lock is held is mid-trial in a live `overnight try` (its
+        # session outlived the last run): its trial and experiment are left alone.
+        busy = {a.name for a in self.agents() if self.agent_lock(a.name).held()}
+
+        # An external agent's own processes (not its experiments) live in its terminal
+        # session, which outlives us on purpose: the supervisor re-attaches to it, and
+        # its worktree (perhaps holding unsubmitted work) is left as it is.
+        def in_session(env: dict[str, str]) -> bool:
+            return SESSION_MARKER in env and "OVERNIGHT_TRIAL" not in env
+
+        live = {
+            env.get("OVERNIGHT_AGENT") for _pid, env in find_marked(RUN_MARKER, run.id)
+            if in_session(env)
+        }  # fmt: skip
+        kill_marked(
+            RUN_MARKER,
+            run.id,
+            spare=lambda env: env.get("OVERNIGHT_AGENT") in busy or in_session(env),
+        )
+        for trial in self.store.trials(run.id, statuses=IN_FLIGHT):
+            if trial.agent in busy:
+                continue
+            self.store.update_trial(
+                trial.id,
+                _S.interrupted,
+                reason=f"overnight stopped while the trial was {trial.status.value}",
+                finished_at=time.time(),
+            )
+        existing = {a.name: a for a in self.store.agents(run.id)}
+        lab_best = self.best()
+        for name, agent_cfg in self.config.agent_names():
+            if name not in existing:
+                start_commit = lab_best.candidate_commit if lab_best else run.base_commit
+                self.store.put_agent(
+                    AgentRecord(
+                        run_id=run.id,
+                        name=name,
+                        runtime=agent_cfg.runtime,
+                        branch=f"overnight/{run.id}/{name}",
+                        worktree=str(self.state_dir / "worktrees" / run.id / name),
+                        best_commit=start_commit or run.base_commit,
+                        best_metric=lab_best.metric if lab_best else None,
+                        best_trial=lab_best.number if lab_best else None,
+                    )
+                )
+        for agent in self.agents():
+            if agent.name in live or agent.name in busy:
+                continue
+            if agent.state != "idle":  # it was working when the last run died
+                self.store.set_agent_state(run.id, agent.name, "idle", recovered=True)
+            self.git.update_ref(f"refs/heads/{agent.branch}", agent.best_commit)
+            worktree = self.git.add_worktree(Path(agent.worktree), agent.best_commit)
+            worktree.checkout_detached(agent.best_commit)
+            worktree.reset_clean(agent.best_commit)
+        self.requeued = self._to_requeue()
+        self.store.append_event(
+            run.id,
+            "run.resumed" if self.resumed else "run.started",
+            {"pid": os.getpid(), "requeued": [t.number for t in self.requeued]},
+        )
+
+    def _to_requeue(self) -> list[Trial]:
+        trials = self.store.trials(self.run.id)
+        retried = {t.requeued_from for t in trials if t.requeued_from is not None}
+        by_number = {t.number: t for t in trials}
+        out = []
+        for trial in trials:
+            if trial.status is not _S.interrupted or trial.number in retried:
+                continue
+            if trial.agent == BASELINE:
+                continue  # the baseline is re-run by ensure_baseline
+            if not trial.proposal:
+                continue  # stopped while its change was being thought up: nothing to retry
+            depth, cursor = 0, trial
+            while cursor.requeued_from is not None and cursor.requeued_from in by_number:
+                depth += 1
+                cursor = by_number[cursor.requeued_from]
+            if depth < MAX_REQUEUES:
+                out.append(trial)
+        return out
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.store.append_event(self.run.id, "run.stopped", {"pid": os.getpid()})
+        self.store.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def agent_lock(self, name: str) -> AgentLock:
+        return AgentLock(self.org.root, self.run.id, name)
+
+    # -- views ----------------------------------------------------------------
+
+    def agents(self) -> list[AgentRecord]:
+        return self.store.agents(self.run.id)
+
+    def agent(self, name: str) -> AgentRecord:
+        for agent in self.agents():
+            if agent.name == name:
+                return agent
+        raise KeyError(name)
+
+    def best(self) -> Trial | None:
+        return best_trial(self.store, self.run, self.config)
+
+    def baseline(self) -> Trial | None:
+        for trial in self.store.trials(self.run.id, agent=BASELINE, statuses=[_S.kept]):
+            return trial
+        return None
+
+    # -- trials ---------------------------------------------------------------
+
+    def ensure_baseline(self, stop: threading.Event) -> Trial | None:
+        """Measure the unchanged code once per run; every agent's ratchet starts there.
+
+        Returns None if stopped first; raises BaselineFailed if it cannot be measured.
+        """
+        done = self.baseline()
+        if done is None:
+            first = self.agents()[0]
+            proposal = Proposal("baseline", {"baseline": True}, apply=lambda _root: None)
+            trial = self._run_trial(
+                BASELINE, Path(first.worktree), self.run.base_commit, None, proposal, stop
+            )
+            if trial.status is _S.interrupted:
+                return None
+            if trial.status is not _S.kept:
+                raise BaselineFailed(_baseline_message(self, trial))
+            done = trial
+        for agent in self.agents():
+            if agent.best_metric is None:
+                self.store.set_agent_best(
+                    self.run.id, agent.name, self.run.base_commit, done.metric, done.number
+                )
+        return done
+
+    def run_trial(
+        self,
+        agent_name: str,
+        proposal: Proposal | Callable[[Trial], Proposal],
+        stop: threading.Event,
+    ) -> Trial:
+        """Propose -> apply -> check -> run -> measure -> keep or discard, for one agent.
+
+        `proposal` may be a function of the new trial (numbered, still without a
+        description), so a proposer can tag its LLM calls with the trial; when it
+        raises ProposalError the trial is `crashed` with the error's data kept.
+        """
+        lock = self.agent_lock(agent_name)
+        if not lock.acquire():
+            raise UserError(
+                f"agent {agent_name!r} already has a trial running (one at a time per agent).\n"
+                "  fix: wait for its result, then try again."
+            )
+        try:
+            agent = self.agent(agent_name)
+            return self._run_trial(
+                agent_name,
+                Path(agent.worktree),
+                agent.best_commit,
+                agent.best_metric,
+                proposal,
+                stop,
+                branch=agent.branch,
+            )
+        finally:
+            lock.release()
+
+    def try_worktree(self, agent_name: str, description: str, stop: threading.Event) -> Trial:
+        """`overnight try`: the agent's uncommitted (or committed) work in its worktree
+        becomes a trial: committed, checked, run, measured, kept or reset."""
+        agent = self.agent(agent_name)
+        if self.baseline() is None:
+            raise UserError(
+                "the lab's baseline has not been measured yet, so there is nothing to compare "
+                "with.\n  fix: wait until `overnight run` has measured it, then try again."
+            )
+        wt = Git(Path(agent.worktree))
+        if not wt.dirty() and wt.head() == agent.best_commit:
+            raise UserError(
+                "nothing to try: the worktree is exactly the best commit.\n"
+                "  fix: edit the editable files first, then run `overnight try` again."
+            )
+        text = description.strip()
+        if not text:
+            raise UserError('a trial needs a description.\n  fix: overnight try "what you changed"')
+        return self.run_trial(
+            agent_name,
+            Proposal(text, {"via": "overnight try"}, apply=lambda _root: None),
+            stop,
+        )
+
+    def _run_trial(
+        self,
+        agent_name: str,
+        worktree_path: Path,
+        parent: str,
+        best_metric: float | None,
+        proposal: Proposal | Callable[[Trial], Proposal],
+        stop: threading.Event,
+        branch: str | None = None,
+    ) -> Trial:
+        lab = self.config.lab
+        store = self.store
+        wt = Git(worktree_path)
+        if isinstance(proposal, Proposal):
+            trial = store.add_trial(
+                self.run.id,
+                agent_name,
+                parent,
+                proposal.description,
+                proposal.data,
+                requeued_from=proposal.requeued_from,
+            )
+        else:
+            trial = store.add_trial(self.run.id, agent_name, parent, "", {})
+        try:
+            if not isinstance(proposal, Proposal):
+                try:
+                    proposal = proposal(trial)
+                except ProposalError as exc:
+                    return store.update_trial(
+                        trial.id,
+                        _S.crashed,
+                        reason=f"no usable proposal: {exc}",
+                        proposal=dict(exc.data),
+                        finished_at=time.time(),
+                    )
+                except ProposerUnavailable as exc:
+                    store.update_trial(
+                        trial.id,
+                        _S.interrupted,
+                        reason=f"could not propose: {exc}",
+                        finished_at=time.time(),
+                    )
+                    raise
+                trial = store.update_trial(
+                    trial.id,
+                    _S.proposed,
+                    description=proposal.description,
+                    proposal=dict(proposal.data),
+                    requeued_from=proposal.requeued_from,
+                )
+                if stop.is_set():
+                    return store.update_trial(
+                        trial.id,
+                        _S.interrupted,
+                        reason="stopped before it was applied",
+                        finished_at=time.time(),
+                    )
+            # -- apply
+            if agent_name == BASELINE:
+                candidate = parent
+            else:
+                try:
+                    proposal.apply(wt.path)
+                except (ProposalError, OSError, KeyError, ValueError) as exc:
+                    return store.update_trial(
+                        trial.id,
+                        _S.crashed,
+                        reason=f"proposal could not be applied: {exc}",
+                        finished_at=time.time(),
+                    )
+                candidate = wt.commit_all(f"overnight trial {trial.number}: {proposal.description}")
+            patch, changed = wt.diff(parent, candidate) if candidate != parent else ("", [])
+            trial = store.update_trial(trial.id, _S.applied, candidate_commit=candidate, diff=patch)
+            # -- check (the integrity guard, before the run)
+            reason = integrity.check_diff(changed, lab.editable, lab.protected)
+            reason = reason or integrity.check_protected(wt.path, self.run.protected)
+            if reason:
+                return store.update_trial(
+                    trial.id, _S.rejected, reason=f"integrity: {reason}", finished_at=time.time()
+                )
+            trial = store.update_trial(trial.id, _S.checked)
+            # -- run and measure, re-confirming a candidate improvement if asked
+            metrics: list[float] = []
+            duration = 0.0
+            while True:
+                measured = self._measure(trial, wt.path, stop)
+                duration += measured.duration_s
+                if measured.failure is not None:
+                    return store.update_trial(
+                        trial.id,
+                        measured.failure,
+                        reason=measured.reason,
+                        log_tail=measured.tail,
+                        duration_s=duration,
+                        finished_at=time.time(),
+                    )
+                assert measured.metric is not None
+                metrics.append(measured.metric)
+                value = combined(metrics)
+                trial = store.update_trial(
+                    trial.id, _S.measured, metric=value, metrics=metrics, duration_s=duration
+                )
+                better = improves(value, best_metric, lab.goal, lab.min_delta)
+                if not better or len(metrics) > lab.confirm_runs or agent_name == BASELINE:
+                    break
+            # -- keep or discard: the store first, then the branch follows
+            finished = time.time()
+            if better:
+                trial = store.update_trial(trial.id, _S.kept, finished_at=finished)
+                if branch is not None:
+                    self.git.update_ref(f"refs/heads/{branch}", candidate)
+                return trial
+            return store.update_trial(
+                trial.id,
+                _S.discarded,
+                reason=_discard_reason(value, best_metric, lab.min_delta, len(metrics)),
+                finished_at=finished,
+            )
+        finally:
+            final = store.get_trial(trial.id)
+            if not final.status.final:
+                # an exception of ours mid-trial: record it, then let it raise
+                store.update_trial(
+                    trial.id, _S.interrupted, reason="overnight error", finished_at=time.time()
+                )
+            keep_at = (
+                final.candidate_commit
+                if final.status is _S.kept and final.candidate_commit
+                else parent
+            )
+            wt.reset_clean(keep_at)
+
+    def _measure(self, trial: Trial, root: Path, stop: threading.Event) -> _Measured:
+        lab = self.config.lab
+        log_path = self.state_dir / "logs" / self.run.id / f"trial-{trial.number:05d}.log"
+        timeout = lab.budget + lab.grace
+        with self.executor.slot(stop) as slot_env:
+            if slot_env is None:
+                return _Measured(None, _S.interrupted, "stopped before it ran", "", 0.0)
+            self.store.update_trial(
+                trial.id, _S.running, log_path=str(log_path), started_at=time.time()
+            )
+            env = {
+                **slot_env,
+                RUN_MARKER: self.run.id,
+                "OVERNIGHT_TRIAL": str(trial.number),
+                "OVERNIGHT_AGENT": trial.agent,
+            }
+
+            def record_pid(pid: int) -> None:
+                self.store.update_trial(trial.id, _S.running, pid=pid)
+
+            result = run_budgeted(
+                lab.run, cwd=root, log_path=log_path, timeout_s=timeout, metric=lab.metric,
+                env=env, max_log=lab.max_log, on_start=record_pid, stop=stop,
+            )  # fmt: skip
+            step = "run"
+            if result.ok and lab.evaluate and not stop.is_set():
+                step = "evaluate"
+                with log_path.open("a") as fh:
+                    fh.write(f"\n[overnight: evaluate: {lab.evaluate}]\n")
+                evaluated = run_budgeted(
+                    lab.evaluate, cwd=root, log_path=log_path, timeout_s=timeout,
+                    metric=lab.metric, env=env, max_log=lab.max_log, stop=stop,
+                )  # fmt: skip
+                result = RunResult(
+                    exit_code=evaluated.exit_code,
+                    timed_out=evaluated.timed_out,
+                    duration_s=result.duration_s + evaluated.duration_s,
+                    bytes_out=result.bytes_out + evaluated.bytes_out,
+                    truncated=result.truncated or evaluated.truncated,
+                    metric=evaluated.metric,
+                    tail=evaluated.tail,
+                )
+        tampered = integrity.check_protected(root, self.run.protected)
+        return _judge(result, step, lab.metric, timeout, stop.is_set(), tampered)
+
+
+def _judge(
+    result: RunResult,
+    step: str,
+    metric: str,
+    timeout: float,
+    stopped: bool,
+    tampered: str | None,
+) -> _Measured:
+    if tampered:
+        return _Measured(
+            None, _S.rejected, f"integrity: the run {tampered}", result.tail, result.duration_s
+        )
+    if stopped:
+        return _Measured(
+            None, _S.interrupted, "stopped while running", result.tail, result.duration_s
+        )
+    if result.timed_out:
+        return _Measured(
+            None, _S.timed_out, f"{step} killed after {timeout:.0f}s (budget + grace)",
+            result.tail, result.duration_s,
+        )  # fmt: skip
+    if result.exit_code != 0:
+        code = result.exit_code
+        hint = " (command not found)" if code == 127 else ""
+        return _Measured(
+            None,
+            _S.crashed,
+            f"{step} exited with code {code}{hint}",
+            result.tail,
+            result.duration_s,
+        )
+    if result.metric is None:
+        return _Measured(
+            None, _S.crashed, f"no `{metric}: <number>` line in the {step} output",
+            result.tail, result.duration_s,
+        )  # fmt: skip
+    if result.metric != result.metric or result.metric in (float("inf"), float("-inf")):
+        return _Measured(
+            None, _S.crashed, f"{metric} is {result.metric}", result.tail, result.duration_s
+        )
+    return _Measured(result.metric, None, None, result.tail, result.duration_s)
+
+
+def _discard_reason(value: float, best: float | None, min_delta: float, runs: int) -> str:
+    confirm = f" (mean of {runs} runs)" if runs > 1 else ""
+    delta = f" by more than {min_delta:g}" if min_delta else ""
+    return f"{value:.6g}{confirm} does not beat the best {best:.6g}{delta}"
+
+
+def _baseline_message(lab: Lab, trial: Trial) -> str:
+    cfg = lab.config.lab
+    tail = "\n".join("    " + line for line in (trial.log_tail or "").splitlines()[-15:])
+    return (
+        f"the baseline (your code, unchanged) could not be measured: {trial.reason}.\n"
+        f"  run: {cfg.run}" + (f"\n  evaluate: {cfg.evaluate}" if cfg.evaluate else "") + "\n"
+        f"  log: {trial.log_path}\n"
+        + (f"  last lines:\n{tail}\n" if tail else "")
+        + f"  fix: make `{cfg.run}` finish within budget + grace and print a line "
+        f"`{cfg.metric}: <number>`, commit, and run again."
+    )
+
+
+def best_trial(store: Store, run: Run, config: OrgConfig) -> Trial | None:
+    """The best kept trial of a run (the baseline counts), or None."""
+    kept = store.trials(run.id, statuses=[_S.kept])
+    if not kept:
+        return None
+    best = kept[0]
+    for trial in kept[1:]:
+        if trial.metric is not None and (
+            best.metric is None or better(trial.metric, best.metric, config.lab.goal)
+        ):
+            best = trial
+    return best
+
+
+def _diff_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_diff_keys(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
+def _preflight(org: Org, git: Git) -> list[str]:
+    """Everything that would otherwise fail at 3 a.m., checked before the first trial."""
+    cfg = org.config
+    path = org.config_path
+    text = path.read_text(encoding="utf-8")
+
+    warnings: list[str] = []
+    # the working tree must be what HEAD says, at least for what the lab depends on
+    blocking, loose = [], []
+    watched = [*cfg.lab.editable, *cfg.lab.protected, CONFIG_FILE, cfg.lab.program]
+    for line in git.dirty():
+        status, name = line[:2], line[3:]
+        if status == "??" and not integrity.matches(name, watched):
+            loose.append(name)
+        else:
+            blocking.append(line.strip())
+    if blocking:
+        shown = "\n".join("    " + b for b in blocking[:10])
+        more = f"\n    ... and {len(blocking) - 10} more" if len(blocking) > 10 else ""
+        raise RepoError(
+            f"{org.root}: uncommitted changes:\n{shown}{more}\n"
+            "  fix: overnight starts every agent from your last commit, so commit these "
+            "(`git add -A && git commit`) or set them aside (`git stash -u`), then run again."
+        )
+    if loose:
+        warnings.append(
+            f"untracked files are not copied into the agents' worktrees: {', '.join(loose[:5])}"
+            + (" ..." if len(loose) > 5 else "")
+        )
+    files = list(git.tracked_files("HEAD"))
+    for key in ("editable", "protected"):
+        for i, (glob, hits) in enumerate(integrity.expand(getattr(cfg.lab, key), files).items()):
+            if not hits:
+                raise ConfigError(
+                    path,
+                    f"{glob!r} matches no file committed in the repository",
+                    field=f"lab.{key}[{i}]",
+                    line=line_of(text, ("lab", key)),
+                    fix="check the spelling; globs are relative to overnight.toml "
+                    "(`*` stays within a folder, `**` crosses folders); commit the file if it is new",
+                )
+    for i, knob in enumerate(cfg.knobs):
+        if not integrity.matches(knob.file, cfg.lab.editable):
+            raise ConfigError(
+                path,
+                f"knob {knob.name!r} lives in {knob.file!r}, which is not editable",
+                field=f"knobs[{i}].file",
+                line=line_of(text, ("knobs", i, "file")),
+                fix=f"add {knob.file!r} to lab.editable, or move the knob",
+            )
+    knobs.validate(org.root, cfg.knobs, path)
+    for key in ("run", "evaluate"):
+        command = getattr(cfg.lab, key)
+        if command:
+            problem = _command_problem(command, org.root)
+            if problem:
+                raise ConfigError(
+                    path,
+                    problem,
+                    field=f"lab.{key}",
+                    line=line_of(text, ("lab", key)),
+                    fix="check the spelling, or run overnight from the environment that has it "
+                    "(e.g. activate your virtualenv first)",
+                )
+    from overnight.agents.runtimes import RUNTIMES, missing_cli
+
+    runtimes = sorted({*available(), *RUNTIMES})
+    for i, agent in enumerate(cfg.agents):
+        if agent.runtime not in runtimes:
+            raise ConfigError(
+                path,
+                f"unknown runtime {agent.runtime!r}",
+                field=f"agents[{i}].runtime",
+                line=line_of(text, ("agents", i, "runtime")),
+                fix=f"use one of: {', '.join(runtimes)}",
+            )
+    for i, agent in enumerate(cfg.agents):
+        if agent.runtime == "optuna":
+            continue
+        routes = sorted(cfg.gateway.models) if cfg.gateway else []
+        if agent.model is None or agent.model not in routes:
+            given = "has no model" if agent.model is None else f"model {agent.model!r}"
+            raise ConfigError(
+                path,
+                f"agent {agent.name!r} (runtime {agent.runtime!r}) thinks with an LLM through "
+                f"the gateway, but {given}"
+                + ("" if agent.model is None else " is not a [gateway.models] route"),
+                field=f"agents[{i}].model",
+                line=line_of(text, ("agents", i, "model"))
+                if agent.model is not None
+                else line_of(text, ("agents", i)),
+                fix=(
+                    f"set model to one of: {', '.join(routes)}"
+                    if routes
+                    else "add a [gateway] with [[gateway.upstreams]] and a [gateway.models] "
+                    "route, and set model to that route's name"
+                ),
+            )
+        if agent.on_brownout == "optimize" and not cfg.knobs:
+            raise ConfigError(
+                path,
+                f'agent {agent.name!r} has on_brownout = "optimize", which tunes [[knobs]], '
+                "and none are defined",
+                field=f"agents[{i}].on_brownout",
+                line=line_of(text, ("agents", i, "on_brownout")),
+                fix='add [[knobs]], or set on_brownout = "pause"',
+            )
+    for i, agent in enumerate(cfg.agents):  # the environment, once the file is right
+        cli = RUNTIMES.get(agent.runtime)
+        if cli is not None and cli.executable() is None:
+            problem, _, fix = missing_cli(cli).partition("\n  fix: ")
+            raise ConfigError(
+                path,
+                problem,
+                field=f"agents[{i}].runtime",
+                line=line_of(text, ("agents", i, "runtime")),
+                fix=fix,
+            )
+    if any(a.runtime == "optuna" for _, a in cfg.agent_names()) and not cfg.knobs:
+        raise ConfigError(
+            path,
+            "the optuna runtime needs [[knobs]] to tune, and none are defined",
+            field="knobs",
+            fix="add a [[knobs]] table (name, file, low/high or choices) per setting to tune",
+        )
+    if cfg.lab.gpus_per_trial:
+        gpus = visible_gpus()
+        if len(gpus) < cfg.lab.gpus_per_trial:
+            raise ConfigError(
+                path,
+                f"gpus_per_trial = {cfg.lab.gpus_per_trial} but this machine has {len(gpus)} GPU(s)",
+                field="lab.gpus_per_trial",
+                line=line_of(text, ("lab", "gpus_per_trial")),
+                fix="set gpus_per_trial = 0 to run on the CPU, or check CUDA_VISIBLE_DEVICES / nvidia-smi",
+            )
+    return warnings
+
+
+def _command_problem(command: str, root: Path) -> str | None:
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        return f"cannot parse the command ({exc})"
+    words = [w for w in words if not ("=" in w and w.split("=", 1)[0].isidentifier())]
+    if not words or words[0] in _SHELL_WORDS or any(c in words[0] for c in "$`;|&<>"):
+        return None
+    exe = words[0]
+    if "/" in exe:
+        target = Path(exe) if os.path.isabs(exe) else root / exe
+        return None if target.exists() else f"{exe!r} does not exist"
+    return None if shutil.which(exe) else f"command {exe!r} not found on PATH"

@@ -1,0 +1,203 @@
+"""The ledger: every trial of a run as rows, the autoresearch-compatible TSV, and a status summary.
+
+Read-only views over the store; they never take the lab's lock, so they work
+while `overnight run` is going. Knows nothing about how trials are run.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from overnight.errors import UserError
+from overnight.lab.lab import BASELINE, best_trial
+from overnight.lab.lock import holder
+from overnight.lab.ratchet import better
+from overnight.lab.trial import AUTORESEARCH_STATUS, TrialStatus
+from overnight.org import Org, load_org
+from overnight.store import Run, Store, Trial, open_store, store_url
+
+
+@dataclass
+class LabView:
+    """A lab's org code, store and latest run, opened for reading."""
+
+    org: Org
+    store: Store
+    run: Run
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_view(root: Path) -> LabView:
+    org = load_org(root)
+    store = open_store(store_url(org.root))
+    run = store.latest_run(org.config.lab.name)
+    if run is None:
+        store.close()
+        raise UserError(
+            f"{org.root}: lab {org.config.lab.name!r} has no run yet.\n"
+            f"  fix: start one with `overnight run {org.root}`."
+        )
+    return LabView(org, store, run)
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    tokens: int
+    cost_usd: float | None
+    """None when nothing priced was spent; partial when some calls were unpriced."""
+    unpriced: bool
+
+
+def trial_costs(store: Store, run_id: str) -> dict[int, TrialCost]:
+    """What each trial cost in LLM calls through the gateway.
+
+    A call tagged with a trial (`x-overnight-trial`, as the llm runtime sends) counts
+    for that trial. An untagged call (an external agent thinking before it runs
+    `overnight try`) counts for the agent's next trial: the price of coming up with it.
+    """
+    trials = sorted(store.trials(run_id), key=lambda t: t.created_at)
+    by_agent: dict[str, list[Trial]] = {}
+    for t in trials:
+        by_agent.setdefault(t.agent, []).append(t)
+    numbers = {str(t.number): t.number for t in trials}
+    tokens: Counter[int] = Counter()
+    cost: dict[int, float] = {}
+    unpriced: set[int] = set()
+    for row in store.usage_rows(run_id):
+        number = numbers.get(row.trial) if row.trial is not None else None
+        if number is None:
+            later = [t for t in by_agent.get(row.agent, []) if t.created_at >= row.started_at]
+            if not later:
+                continue  # thinking toward a trial that has not started yet
+            number = later[0].number
+        tokens[number] += row.tokens
+        if row.cost_usd is None:
+            unpriced.add(number)
+        else:
+            cost[number] = cost.get(number, 0.0) + row.cost_usd
+    return {n: TrialCost(tokens[n], cost.get(n), n in unpriced) for n in set(tokens) | unpriced}
+
+
+def tsv(view: LabView) -> str:
+    """autoresearch's results.tsv columns first (commit, metric, status, description), then ours."""
+    metric = view.org.config.lab.metric
+    out = io.StringIO()
+    columns = [
+        "commit", metric, "status", "description", "trial", "agent", "outcome",
+        "parent", "duration_s", "tokens", "cost_usd", "reason", "log",
+    ]  # fmt: skip
+    out.write("\t".join(columns) + "\n")
+    costs = trial_costs(view.store, view.run.id)
+    for t in view.store.trials(view.run.id):
+        if not t.status.final:
+            continue
+        spent = costs.get(t.number, TrialCost(0, None, False))
+        row = [
+            (t.candidate_commit or "")[:7],
+            f"{t.metric:.6f}" if t.metric is not None else "0.000000",
+            AUTORESEARCH_STATUS[t.status],
+            t.description,
+            str(t.number),
+            t.agent,
+            t.status.value,
+            t.parent_commit[:7],
+            f"{t.duration_s:.1f}" if t.duration_s is not None else "",
+            str(spent.tokens),
+            f"{spent.cost_usd:.6f}" if spent.cost_usd is not None else "",
+            t.reason or "",
+            t.log_path or "",
+        ]
+        out.write("\t".join(_cell(c) for c in row) + "\n")
+    return out.getvalue()
+
+
+def _cell(value: str) -> str:
+    return " ".join(value.replace("\t", " ").splitlines())
+
+
+def status(view: LabView) -> dict[str, Any]:
+    """Everything `overnight status` shows, as plain data."""
+    run, store, cfg = view.run, view.store, view.org.config
+    trials = store.trials(run.id)
+    counts = Counter(t.status.value for t in trials)
+    best = best_trial(store, run, cfg)
+    baseline = next(
+        (t for t in trials if t.agent == BASELINE and t.status is TrialStatus.kept), None
+    )
+    agents = store.agents(run.id)
+    pid = holder(view.org.root)
+    improvement = None
+    if best and baseline and best.metric is not None and baseline.metric:
+        improvement = (best.metric - baseline.metric) / abs(baseline.metric) * 100
+    best_branch = next((a.branch for a in agents if best and a.best_trial == best.number), None)
+    lab_name = cfg.lab.name
+    spenders = sorted({a.name for a in agents} | set(store.key_hashes(lab_name).values()))
+    return {
+        "lab": cfg.lab.name,
+        "run": run.id,
+        "base_commit": run.base_commit,
+        "running_pid": pid,
+        "metric": cfg.lab.metric,
+        "goal": cfg.lab.goal.value,
+        "trials": {
+            "total": sum(1 for t in trials if t.status.final and t.agent != BASELINE),
+            "by_status": dict(sorted(counts.items())),
+        },
+        "baseline": baseline.metric if baseline else None,
+        "best": (
+            {
+                "trial": best.number,
+                "metric": best.metric,
+                "commit": best.candidate_commit,
+                "agent": best.agent,
+                "branch": best_branch,
+                "description": best.description,
+            }
+            if best
+            else None
+        ),
+        "improvement_pct": improvement,
+        "agents": [
+            {
+                "name": a.name,
+                "runtime": a.runtime,
+                "state": a.state,
+                "state_since": a.state_since,
+                "branch": a.branch,
+                "best_metric": a.best_metric,
+                "best_trial": a.best_trial,
+                "trials": sum(1 for t in trials if t.agent == a.name and t.status.final),
+                "kept": sum(
+                    1 for t in trials if t.agent == a.name and t.status is TrialStatus.kept
+                ),
+            }
+            for a in agents
+        ],
+        "spend_usd": {
+            "total": store.spend(lab_name),
+            "by_agent": {name: store.spend(lab_name, agent=name) for name in spenders},
+        },
+        "running": [
+            {"trial": t.number, "agent": t.agent, "status": t.status.value, "since": t.started_at}
+            for t in trials
+            if not t.status.final
+        ],
+    }
+
+
+def best_so_far(trials: list[Trial], goal: Any) -> list[tuple[int, float]]:
+    """(trial number, best kept metric up to it) for every kept trial, in order."""
+    points: list[tuple[int, float]] = []
+    best: float | None = None
+    for t in trials:
+        if t.status is TrialStatus.kept and t.metric is not None:
+            if best is None or better(t.metric, best, goal):
+                best = t.metric
+            points.append((t.number, best))
+    return points

@@ -1,0 +1,30 @@
+"""The ratchet's judgement: does a measured candidate beat the best by enough to keep it.
+
+Pure arithmetic over metrics and the lab's goal; knows nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from overnight.org.config import Goal
+
+
+def improves(candidate: float, best: float | None, goal: Goal, min_delta: float) -> bool:
+    """True when `candidate` is better than `best` by more than `min_delta`."""
+    if math.isnan(candidate) or math.isinf(candidate):
+        return False
+    if best is None:
+        return True
+    gain = best - candidate if goal is Goal.minimize else candidate - best
+    return gain > min_delta
+
+
+def better(a: float, b: float, goal: Goal) -> bool:
+    return a < b if goal is Goal.minimize else a > b
+
+
+def combined(metrics: Sequence[float]) -> float:
+    """One figure for a candidate measured several times (confirm_runs): the mean."""
+    return sum(metrics) / len(metrics)

@@ -1,0 +1,109 @@
+"""The Proposer protocol and its registry: how an agent comes up with its next change.
+
+A proposer turns the lab's state into a `Proposal` (a description, the data
+stored on the trial, and a function that writes the change into a worktree),
+and learns from each finished trial. Built-ins register here exactly as a
+plugin would. Knows nothing about git, runners or the store's tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from overnight.org.config import OrgConfig
+from overnight.store.base import Trial
+
+
+class ProposalError(Exception):
+    """No usable proposal (a reply that cannot be parsed, an edit that does not apply):
+    the agent's mistake, recorded on the trial as `crashed` with `data` (e.g. the raw
+    reply) kept as its proposal."""
+
+    def __init__(self, message: str, data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.data: Mapping[str, Any] = data or {}
+
+
+class ProposerUnavailable(Exception):
+    """The proposer cannot think right now (its model route is down, its budget spent):
+    not the agent's mistake. The trial is recorded `interrupted` with this reason and
+    nothing to retry; the supervisor decides whether to wait, pause or optimize.
+    `retry_after` (seconds), when known, says how long to wait."""
+
+    def __init__(
+        self, message: str, *, brownout: bool = False, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.brownout = brownout
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Proposal:
+    description: str
+    data: Mapping[str, Any]
+    apply: Callable[[Path], None]
+    requeued_from: int | None = None
+
+
+@dataclass(frozen=True)
+class ProposerSetup:
+    """Everything a proposer may know when it is built for one agent."""
+
+    config: OrgConfig
+    run_id: str
+    agent: str
+    store_url: str
+    program: str = ""
+    root: Path | None = None
+    """The lab's directory (the main checkout)."""
+    gateway_url: str | None = None
+    """The lab's LLM gateway, when `overnight.toml` has a [gateway]."""
+    key_file: Path | None = None
+    """The file holding this agent's virtual key for the gateway."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Proposer(Protocol):
+    def propose(self, worktree: Path, trial: Trial) -> Proposal:
+        """The next change, given the agent's worktree at its best commit and the trial
+        (already `proposed`, numbered, with no description yet) it will be tried as.
+        Raises ProposalError when no usable change comes of it."""
+
+    def observe(self, trial: Trial) -> None:
+        """Learn from a trial that reached a final status."""
+
+    def resume(self, finished: Sequence[Trial], requeue: Sequence[Trial]) -> None:
+        """At start: learn from `finished` trials it may have missed (idempotent), and
+        arrange for `requeue` (interrupted trials) to be proposed again, once each."""
+
+    def baseline(self, trial: Trial, worktree: Path) -> None:
+        """Learn from the measured baseline (the unchanged code)."""
+
+
+ProposerFactory = Callable[[ProposerSetup], Proposer]
+
+PROPOSERS: dict[str, ProposerFactory] = {}
+
+
+def register(name: str, factory: ProposerFactory) -> None:
+    PROPOSERS[name] = factory
+
+
+def create(name: str, setup: ProposerSetup) -> Proposer:
+    _load_builtins()
+    return PROPOSERS[name](setup)
+
+
+def available() -> list[str]:
+    _load_builtins()
+    return sorted(PROPOSERS)
+
+
+def _load_builtins() -> None:
+    # Built-ins register on import, the same path a third-party plugin takes.
+    from overnight.proposers import llm as _llm  # noqa: F401
+    from overnight.proposers import optuna as _optuna  # noqa: F401

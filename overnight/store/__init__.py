@@ -1,0 +1,53 @@
+"""Persistence: the Store contract, its SQLAlchemy implementation, and migrations.
+
+Owns every byte overnight keeps in a database and the only SQL in the project.
+Knows nothing about git, processes or the CLI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from overnight.store.base import (
+    AgentRecord,
+    Event,
+    Run,
+    Store,
+    TransitionError,
+    Trial,
+    UsageRow,
+)
+from overnight.store.sql import SqlStore, sqlalchemy_url
+
+ENV_URL = "OVERNIGHT_DB"
+
+
+def store_url(lab_dir: Path) -> str:
+    """`$OVERNIGHT_DB` if set, else the lab's own SQLite file."""
+    url = os.environ.get(ENV_URL)
+    if url:
+        return url
+    return f"sqlite:///{(lab_dir / '.overnight' / 'overnight.db').resolve()}"
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return SqlStore(url)
+
+
+__all__ = [
+    "ENV_URL",
+    "AgentRecord",
+    "Event",
+    "Run",
+    "SqlStore",
+    "Store",
+    "TransitionError",
+    "Trial",
+    "UsageRow",
+    "open_store",
+    "sqlalchemy_url",
+    "store_url",
+]

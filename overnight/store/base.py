@@ -1,0 +1,271 @@
+"""The Store contract and the frozen records it hands out.
+
+Rules every implementation keeps (the contract tests in tests/test_store.py
+check them against SQLite and PostgreSQL alike):
+
+- **Thread- and process-safe.** Any method may be called from any thread, and
+  several processes may share one database; each call is its own transaction.
+- **Records are immutable snapshots.** A returned `Trial` never changes; read
+  again to see later writes.
+- **Write-ahead.** A method returns only after its write is durable against a
+  crash of the calling process, so the caller may then start the side effect
+  the write announces.
+- **Transitions are enforced.** `update_trial` refuses a move the trial state
+  machine (`overnight.lab.trial`) does not allow, and writes the matching
+  `trial.<status>` event in the same transaction as the change.
+- **Append-only history.** Events are never updated or deleted; trial numbers
+  are unique and gapless within a run.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from overnight.lab.trial import TrialStatus
+
+
+@dataclass(frozen=True)
+class Run:
+    """One unattended session of a lab: from a base commit, resumable after any stop."""
+
+    id: str
+    lab: str
+    base_commit: str
+    protected: Mapping[str, str]
+    config: Mapping[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """An agent of a run, with where its ratchet stands."""
+
+    run_id: str
+    name: str
+    runtime: str
+    branch: str
+    worktree: str
+    best_commit: str
+    best_metric: float | None = None
+    best_trial: int | None = None
+    state: str = "idle"
+    state_since: float | None = None
+    session: str | None = None
+    """An external CLI agent's conversation id, to resume it after a restart."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One attempt, as last written."""
+
+    id: int
+    run_id: str
+    number: int
+    agent: str
+    status: TrialStatus
+    parent_commit: str
+    description: str
+    proposal: Mapping[str, Any]
+    created_at: float
+    updated_at: float
+    candidate_commit: str | None = None
+    metric: float | None = None
+    metrics: tuple[float, ...] = ()
+    diff: str | None = None
+    reason: str | None = None
+    log_path: str | None = None
+    log_tail: str | None = None
+    pid: int | None = None
+    requeued_from: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_s: float | None = None
+    # (ov_trials.tokens and .cost_usd are unused: a trial's cost is read from the gateway's
+    # attempts, see overnight.lab.ledger.trial_costs)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One gateway attempt's share of the bill."""
+
+    agent: str
+    trial: str | None
+    started_at: float
+    tokens: int
+    """input + cache read + cache write + output."""
+    cost_usd: float | None
+    """None when unpriced."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A frozen, typed record of something that happened, in the order it was written."""
+
+    id: int
+    run_id: str
+    at: float
+    kind: str
+    agent: str | None = None
+    trial: int | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+# The trial fields `update_trial` may set alongside a status change.
+TRIAL_FIELDS = frozenset(
+    {
+        "candidate_commit",
+        "description",
+        "proposal",
+        "metric",
+        "metrics",
+        "diff",
+        "reason",
+        "log_path",
+        "log_tail",
+        "pid",
+        "requeued_from",
+        "started_at",
+        "finished_at",
+        "duration_s",
+    }
+)
+
+
+# The columns of one metered gateway attempt (see overnight.gateway.meter.Attempt).
+ATTEMPT_FIELDS = (
+    "request_id", "attempt", "agent", "trial", "route", "upstream", "model", "credential",
+    "client_protocol", "upstream_protocol", "stream", "outcome", "status", "error",
+    "started_at", "latency_s", "ttft_s", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_tokens", "reasoning_tokens", "usage_estimated", "cost_usd", "unpriced",
+)  # fmt: skip
+
+
+class TransitionError(Exception):
+    """A trial was asked to make a move its state machine forbids (our bug, not the user's)."""
+
+
+class Store(abc.ABC):
+    """Where everything overnight knows is kept. See the module docstring for the rules."""
+
+    url: str
+
+    @abc.abstractmethod
+    def create_run(
+        self,
+        run_id: str,
+        lab: str,
+        base_commit: str,
+        protected: Mapping[str, str],
+        config: Mapping[str, Any],
+    ) -> Run: ...
+
+    @abc.abstractmethod
+    def get_run(self, run_id: str) -> Run | None: ...
+
+    @abc.abstractmethod
+    def latest_run(self, lab: str) -> Run | None: ...
+
+    @abc.abstractmethod
+    def put_agent(self, agent: AgentRecord) -> None:
+        """Insert the agent, or leave an existing one (and its ratchet) untouched."""
+
+    @abc.abstractmethod
+    def agents(self, run_id: str) -> list[AgentRecord]: ...
+
+    @abc.abstractmethod
+    def set_agent_best(
+        self, run_id: str, agent: str, commit: str, metric: float | None, trial: int | None
+    ) -> None:
+        """Move an agent's ratchet outside a keep (the baseline, a repair on resume)."""
+
+    @abc.abstractmethod
+    def set_agent_state(self, run_id: str, agent: str, state: str, **detail: Any) -> None:
+        """Record an agent's state (working / idle / ...) and emit an `agent.state` event."""
+
+    @abc.abstractmethod
+    def set_agent_session(self, run_id: str, agent: str, session: str | None) -> None:
+        """Remember the conversation an external agent resumes after a restart."""
+
+    @abc.abstractmethod
+    def add_trial(
+        self,
+        run_id: str,
+        agent: str,
+        parent_commit: str,
+        description: str,
+        proposal: Mapping[str, Any],
+        requeued_from: int | None = None,
+    ) -> Trial:
+        """Create a trial in `proposed` with the run's next number."""
+
+    @abc.abstractmethod
+    def update_trial(self, trial_id: int, status: TrialStatus, **fields: Any) -> Trial:
+        """Move a trial to `status`, setting `fields` (a subset of TRIAL_FIELDS).
+
+        Moving to `kept` also advances the agent's ratchet to the trial's
+        candidate commit and metric, in the same transaction.
+        """
+
+    @abc.abstractmethod
+    def get_trial(self, trial_id: int) -> Trial: ...
+
+    @abc.abstractmethod
+    def trials(
+        self,
+        run_id: str,
+        *,
+        agent: str | None = None,
+        statuses: Iterable[TrialStatus] | None = None,
+    ) -> list[Trial]:
+        """Trials of a run in number order."""
+
+    @abc.abstractmethod
+    def append_event(
+        self,
+        run_id: str,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        agent: str | None = None,
+        trial: int | None = None,
+    ) -> Event: ...
+
+    @abc.abstractmethod
+    def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Events with id > `after`, oldest first."""
+
+    # gateway ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_key_hash(self, lab: str, agent: str, key_hash: str) -> None:
+        """Remember a virtual key by its sha256 (the key itself is never stored)."""
+
+    @abc.abstractmethod
+    def key_hashes(self, lab: str) -> dict[str, str]:
+        """sha256 -> agent for every virtual key of a lab."""
+
+    @abc.abstractmethod
+    def record_attempts(
+        self, lab: str, run_id: str | None, attempts: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Append metered attempts (ATTEMPT_FIELDS each) in one transaction."""
+
+    @abc.abstractmethod
+    def attempts(
+        self, lab: str, *, agent: str | None = None, trial: str | None = None, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Attempts, oldest first."""
+
+    @abc.abstractmethod
+    def usage_rows(self, run_id: str) -> list[UsageRow]:
+        """Every gateway attempt of a run, reduced to who, which trial, when, and how much."""
+
+    @abc.abstractmethod
+    def spend(self, lab: str, *, agent: str | None = None, since: float | None = None) -> float:
+        """Priced USD spent through the gateway (unpriced attempts add nothing)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

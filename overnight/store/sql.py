@@ -1,0 +1,541 @@
+"""The SQLAlchemy Store: SQLite (WAL) by default, PostgreSQL for teams.
+
+The only module with SQL in it. Plain portable SQL through SQLAlchemy Core
+connections; JSON kept as text so both dialects read it the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import Row
+from sqlalchemy.pool import NullPool
+
+from overnight.lab.trial import TrialStatus, can_move
+from overnight.store.base import (
+    ATTEMPT_FIELDS,
+    TRIAL_FIELDS,
+    AgentRecord,
+    Event,
+    Run,
+    Store,
+    TransitionError,
+    Trial,
+    UsageRow,
+)
+from overnight.store.migrations import migrate
+
+_JSON_FIELDS = {"proposal", "metrics"}
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept the URLs users write (`postgresql://`) and pick our drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def _engine(url: str) -> Engine:
+    url = sqlalchemy_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from the driver so BEGIN IMMEDIATE below is ours.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives any crash of the process (kill -9); only
+            # a power cut can lose the last commits, never corrupt the file.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # Writers take the lock up front: no deadlocked read-to-write upgrades.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, poolclass=NullPool)
+
+
+class SqlStore(Store):
+    """A Store over any SQLAlchemy URL we support (sqlite, postgresql)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(727100)"))
+            migrate(conn)
+
+    # runs -----------------------------------------------------------------
+
+    def create_run(
+        self,
+        run_id: str,
+        lab: str,
+        base_commit: str,
+        protected: Mapping[str, str],
+        config: Mapping[str, Any],
+    ) -> Run:
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO ov_runs (id, lab, base_commit, protected, config, created_at)"
+                    " VALUES (:id, :lab, :base, :protected, :config, :at)"
+                ),
+                {
+                    "id": run_id,
+                    "lab": lab,
+                    "base": base_commit,
+                    "protected": _dumps(dict(protected)),
+                    "config": _dumps(dict(config)),
+                    "at": now,
+                },
+            )
+            self._event(conn, run_id, "run.created", {"base_commit": base_commit}, now=now)
+        return Run(run_id, lab, base_commit, dict(protected), dict(config), now)
+
+    def get_run(self, run_id: str) -> Run | None:
+        with self.engine.begin() as conn:
+            row = conn.execute(text("SELECT * FROM ov_runs WHERE id = :id"), {"id": run_id}).first()
+        return _run(row) if row else None
+
+    def latest_run(self, lab: str) -> Run | None:
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text("SELECT * FROM ov_runs WHERE lab = :lab ORDER BY created_at DESC LIMIT 1"),
+                {"lab": lab},
+            ).first()
+        return _run(row) if row else None
+
+    # agents ---------------------------------------------------------------
+
+    def put_agent(self, agent: AgentRecord) -> None:
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM ov_agents WHERE run_id = :r AND name = :n"),
+                {"r": agent.run_id, "n": agent.name},
+            ).first()
+            if exists:
+                return
+            conn.execute(
+                text(
+                    "INSERT INTO ov_agents (run_id, name, runtime, branch, worktree, best_commit,"
+                    " best_metric, best_trial, state, state_since)"
+                    " VALUES (:r, :n, :rt, :b, :w, :bc, :bm, :bt, :s, :t)"
+                ),
+                {
+                    "r": agent.run_id,
+                    "n": agent.name,
+                    "rt": agent.runtime,
+                    "b": agent.branch,
+                    "w": agent.worktree,
+                    "bc": agent.best_commit,
+                    "bm": agent.best_metric,
+                    "bt": agent.best_trial,
+                    "s": agent.state,
+                    "t": time.time(),
+                },
+            )
+
+    def agents(self, run_id: str) -> list[AgentRecord]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text("SELECT * FROM ov_agents WHERE run_id = :r ORDER BY name"), {"r": run_id}
+            ).all()
+        return [_agent(row) for row in rows]
+
+    def set_agent_best(
+        self, run_id: str, agent: str, commit: str, metric: float | None, trial: int | None
+    ) -> None:
+        with self.engine.begin() as conn:
+            self._set_best(conn, run_id, agent, commit, metric, trial)
+
+    def set_agent_state(self, run_id: str, agent: str, state: str, **detail: Any) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE ov_agents SET state = :s, state_since = :t"
+                    " WHERE run_id = :r AND name = :n"
+                ),
+                {"s": state, "t": now, "r": run_id, "n": agent},
+            )
+            self._event(
+                conn, run_id, "agent.state", {"state": state, **detail}, agent=agent, now=now
+            )
+
+    def set_agent_session(self, run_id: str, agent: str, session: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE ov_agents SET session = :s WHERE run_id = :r AND name = :n"),
+                {"s": session, "r": run_id, "n": agent},
+            )
+
+    def _set_best(
+        self,
+        conn: Connection,
+        run_id: str,
+        agent: str,
+        commit: str,
+        metric: float | None,
+        trial: int | None,
+    ) -> None:
+        conn.execute(
+            text(
+                "UPDATE ov_agents SET best_commit = :c, best_metric = :m, best_trial = :t"
+                " WHERE run_id = :r AND name = :n"
+            ),
+            {"c": commit, "m": metric, "t": trial, "r": run_id, "n": agent},
+        )
+
+    # trials ---------------------------------------------------------------
+
+    def add_trial(
+        self,
+        run_id: str,
+        agent: str,
+        parent_commit: str,
+        description: str,
+        proposal: Mapping[str, Any],
+        requeued_from: int | None = None,
+    ) -> Trial:
+        now = time.time()
+        with self.engine.begin() as conn:
+            number = conn.execute(
+                text(
+                    "UPDATE ov_runs SET trial_seq = trial_seq + 1 WHERE id = :r RETURNING trial_seq"
+                ),
+                {"r": run_id},
+            ).scalar_one()
+            trial_id = conn.execute(
+                text(
+                    "INSERT INTO ov_trials (run_id, number, agent, status, parent_commit,"
+                    " description, proposal, requeued_from, created_at, updated_at)"
+                    " VALUES (:r, :num, :a, :s, :p, :d, :prop, :rq, :t, :t) RETURNING id"
+                ),
+                {
+                    "r": run_id,
+                    "num": number,
+                    "a": agent,
+                    "s": TrialStatus.proposed.value,
+                    "p": parent_commit,
+                    "d": description,
+                    "prop": _dumps(dict(proposal)),
+                    "rq": requeued_from,
+                    "t": now,
+                },
+            ).scalar_one()
+            self._event(
+                conn,
+                run_id,
+                "trial.proposed",
+                {"description": description, "requeued_from": requeued_from},
+                agent=agent,
+                trial=number,
+                now=now,
+            )
+            row = conn.execute(
+                text("SELECT * FROM ov_trials WHERE id = :id"), {"id": trial_id}
+            ).one()
+        return _trial(row)
+
+    def update_trial(self, trial_id: int, status: TrialStatus, **fields: Any) -> Trial:
+        unknown = set(fields) - TRIAL_FIELDS
+        if unknown:
+            raise TypeError(f"update_trial got unknown fields {sorted(unknown)}")
+        now = time.time()
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text("SELECT * FROM ov_trials WHERE id = :id"), {"id": trial_id}
+            ).one()
+            current = TrialStatus(row.status)
+            same = current is status and not current.final  # a field update, not a move
+            if not same and not can_move(current, status):
+                raise TransitionError(f"trial {row.number}: cannot move {current} -> {status}")
+            values = {k: (_dumps(v) if k in _JSON_FIELDS else v) for k, v in fields.items()}
+            metric = fields.get("metric")
+            if metric is not None and math.isnan(metric):
+                values["metric"] = None
+            values.update(status=status.value, updated_at=now)
+            assignments = ", ".join(f"{k} = :{k}" for k in values)
+            conn.execute(
+                text(f"UPDATE ov_trials SET {assignments} WHERE id = :trial_id"),
+                {**values, "trial_id": trial_id},
+            )
+            updated = conn.execute(
+                text("SELECT * FROM ov_trials WHERE id = :id"), {"id": trial_id}
+            ).one()
+            trial = _trial(updated)
+            if status is TrialStatus.kept:
+                assert trial.candidate_commit, "a kept trial has a candidate commit"
+                self._set_best(
+                    conn,
+                    trial.run_id,
+                    trial.agent,
+                    trial.candidate_commit,
+                    trial.metric,
+                    trial.number,
+                )
+            if same:
+                return trial
+            payload: dict[str, Any] = {"from": current.value}
+            for key in ("metric", "reason", "candidate_commit", "duration_s"):
+                if key in fields:
+                    payload[key] = fields[key]
+            self._event(
+                conn,
+                trial.run_id,
+                f"trial.{status.value}",
+                payload,
+                agent=trial.agent,
+                trial=trial.number,
+                now=now,
+            )
+        return trial
+
+    def get_trial(self, trial_id: int) -> Trial:
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                text("SELECT * FROM ov_trials WHERE id = :id"), {"id": trial_id}
+            ).one()
+        return _trial(row)
+
+    def trials(
+        self,
+        run_id: str,
+        *,
+        agent: str | None = None,
+        statuses: Iterable[TrialStatus] | None = None,
+    ) -> list[Trial]:
+        sql = "SELECT * FROM ov_trials WHERE run_id = :r"
+        params: dict[str, Any] = {"r": run_id}
+        if agent is not None:
+            sql += " AND agent = :a"
+            params["a"] = agent
+        if statuses is not None:
+            names = [TrialStatus(s).value for s in statuses]
+            if not names:
+                return []
+            keys = []
+            for i, name in enumerate(names):
+                params[f"s{i}"] = name
+                keys.append(f":s{i}")
+            sql += f" AND status IN ({', '.join(keys)})"
+        with self.engine.begin() as conn:
+            rows = conn.execute(text(sql + " ORDER BY number"), params).all()
+        return [_trial(row) for row in rows]
+
+    # events ---------------------------------------------------------------
+
+    def append_event(
+        self,
+        run_id: str,
+        kind: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        agent: str | None = None,
+        trial: int | None = None,
+    ) -> Event:
+        with self.engine.begin() as conn:
+            return self._event(conn, run_id, kind, dict(payload or {}), agent=agent, trial=trial)
+
+    def _event(
+        self,
+        conn: Connection,
+        run_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        agent: str | None = None,
+        trial: int | None = None,
+        now: float | None = None,
+    ) -> Event:
+        at = time.time() if now is None else now
+        event_id = conn.execute(
+            text(
+                "INSERT INTO ov_events (run_id, at, kind, agent, trial, payload)"
+                " VALUES (:r, :at, :k, :a, :t, :p) RETURNING id"
+            ),
+            {"r": run_id, "at": at, "k": kind, "a": agent, "t": trial, "p": _dumps(payload)},
+        ).scalar_one()
+        return Event(int(event_id), run_id, at, kind, agent, trial, payload)
+
+    def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT * FROM ov_events WHERE run_id = :r AND id > :after"
+                    " ORDER BY id LIMIT :limit"
+                ),
+                {"r": run_id, "after": after, "limit": limit},
+            ).all()
+        return [
+            Event(int(r.id), r.run_id, float(r.at), r.kind, r.agent, r.trial, json.loads(r.payload))
+            for r in rows
+        ]
+
+    # gateway --------------------------------------------------------------
+
+    def add_key_hash(self, lab: str, agent: str, key_hash: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO ov_gateway_keys (key_hash, lab, agent, created_at)"
+                    " VALUES (:h, :l, :a, :t)"
+                ),
+                {"h": key_hash, "l": lab, "a": agent, "t": time.time()},
+            )
+
+    def key_hashes(self, lab: str) -> dict[str, str]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text("SELECT key_hash, agent FROM ov_gateway_keys WHERE lab = :l"), {"l": lab}
+            ).all()
+        return {r.key_hash: r.agent for r in rows}
+
+    def record_attempts(
+        self, lab: str, run_id: str | None, attempts: Sequence[Mapping[str, Any]]
+    ) -> None:
+        if not attempts:
+            return
+        columns = ", ".join(ATTEMPT_FIELDS)
+        values = ", ".join(f":{c}" for c in ATTEMPT_FIELDS)
+        rows = [
+            {
+                **{c: (int(v) if isinstance(v := a.get(c), bool) else v) for c in ATTEMPT_FIELDS},
+                "lab": lab,
+                "run_id": run_id,
+            }
+            for a in attempts
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(
+                text(
+                    f"INSERT INTO ov_attempts (lab, run_id, {columns})"
+                    f" VALUES (:lab, :run_id, {values})"
+                ),
+                rows,
+            )
+
+    def attempts(
+        self, lab: str, *, agent: str | None = None, trial: str | None = None, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM ov_attempts WHERE lab = :l"
+        params: dict[str, Any] = {"l": lab, "limit": limit}
+        if agent is not None:
+            sql += " AND agent = :a"
+            params["a"] = agent
+        if trial is not None:
+            sql += " AND trial = :t"
+            params["t"] = trial
+        with self.engine.begin() as conn:
+            rows = conn.execute(text(sql + " ORDER BY id LIMIT :limit"), params).all()
+        out = []
+        for row in rows:
+            item = dict(row._mapping)
+            for flag in ("stream", "usage_estimated", "unpriced"):
+                item[flag] = bool(item[flag])
+            out.append(item)
+        return out
+
+    def usage_rows(self, run_id: str) -> list[UsageRow]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT agent, trial, started_at,"
+                    " input_tokens + cache_read_tokens + cache_write_tokens + output_tokens,"
+                    " cost_usd FROM ov_attempts WHERE run_id = :r ORDER BY started_at"
+                ),
+                {"r": run_id},
+            ).all()
+        return [UsageRow(r[0], r[1], float(r[2]), int(r[3]), r[4]) for r in rows]
+
+    def spend(self, lab: str, *, agent: str | None = None, since: float | None = None) -> float:
+        sql = "SELECT COALESCE(SUM(cost_usd), 0) FROM ov_attempts WHERE lab = :l"
+        params: dict[str, Any] = {"l": lab}
+        if agent is not None:
+            sql += " AND agent = :a"
+            params["a"] = agent
+        if since is not None:
+            sql += " AND started_at >= :since"
+            params["since"] = since
+        with self.engine.begin() as conn:
+            return float(conn.execute(text(sql), params).scalar_one())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _run(row: Row[Any]) -> Run:
+    return Run(
+        id=row.id,
+        lab=row.lab,
+        base_commit=row.base_commit,
+        protected=json.loads(row.protected),
+        config=json.loads(row.config),
+        created_at=float(row.created_at),
+    )
+
+
+def _agent(row: Row[Any]) -> AgentRecord:
+    return AgentRecord(
+        run_id=row.run_id,
+        name=row.name,
+        runtime=row.runtime,
+        branch=row.branch,
+        worktree=row.worktree,
+        best_commit=row.best_commit,
+        best_metric=row.best_metric,
+        best_trial=row.best_trial,
+        state=row.state,
+        state_since=row.state_since,
+        session=row.session,
+    )
+
+
+def _trial(row: Row[Any]) -> Trial:
+    return Trial(
+        id=int(row.id),
+        run_id=row.run_id,
+        number=int(row.number),
+        agent=row.agent,
+        status=TrialStatus(row.status),
+        parent_commit=row.parent_commit,
+        description=row.description,
+        proposal=json.loads(row.proposal),
+        created_at=float(row.created_at),
+        updated_at=float(row.updated_at),
+        candidate_commit=row.candidate_commit,
+        metric=row.metric,
+        metrics=tuple(json.loads(row.metrics)),
+        diff=row.diff,
+        reason=row.reason,
+        log_path=row.log_path,
+        log_tail=row.log_tail,
+        pid=row.pid,
+        requeued_from=row.requeued_from,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        duration_s=row.duration_s,
+    )

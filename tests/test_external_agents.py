@@ -1,0 +1,354 @@
+"""External CLI agents in terminal sessions: the real Claude Code, driven by `overnight run`.
+
+Nothing is mocked: `overnight run` starts the agent (`overnight agent`) in a tmux
+session; the agent runs the real `claude` CLI against the lab's gateway, whose
+upstream is a scripted fake Anthropic server; Claude Code's Bash tool edits the
+editable file and submits it with `overnight try`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from overnight.sessions import wait_until
+from overnight.store import Event, open_store, store_url
+from overnight.testing import FakeProvider, Reply, ToolCall
+from tests.conftest import OVERNIGHT, git, make_lab, run_cli
+from tests.test_gateway_clis import REPO, claude_cli, codex_cli
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+AGENT_CONFIG = """\
+[lab]
+name = "toy"
+editable = ["exp.py"]
+protected = ["judge.py"]
+run = "{python} exp.py"
+metric = "score"
+budget = "20s"
+
+[[agents]]
+name = "claude"
+runtime = "claude-code"
+model = "lab-model"
+idle_after = "{idle_after}"
+nudge = "Keep going: NUDGE-7"
+
+[gateway]
+port = 0
+
+[[gateway.upstreams]]
+name = "fake"
+protocol = "anthropic"
+base_url = "{url}"
+credentials = [{{ name = "main", env = "FAKE_KEY" }}]
+
+[gateway.models]
+lab-model = ["fake/claude-fake-1"]
+"""
+
+TRY = "sed -i 's/^X = .*/X = 3/; s/^Y = .*/Y = 1/' exp.py && overnight try 'X=3, Y=1: the optimum'"
+SCRIPT = [
+    Reply(tool_calls=[ToolCall("Bash", {"command": TRY, "description": "submit"})]),
+    Reply(text="Submitted: it was kept."),
+]
+
+
+def events(lab: Path, kind: str | None = None) -> list[Event]:
+    store = open_store(store_url(lab))
+    try:
+        run = store.latest_run("toy")
+        if run is None:
+            return []
+        return [e for e in store.events(run.id, limit=100000) if kind is None or e.kind == kind]
+    finally:
+        store.close()
+
+
+def states(lab: Path) -> list[str]:
+    return [str(e.payload["state"]) for e in events(lab, "agent.state")]
+
+
+def agent_pids(worktree: Path) -> list[int]:
+    """The `overnight agent` processes running for this worktree."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"agent" in argv and str(worktree).encode() in argv:
+            pids.append(int(entry.name))
+    return pids
+
+
+@contextlib.contextmanager
+def running(lab: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """`overnight run LAB` for the length of the block, then Ctrl-C: it must exit 130."""
+    with subprocess.Popen(
+        [*OVERNIGHT, "run", str(lab)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+
+
+@pytest.fixture
+def lab_run(tmp_path: Path) -> Iterator[Callable[..., tuple[Path, FakeProvider]]]:
+    procs: list[subprocess.Popen[str]] = []
+    fakes: list[FakeProvider] = []
+
+    def start(idle_after: str = "1h") -> tuple[Path, FakeProvider]:
+        fake = FakeProvider("anthropic", script=SCRIPT, mode="conversation").__enter__()
+        fakes.append(fake)
+        lab = make_lab(
+            tmp_path / "lab",
+            config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after=idle_after),
+        )
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "FAKE_KEY": "sk-fake",
+            "OVERNIGHT_CLAUDE": str(claude_cli()),
+        }
+        proc = subprocess.Popen(
+            [*OVERNIGHT, "run", str(lab)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return lab, fake
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    for fake in fakes:
+        fake.__exit__(None, None, None)
+
+
+def test_claude_code_submits_a_trial_goes_idle_and_is_restarted_and_resumed(
+    lab_run: Callable[..., tuple[Path, FakeProvider]],
+) -> None:
+    lab, fake = lab_run()
+    # the first turn: Claude Code edits exp.py and runs `overnight try`, which keeps it
+    wait_until(lambda: "idle" in states(lab), timeout=90)
+    ledger = run_cli("ledger", str(lab), "--tsv").stdout
+    assert "X=3, Y=1: the optimum" in ledger and "keep" in ledger
+    assert states(lab)[:2] == ["working", "idle"]
+    requests = len(fake.requests)
+    assert requests >= 2 and all(r["headers"].get("x-api-key") == "sk-fake" for r in fake.requests)
+
+    # kill -9 the agent process: the supervisor restarts it, and it resumes the conversation
+    status = json.loads(run_cli("status", str(lab), "--json").stdout)
+    worktree = lab / ".overnight" / "worktrees" / status["run"] / "claude"
+    (pid,) = agent_pids(worktree)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: events(lab, "agent.restarted") != [], timeout=30)
+    wait_until(lambda: states(lab)[-1] == "idle" and len(fake.requests) > requests, timeout=90)
+    assert "crashed" in states(lab)
+    resumed = fake.requests[-1]["body"]
+    text = str(resumed["messages"])
+    assert "overnight restarted you" in text
+    assert "X=3, Y=1: the optimum" in text  # the earlier tool call is still in the conversation
+
+
+CODEX_CONFIG = """\
+[lab]
+name = "toy"
+editable = ["exp.py"]
+protected = ["judge.py"]
+run = "{python} exp.py"
+metric = "score"
+budget = "20s"
+
+[[agents]]
+name = "codex"
+runtime = "codex"
+model = "gpt-5.5"
+
+[gateway]
+port = 0
+
+[[gateway.upstreams]]
+name = "local"
+protocol = "openai"
+base_url = "{url}/v1"
+responses_api = false
+
+[gateway.models]
+"gpt-5.5" = ["local/gpt-fake-1"]
+"""
+
+CODEX_SCRIPT = [
+    Reply(tool_calls=[ToolCall("exec_command", {"cmd": TRY})]),
+    Reply(text="Submitted: it was kept."),
+]
+
+
+def test_codex_submits_a_trial_through_the_responses_api(tmp_path: Path) -> None:
+    with FakeProvider("openai", script=CODEX_SCRIPT, mode="conversation") as fake:
+        lab = make_lab(
+            tmp_path / "lab", config=CODEX_CONFIG.format(python=sys.executable, url=fake.url)
+        )
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {**os.environ, "HOME": str(home), "OVERNIGHT_CODEX": str(codex_cli())}
+        with running(lab, env):
+            wait_until(lambda: "idle" in states(lab), timeout=90)
+    ledger = run_cli("ledger", str(lab), "--tsv").stdout
+    assert "X=3, Y=1: the optimum" in ledger and "keep" in ledger
+    assert states(lab) == ["working", "idle", "paused"]
+    # Codex spoke Responses to the gateway, which a Chat Completions server answered
+    assert {r["path"] for r in fake.requests} == {"/v1/chat/completions"}
+    store = open_store(store_url(lab))
+    (agent,) = store.agents(events(lab)[0].run_id)
+    store.close()
+    assert agent.session  # Codex's thread id, to resume the conversation after a restart
+
+
+def test_a_killed_overnight_run_leaves_the_agent_working_and_the_next_one_reattaches(
+    tmp_path: Path,
+) -> None:
+    with FakeProvider("anthropic", script=SCRIPT, mode="conversation") as fake:
+        lab = make_lab(
+            tmp_path / "lab",
+            config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after="1h"),
+        )
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "FAKE_KEY": "sk-fake",
+            "OVERNIGHT_CLAUDE": str(claude_cli()),
+        }
+        with subprocess.Popen(
+            [*OVERNIGHT, "run", str(lab)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as first:
+            wait_until(lambda: "idle" in states(lab), timeout=90)
+            status = json.loads(run_cli("status", str(lab), "--json").stdout)
+            worktree = lab / ".overnight" / "worktrees" / status["run"] / "claude"
+            (pid,) = agent_pids(worktree)
+            first.kill()  # SIGKILL: no clean-up at all
+            first.communicate()
+        (worktree / "notes.txt").write_text("unsubmitted work in progress\n")
+        assert agent_pids(worktree) == [pid]  # the agent outlived it, in its tmux session
+        with running(lab, env):
+            wait_until(lambda: events(lab, "agent.reattached") != [], timeout=60)
+            assert agent_pids(worktree) == [pid]  # the same process, not a new one
+            assert events(lab, "agent.started")[1:] == []
+            assert (worktree / "notes.txt").exists()  # its worktree was left alone
+        wait_until(lambda: agent_pids(worktree) == [], timeout=30)  # Ctrl-C stops it
+
+
+def test_codex_pauses_through_a_brownout_and_resumes_after_it(tmp_path: Path) -> None:
+    config = CODEX_CONFIG.replace('model = "gpt-5.5"\n', 'model = "gpt-5.5"\nidle_after = "1s"\n')
+    config += '[gateway.breaker]\nfailures = 1\ncooldown = "1s"\nmax_cooldown = "1s"\n'
+    with FakeProvider("openai", script=CODEX_SCRIPT, mode="conversation") as fake:
+        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {**os.environ, "HOME": str(home), "OVERNIGHT_CODEX": str(codex_cli())}
+        with running(lab, env):
+            wait_until(lambda: "idle" in states(lab), timeout=90)
+            fake.fault("status", code=503, times=None)
+            wait_until(lambda: "paused" in states(lab), timeout=90)
+            paused_at = len(fake.requests)
+            fake.clear_faults()
+            wait_until(lambda: events(lab, "agent.recovered") != [], timeout=60)
+            # the agent goes on: a new turn reaches the provider after the recovery
+            wait_until(lambda: states(lab)[-1] == "working", timeout=60)
+            wait_until(lambda: len(fake.requests) > paused_at + 1, timeout=60)
+    (brownout,) = events(lab, "agent.brownout")
+    (recovered,) = events(lab, "agent.recovered")
+    assert brownout.payload["mode"] == "pause" and recovered.payload["trials"] == []
+
+
+AIDER_EDIT = (
+    "DESCRIPTION: X to its optimum, 3\n\n"
+    "exp.py\n```\n<<<<<<< SEARCH\nX = 0.5\n=======\nX = 3\n>>>>>>> REPLACE\n```\n"
+)
+
+
+def aider_cli() -> Path:
+    path = Path(os.environ.get("OVERNIGHT_AIDER") or REPO / "build" / "aider" / "bin" / "aider")
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make clis` (it installs aider-chat)", pytrace=False)
+    return path
+
+
+def test_aider_edits_and_overnight_submits_its_change(tmp_path: Path) -> None:
+    """aider does not run shell commands unattended: the agent process submits each turn's
+    change with `overnight try` (aider's DESCRIPTION line as the description) and tells the
+    next turn the result."""
+    config = CODEX_CONFIG.replace(
+        'name = "codex"\nruntime = "codex"', 'name = "aider"\nruntime = "aider"'
+    )
+    with FakeProvider("openai", script=[Reply(text=AIDER_EDIT)]) as fake:
+        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
+        home = tmp_path / "home"
+        # aider fetches LiteLLM's price list from GitHub unless its cache is fresh: offline here
+        cache = home / ".aider" / "caches"
+        cache.mkdir(parents=True)
+        (cache / "model_prices_and_context_window.json").write_text('{"none": {}}')
+        env = {**os.environ, "HOME": str(home), "OVERNIGHT_AIDER": str(aider_cli())}
+        with running(lab, env):
+            wait_until(lambda: "idle" in states(lab), timeout=120)
+    ledger = run_cli("ledger", str(lab), "--tsv").stdout
+    assert "X to its optimum, 3" in ledger and "keep" in ledger
+    followup = [r for r in fake.requests if r["path"] == "/v1/chat/completions"][-1]
+    assert "KEPT" in json.dumps(followup["body"]["messages"])  # the next turn heard the result
+
+
+def test_an_idle_agent_is_nudged(lab_run: Callable[..., tuple[Path, FakeProvider]]) -> None:
+    lab, fake = lab_run(idle_after="1s")
+    wait_until(lambda: events(lab, "agent.nudged") != [], timeout=90)
+    wait_until(
+        lambda: any("NUDGE-7" in str(r["body"]["messages"]) for r in fake.requests), timeout=60
+    )
+    (nudge, *_) = events(lab, "agent.nudged")
+    assert nudge.agent == "claude" and nudge.payload["message"] == "Keep going: NUDGE-7"
+
+
+def test_a_missing_cli_is_named_with_how_to_install_it(tmp_path: Path) -> None:
+    lab = make_lab(
+        tmp_path / "lab",
+        config=AGENT_CONFIG.format(
+            python=sys.executable, url="http://127.0.0.1:9", idle_after="1h"
+        ),
+    )
+    env = {**os.environ, "OVERNIGHT_CLAUDE": str(tmp_path / "nowhere" / "claude"), "FAKE_KEY": "x"}
+    result = run_cli("run", str(lab), env=env)
+    assert result.returncode == 2
+    assert "agents[0].runtime" in result.stderr
+    assert "@anthropic-ai/claude-code" in result.stderr and "fix:" in result.stderr
+    git(lab, "status")  # the lab is untouched and still a repository

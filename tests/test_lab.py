@@ -1,0 +1,310 @@
+"""The trial ratchet through its real interfaces: the `overnight` CLI and the Lab service API."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import optuna
+
+from overnight.lab.git import Git
+from overnight.lab.lab import Lab
+from overnight.lab.trial import TrialStatus as S
+from overnight.proposers import Proposal
+from overnight.proposers.optuna import study_name
+from overnight.store import open_store, store_url
+from tests.conftest import TOY_SCRIPT, git, make_lab, run_cli
+
+FINAL_STATUSES = {"kept", "discarded", "rejected", "crashed", "timed_out", "interrupted"}
+
+
+def _trials(lab: Path) -> list[dict[str, object]]:
+    db = sqlite3.connect(lab / ".overnight" / "overnight.db")
+    db.row_factory = sqlite3.Row
+    rows = [dict(r) for r in db.execute("SELECT * FROM ov_trials ORDER BY number")]
+    db.close()
+    return rows
+
+
+def _agents(lab: Path) -> list[dict[str, object]]:
+    db = sqlite3.connect(lab / ".overnight" / "overnight.db")
+    db.row_factory = sqlite3.Row
+    rows = [dict(r) for r in db.execute("SELECT * FROM ov_agents ORDER BY name")]
+    db.close()
+    return rows
+
+
+def test_run_keeps_only_improvements_and_branches_point_at_the_best(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path / "lab", parallel=2, agents=2)
+    result = run_cli("run", str(lab), "--trials", "8")
+    assert result.returncode == 0, result.stderr
+    assert "best score" in result.stdout
+    trials = _trials(lab)
+    assert trials[0]["agent"] == "baseline" and trials[0]["metric"] == 22.25
+    assert sum(1 for t in trials if t["agent"] != "baseline") == 8
+    for agent in _agents(lab):
+        mine = [t for t in trials if t["agent"] == agent["name"]]
+        kept = [t["metric"] for t in mine if t["status"] == "kept"]
+        # the ratchet only moves to strictly better metrics
+        assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept)
+        # the branch points at the best commit, and the worktree sits there, clean
+        assert (
+            git(lab, "rev-parse", f"refs/heads/{agent['branch']}").strip() == agent["best_commit"]
+        )
+        worktree = Path(str(agent["worktree"]))
+        assert git(worktree, "rev-parse", "HEAD").strip() == agent["best_commit"]
+        assert git(worktree, "status", "--porcelain") == ""
+        for t in mine:
+            if t["status"] == "discarded":
+                # never lost: the discarded change is in the store
+                assert "+X = " in str(t["diff"]) or "+Y = " in str(t["diff"])
+                assert "does not beat the best" in str(t["reason"])
+    # the user's own checkout was never touched
+    assert git(lab, "status", "--porcelain") == ""
+    assert git(lab, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
+
+
+def test_ledger_tsv_starts_with_autoresearch_columns(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path / "lab")
+    assert run_cli("run", str(lab), "--trials", "3").returncode == 0
+    tsv = run_cli("ledger", str(lab), "--tsv").stdout.splitlines()
+    assert tsv[0].split("\t")[:4] == ["commit", "score", "status", "description"]
+    rows = [line.split("\t") for line in tsv[1:]]
+    assert len(rows) == 4
+    assert rows[0][2:4] == ["keep", "baseline"]
+    assert {r[2] for r in rows} <= {"keep", "discard", "crash"}
+    assert all(len(r[0]) == 7 for r in rows)
+
+
+def test_status_json_and_report(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path / "lab")
+    assert run_cli("run", str(lab), "--trials", "4").returncode == 0
+    status = json.loads(run_cli("status", str(lab), "--json").stdout)
+    assert status["trials"]["total"] == 4
+    assert status["baseline"] == 22.25
+    assert status["best"]["metric"] <= 22.25
+    assert status["running_pid"] is None
+    out = tmp_path / "report.html"
+    result = run_cli("report", str(lab), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    page = out.read_text()
+    assert "data:image/png;base64," in page and "baseline: 22.25" in page
+    md = run_cli("report", str(lab))
+    path = Path(md.stdout.split("report: ")[1].strip())
+    assert path.with_name("report-progress.png").stat().st_size > 10_000
+
+
+def test_resume_continues_the_run_and_its_study(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path / "lab")
+    assert run_cli("run", str(lab), "--trials", "3").returncode == 0
+    second = run_cli("run", str(lab), "--trials", "3")
+    assert second.returncode == 0 and "resuming run" in second.stdout
+    trials = _trials(lab)
+    assert [t["number"] for t in trials] == list(range(1, 8))
+    assert len({t["run_id"] for t in trials}) == 1
+    url = store_url(lab)
+    study = optuna.load_study(study_name=study_name(str(trials[0]["run_id"])), storage=url)
+    complete = [t for t in study.trials if t.state.is_finished()]
+    assert len(complete) == 7  # 6 trials + the seeded baseline, each told exactly once
+
+
+def test_new_run_starts_from_head(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path / "lab")
+    assert run_cli("run", str(lab), "--trials", "1").returncode == 0
+    assert run_cli("run", str(lab), "--trials", "1", "--new").returncode == 0
+    assert len({t["run_id"] for t in _trials(lab)}) == 2
+
+
+def test_parallel_agents_share_one_study(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path / "lab", parallel=2, agents=3)
+    assert run_cli("run", str(lab), "--trials", "9").returncode == 0
+    trials = _trials(lab)
+    by_agent = {t["agent"] for t in trials}
+    assert by_agent == {"baseline", "t-1", "t-2", "t-3"}
+    optuna_numbers = [json.loads(str(t["proposal"])).get("optuna_trial") for t in trials[1:]]
+    assert len(set(optuna_numbers)) == 9  # one study, no point proposed twice by two agents
+    run_id = str(trials[0]["run_id"])
+    study = optuna.load_study(study_name=study_name(run_id), storage=store_url(lab))
+    assert len(study.trials) == 10
+
+
+def _lab_with(tmp_path: Path, script: str, lab_extra: str = "") -> Path:
+    return make_lab(tmp_path / "lab", script=script, lab_extra=lab_extra)
+
+
+def test_run_that_writes_a_protected_file_is_rejected(tmp_path: Path) -> None:
+    lab = _lab_with(
+        tmp_path,
+        "X = 0.5\nY = 5\nif X != 0.5:\n    open('judge.py', 'a').write('# gamed')\n"
+        "print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
+    )
+    assert run_cli("run", str(lab), "--trials", "2").returncode == 0
+    rejected = [t for t in _trials(lab) if t["agent"] != "baseline"]
+    assert {t["status"] for t in rejected} == {"rejected"}
+    assert all("protected file(s) modified: judge.py" in str(t["reason"]) for t in rejected)
+
+
+def test_trial_without_a_metric_line_crashes_with_the_log_tail(tmp_path: Path) -> None:
+    lab = _lab_with(
+        tmp_path,
+        "X = 0.5\nY = 5\nprint('loss went to nan, giving up')\n"
+        "if X == 0.5:\n    print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
+    )
+    assert run_cli("run", str(lab), "--trials", "2").returncode == 0
+    crashed = [t for t in _trials(lab) if t["agent"] != "baseline"]
+    assert {t["status"] for t in crashed} == {"crashed"}
+    assert all("no `score: <number>` line" in str(t["reason"]) for t in crashed)
+    assert all("giving up" in str(t["log_tail"]) for t in crashed)
+
+
+def test_trial_past_its_budget_is_killed_with_its_children(tmp_path: Path) -> None:
+    lab = _lab_with(
+        tmp_path,
+        "import subprocess, time\nX = 0.5\nY = 5\n"
+        "if X != 0.5:\n"
+        "    subprocess.Popen(['sleep', '300'])\n"
+        "    time.sleep(300)\n"
+        "print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
+        lab_extra='budget = "1s"\ngrace = "0.5s"',
+    )
+    (lab / "overnight.toml").write_text(
+        (lab / "overnight.toml").read_text().replace('budget = "20s"\ngrace = "5s"\n', "")
+    )
+    git(lab, "commit", "-qam", "short budget")
+    result = run_cli("run", str(lab), "--trials", "1")
+    assert result.returncode == 0, result.stderr
+    trial = _trials(lab)[-1]
+    assert trial["status"] == "timed_out"
+    assert 1.5 <= float(str(trial["duration_s"])) < 6
+    assert "killed after 2s" in str(trial["reason"])
+    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_sleep_300(p)]
+    assert alive == []
+
+
+def _is_sleep_300(proc: Path) -> bool:
+    try:
+        return (proc / "cmdline").read_bytes() == b"sleep\x00300\x00"
+    except OSError:
+        return False
+
+
+def test_gigabytes_of_output_are_capped_and_the_metric_still_read(tmp_path: Path) -> None:
+    lab = _lab_with(
+        tmp_path,
+        "import sys\nX = 0.5\nY = 5\n"
+        "if X != 0.5:\n"
+        "    line = 'x' * 1023 + '\\n'\n"
+        "    for _ in range(200 * 1024):\n"  # 200 MB
+        "        sys.stdout.write(line)\n"
+        "print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
+        lab_extra='max_log = "1MB"',
+    )
+    assert run_cli("run", str(lab), "--trials", "1").returncode == 0
+    trial = _trials(lab)[-1]
+    assert trial["status"] in ("kept", "discarded")
+    assert trial["metric"] is not None
+    log = Path(str(trial["log_path"]))
+    assert log.stat().st_size < 1_200_000
+    assert "bytes dropped here" in log.read_text()
+
+
+def test_min_delta_and_confirm_runs(tmp_path: Path) -> None:
+    lab = _lab_with(tmp_path, TOY_SCRIPT, lab_extra="confirm_runs = 2")
+    assert run_cli("run", str(lab), "--trials", "6").returncode == 0
+    for t in _trials(lab):
+        metrics = json.loads(str(t["metrics"]))
+        if t["status"] == "kept" and t["agent"] != "baseline":
+            assert len(metrics) == 3  # measured, then confirmed twice
+        if t["status"] == "discarded":
+            assert len(metrics) in (1, 2, 3)
+    huge = make_lab(tmp_path / "b", lab_extra="min_delta = 1000")
+    assert run_cli("run", str(huge), "--trials", "3").returncode == 0
+    assert {t["status"] for t in _trials(huge) if t["agent"] != "baseline"} == {"discarded"}
+
+
+def test_proposals_outside_editable_are_rejected_by_the_guard(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path / "lab", files={"notes/other.txt": "hello\n"})
+    started = Lab.start(lab)
+    try:
+        stop = threading.Event()
+        assert started.ensure_baseline(stop) is not None
+        name = started.agents()[0].name
+
+        def write(rel: str, text: str) -> Proposal:
+            def apply(root: Path) -> None:
+                (root / rel).write_text(text)
+
+            return Proposal(f"edit {rel}", {"file": rel}, apply)
+
+        protected = started.run_trial(name, write("judge.py", "# rigged\n"), stop)
+        outside = started.run_trial(name, write("notes/other.txt", "changed\n"), stop)
+        fine = started.run_trial(name, write("exp.py", "X = 3\nY = 1\nprint('score: 0')\n"), stop)
+        assert protected.status is S.rejected and "protected file(s): judge.py" in str(
+            protected.reason
+        )
+        assert outside.status is S.rejected and "outside `editable`" in str(outside.reason)
+        assert fine.status is S.kept and fine.metric == 0
+        wt = Git(Path(started.agent(name).worktree))
+        assert wt.head() == fine.candidate_commit and wt.dirty() == []
+        assert "# rigged" in str(protected.diff)  # rejected, but the attempt is on record
+    finally:
+        started.close()
+    store = open_store(store_url(lab))
+    assert store.latest_run("toy") is not None
+    store.close()
+
+
+def test_up_runs_as_a_service_until_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import OVERNIGHT
+
+    lab = make_lab(tmp_path / "lab")
+    proc = subprocess.Popen(
+        [*OVERNIGHT, "up", str(lab)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while sum(1 for t in _trials_or_none(lab) if t["status"] in ("kept", "discarded")) < 4:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "trial    2 t" in out and "stopped" in out
+    left = [(t["number"], t["status"]) for t in _trials(lab) if t["status"] not in FINAL_STATUSES]
+    assert left == [], f"trials left in flight by a clean stop: {left}\n{out}\n{err}"
+
+
+def _trials_or_none(lab: Path) -> list[dict[str, object]]:
+    try:
+        return _trials(lab)
+    except sqlite3.OperationalError:
+        return []
+
+
+def test_ctrl_c_during_the_baseline_stops_the_experiment_too(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import OVERNIGHT, process_gone
+
+    lab = make_lab(tmp_path / "lab", script="import time\nX = 0.5\nY = 5\ntime.sleep(120)\n")
+    proc = subprocess.Popen(
+        [*OVERNIGHT, "run", str(lab)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not [t for t in _trials_or_none(lab) if t["pid"]]:  # the baseline's experiment started
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = int(str(_trials(lab)[0]["pid"]))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, out + err
+    trial = _trials(lab)[0]
+    assert trial["status"] == "interrupted"
+    assert process_gone(pid), "the experiment outlived the run that started it"
