@@ -231,6 +231,31 @@ def test_codex_submits_a_trial_through_the_responses_api(tmp_path: Path) -> None
     assert agent.session  # Codex's thread id, to resume the conversation after a restart
 
 
+def test_a_curious_codex_agent_runs_in_a_read_only_sandbox(tmp_path: Path) -> None:
+    """Autonomy `curious` means no writes: Codex's own sandbox refuses the agent's write,
+    and the refusal goes back to the model."""
+    script = [
+        Reply(tool_calls=[ToolCall("exec_command", {"cmd": "echo 'X = 3' >> exp.py"})]),
+        Reply(text="I could not write."),
+    ]
+    config = CODEX_CONFIG.replace(
+        'model = "gpt-5.5"\n', 'model = "gpt-5.5"\nautonomy = "curious"\n'
+    )
+    with FakeProvider("openai", script=script, mode="conversation") as fake:
+        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
+        home = tmp_path / "home"
+        home.mkdir()
+        env = {**os.environ, "HOME": str(home), "OVERNIGHT_CODEX": str(codex_cli())}
+        with running(lab, env):
+            wait_until(lambda: "idle" in states(lab), timeout=90)
+    (worktree,) = (lab / ".overnight" / "worktrees").glob("*/codex")
+    assert (worktree / "exp.py").read_text() == (lab / "exp.py").read_text()
+    tool_results = [
+        m for r in fake.requests for m in r["body"]["messages"] if m.get("role") == "tool"
+    ]
+    assert tool_results and "Read-only file system" in str(tool_results[-1]["content"])
+
+
 def test_a_killed_overnight_run_leaves_the_agent_working_and_the_next_one_reattaches(
     tmp_path: Path,
 ) -> None:

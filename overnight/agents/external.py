@@ -99,6 +99,8 @@ class ExternalAgent:
                 submits=self.runtime.submits,
             ),
             files=files,
+            autonomy=str(self.config.autonomy),
+            writable=(self.lab.git.common_dir(), self.lab.state_dir),
         )
 
     def run(self) -> None:

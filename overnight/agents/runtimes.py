@@ -41,6 +41,11 @@ class TurnContext:
     instructions: str
     files: tuple[str, ...] = ()
     """The editable files in the worktree (for a CLI that must be told what to edit)."""
+    autonomy: str = "embedded"
+    """curious (no writes), ready or embedded: how far a CLI's own sandbox lets it go."""
+    writable: tuple[Path, ...] = ()
+    """Besides the worktree, where `overnight try` writes (the repository's git directory
+    and the lab's state directory), for a CLI that sandboxes its commands."""
 
 
 @dataclass
@@ -212,13 +217,9 @@ class Codex:
         exe = self.executable()
         assert exe is not None
         self._write_config(ctx)
-        common = [
-            "--json", "--skip-git-repo-check",
-            # overnight's integrity guard, not Codex's sandbox, is what judges the work;
-            # the sandbox needs user namespaces many containers lack.
-            "--dangerously-bypass-approvals-and-sandbox",
-            "-m", ctx.model,
-        ]  # fmt: skip
+        # The sandbox and approval mode follow the agent's autonomy (see _write_config);
+        # overnight's integrity guard still judges whatever the agent changes.
+        common = ["--json", "--skip-git-repo-check", "-m", ctx.model]
         if session is None:
             return [exe, "exec", *common, prompt], ""
         return [exe, "exec", "resume", *common, session, prompt], session
@@ -231,12 +232,31 @@ class Codex:
             'model_provider = "overnight"\n'
             # a login shell resets PATH from /etc/profile, and `overnight` must stay on it
             "allow_login_shell = false\n"
-            f"developer_instructions = {json.dumps(ctx.instructions)}\n\n"
+            f"developer_instructions = {json.dumps(ctx.instructions)}\n"
+            # nobody is there to answer Codex's own prompts: a command its sandbox refuses
+            # fails back to the model, and overnight's policies decide the rest
+            'approval_policy = "never"\n'
+            f"{self._sandbox(ctx)}\n"
             "[model_providers.overnight]\n"
             'name = "overnight gateway"\n'
             f'base_url = "{ctx.gateway_url}/v1"\n'
             'env_key = "OVERNIGHT_GATEWAY_KEY"\n'
             'wire_api = "responses"\n'
+        )
+
+    @staticmethod
+    def _sandbox(ctx: TurnContext) -> str:
+        """A curious agent's commands may read but not write; the others may write in the
+        worktree and where `overnight try` records the trial, and reach the network (the
+        store may be PostgreSQL)."""
+        if ctx.autonomy == "curious":
+            return 'sandbox_mode = "read-only"\n'
+        roots = json.dumps([str(p) for p in ctx.writable])
+        return (
+            'sandbox_mode = "workspace-write"\n\n'
+            "[sandbox_workspace_write]\n"
+            f"writable_roots = {roots}\n"
+            "network_access = true\n"
         )
 
     def env(self, ctx: TurnContext) -> dict[str, str]:

@@ -106,6 +106,11 @@ class Git:
         """`git status --porcelain` lines of the working tree (ignored files excluded)."""
         return [line for line in self.run("status", "--porcelain").splitlines() if line]
 
+    def common_dir(self) -> Path:
+        """The repository's git directory that every worktree shares (objects, refs)."""
+        found = Path(self.run("rev-parse", "--git-common-dir").strip())
+        return (found if found.is_absolute() else self.path / found).resolve()
+
     def exclude(self, pattern: str) -> None:
         """Ignore `pattern` locally (.git/info/exclude), without touching tracked files."""
         info = Path(self.run("rev-parse", "--git-path", "info/exclude").strip())
