@@ -10,8 +10,13 @@ CLAUDE_CODE_VERSION := 2.1.328
 CODEX_VERSION := 0.169.0
 AIDER := build/aider
 AIDER_VERSION := 0.86.2
+WEB := build/web
+VENDOR := overnight/web/static/vendor
+XTERM_VERSION := 6.0.0
+XTERM_FIT_VERSION := 0.11.0
+HTMX_VERSION := 2.0.11
 
-.PHONY: demo test lint typecheck bench clean clis system-deps
+.PHONY: demo test lint typecheck bench clean clis system-deps web-assets
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,16 +31,30 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 ## demo: install, then run the example lab end to end, offline, on the CPU
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed $(VENDOR)/.installed
 	rm -rf $(DEMO_DIR)
 	$(BIN)/overnight example spirals $(DEMO_DIR)
 	# the lab's `run = "python train.py"` must find the venv's python (numpy is there)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/overnight run $(DEMO_DIR) --trials $(DEMO_TRIALS)
 	$(BIN)/overnight report $(DEMO_DIR)
 
-## system-deps: Debian packages the tests drive for real (tmux for terminal sessions)
+## system-deps: Debian packages the tests drive for real (tmux for terminal sessions,
+## chromium for the command center's browser tests)
 system-deps:
 	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux; }
+	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+## web-assets: the command center's front-end files (xterm.js, htmx) from npm, served locally
+$(VENDOR)/.installed:
+	mkdir -p $(WEB) $(VENDOR)
+	npm install --prefix $(WEB) --no-audit --no-fund --loglevel=error \
+		@xterm/xterm@$(XTERM_VERSION) @xterm/addon-fit@$(XTERM_FIT_VERSION) htmx.org@$(HTMX_VERSION)
+	cp $(WEB)/node_modules/@xterm/xterm/lib/xterm.js $(WEB)/node_modules/@xterm/xterm/css/xterm.css \
+		$(WEB)/node_modules/@xterm/addon-fit/lib/addon-fit.js $(WEB)/node_modules/htmx.org/dist/htmx.min.js \
+		$(VENDOR)/
+	touch $@
+
+web-assets: $(VENDOR)/.installed
 
 ## clis: the real Claude Code and Codex CLIs, for end-to-end tests against our gateway
 $(CLIS)/.installed:
@@ -53,7 +72,7 @@ $(AIDER)/.installed:
 clis: $(CLIS)/.installed $(AIDER)/.installed
 
 ## test: install with dev tools, lint, type-check, and run the whole suite
-test: system-deps $(VENV)/.installed-dev $(CLIS)/.installed $(AIDER)/.installed lint typecheck
+test: system-deps $(VENV)/.installed-dev $(CLIS)/.installed $(AIDER)/.installed $(VENDOR)/.installed lint typecheck
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
@@ -64,11 +83,13 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 ## bench: every benchmark, each printing its figures
-bench: system-deps $(VENV)/.installed-dev
+bench: system-deps $(VENV)/.installed-dev $(VENDOR)/.installed
 	$(BIN)/python benchmarks/lab_overhead.py
 	$(BIN)/python benchmarks/failover.py
 	$(BIN)/python benchmarks/agents_scale.py       # needs tmux; ~3 min
 	$(BIN)/python benchmarks/gateway_overhead.py   # installs a pinned LiteLLM into build/bench on first use
+	$(BIN)/python benchmarks/ui_scale.py           # needs chromium (system-deps) and web-assets
+	$(BIN)/python benchmarks/governance.py         # decisions, the hook's round trip, audit append/verify
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache $(VENDOR)

@@ -34,6 +34,13 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 Dir = Annotated[Path, typer.Argument(help="The lab: a git repository with overnight.toml.")]
+UiHost = Annotated[
+    str, typer.Option("--host", help="Where the command center listens (default loopback only).")
+]
+UiPort = Annotated[
+    int, typer.Option("--port", min=0, max=65535, help="The command center's port (0: any).")
+]
+NoUi = Annotated[bool, typer.Option("--no-ui", help="Do not serve the command center.")]
 
 
 @app.command()
@@ -48,9 +55,12 @@ def run(
     new: Annotated[
         bool, typer.Option("--new", help="Start a new run from HEAD instead of resuming.")
     ] = False,
+    host: UiHost = "127.0.0.1",
+    port: UiPort = 0,
+    no_ui: NoUi = False,
 ) -> None:
     """Run the lab in the foreground; run it again to resume where it stopped."""
-    _run_lab(directory, trials, for_, new, live=True)
+    _run_lab(directory, trials, for_, new, live=True, ui=(host, port, not no_ui))
 
 
 @app.command()
@@ -59,14 +69,24 @@ def up(
     for_: Annotated[
         str | None, typer.Option("--for", help='Stop starting trials after this long, e.g. "8h".')
     ] = None,
+    host: UiHost = "127.0.0.1",
+    port: UiPort = 0,
+    no_ui: NoUi = False,
 ) -> None:
     """Run the lab as a long-lived service: one log line per trial, until SIGTERM or Ctrl-C."""
-    _run_lab(directory, None, for_, False, live=False)
+    _run_lab(directory, None, for_, False, live=False, ui=(host, port, not no_ui))
 
 
-def _run_lab(directory: Path, trials: int | None, for_: str | None, new: bool, live: bool) -> None:
+def _run_lab(
+    directory: Path,
+    trials: int | None,
+    for_: str | None,
+    new: bool,
+    live: bool,
+    ui: tuple[str, int, bool] = ("127.0.0.1", 0, True),
+) -> None:
     from overnight.agents.supervisor import Supervisor
-    from overnight.daemon import lab_services
+    from overnight.daemon import UiOptions, lab_services
     from overnight.lab.lab import Lab
 
     seconds = _duration("--for", for_) if for_ else None
@@ -77,7 +97,7 @@ def _run_lab(directory: Path, trials: int | None, for_: str | None, new: bool, l
     signal.signal(signal.SIGTERM, _raise_interrupt)
     interrupted = False
     try:
-        with lab_services(lab, lambda line: out.print(line, soft_wrap=True)) as services:
+        with lab_services(lab, _announce, UiOptions(*ui)) as services:
             supervisor = Supervisor(
                 lab, trials=trials, seconds=seconds, on_trial=view.finished, services=services
             )
@@ -110,6 +130,14 @@ def try_(
     from overnight.lab.trial import TrialStatus
 
     lab, agent = Lab.attach(directory)
+    if lab.config.gateway is not None:
+        # the command center judges the trial (policies, approvals) and records it; this
+        # is the agent's process, which must not
+        from overnight.agents.external import gateway_url
+        from overnight.agents.runtimes import key_of
+        from overnight.governance.remote import RemoteJudge
+
+        lab.judge = RemoteJudge(gateway_url(lab), key_of(lab.state_dir / "keys" / agent))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
@@ -371,6 +399,239 @@ def fake_provider(
     serve(protocol, port, script, mode)
 
 
+policy_app = typer.Typer(
+    no_args_is_help=True,
+    help="Governance policies: run their tests, or ask what they say about an action.",
+)
+app.add_typer(policy_app, name="policy")
+_POLICY_EXIT = {"allow": 0, "review": 4, "deny": 5}
+
+
+@policy_app.command("test")
+def policy_test(directory: Dir = Path(".")) -> None:
+    """Run the tests of every policy file the lab loads, the shipped defaults included.
+
+    Exit code 0 when every test passes, 1 when one fails, 2 when a policy does not load.
+    """
+    from overnight.governance.policy import Policy
+    from overnight.org import load_org
+
+    org = load_org(directory)
+    policy = Policy.load(org.root, org.config.governance)
+    outcomes = policy.run_tests()
+    failed = [o for o in outcomes if o.problem]
+    for outcome in failed:
+        out.print(Text("FAIL ", style="red") + Text(outcome.describe()))
+    out.print(
+        f"{len(outcomes) - len(failed)} passed, {len(failed)} failed · {len(policy.rules)} "
+        f"rules and {len(policy.signals)} signals from {', '.join(policy.sources) or 'no file'}"
+        f" · policy version {policy.version[:12]}",
+        markup=False,
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("check")
+def policy_check(
+    action_json: Annotated[
+        str,
+        typer.Argument(
+            metavar="ACTION_JSON",
+            help='The action as JSON, or @FILE: \'{"kind": "shell", "command": "git push -f"}\'.',
+        ),
+    ],
+    directory: Annotated[
+        Path, typer.Option("--dir", "-C", help="The lab whose policy decides (default: here).")
+    ] = Path("."),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What the lab's policy says about one action.
+
+    Prints the decision, the rules that matched and why, the risk score and the
+    policy version. The lab's `protected` globs are filled in unless the action
+    gives its own.
+
+    Exit code 0 allow, 4 review, 5 deny (2: bad input or a policy that does not load).
+    """
+    from overnight.governance.action import Action
+    from overnight.governance.policy import Policy
+    from overnight.org import load_org
+
+    text = action_json
+    if action_json.startswith("@"):
+        try:
+            text = Path(action_json[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"{action_json[1:]}: cannot read it ({exc.strerror}).") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"ACTION_JSON is not valid JSON ({exc}).\n"
+            '  fix: e.g. overnight policy check \'{"kind": "shell", "command": "ls"}\''
+        ) from None
+    org = load_org(directory)
+    if isinstance(data, dict) and "protected" not in data:
+        data["protected"] = list(org.config.lab.protected)
+    try:
+        action = Action.from_mapping(data)
+    except ValueError as exc:
+        raise UserError(f"ACTION_JSON: {exc}.") from None
+    decision = Policy.load(org.root, org.config.governance).decide(action)
+    if as_json:
+        out.print_json(json.dumps({"action": action.to_dict(), **decision.to_dict()}))
+    else:
+        color = {"allow": "green", "review": "yellow", "deny": "red"}[decision.effect.value]
+        out.print(f"[bold {color}]{decision.effect.value}[/] {escape(action.summary())}")
+        for hit in decision.rules:
+            effect = hit.effect.value if hit.effect else ""
+            source = "" if hit.source in ("risk", "autonomy") else f" ({hit.source})"
+            out.print(f"  {effect:<7} {hit.id}{source}: {hit.reason}", markup=False)
+        for hit in decision.signals:
+            out.print(f"  {hit.weight:+.2f}   {hit.id} ({hit.source}): {hit.reason}", markup=False)
+        out.print(
+            f"risk {decision.risk:.2f} · review at {decision.review_at:g}, deny at "
+            f"{decision.deny_at:g} ({decision.autonomy}) · policy version {decision.policy_version}",
+            markup=False,
+        )
+    code = _POLICY_EXIT[decision.effect.value]
+    if code:
+        raise typer.Exit(code)
+
+
+# -- audit and approvals -----------------------------------------------------------------------
+
+audit_app = typer.Typer(
+    no_args_is_help=True, help="The lab's hash-chained audit record: verify it, export it."
+)
+app.add_typer(audit_app, name="audit")
+
+
+def _lab_store(directory: Path) -> tuple[Any, Any]:
+    from overnight.org import load_org
+    from overnight.store import open_store, store_url
+
+    org = load_org(directory)
+    return org, open_store(store_url(org.root))
+
+
+@audit_app.command("verify")
+def audit_verify(directory: Dir = Path(".")) -> None:
+    """Recompute the audit chain and check its signed checkpoints. Exit 0 when intact,
+    1 naming the first bad record (edited, deleted, inserted, reordered, truncated)."""
+    from overnight.governance.audit import load_key, verify
+
+    org, store = _lab_store(directory)
+    try:
+        verdict = verify(store, org.config.lab.name, load_key())
+    finally:
+        store.close()
+    if not verdict.ok:
+        err.print(Text("error: ", style="red") + Text(verdict.summary()), soft_wrap=True)
+        raise typer.Exit(1)
+    out.print(verdict.summary(), markup=False)
+    if verdict.unsigned and verdict.checkpoint is not None:
+        err.print(
+            f"warning: {verdict.unsigned} record(s) after seq {verdict.checkpoint} are not yet"
+            " covered by a signed checkpoint",
+            markup=False,
+        )
+
+
+@audit_app.command("export")
+def audit_export(
+    directory: Dir = Path("."),
+    jsonl: Annotated[
+        bool, typer.Option("--jsonl", help="One JSON record a line, with its hash.")
+    ] = False,
+) -> None:
+    """Stream every audit record of the lab to stdout, oldest first."""
+    from overnight.governance.audit import export_jsonl
+
+    if not jsonl:
+        raise UserError("say the format.\n  fix: `overnight audit export DIR --jsonl`.")
+    org, store = _lab_store(directory)
+    try:
+        export_jsonl(store, org.config.lab.name, sys.stdout.write)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        store.close()
+
+
+@app.command("approvals")
+def approvals_(directory: Dir = Path(".")) -> None:
+    """The approvals inbox: actions agents are waiting on, with the ids to answer."""
+    from overnight.governance.approvals import Approvals
+
+    org, store = _lab_store(directory)
+    try:
+        pending = Approvals(store, org.config.lab.name).pending()
+    finally:
+        store.close()
+    if not pending:
+        out.print("no pending approvals")
+        return
+    now = time.time()
+    for a in pending:
+        action = dict(a.action)
+        what = next(
+            (str(action[k]) for k in ("command", "path", "tool", "model") if action.get(k)), ""
+        )
+        risk = "" if a.risk is None else f" · risk {a.risk:.2f}"
+        out.print(
+            f"[bold]{a.id}[/]  {escape(a.agent)} · {escape(str(action.get('kind', 'action')))}"
+            f"{risk} · asked {_ago(now - a.created_at)} ago · expires in {_ago(a.expires_at - now)}"
+        )
+        if what:
+            out.print(f"    {what}", markup=False)
+        out.print(f"    why: {a.reason}", markup=False)
+    out.print("answer: `overnight approve ID [--note TEXT]` or `overnight deny ID [--note TEXT]`")
+
+
+ApprovalId = Annotated[str, typer.Argument(help="The id `overnight approvals` shows.")]
+Note = Annotated[str | None, typer.Option("--note", help="Why; kept with the answer.")]
+LabOption = Annotated[Path, typer.Option("--dir", "-C", help="The lab (default: here).")]
+
+
+@app.command()
+def approve(approval_id: ApprovalId, note: Note = None, directory: LabOption = Path(".")) -> None:
+    """Approve what an agent is waiting on; it resumes. Refused inside an agent's session."""
+    _answer(approval_id, True, note, directory)
+
+
+@app.command()
+def deny(approval_id: ApprovalId, note: Note = None, directory: LabOption = Path(".")) -> None:
+    """Deny what an agent is waiting on; it is told no. Refused inside an agent's session."""
+    _answer(approval_id, False, note, directory)
+
+
+def _answer(approval_id: str, approve: bool, note: str | None, directory: Path) -> None:
+    import getpass
+
+    from overnight.governance.approvals import Approvals, agent_context
+    from overnight.governance.audit import Auditor
+
+    why = agent_context([Path.cwd(), directory])
+    if why:
+        raise UserError(
+            f"refused: no agent can answer an approval, and this looks like one ({why}).\n"
+            "  fix: answer from your own terminal, outside the lab's worktrees, "
+            "or in the command center."
+        )
+    org, store = _lab_store(directory)
+    try:
+        auditor = Auditor(store, org.config.lab.name, lab_root=org.root)
+        inbox = Approvals(store, org.config.lab.name, auditor=auditor)
+        a = inbox.answer(approval_id, approve, note, by=f"{getpass.getuser()} (cli)")
+    finally:
+        store.close()
+    color = "green" if a.status == "approved" else "red"
+    out.print(f"approval {a.id} [{color}]{a.status}[/]: {escape(a.agent)} is told so.")
+
+
 class _Progress:
     """The live terminal view of a run (plain lines when stdout is not a terminal)."""
 
@@ -500,6 +761,15 @@ def _duration(flag: str, value: str) -> float:
         return parse_duration(value)
     except ValueError as exc:
         raise UserError(f"{flag}: {exc}") from None
+
+
+def _announce(line: str) -> None:
+    """A service's address; the command center's is the URL to click (its token included)."""
+    if line.startswith("command center: "):
+        url = line.removeprefix("command center: ")
+        out.print(Text("command center: ") + Text(url, style=f"bold link {url}"), soft_wrap=True)
+    else:
+        out.print(line, soft_wrap=True, markup=False)
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:

@@ -25,6 +25,19 @@ PG_URL = os.environ.get("OVERNIGHT_TEST_PG", "postgresql://127.0.0.1:5432/test")
 OVERNIGHT = [sys.executable, "-m", "overnight"]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _audit_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every lab the suite runs signs its audit chain with a key of the suite's own, never
+    the user's (~/.config/overnight/audit.key), inherited by the CLI subprocesses too."""
+    before = os.environ.get("OVERNIGHT_AUDIT_KEY")
+    os.environ["OVERNIGHT_AUDIT_KEY"] = str(tmp_path_factory.mktemp("audit-key") / "audit.key")
+    yield
+    if before is None:
+        os.environ.pop("OVERNIGHT_AUDIT_KEY", None)
+    else:
+        os.environ["OVERNIGHT_AUDIT_KEY"] = before
+
+
 def process_gone(pid: int) -> bool:
     """True once `pid` has exited; a zombie waiting for its parent to reap it counts as gone
     (an orphan's parent is PID 1 or a subreaper, which may reap it late or never)."""

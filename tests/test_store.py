@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
+from overnight.governance.audit import Auditor, load_key, verify
 from overnight.lab.trial import TrialStatus as S
-from overnight.store import AgentRecord, SqlStore, TransitionError, open_store
+from overnight.store import (
+    AgentRecord,
+    Approval,
+    AuditCheckpoint,
+    AuditRecord,
+    SqlStore,
+    TransitionError,
+    open_store,
+)
 from overnight.store.base import ATTEMPT_FIELDS
 from overnight.store.migrations import MIGRATIONS
 
@@ -213,6 +227,18 @@ def test_databases_saved_by_released_schemas_upgrade_in_place(dump: Path, tmp_pa
     assert store.add_trial(run.id, "t", "b" * 40, "next", {}).number == 3
     assert store.key_hashes("toy") == {"d" * 64: "t"}
     assert store.spend("toy", agent="t") == 0.25
+    key = load_key(tmp_path / "keys" / "audit.key", create=True)
+    kept = 0
+    if dump.stem >= "store-0003":
+        pending, denied = store.get_approval("k7q2mx"), store.get_approval("p3wz8d")
+        assert pending is not None and pending.action["command"] == "git push --force"
+        assert denied is not None and (denied.status, denied.note) == ("denied", "never")
+        kept = len(store.audit_records("toy"))
+        Auditor(store, "toy", key=key).checkpoint()  # signs the head as it stands
+        assert kept == 13 and verify(store, "toy", key).ok  # every old hash still checks out
+    Auditor(store, "toy", key=key).append("decision", "t", "shell", {"command": "ls"})
+    verdict = verify(store, "toy", key)
+    assert verdict.ok and verdict.records == kept + 1, verdict.summary()
     store.close()
 
 
@@ -240,3 +266,165 @@ def test_what_each_trial_cost(store: SqlStore) -> None:
         t1.number: TrialCost(tokens=240, cost_usd=0.5, unpriced=True),
         t2.number: TrialCost(tokens=120, cost_usd=0.25, unpriced=False),
     }
+
+
+# -- governance: the audit chain's storage and the approvals inbox ------------------------------
+
+
+def _links(lab: str, n: int) -> Callable[[int, str], list[AuditRecord]]:
+    """A build callback chaining `n` records after the head (a stand-in for the hashing,
+    which is governance.audit's business, not the store's)."""
+
+    def build(seq: int, head: str) -> list[AuditRecord]:
+        out = []
+        for number in range(seq + 1, seq + n + 1):
+            digest = hashlib.sha256(f"{number}{head}".encode()).hexdigest()
+            out.append(AuditRecord(lab, number, 1.5, "k", "a", "s", "{}", None, head, digest))
+            head = digest
+        return out
+
+    return build
+
+
+def test_audit_appends_from_many_threads_form_one_chain(store: SqlStore) -> None:
+    def append() -> None:
+        for _ in range(10):
+            store.append_audit("lab", _links("lab", 3))
+
+    threads = [threading.Thread(target=append) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    store.append_audit("other", _links("other", 2))
+    records = store.audit_records("lab", limit=1000)
+    assert [r.seq for r in records] == list(range(1, 121))
+    assert all(r.prev_hash == p.hash for p, r in itertools.pairwise(records))
+    assert store.audit_head("lab") == records[-1]
+    assert [r.seq for r in store.audit_records("lab", after=118)] == [119, 120]
+    assert [r.seq for r in store.audit_records("other")] == [1, 2]
+    assert store.audit_head("none") is None
+
+
+def test_a_failing_build_writes_nothing(store: SqlStore) -> None:
+    def boom(seq: int, head: str) -> list[AuditRecord]:
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        store.append_audit("lab", boom, cursors={"events": (0, 5)})
+    assert store.audit_records("lab") == [] and store.audit_cursors("lab") == {}
+    with pytest.raises(ValueError, match="expected 1"):  # a record numbered out of turn
+        store.append_audit("lab", lambda seq, head: _links("lab", 2)(seq + 1, head))
+    assert store.audit_records("lab") == []
+
+
+def test_audit_cursors_move_with_their_records_or_not_at_all(store: SqlStore) -> None:
+    assert store.append_audit("lab", _links("lab", 2), cursors={"events": (0, 7)})
+    assert store.audit_cursors("lab") == {"events": 7}
+    # a second follower that read from the old position lost the race: nothing is written
+    assert store.append_audit("lab", _links("lab", 2), cursors={"events": (0, 7)}) is None
+    assert len(store.audit_records("lab")) == 2
+    done = store.append_audit(
+        "lab", _links("lab", 0), cursors={"events": (7, 9), "attempts": (0, 3)}
+    )
+    assert done == []  # positions may move past events that make no record
+    assert store.audit_cursors("lab") == {"events": 9, "attempts": 3}
+    assert store.audit_cursors("other") == {}
+
+
+def test_audit_checkpoints_round_trip(store: SqlStore) -> None:
+    cp = AuditCheckpoint("lab", 7, "h" * 64, 12.5, "k1", "m" * 64)
+    store.add_audit_checkpoint(cp)
+    store.add_audit_checkpoint(AuditCheckpoint("lab", 7, "x" * 64, 13.0, "k1", "n" * 64))
+    store.add_audit_checkpoint(AuditCheckpoint("lab", 3, "y" * 64, 11.0, "k1", "o" * 64))
+    assert [c.seq for c in store.audit_checkpoints("lab")] == [3, 7]
+    assert store.audit_checkpoints("lab")[1] == cp  # the first one at a seq stays
+    assert store.audit_checkpoints("other") == []
+
+
+def test_a_follower_that_remembers_the_last_id_misses_nothing(store: SqlStore) -> None:
+    """Ids commit in id order, so reading `after=last seen` under concurrent writers
+    never skips a late-committing event or attempt."""
+    _run(store)
+    stop = threading.Event()
+
+    def write(agent: str) -> None:
+        while not stop.is_set():
+            store.append_event("r1", "agent.state", {"n": 1}, agent=agent)
+            store.record_attempts("lab", "r1", [_attempt(agent, 0.1, time.time())])
+
+    writers = [threading.Thread(target=write, args=(f"a{i}",)) for i in range(3)]
+    for th in writers:
+        th.start()
+    seen_events: list[int] = []
+    seen_attempts: list[int] = []
+    deadline = time.monotonic() + 2.0
+    try:
+        while time.monotonic() < deadline:
+            after = seen_events[-1] if seen_events else 0
+            seen_events += [e.id for e in store.lab_events("lab", after=after, limit=50)]
+            after = seen_attempts[-1] if seen_attempts else 0
+            seen_attempts += [int(a["id"]) for a in store.attempts("lab", after=after, limit=50)]
+    finally:
+        stop.set()
+        for th in writers:
+            th.join()
+    after = seen_events[-1]
+    seen_events += [e.id for e in store.lab_events("lab", after=after, limit=100_000)]
+    seen_attempts += [int(a["id"]) for a in store.attempts("lab", after=seen_attempts[-1])]
+    assert seen_events == [e.id for e in store.events("r1", limit=100_000)]
+    assert seen_attempts == [int(a["id"]) for a in store.attempts("lab")]
+    assert len(seen_attempts) > 10
+    assert store.lab_events("other") == []
+
+
+def _approval(approval_id: str, expires_in: float = 60.0, lab: str = "lab") -> Approval:
+    now = time.time()
+    return Approval(
+        approval_id, lab, "r1", "a1", {"kind": "shell", "command": "git push"}, "pushes",
+        0.75, "r1:3", now, now + expires_in,
+    )  # fmt: skip
+
+
+def test_an_approval_is_answered_once_with_an_event(store: SqlStore) -> None:
+    _run(store)
+    assert store.add_approval(_approval("k7q2mx"))
+    assert not store.add_approval(_approval("k7q2mx"))  # the id is taken
+    got = store.get_approval("k7q2mx")
+    assert got is not None and got.status == "pending" and got.action["command"] == "git push"
+    results: list[Approval | None] = []
+
+    def answer(status: Literal["approved", "denied"]) -> None:
+        results.append(store.answer_approval("k7q2mx", status, by=status, note="n", at=time.time()))
+
+    threads = [threading.Thread(target=answer, args=(s,)) for s in ("approved", "denied") * 3]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    final = store.get_approval("k7q2mx")
+    assert final == winners[0] and final.answered_by == final.status and final.note == "n"
+    kinds = [
+        (e.kind, e.payload.get("id")) for e in store.events("r1") if e.kind.startswith("approval")
+    ]
+    assert kinds == [("approval.requested", "k7q2mx"), (f"approval.{final.status}", "k7q2mx")]
+
+
+def test_lapsed_approvals_expire_apart_from_denied(store: SqlStore) -> None:
+    _run(store)
+    store.add_approval(_approval("aaaaaa", expires_in=-1))
+    store.add_approval(_approval("bbbbbb", expires_in=3600))
+    store.add_approval(_approval("cccccc", expires_in=-1, lab="other"))
+    assert store.get_approval("aaaaaa").status == "pending"  # type: ignore[union-attr]
+    # a lapsed approval can no longer be answered, even before a sweep
+    assert store.answer_approval("aaaaaa", "approved", by="u", note=None, at=time.time()) is None
+    expired = store.expire_approvals("lab", time.time())
+    assert [(a.id, a.status) for a in expired] == [("aaaaaa", "expired")]
+    assert expired[0].answered_at == expired[0].expires_at and expired[0].answered_by is None
+    assert store.expire_approvals("lab", time.time()) == []  # each expires once
+    assert [a.id for a in store.approvals("lab", statuses=["pending"])] == ["bbbbbb"]
+    assert [a.id for a in store.approvals("lab")] == ["aaaaaa", "bbbbbb"]
+    assert store.approvals("lab", statuses=[]) == []
+    assert store.events("r1")[-1].kind == "approval.expired"

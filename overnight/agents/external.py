@@ -100,6 +100,10 @@ class ExternalAgent:
             ),
             files=files,
             autonomy=str(self.config.autonomy),
+            approval_wait=cfg.governance.approval_timeout,
+            command_timeout=(cfg.lab.budget + cfg.lab.grace) * (cfg.lab.confirm_runs + 1)
+            + cfg.governance.approval_timeout
+            + 600,
             writable=(self.lab.git.common_dir(), self.lab.state_dir),
         )
 

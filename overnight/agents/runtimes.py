@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +27,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from overnight.errors import UserError
+
+HOOK_SCRIPT = Path(__file__).resolve().parent.parent / "governance" / "hook.py"
+"""Claude Code's PreToolUse hook (standard library only: no import of overnight)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,11 @@ class TurnContext:
     """The editable files in the worktree (for a CLI that must be told what to edit)."""
     autonomy: str = "embedded"
     """curious (no writes), ready or embedded: how far a CLI's own sandbox lets it go."""
+    approval_wait: float = 3600.0
+    """Seconds a tool call may wait for a human's answer to its approval."""
+    command_timeout: float = 3600.0
+    """Seconds a shell command may run: `overnight try` lasts a trial's whole budget
+    (and any re-confirmation, and a wait for approval)."""
     writable: tuple[Path, ...] = ()
     """Besides the worktree, where `overnight try` writes (the repository's git directory
     and the lab's state directory), for a CLI that sandboxes its commands."""
@@ -152,6 +162,7 @@ class ClaudeCode:
             "--model", ctx.model,
             "--allowedTools", ",".join(self.tools),
             "--append-system-prompt", ctx.instructions,
+            "--settings", json.dumps(self.settings(ctx)),
         ]  # fmt: skip
         if session is None:
             session = str(uuid.uuid4())
@@ -160,13 +171,30 @@ class ClaudeCode:
             argv += ["--resume", session]
         return argv, session
 
+    @staticmethod
+    def settings(ctx: TurnContext) -> dict[str, Any]:
+        """Every tool call asks the command center first (`overnight.governance.hook`, run
+        by the interpreter itself, isolated and without site-packages, so it starts in
+        ~30 ms). Claude Code's own timeout is set past the hook's, which denies on its
+        own deadline: a hook that Claude Code times out would let the call through."""
+        python = os.path.realpath(sys.executable)
+        command = f"{shlex.quote(python)} -I -S {shlex.quote(str(HOOK_SCRIPT))}"
+        hook = {"type": "command", "command": command, "timeout": int(ctx.approval_wait) + 120}
+        return {"hooks": {"PreToolUse": [{"matcher": "*", "hooks": [hook]}]}}
+
     def env(self, ctx: TurnContext) -> dict[str, str]:
+        timeout_ms = str(int(ctx.command_timeout * 1000))
         return {
             "ANTHROPIC_BASE_URL": ctx.gateway_url,
             "ANTHROPIC_API_KEY": ctx.key,
             "CLAUDE_CONFIG_DIR": str(ctx.home / "claude"),
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
             "DISABLE_AUTOUPDATER": "1",
+            "OVERNIGHT_HOOK_URL": ctx.gateway_url,
+            "OVERNIGHT_HOOK_WAIT": str(int(ctx.approval_wait)),
+            # `overnight try` runs a whole trial: Bash's 2-minute default would kill it
+            "BASH_DEFAULT_TIMEOUT_MS": timeout_ms,
+            "BASH_MAX_TIMEOUT_MS": timeout_ms,
         }
 
     def parse(self, line: str) -> TurnEvent:

@@ -40,6 +40,10 @@ class Services:
     """Each agent's virtual-key file for the gateway."""
     gateway: Any = None
     """The running gateway app (overnight.gateway.app.Gateway), to watch route health."""
+    control: AgentControl | None = None
+    """Pause / resume / restart requests from the command center (see AgentControl)."""
+    governor: Any = None
+    """The lab's governance (overnight.governance.governor.Governor), for the web app."""
 
 
 class Allowance:
@@ -78,14 +82,18 @@ def agent_loop(
     stop: threading.Event,
     watch: RouteWatch | None = None,
     optimizer: Proposer | None = None,
+    control: AgentControl | None = None,
 ) -> Iterator[Trial]:
     """One agent's work: propose, run, learn; yields each finished trial.
 
     With `watch` (an LLM agent behind the gateway), a brownout of its route pauses
-    it, or runs `optimizer` in its place, until the route answers again.
+    it, or runs `optimizer` in its place, until the route answers again. With
+    `control`, a pause asked for from outside holds it between trials.
     """
     worktree = Path(lab.agent(name).worktree)
     while not stop.is_set():
+        if control is not None and control.hold(name, stop):
+            continue
         if watch is not None and watch.down():
             yield from _ride_out(lab, name, watch, optimizer, allowance, stop)
             continue
@@ -158,6 +166,8 @@ class Supervisor:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.services.control is not None:
+            self.services.control.stop_all()
 
     def run(self) -> list[Trial]:
         """Baseline first, then every agent until the allowance or a stop ends it."""
@@ -233,13 +243,18 @@ class Supervisor:
 
     def _agent(self, name: str, proposer: Proposer, done: threading.Event) -> None:
         store, run_id = self.lab.store, self.lab.run.id
+        control = self.services.control
+        stop = control.stop_event(name, self.stop_event) if control else self.stop_event
         try:
             store.set_agent_state(run_id, name, "working")
             watch, optimizer = self._brownout_policy(name)
-            for trial in agent_loop(
-                self.lab, name, proposer, self.allowance, self.stop_event, watch, optimizer
-            ):
-                self._report(trial)
+            while True:
+                for trial in agent_loop(
+                    self.lab, name, proposer, self.allowance, stop, watch, optimizer, control
+                ):
+                    self._report(trial)
+                if control is None or not control.restarting(name, self.stop_event):
+                    break
         except BaseException as exc:
             self.errors.append(exc)
             self.stop()
@@ -333,7 +348,9 @@ class ExternalSupervision:
         assert self.watch is not None
         lab, stop = self.lab, self.sup.stop_event
         pause = self.home / PAUSE_FILE
-        pause.write_text(f"route {self.watch.alias!r} is in brownout\n")
+        control = self.sup.services.control
+        if control is None or not control.paused_by_user(self.name):  # theirs outlasts ours
+            pause.write_text(f"route {self.watch.alias!r} is in brownout\n")
         mode = "optimize" if self.optimizer is not None else "pause"
         brownout = Brownout(lab.store, lab.run.id, self.name, self.watch.alias, mode)
         try:
@@ -350,7 +367,8 @@ class ExternalSupervision:
             return False
         finally:
             brownout.end()
-            pause.unlink(missing_ok=True)
+            if control is None or not control.paused_by_user(self.name):
+                pause.unlink(missing_ok=True)
 
     def _optimize(self) -> Trial | None:
         """One optimizer trial in the agent's worktree, unless the agent has work of its
@@ -409,10 +427,21 @@ class ExternalSupervision:
         self.seen = {t.number for t in store.trials(run_id, agent=self.name) if t.status.final}
         backoff, started = 1.0, time.monotonic()
         pid = session.pid()
+        control = self.sup.services.control
         try:
             while not stop.wait(self.POLL_S):
                 if not self._collect():
                     return
+                if control is not None:
+                    control.settle(self.name)
+                    if control.restarting(self.name, stop):
+                        session.kill()
+                        session = self._start()
+                        pid, started = session.pid(), time.monotonic()
+                        store.append_event(run_id, "agent.restarted",
+                                           {"session": self.session_name, "by": "request"},
+                                           agent=self.name)  # fmt: skip
+                        continue
                 if self.watch is not None and self.watch.down() and not self._ride_out():
                     return
                 pid = pid or session.pid()
@@ -448,3 +477,172 @@ def _pid_running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+# --- control: pause / resume / restart an agent from outside the supervisor ------------------
+# What the command center's buttons call. One AgentControl per `overnight run`, shared by the
+# supervisor's threads and whoever steers; every method may be called from any thread.
+#
+# A pause is a file, the same one a brownout uses for external agents (PAUSE_FILE in the
+# agent's private directory), holding USER_PAUSE, so it survives a restart of `overnight run`
+# and an external agent's own process honours it between turns; a built-in agent honours it
+# between trials (agent_loop). A restart ends the agent's current work at once: an external
+# agent's terminal session is killed and started again (its conversation resumes); a built-in
+# agent's running experiment is stopped (the trial is recorded `interrupted`) and its loop
+# starts over.
+
+USER_PAUSE = "paused from the command center"
+
+
+class ControlRefused(UserError):
+    """A pause, resume or restart that cannot be done now; the message says why."""
+
+
+class UnknownAgent(ControlRefused):
+    """No agent of the run has this name."""
+
+
+class AgentControl:
+    def __init__(self, lab: Lab) -> None:
+        self.store = lab.store
+        self.run_id = lab.run.id
+        self.homes = lab.state_dir / "agents" / lab.run.id
+        self.runtimes = {a.name: a.runtime for a in lab.agents()}
+        self._cond = threading.Condition()
+        self._restart: set[str] = set()
+        self._stops: dict[str, threading.Event] = {}
+        self._settled: set[str] = set()
+        self._working: set[str] = set()
+        """Built-in agents whose loop runs (one that ran out of trials has nothing to restart)."""
+
+    def _check(self, name: str) -> None:
+        if name not in self.runtimes:
+            raise UnknownAgent(
+                f"no agent named {name!r} in run {self.run_id}; "
+                f"its agents are: {', '.join(sorted(self.runtimes)) or 'none'}"
+            )
+
+    def _pause_file(self, name: str) -> Path:
+        return self.homes / name / PAUSE_FILE
+
+    def paused_by_user(self, name: str) -> bool:
+        try:
+            return self._pause_file(name).read_text().startswith(USER_PAUSE)
+        except FileNotFoundError:
+            return False
+
+    def held(self) -> dict[str, Path]:
+        """Agents paused from the command center (perhaps in an earlier `overnight run`),
+        with the file that holds each: deleting it resumes the agent too."""
+        return {n: self._pause_file(n) for n in sorted(self.runtimes) if self.paused_by_user(n)}
+
+    def _state(self, name: str) -> str:
+        return next((a.state for a in self.store.agents(self.run_id) if a.name == name), "idle")
+
+    def pause(self, name: str) -> None:
+        """Hold the agent at its next trial (built-in) or turn (external) boundary."""
+        self._check(name)
+        if self.paused_by_user(name):
+            raise ControlRefused(f"agent {name!r} is already paused")
+        path = self._pause_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(USER_PAUSE + "\n")
+        self._settled.discard(name)
+        self.store.append_event(self.run_id, "agent.pause_requested", {}, agent=name)
+        if self._state(name) != "working":  # nothing to finish first
+            self.store.set_agent_state(self.run_id, name, "paused", reason=USER_PAUSE)
+            self._settled.add(name)
+        with self._cond:
+            self._cond.notify_all()
+
+    def resume(self, name: str) -> None:
+        self._check(name)
+        path = self._pause_file(name)
+        if not self.paused_by_user(name):
+            if path.exists():
+                raise ControlRefused(
+                    f"agent {name!r} is held by a brownout of its model route "
+                    f"({path.read_text().strip()}); it resumes by itself when the route recovers"
+                )
+            raise ControlRefused(f"agent {name!r} is not paused")
+        path.unlink(missing_ok=True)
+        self.store.append_event(self.run_id, "agent.resume_requested", {}, agent=name)
+        if self.runtimes[name] in RUNTIMES and self._state(name) == "paused":
+            # its own process reports its next state; until then it is between turns
+            self.store.set_agent_state(self.run_id, name, "idle", reason="resumed")
+        with self._cond:
+            self._cond.notify_all()
+
+    def restart(self, name: str) -> None:
+        self._check(name)
+        with self._cond:
+            if self.runtimes[name] not in RUNTIMES and name not in self._working:
+                raise ControlRefused(
+                    f"agent {name!r} is not running in this `overnight run` (its work for the "
+                    "run is done, or it has not started yet): there is nothing to restart"
+                )
+            self._restart.add(name)
+            event = self._stops.get(name)
+            self._cond.notify_all()
+        self.store.append_event(self.run_id, "agent.restart_requested", {}, agent=name)
+        if event is not None:
+            event.set()
+
+    # the supervisor's side ------------------------------------------------------------
+
+    def stop_event(self, name: str, run_stop: threading.Event) -> threading.Event:
+        """The event that stops agent `name`'s current work: set by a restart or by the
+        supervisor's stop (`stop_all`)."""
+        with self._cond:
+            event = self._stops.setdefault(name, threading.Event())
+            self._working.add(name)
+            if run_stop.is_set():
+                event.set()
+            return event
+
+    def stop_all(self) -> None:
+        with self._cond:
+            for event in self._stops.values():
+                event.set()
+            self._cond.notify_all()
+
+    def restarting(self, name: str, run_stop: threading.Event) -> bool:
+        """True (once) when a restart of `name` was asked for and the run goes on; the
+        agent's stop event is cleared for its next start."""
+        with self._cond:
+            if name not in self._restart or run_stop.is_set():
+                if self.runtimes.get(name) not in RUNTIMES:
+                    self._working.discard(name)  # its loop has ended
+                self._restart.discard(name)
+                return False
+            self._restart.discard(name)
+            event = self._stops.get(name)
+            if event is not None:
+                event.clear()
+        if self.runtimes.get(name) not in RUNTIMES:
+            self.store.append_event(self.run_id, "agent.restarted", {"by": "request"}, agent=name)
+            self.store.set_agent_state(self.run_id, name, "working", reason="restarted")
+        return True
+
+    def hold(self, name: str, stop: threading.Event) -> bool:
+        """Block a built-in agent while it is paused; True if it was."""
+        if not self.paused_by_user(name):
+            return False
+        if name not in self._settled:
+            self.store.set_agent_state(self.run_id, name, "paused", reason=USER_PAUSE)
+        while self.paused_by_user(name) and not stop.is_set():
+            with self._cond:
+                self._cond.wait(PROBE_EVERY_S)
+        self._settled.discard(name)
+        if not stop.is_set():
+            self.store.set_agent_state(self.run_id, name, "working", reason="resumed")
+        return True
+
+    def settle(self, name: str) -> None:
+        """An external agent asked to pause mid-turn is recorded `paused` once its turn is
+        over (its process notices the pause only when it next means to start one)."""
+        if name in self._settled or not self.paused_by_user(name):
+            return
+        if self._state(name) != "working":
+            self.store.set_agent_state(self.run_id, name, "paused", reason=USER_PAUSE)
+            self._settled.add(name)

@@ -16,22 +16,25 @@ matter for the added-latency target.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
 import math
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import INVALID_SPAN, Span, TracerProvider
 
+from overnight.errors import ConfigError
 from overnight.gateway import translate
 from overnight.gateway.config import GatewayConfig, Secret, read_secrets
 from overnight.gateway.keys import KeyRing
@@ -62,6 +65,7 @@ from overnight.gateway.protocols import (
     stream_error,
     tokens_of_body,
 )
+from overnight.gateway.proxies import ProxyEnv, proxy_for
 from overnight.gateway.router import Candidate, Credential, Events, Failure, Route, Router
 from overnight.gateway.telemetry import (
     Metrics,
@@ -71,7 +75,14 @@ from overnight.gateway.telemetry import (
     request_span,
     tracer,
 )
-from overnight.gateway.upstream import Origin, Response, UpstreamClient, UpstreamError, origin_of
+from overnight.gateway.upstream import (
+    Origin,
+    Response,
+    UpstreamClient,
+    UpstreamError,
+    origin_of,
+    tls_context,
+)
 
 log = logging.getLogger("overnight.gateway")
 # Request ids need to be unique, not secret: no system call (os.urandom) per request.
@@ -184,8 +195,10 @@ class Gateway:
         prices: PriceTable | None = None,
         clock: Callable[[], float] = time.monotonic,
         tracer_provider: TracerProvider | None = None,
+        governor: Governance | None = None,
     ) -> None:
         self.config = config
+        self.governor = governor
         self.keys = keys
         self.sink = sink
         self._events = events or _noop_events
@@ -201,7 +214,7 @@ class Gateway:
         self._traced_checked = -math.inf
         self._client: UpstreamClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._origins: dict[str, Origin] = {}
+        self._origins = _origins(config)
         self._timeouts = config.timeouts
 
     # --- plumbing ----------------------------------------------------------------------
@@ -235,16 +248,8 @@ class Gateway:
 
     async def aclose(self) -> None:
         if self._client is not None:
-            self._client.close()
+            await self._client.aclose()
             self._client = None
-            await asyncio.sleep(0)  # let the transports finish closing before the loop ends
-
-    def _origin(self, cand: Candidate) -> Origin:
-        root = cand.upstream.root
-        origin = self._origins.get(root)
-        if origin is None:
-            origin = self._origins[root] = origin_of(root)
-        return origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -264,6 +269,9 @@ class Gateway:
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         method: str = scope["method"]
+        if path.startswith(_GOVERNANCE):
+            await self._governance(path[len(_GOVERNANCE) :], method, scope, receive, send)
+            return
         protocol = _CLIENT_PATHS.get(path)
         if protocol is not None:
             if method != "POST":
@@ -291,6 +299,45 @@ class Gateway:
         else:
             guess = "anthropic" if path.startswith("/v1/messages") else "chat"
             await _reply(send, 404, error_body(guess, "not_found", f"no endpoint {method} {path}"))
+
+    async def _governance(
+        self, path: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """The command center's answers to agents' own processes, by their virtual key:
+        `POST hook` (Claude Code's PreToolUse hook), `POST judge` (`overnight try`
+        asking about its trial) and `GET approvals/ID` (how a human answered)."""
+        agent = self.keys.verify(_presented_key(_headers(scope)))
+        if agent is None:
+            await _reply(send, 401, _problem(_BAD_KEY))
+            return
+        governor = self.governor
+        if governor is None:
+            await _reply(send, 503, _problem("this gateway runs without governance"))
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            if method == "POST" and path in ("hook", "judge"):
+                raw = await _read_body(receive, 1 << 20, _headers(scope).get("content-length"))
+                body = None if raw is None else loads(raw)
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object")
+                ask = governor.hook if path == "hook" else governor.judge
+                answer = await loop.run_in_executor(None, ask, agent, body)
+            elif method == "GET" and path.startswith("approvals/"):
+                found = await loop.run_in_executor(
+                    None, governor.approval, agent, path[len("approvals/") :]
+                )
+                if found is None:
+                    await _reply(send, 404, _problem(f"agent {agent} has no approval {path[10:]}"))
+                    return
+                answer = found
+            else:
+                await _reply(send, 404, _problem(f"no endpoint {method} {_GOVERNANCE}{path}"))
+                return
+        except ValueError as exc:
+            await _reply(send, 400, _problem(str(exc)))
+            return
+        await _reply(send, 200, json.dumps(answer).encode())
 
     def _models(self) -> dict[str, Any]:
         # One list that both SDKs read: Anthropic's fields and OpenAI's side by side.
@@ -379,11 +426,23 @@ class Gateway:
             query=scope.get("query_string", b""),
             headers=headers,
             span=(
-                request_span(self._tracer, operation, alias, agent, trial, stream)
+                request_span(self._tracer, operation, alias, agent, trial, stream, headers)
                 if self._tracing()
                 else INVALID_SPAN
             ),
         )
+        if self.governor is not None:
+            verdict = self.governor.llm(
+                agent,
+                alias,
+                self._estimate(call),
+                int(trial) if trial and trial.isdigit() else None,
+            )
+            if verdict.effect != "allow":
+                call.span.end()
+                message = f"denied by overnight's policy: {verdict.reason}"
+                await _reply(send, 403, error_body(protocol, "forbidden", message))
+                return
         started = time.perf_counter()
         try:
             if self._budgets_on:
@@ -627,7 +686,7 @@ class Gateway:
             first_byte = self._timeouts.first_byte
             try:
                 response = await self._http().post(
-                    self._origin(cand), path, headers, body, first_byte
+                    self._origins[cand.upstream.name], path, headers, body, first_byte
                 )
                 meter.status = response.status
                 if response.status >= 400:
@@ -948,12 +1007,32 @@ _WANTED = frozenset(
         b"x-api-key",
         b"authorization",
         b"x-overnight-trial",
+        b"traceparent",
+        b"tracestate",
         b"content-length",
         b"anthropic-version",
         b"anthropic-beta",
         b"openai-beta",
     ]
 )
+
+
+_GOVERNANCE = "/overnight/v1/"
+
+
+class Governance(Protocol):
+    """What the gateway asks the command center's governance
+    (overnight.governance.governor.Governor); it may block, so it runs off the loop,
+    except `llm`, which only decides (tens of microseconds) and queues its record."""
+
+    def hook(self, agent: str, payload: dict[str, Any]) -> dict[str, Any]: ...
+    def judge(self, agent: str, request: dict[str, Any]) -> dict[str, Any]: ...
+    def approval(self, agent: str, approval_id: str) -> dict[str, Any] | None: ...
+    def llm(self, agent: str, model: str, est_cost_usd: float, trial: int | None) -> Any: ...
+
+
+def _problem(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -1031,7 +1110,43 @@ def _retry_after(headers: Any) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
+def _origins(config: GatewayConfig) -> dict[str, Origin]:
+    """Where each upstream is, and how it is reached (TLS verification, proxy), by name.
+
+    A `ca_file` that cannot be used, or a bad proxy variable, stops the start here.
+    """
+    proxies = ProxyEnv.read()
+    contexts: dict[str | None, ssl.SSLContext] = {}
+    origins = {}
+    for up in config.upstreams:
+        tls = None
+        if up.root.startswith("https://"):
+            if up.ca_file not in contexts:
+                try:
+                    contexts[up.ca_file] = tls_context(up.ca_file)
+                except ssl.SSLError as exc:
+                    raise _ca_file_error(up.name, up.ca_file, exc.reason or str(exc)) from None
+                except OSError as exc:
+                    raise _ca_file_error(up.name, up.ca_file, exc.strerror or str(exc)) from None
+            tls = contexts[up.ca_file]
+        origin = origin_of(up.root, tls=tls)
+        proxy = proxy_for(origin.scheme, origin.host, origin.port, up.proxy, proxies)
+        origins[up.name] = dataclasses.replace(origin, proxy=proxy) if proxy else origin
+    return origins
+
+
+def _ca_file_error(upstream: str, ca_file: str | None, reason: str) -> ConfigError:
+    return ConfigError(
+        "overnight.toml",
+        f"cannot use ca_file {ca_file!r} of upstream {upstream!r}: {reason}",
+        field=f"gateway.upstreams[{upstream}].ca_file",
+        fix="point it at a PEM file of the CA certificate(s) that signed the server's certificate",
+    )
+
+
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, UpstreamError):
+        return str(exc)  # says what failed in its own words
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 

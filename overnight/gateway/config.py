@@ -18,6 +18,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from overnight.errors import ConfigError
+from overnight.gateway.proxies import parse_proxy
 from overnight.units import PositiveDuration as Duration
 from overnight.units import Size
 
@@ -58,6 +59,12 @@ class UpstreamConfig(_Model):
     responses_api: bool = True
     """OpenAI only: the server speaks `/v1/responses` itself (false: Responses requests
     are translated to Chat Completions, as most local servers need)."""
+    ca_file: str | None = None
+    """https only: a PEM file of the CA certificates to verify the server against, instead
+    of the system's store (which `SSL_CERT_FILE` / `SSL_CERT_DIR` can replace)."""
+    proxy: str | None = None
+    """An `http://[user:password@]host:port` proxy for this upstream, or "" for none;
+    unset: `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` from the environment decide."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -65,6 +72,15 @@ class UpstreamConfig(_Model):
             raise ValueError(
                 f"base_url {self.base_url!r} of upstream {self.name!r} must start with http:// or https://"
             )
+        if self.ca_file is not None and not self.base_url.startswith("https://"):
+            raise ValueError(
+                f"ca_file is set on upstream {self.name!r}, whose base_url is not https://"
+            )
+        if self.proxy:
+            try:
+                parse_proxy(self.proxy)
+            except ValueError as exc:
+                raise ValueError(f"proxy of upstream {self.name!r}: {exc}") from None
         names = [c.name for c in self.credentials]
         if len(set(names)) != len(names):
             raise ValueError(f"credential names of upstream {self.name!r} must be unique")

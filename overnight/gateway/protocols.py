@@ -28,13 +28,22 @@ ClientProtocol = Literal["anthropic", "chat", "responses"]
 """What a client speaks; an `openai` upstream serves both `chat` and `responses`."""
 
 ErrorKind = Literal[
-    "invalid", "auth", "not_found", "too_large", "rate_limit", "budget", "overloaded", "api"
+    "invalid",
+    "auth",
+    "forbidden",
+    "not_found",
+    "too_large",
+    "rate_limit",
+    "budget",
+    "overloaded",
+    "api",
 ]
 
 # kind -> (Anthropic error type, OpenAI error type, OpenAI error code)
 _ERRORS: dict[ErrorKind, tuple[str, str, str | None]] = {
     "invalid": ("invalid_request_error", "invalid_request_error", None),
     "auth": ("authentication_error", "invalid_request_error", "invalid_api_key"),
+    "forbidden": ("permission_error", "invalid_request_error", "policy_denied"),
     "not_found": ("not_found_error", "invalid_request_error", "model_not_found"),
     "too_large": ("request_too_large", "invalid_request_error", "request_too_large"),
     "rate_limit": ("rate_limit_error", "requests", "rate_limit_exceeded"),

@@ -1,11 +1,16 @@
 """Running the gateway: a small HTTP/1.1 server for its ASGI app, in a background thread.
 
 Owns the server's socket, its event loop (uvloop when installed) and the
-connections: parsing requests with httptools, keep-alive, handing each request
-to the app as ASGI `http` messages, writing the app's answer (a whole response
-in one write, a stream as chunks), backpressure both ways, telling the app
-when its client has gone, and stopping gracefully. Knows nothing about LLMs:
-the app is `app.Gateway`, which it also starts and stops (ASGI lifespan).
+connections: parsing requests with httptools, keep-alive and pipelining
+(answers in order), `Expect: 100-continue`, handing each request to the app as
+ASGI `http` messages, writing the app's answer (a whole response in one write,
+a stream as chunks), backpressure both ways, telling the app when its client
+has gone, and stopping gracefully. Also what a client may not do: send a head
+too big (431) or malformed (400), or send too slowly (408, see HEAD_TIMEOUT);
+each refusal ends the connection without a reset that could swallow it. A
+body's size limit is the app's (it answers 413 in the client's protocol).
+Knows nothing about LLMs: the app is `app.Gateway`, which it also starts and
+stops (ASGI lifespan).
 
 Why not uvicorn: the gateway needs a small subset of it, and that subset,
 written for the purpose, costs less: measured on a 2-core box at concurrency
@@ -42,6 +47,18 @@ KEEP_ALIVE = 5.0
 """Seconds an idle client connection stays open (uvicorn's and Node's default)."""
 GRACE = 5.0
 """Seconds requests in flight may take to finish when the server stops."""
+HEAD_TIMEOUT = 10.0
+"""Seconds a client may take to send a request's line and headers, from its first byte."""
+BODY_TIMEOUT = 60.0
+"""Seconds a client may take to send a whole request, body included, from its first byte.
+A client slower than either (a slowloris) gets 408 and is dropped; others are not held up."""
+MAX_HEAD = 64 * 1024
+"""Bytes of request line and headers accepted (Node allows 16 KiB, nginx 4 x 8 KiB); more is 431."""
+MAX_HEADERS = 100
+"""Header fields accepted in one request (Apache's default); more is 431."""
+LINGER = 2.0
+"""Seconds a refused client's further bytes are read and dropped before the connection closes:
+closing on unread bytes would send a reset, which can destroy the refusal before it is read."""
 _BODY_HIGH_WATER = 1 << 16  # request body bytes buffered unread before reading pauses
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _STATUS = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in http.HTTPStatus}
@@ -71,6 +88,7 @@ class _Exchange:
         self.scope = scope
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
+        """The client waits for `100 Continue` before it sends the body."""
         self.body: list[bytes] = []
         self.buffered = 0
         self.more_body = True
@@ -102,8 +120,10 @@ class _Exchange:
     async def receive(self) -> Message:
         conn = self.conn
         if self.expect_continue:
+            # The app asks for the body: the client may send it. Not once the answer has
+            # begun (it is a refusal), nor when the client sent the body without waiting.
             self.expect_continue = False
-            if not conn.closed:
+            if not (conn.closed or self.started or self.body or not self.more_body):
                 conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while not (conn.closed or self.complete):
             if not self.delivered and (self.body or not self.more_body):
@@ -175,9 +195,22 @@ class _Exchange:
             elif lower == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
             head += (name, b": ", value, b"\r\n")
+        if self.more_body or self.conn.server.stopping:
+            # Answered before its body was all here (a refusal: 401, 413), the next
+            # request's start cannot be found without reading the rest: the connection
+            # ends after this answer. Likewise when the server is stopping.
+            self.keep_alive = False
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         self._head = head
+
+
+class _Refused(Exception):
+    """The request cannot be served as sent; answered with `status`, then the connection ends."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 class _Connection(asyncio.Protocol):
@@ -197,8 +230,22 @@ class _Connection(asyncio.Protocol):
         self._parsing: _Exchange | None = None
         """The request whose body is arriving (a pipelined one may follow the answered one)."""
         self._pipeline: deque[_Exchange] = deque()
+        self._refusal: bytes | None = None
+        """The answer to a bad request that follows pipelined ones still to be answered."""
+        self._discarding = False
+        """Refused and half-closed: what the client still sends is dropped (see LINGER)."""
         self.idle_since: float | None = None
         """When it last had nothing to do, on the loop's clock; None while it has a request."""
+        self.begun = 0.0
+        """When the request being received sent its first byte, on the loop's clock."""
+        self.deadline: float | None = None
+        """When the request being received must have arrived (its head, then its body)."""
+        self._in_head = False
+        self._head_bytes = 0
+        """Bytes of the current request's URL and finished header fields."""
+        self._head_reads = 0
+        """Bytes of the reads that fell wholly within the current request's head."""
+        self._fields = 0
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._expect = False
@@ -215,24 +262,38 @@ class _Connection(asyncio.Protocol):
         self.idle_since = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        in_head = self._in_head
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # No protocol upgrades here: the request (taken as having no body) is
             # answered, then the connection ends.
             exchange, self._parsing = self._parsing, None
+            self._in_head = False
+            self.deadline = None
             if exchange is not None:
                 exchange.keep_alive = False
                 exchange.more_body = False
                 exchange.wake()
+            self.pause_reading()
+            return
+        except httptools.HttpParserCallbackError as exc:
+            refused = exc.__context__
+            if not isinstance(refused, _Refused):
+                raise  # our own bug in a callback
+            self._refuse(refused.status, str(refused))
+            return
         except httptools.HttpParserError as exc:
-            if self.exchange is None and not self.closed:
-                body = f"bad request: {exc}".encode()
-                self.write(
-                    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-                )
-            self.close()
+            self._refuse(400, f"bad request: {exc}")
+            return
+        if in_head and self._in_head:
+            # The whole read was head. The parser buffers a field until its end, so
+            # counting only finished fields would let one endless header grow unbounded.
+            self._head_reads += len(data)
+            if self._head_reads > MAX_HEAD:
+                self._refuse(431, f"request header fields too large: over {MAX_HEAD} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -257,18 +318,34 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._expect = False
+        self._in_head = True
+        self._head_bytes = self._head_reads = 0
+        self._fields = 0
         self.idle_since = None
+        self.begun = self.loop.time()
+        self.deadline = self.begun + HEAD_TIMEOUT
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD:
+            raise _Refused(431, f"request line too long: over {MAX_HEAD} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._fields > MAX_HEADERS:
+            raise _Refused(431, f"too many request header fields: over {MAX_HEADERS}")
+        if self._head_bytes > MAX_HEAD:
+            raise _Refused(431, f"request header fields too large: over {MAX_HEAD} bytes")
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
             self._expect = True
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self.deadline = self.begun + BODY_TIMEOUT
         parser = self.parser
         version = parser.get_http_version()
         url = httptools.parse_url(self._url)
@@ -289,7 +366,9 @@ class _Connection(asyncio.Protocol):
             "headers": self._headers,
         }
         keep_alive = version != "1.0" and parser.should_keep_alive()
-        exchange = self._parsing = _Exchange(self, scope, keep_alive, self._expect)
+        # An HTTP/1.0 client does not know 100 Continue (RFC 9110 10.1.1).
+        expect = self._expect and version == "1.1"
+        exchange = self._parsing = _Exchange(self, scope, keep_alive, expect)
         if self.exchange is None:
             self._answer(exchange)
         else:
@@ -299,7 +378,7 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         exchange = self._parsing
         if exchange is None or exchange.complete:
-            return  # answered without reading it all
+            return  # answered without reading it all: discarded
         exchange.body.append(body)
         exchange.buffered += len(body)
         if exchange.buffered > _BODY_HIGH_WATER:
@@ -309,11 +388,15 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         exchange = self._parsing
         self._parsing = None
+        self.deadline = None
         if exchange is not None:
             exchange.more_body = False
             exchange.wake()
-            if exchange.complete and self.exchange is None:
-                self.idle_since = self.loop.time()  # answered before its body was all here
+            if exchange.complete:
+                # Answered before its body was all here, with `connection: close`;
+                # the rest of the body is read (and dropped) so the client reads the
+                # answer instead of a reset.
+                self.close()
 
     # -- answering -----------------------------------------------------------------------------
 
@@ -354,6 +437,15 @@ class _Connection(asyncio.Protocol):
     def answered(self, exchange: _Exchange) -> None:
         """The response to `exchange` is written: on to the next request, or close."""
         self.exchange = None
+        if self._parsing is exchange:
+            if exchange.expect_continue and not exchange.body:
+                # Refused before `100 Continue`: the client holds its body back.
+                self.close()
+                return
+            # Its body is still arriving: read to its end (on_message_complete closes),
+            # or until the client hangs up or its time is up.
+            self.resume_reading()
+            return
         if not exchange.keep_alive or self.server.stopping:
             self.close()
             return
@@ -362,9 +454,82 @@ class _Connection(asyncio.Protocol):
             if not self._pipeline:
                 self.resume_reading()
             return
+        if self._refusal is not None:
+            self._write_refusal()
+            return
         self.resume_reading()
-        if self._parsing is None:
+        if self._in_head:
+            # A pipelined request's head was arriving while this one was answered.
+            self.begun = self.loop.time()
+            self.deadline = self.begun + HEAD_TIMEOUT
+        elif self._parsing is None:
             self.idle_since = self.loop.time()
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Answer a request that cannot be served (400, 408, 431), then end the connection."""
+        self._in_head = False
+        self.deadline = None
+        self.pause_reading()
+        exchange, parsing = self.exchange, self._parsing
+        if exchange is None and parsing is not None and parsing.complete:
+            self.close()  # in the dropped rest of an answered request's body
+            return
+        if exchange is not None and exchange is parsing and exchange.started:
+            self.close()  # its answer has begun: it cannot be replaced, only cut
+            return
+        body = reason.encode()
+        self._refusal = (
+            _STATUS.get(status, b"HTTP/1.1 %d \r\n" % status)
+            + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (len(body), body)
+        )
+        if exchange is None or exchange is parsing:
+            # A request of its own, or the body of the one being answered (a broken
+            # chunk, too slow): the refusal is its answer; its app hears the client left.
+            self._write_refusal()
+        # Else it follows pipelined requests: it goes out after their answers (`answered`).
+
+    def _write_refusal(self) -> None:
+        refusal, self._refusal = self._refusal, None
+        transport = self.transport
+        if refusal is None or self.closed or transport is None or not transport.can_write_eof():
+            self.close()
+            return
+        self.write(refusal)
+        # Half-closed: the client reads the refusal and our end; what it still sends
+        # is dropped until it closes too, or LINGER runs out (then `sweep` closes).
+        self.close_for_app()
+        transport.write_eof()
+        self._discarding = True
+        self.deadline = self.loop.time() + LINGER
+        self._read_paused = False
+        transport.resume_reading()
+
+    def sweep(self, now: float) -> None:
+        """Close the connection if it has been idle too long or its client is too slow."""
+        if self._discarding:
+            if self.deadline is not None and now >= self.deadline:
+                self.close()
+            return
+        if self.idle_since is not None:
+            if now - self.idle_since > KEEP_ALIVE:
+                self.close()
+            return
+        deadline = self.deadline
+        if deadline is None or now < deadline or self.closed:
+            return
+        if self._read_paused:
+            return  # not reading is our choice (backpressure, a pipelined request waiting)
+        exchange = self.exchange
+        if exchange is not None and exchange is not self._parsing:
+            return  # its request is in; the late one is pipelined behind it
+        if self._parsing is not None and self._parsing.complete:
+            self.close()  # the dropped rest of an answered request's body
+            return
+        if self._in_head:
+            self._refuse(408, f"request head not received within {HEAD_TIMEOUT:g}s")
+        else:
+            self._refuse(408, f"request not received whole within {BODY_TIMEOUT:g}s")
 
     # -- the transport -------------------------------------------------------------------------
 
@@ -384,16 +549,25 @@ class _Connection(asyncio.Protocol):
 
     def resume_reading(self) -> None:
         if self._read_paused and not self.closed and self.transport is not None:
+            if self._refusal is not None:
+                return  # nothing more is read from a client that sent a bad request
             self._read_paused = False
             self.transport.resume_reading()
+            if self.deadline is not None:
+                # Time spent not reading was ours, not the client's.
+                self.deadline = max(self.deadline, self.loop.time() + HEAD_TIMEOUT)
 
-    def close(self) -> None:
-        """Close once what was written has gone out; from now on the app's client is gone."""
+    def close_for_app(self) -> None:
+        """From now on the app's client is gone: what it sends is dropped."""
         if not self.closed:
             self.closed = True
             for exchange in (self.exchange, self._parsing, *self._pipeline):
                 if exchange is not None:
                     exchange.wake()
+
+    def close(self) -> None:
+        """Close once what was written has gone out; from now on the app's client is gone."""
+        self.close_for_app()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -426,13 +600,12 @@ class _Server:
             await lifespan.shutdown()
 
     async def _close_idle(self) -> None:
-        # One sweep a second instead of a timer per response: the timer cost more.
+        # One sweep a second instead of timers per request: the timers cost more.
         while True:
-            await asyncio.sleep(1.0)
-            cutoff = self.loop.time() - KEEP_ALIVE
+            await asyncio.sleep(min(1.0, HEAD_TIMEOUT / 4))
+            now = self.loop.time()
             for conn in list(self.connections):
-                if conn.idle_since is not None and conn.idle_since < cutoff:
-                    conn.close()
+                conn.sweep(now)
 
     def stop(self) -> None:
         """From any thread: stop accepting, let requests in flight finish, then return."""
@@ -522,6 +695,7 @@ def running_gateway(
     prices: PriceTable | None = None,
     clock: Callable[[], float] | None = None,
     tracer_provider: Any = None,
+    governor: Any = None,
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> Iterator[RunningGateway]:
@@ -536,6 +710,7 @@ def running_gateway(
         "budgets": budgets,
         "prices": prices,
         "tracer_provider": tracer_provider,
+        "governor": governor,
     }
     if clock is not None:
         options["clock"] = clock

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import pickle
 import queue
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,24 +68,37 @@ class StoreSink:
     The gateway's loop never waits on the database: `record` only enqueues.
     `close()` flushes everything before returning.
 
-    A thread gathers what arrives within `FLUSH_DELAY` (one write for many
-    attempts is far cheaper than many of one), and hands it to a writer process
-    when the store can be opened again there (`SqlStore` on a file or a server),
-    else writes it itself. Why a process: the store spends 20-30 us of Python
-    (SQLAlchemy) on an attempt, and done by a thread of the gateway's process that
-    work holds the GIL the event loop needs; at thousands of attempts a second the
-    contention costs the loop more than the work itself (measured, gateway and
-    load in one process at concurrency 16: +65 to +105 us of that process's CPU a
-    request with a writing thread, +5 to +30 us with a writer process).
-    The writer runs at a lower CPU priority (nice 10), and ignores SIGINT and SIGTERM:
-    it ends when its input does, after writing what it has, so a Ctrl-C or a killed
-    gateway loses nothing it was sent.
+    A thread hands what arrives to a writer process at once, or under load once
+    every `FORWARD_EVERY` (what arrived meanwhile as one batch), when the store
+    can be opened again there (`SqlStore` on a file or a server); the writer
+    gathers what arrives within `FLUSH_DELAY` into one transaction (one write
+    for many attempts is far cheaper than many of one). Without a writer the
+    thread does the gathering and the writing itself.
+
+    Why a process: the store spends 20-30 us of Python (SQLAlchemy) on an
+    attempt, and done by a thread of the gateway's process that work holds the
+    GIL the event loop needs; at thousands of attempts a second the contention
+    costs the loop more than the work itself (measured, gateway and load in one
+    process at concurrency 16: +65 to +105 us of that process's CPU a request
+    with a writing thread, +5 to +30 us with a writer process). Why so soon:
+    what sits in the pipe survives a `kill -9` of this process (the writer
+    reads it to the end and writes it), what waits in this process does not.
+    Why not sooner under load: a hand-over per attempt cost the gateway ~10%
+    more CPU at concurrency 64 (a GIL switch and a system call each).
+
+    The writer runs at a lower CPU priority (nice 10), and ignores SIGINT and
+    SIGTERM: it ends when its input does (this process closed it, or died),
+    after writing what it has, so a Ctrl-C or a killed gateway loses nothing it
+    was sent.
     """
 
     FLUSH_DELAY = 0.05
-    """Seconds an attempt may wait for others to share its write."""
+    """Seconds an attempt may wait for others to share its transaction."""
     BATCH = 256
     """Attempts per transaction."""
+    FORWARD_EVERY = 0.01
+    """Seconds between two hand-overs to the writer process under load: the most this
+    process holds an attempt, so what a `kill -9` of it can lose."""
 
     def __init__(self, store: Store, lab: str, run_id: str | None) -> None:
         self.store = store
@@ -108,10 +123,19 @@ class StoreSink:
 
     def _forward(self) -> None:
         stop = False
+        handed = -math.inf
         while not stop:
             items = [self._queue.get()]
             if items[0] is not _STOP:
-                self._stopping.wait(self.FLUSH_DELAY)  # returns at once after close()
+                # Returns at once after close(). With a writer: at once after a quiet
+                # spell, else one hand-over per FORWARD_EVERY (each costs this process a
+                # GIL switch and a system call); without, the batching is done here.
+                if self._writer is None:
+                    self._stopping.wait(self.FLUSH_DELAY)
+                else:
+                    wait = handed + self.FORWARD_EVERY - time.monotonic()
+                    if wait > 0:
+                        self._stopping.wait(wait)
             while True:
                 try:
                     items.append(self._queue.get_nowait())
@@ -121,6 +145,7 @@ class StoreSink:
             batch = [_entry(item) for item in items if item is not _STOP]
             if batch:
                 self._deliver(batch)
+                handed = time.monotonic()
         writer, self._writer = self._writer, None
         if writer is not None and writer.stdin is not None:
             with contextlib.suppress(OSError):
@@ -206,7 +231,13 @@ def _private_database(url: str) -> bool:
 
 
 def _writer_main() -> None:
-    """The writer process of a StoreSink: batches from stdin into the store, until EOF."""
+    """The writer process of a StoreSink: batches from stdin into the store, until EOF.
+
+    A reading thread takes batches off the pipe as they come; this thread writes
+    what arrived within `FLUSH_DELAY` of the first as one transaction. The end of
+    the input (the gateway closed it, or died; a batch cut short by its death
+    included) ends the process once everything whole is written.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Behind the gateway for the CPU: the store can wait a moment, an agent's LLM call
@@ -214,13 +245,36 @@ def _writer_main() -> None:
     os.nice(10)
     stream = sys.stdin.buffer
     url, lab, run_id, per_txn = pickle.load(stream)
+    inbox: queue.SimpleQueue[list[tuple[Any, ...]] | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                inbox.put(pickle.load(stream))
+        except (EOFError, pickle.UnpicklingError, OSError):
+            pass  # the end, or a batch cut short by the gateway's death
+        finally:
+            inbox.put(None)
+
+    threading.Thread(target=read, name="store-writer-input", daemon=True).start()
     store = open_store(url)
     try:
-        while True:
-            try:
-                batch = pickle.load(stream)
-            except EOFError:
+        ended = False
+        while not ended:
+            first = inbox.get()
+            if first is None:
                 return
+            batch = list(first)
+            deadline = time.monotonic() + StoreSink.FLUSH_DELAY
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    more = inbox.get(timeout=left)
+                except queue.Empty:
+                    break
+                if more is None:
+                    ended = True
+                    break
+                batch += more
             _write(store, lab, run_id, batch, per_txn)
     finally:
         store.close()
@@ -291,6 +345,8 @@ def lab_gateway(
     *,
     host: str | None = None,
     port: int | None = None,
+    governor: Any = None,
+    tracer_provider: Any = None,
 ) -> Iterator[tuple[RunningGateway, dict[str, Path]]]:
     """Serve a lab's gateway from a background thread; yields its URL and the agents' key files.
 
@@ -299,7 +355,8 @@ def lab_gateway(
     config = effective_config(config, {a: b for a, b in agents.items() if b is not None})
     ring, files = agent_keys(store, lab, root, list(agents))
     budgets = seeded_budgets(config, store, lab, list(agents))
-    provider = otlp_tracer_provider()
+    owned = tracer_provider is None  # else the caller's, shared with the lab's own spans
+    provider = otlp_tracer_provider() if owned else tracer_provider
     sink = StoreSink(store, lab, run_id)
     try:
         with running_gateway(
@@ -309,11 +366,12 @@ def lab_gateway(
             sink.event,
             budgets=budgets,
             tracer_provider=provider,
+            governor=governor,
             host=config.host if host is None else host,
             port=config.port if port is None else port,
         ) as url:
             yield url, files
     finally:
         sink.close()
-        if provider is not None:
+        if owned and provider is not None:
             provider.shutdown()  # flushes the spans still batched

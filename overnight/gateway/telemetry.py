@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.propagate import extract
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from overnight.gateway.meter import Attempt
@@ -144,9 +145,18 @@ def tracer(provider: TracerProvider | None = None) -> Tracer:
 
 
 def request_span(
-    t: Tracer, operation: str, alias: str, agent: str, trial: str | None, stream: bool
+    t: Tracer,
+    operation: str,
+    alias: str,
+    agent: str,
+    trial: str | None,
+    stream: bool,
+    headers: dict[str, str] | None = None,
 ) -> Span:
-    span = t.start_span(f"{operation} {alias}", kind=SpanKind.SERVER)
+    """The span of one client request; a child of the caller's span when the request
+    carries a W3C `traceparent` (the llm runtime sends its trial's)."""
+    parent = extract(headers) if headers and "traceparent" in headers else None
+    span = t.start_span(f"{operation} {alias}", kind=SpanKind.SERVER, context=parent)
     if span.is_recording():
         span.set_attributes(
             {

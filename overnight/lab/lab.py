@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
+
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
 from overnight.lab import integrity
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
+from overnight.lab.judge import Judge
 from overnight.lab.lock import AgentLock, LabLock
-from overnight.lab.ratchet import better, combined, improves
+from overnight.lab.ratchet import better, combined, gain, improves
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
 from overnight.lab.trial import IN_FLIGHT, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
@@ -34,6 +37,7 @@ from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, av
 from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_url
 
 STATE_DIR = ".overnight"
+_tracer = trace.get_tracer("overnight.lab")
 RUN_MARKER = "OVERNIGHT_RUN_ID"
 SESSION_MARKER = "OVERNIGHT_SESSION"
 """Set in an external agent's terminal session: its processes outlive `overnight run`."""
@@ -47,10 +51,12 @@ _SHELL_WORDS = {
 
 
 def config_fingerprint(org: Org) -> dict[str, Any]:
-    """The part of the config a run is bound to (agents and the gateway may change)."""
+    """The part of the config a run is bound to (agents, the gateway and governance may
+    change: every decision records the policy version it was made under)."""
     data = org.config.model_dump(mode="json", by_alias=True)
     data.pop("agents", None)
     data.pop("gateway", None)
+    data.pop("governance", None)
     return data
 
 
@@ -90,6 +96,8 @@ class Lab:
         )
         self.state_dir = org.root / STATE_DIR
         self.requeued: list[Trial] = []
+        self.judge: Judge | None = None
+        """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
 
     # -- start / resume -----------------------------------------------------
 
@@ -354,15 +362,29 @@ class Lab:
             )
         try:
             agent = self.agent(agent_name)
-            return self._run_trial(
-                agent_name,
-                Path(agent.worktree),
-                agent.best_commit,
-                agent.best_metric,
-                proposal,
-                stop,
-                branch=agent.branch,
-            )
+            with _tracer.start_as_current_span(
+                "overnight.trial", attributes={"overnight.agent": agent_name}
+            ) as span:
+                trial = self._run_trial(
+                    agent_name,
+                    Path(agent.worktree),
+                    agent.best_commit,
+                    agent.best_metric,
+                    proposal,
+                    stop,
+                    branch=agent.branch,
+                )
+                if span.is_recording():
+                    span.set_attributes(
+                        {
+                            "overnight.trial": trial.number,
+                            "overnight.correlation": f"{self.run.id}:{trial.number}",
+                            "overnight.trial.status": trial.status.value,
+                        }
+                    )
+                    if trial.metric is not None:
+                        span.set_attribute("overnight.metric", trial.metric)
+                return trial
         finally:
             lock.release()
 
@@ -417,7 +439,11 @@ class Lab:
         try:
             if not isinstance(proposal, Proposal):
                 try:
-                    proposal = proposal(trial)
+                    with _tracer.start_as_current_span(
+                        "overnight.proposal",
+                        attributes={"overnight.agent": agent_name, "overnight.trial": trial.number},
+                    ):
+                        proposal = proposal(trial)
                 except ProposalError as exc:
                     return store.update_trial(
                         trial.id,
@@ -471,6 +497,12 @@ class Lab:
                 return store.update_trial(
                     trial.id, _S.rejected, reason=f"integrity: {reason}", finished_at=time.time()
                 )
+            if self.judge is not None and agent_name != BASELINE:
+                refusal = self.judge.approve_edits(agent_name, trial, changed, stop)
+                if refusal is not None:
+                    return store.update_trial(
+                        trial.id, _S.rejected, reason=f"policy: {refusal}", finished_at=time.time()
+                    )
             trial = store.update_trial(trial.id, _S.checked)
             # -- run and measure, re-confirming a candidate improvement if asked
             metrics: list[float] = []
@@ -497,6 +529,14 @@ class Lab:
                 if not better or len(metrics) > lab.confirm_runs or agent_name == BASELINE:
                     break
             # -- keep or discard: the store first, then the branch follows
+            if better and self.judge is not None and agent_name != BASELINE:
+                refusal = self.judge.approve_keep(
+                    agent_name, trial, value, gain(value, best_metric, lab.goal), stop
+                )
+                if refusal is not None:
+                    return store.update_trial(
+                        trial.id, _S.discarded, reason=f"policy: {refusal}", finished_at=time.time()
+                    )
             finished = time.time()
             if better:
                 trial = store.update_trial(trial.id, _S.kept, finished_at=finished)
@@ -791,6 +831,15 @@ def _preflight(org: Org, git: Git) -> list[str]:
                 line=line_of(text, ("lab", "gpus_per_trial")),
                 fix="set gpus_per_trial = 0 to run on the CPU, or check CUDA_VISIBLE_DEVICES / nvidia-smi",
             )
+    # governance fails closed: a policy that does not load stops the start
+    from overnight.governance.policy import Policy
+
+    failing = [o for o in Policy.load(org.root, cfg.governance).run_tests() if o.problem]
+    if failing:
+        warnings.append(
+            f"{len(failing)} policy test(s) fail, e.g. {failing[0].describe()}; "
+            f"see `overnight policy test {org.root}`"
+        )
     return warnings
 
 

@@ -21,6 +21,14 @@ def improves(candidate: float, best: float | None, goal: Goal, min_delta: float)
     return gain > min_delta
 
 
+def gain(candidate: float, best: float | None, goal: Goal) -> float:
+    """How much better `candidate` is than `best`, as a fraction of |best| (positive =
+    better, whatever the goal); 0 without a best or when the best is 0."""
+    if best is None or best == 0:
+        return 0.0
+    return (best - candidate if goal is Goal.minimize else candidate - best) / abs(best)
+
+
 def better(a: float, b: float, goal: Goal) -> bool:
     return a < b if goal is Goal.minimize else a > b
 

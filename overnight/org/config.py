@@ -15,7 +15,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from overnight.gateway.config import GatewayConfig
-from overnight.units import Duration, Size
+from overnight.units import Duration, PositiveDuration, Size
 
 
 class Goal(StrEnum):
@@ -121,6 +121,29 @@ class AgentConfig(_Model):
     the offline optimizer (`optimize`, needs [[knobs]])."""
 
 
+class GovernanceConfig(_Model):
+    """Which policy files judge every agent action, and when risk needs a human."""
+
+    policies: list[str] = []
+    """Globs of policy files relative to the lab, loaded after the shipped defaults."""
+    defaults: bool = True
+    """Load overnight's shipped default rules first (false: only `policies`)."""
+    review_at: float = Field(default=0.5, gt=0, le=1)
+    deny_at: float = Field(default=0.85, gt=0, le=1)
+    approval_timeout: PositiveDuration = 3600.0
+    """An approval nobody answers in this long expires (recorded apart from denied)."""
+    webhook: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    """Where a Slack-compatible JSON message goes when an approval arrives."""
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> Self:
+        if self.review_at > self.deny_at:
+            raise ValueError(
+                f"review_at ({self.review_at}) must not be above deny_at ({self.deny_at})"
+            )
+        return self
+
+
 class OrgConfig(_Model):
     """The whole of `overnight.toml`."""
 
@@ -128,6 +151,7 @@ class OrgConfig(_Model):
     knobs: list[KnobConfig] = []
     agents: list[AgentConfig] = []
     gateway: GatewayConfig | None = None
+    governance: GovernanceConfig = GovernanceConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:

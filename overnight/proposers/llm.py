@@ -44,6 +44,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from opentelemetry.propagate import inject
+
 from overnight.lab.ratchet import better
 from overnight.lab.trial import TrialStatus
 from overnight.org.config import Goal
@@ -208,6 +210,7 @@ class LlmProposer:
             "authorization": f"Bearer {self.key_file.read_text().strip()}",
             "x-overnight-trial": str(trial.number),
         }
+        inject(headers)  # the gateway's spans join the trial's trace (W3C traceparent)
         connection = (
             http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout)
             if self._https

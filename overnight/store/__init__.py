@@ -11,6 +11,10 @@ from pathlib import Path
 
 from overnight.store.base import (
     AgentRecord,
+    Approval,
+    ApprovalStatus,
+    AuditCheckpoint,
+    AuditRecord,
     Event,
     Run,
     Store,
@@ -40,6 +44,10 @@ def open_store(url: str) -> Store:
 __all__ = [
     "ENV_URL",
     "AgentRecord",
+    "Approval",
+    "ApprovalStatus",
+    "AuditCheckpoint",
+    "AuditRecord",
     "Event",
     "Run",
     "SqlStore",

@@ -15,14 +15,25 @@ check them against SQLite and PostgreSQL alike):
   `trial.<status>` event in the same transaction as the change.
 - **Append-only history.** Events are never updated or deleted; trial numbers
   are unique and gapless within a run.
+- **Ids become visible in order.** Event ids and attempt ids are committed in
+  id order, so a reader that has seen id N never later sees a new id below N:
+  a follower may remember the last id it read and miss nothing.
+- **One audit chain per lab, never forked.** `append_audit` reads the chain's
+  head and inserts after it in one write transaction, serialized across
+  threads and processes; two records never share a seq.
+- **An approval is answered once.** `answer_approval` and `expire_approvals`
+  move only a pending approval, atomically, so of two answers at once exactly
+  one wins; each move writes an `approval.<status>` event in the same
+  transaction (as `add_approval` writes `approval.requested`).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from overnight.lab.trial import TrialStatus
 
@@ -111,6 +122,66 @@ class Event:
     agent: str | None = None
     trial: int | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One link of a lab's audit chain, exactly as stored (see overnight.governance.audit)."""
+
+    lab: str
+    seq: int
+    """1, 2, 3, ... within the lab's chain, without gaps."""
+    at: float
+    kind: str
+    actor: str
+    subject: str
+    payload: str
+    """Canonical JSON text, hashed as it is stored."""
+    correlation: str | None
+    prev_hash: str
+    hash: str
+
+    def data(self) -> Any:
+        """The payload, parsed."""
+        return json.loads(self.payload)
+
+
+@dataclass(frozen=True)
+class AuditCheckpoint:
+    """A signed statement that the chain held `hash` at `seq` (HMAC-SHA256 with key `key_id`)."""
+
+    lab: str
+    seq: int
+    hash: str
+    at: float
+    key_id: str
+    mac: str
+
+
+ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A request for a human's yes or no on one action of one agent."""
+
+    id: str
+    """Short and typable: `overnight approve k7q2mx`."""
+    lab: str
+    run_id: str
+    agent: str
+    action: Mapping[str, Any]
+    reason: str
+    """Why it needs a human (the rule or risk that asked)."""
+    risk: float | None
+    correlation: str | None
+    created_at: float
+    expires_at: float
+    status: ApprovalStatus = "pending"
+    answered_by: str | None = None
+    note: str | None = None
+    answered_at: float | None = None
+    """For `expired`, the moment it expired."""
 
 
 # The trial fields `update_trial` may set alongside a status change.
@@ -237,6 +308,10 @@ class Store(abc.ABC):
     def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         """Events with id > `after`, oldest first."""
 
+    @abc.abstractmethod
+    def lab_events(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        """Events of every run of `lab` with id > `after`, oldest first."""
+
     # gateway ---------------------------------------------------------------
 
     @abc.abstractmethod
@@ -255,9 +330,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def attempts(
-        self, lab: str, *, agent: str | None = None, trial: str | None = None, limit: int = 10_000
+        self,
+        lab: str,
+        *,
+        agent: str | None = None,
+        trial: str | None = None,
+        after: int = 0,
+        limit: int = 10_000,
     ) -> list[dict[str, Any]]:
-        """Attempts, oldest first."""
+        """Attempts with id > `after`, oldest first (each with its `id`)."""
 
     @abc.abstractmethod
     def usage_rows(self, run_id: str) -> list[UsageRow]:
@@ -266,6 +347,84 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def spend(self, lab: str, *, agent: str | None = None, since: float | None = None) -> float:
         """Priced USD spent through the gateway (unpriced attempts add nothing)."""
+
+    # audit -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def append_audit(
+        self,
+        lab: str,
+        build: Callable[[int, str], Sequence[AuditRecord]],
+        *,
+        cursors: Mapping[str, tuple[int, int]] | None = None,
+    ) -> list[AuditRecord] | None:
+        """Append to `lab`'s audit chain in one write transaction, serialized with every
+        other appender (threads and processes alike).
+
+        Reads the head inside the transaction and calls `build(head_seq, head_hash)`
+        (0 and "" for an empty chain), which returns the records to insert, seq
+        head_seq + 1, head_seq + 2, ...; an exception from `build` writes nothing.
+        `cursors` maps a follower's source name to (expected, new) positions: when
+        any stored position (0 if none) is not the expected one, another follower
+        got there first and nothing is written (returns None); otherwise the
+        positions move in the same transaction as the records, so a follower that
+        restarts neither skips nor repeats.
+        """
+
+    @abc.abstractmethod
+    def audit_records(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """Records with seq > `after`, in seq order."""
+
+    @abc.abstractmethod
+    def audit_head(self, lab: str) -> AuditRecord | None:
+        """The record with the highest seq, None for an empty chain."""
+
+    @abc.abstractmethod
+    def audit_cursors(self, lab: str) -> dict[str, int]:
+        """Where each audit follower of `lab` got to (source -> last id audited)."""
+
+    @abc.abstractmethod
+    def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
+        """Keep a signed checkpoint (a second one at the same seq is ignored)."""
+
+    @abc.abstractmethod
+    def audit_checkpoints(self, lab: str) -> list[AuditCheckpoint]:
+        """Every checkpoint of `lab`'s chain, in seq order."""
+
+    # approvals ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_approval(self, approval: Approval) -> bool:
+        """Insert a pending approval and its `approval.requested` event; False (and nothing
+        written) when the id is taken."""
+
+    @abc.abstractmethod
+    def get_approval(self, approval_id: str) -> Approval | None:
+        """As stored: a pending approval past `expires_at` stays pending until swept."""
+
+    @abc.abstractmethod
+    def approvals(
+        self, lab: str, *, statuses: Iterable[ApprovalStatus] | None = None, limit: int = 1000
+    ) -> list[Approval]:
+        """Approvals of `lab`, oldest first."""
+
+    @abc.abstractmethod
+    def answer_approval(
+        self,
+        approval_id: str,
+        status: Literal["approved", "denied"],
+        *,
+        by: str,
+        note: str | None,
+        at: float,
+    ) -> Approval | None:
+        """Answer an approval that is pending and not expired at `at`, with its event;
+        None (nothing written) otherwise: read it to say why."""
+
+    @abc.abstractmethod
+    def expire_approvals(self, lab: str, now: float) -> list[Approval]:
+        """Move every pending approval of `lab` with expires_at <= `now` to `expired`
+        (answered_at = expires_at), each with its event; returns those moved."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -131,6 +131,58 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         # the id an external CLI agent's conversation resumes from after a restart
         ["ALTER TABLE ov_agents ADD COLUMN session TEXT"],
     ),
+    (
+        "0003_governance",
+        [
+            # the hash-chained audit: one chain per lab, seq 1, 2, 3, ... (see governance.audit)
+            """CREATE TABLE ov_audit (
+                lab TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
+                kind TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                correlation TEXT,
+                prev_hash TEXT NOT NULL,
+                hash TEXT NOT NULL,
+                PRIMARY KEY (lab, seq)
+            )""",
+            """CREATE TABLE ov_audit_checkpoints (
+                lab TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                hash TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
+                key_id TEXT NOT NULL,
+                mac TEXT NOT NULL,
+                PRIMARY KEY (lab, seq)
+            )""",
+            # how far each audit follower got (events, attempts), moved with its records
+            """CREATE TABLE ov_audit_cursors (
+                lab TEXT NOT NULL,
+                source TEXT NOT NULL,
+                position BIGINT NOT NULL,
+                PRIMARY KEY (lab, source)
+            )""",
+            """CREATE TABLE ov_approvals (
+                id TEXT PRIMARY KEY,
+                lab TEXT NOT NULL,
+                run_id TEXT NOT NULL,
+                agent TEXT NOT NULL,
+                action TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                risk DOUBLE PRECISION,
+                correlation TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                status TEXT NOT NULL,
+                answered_by TEXT,
+                note TEXT,
+                answered_at DOUBLE PRECISION
+            )""",
+            "CREATE INDEX ov_approvals_lab ON ov_approvals (lab, status, created_at)",
+        ],
+    ),
 ]
 
 

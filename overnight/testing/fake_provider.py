@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import ssl
 import threading
 import time
 from collections import deque
@@ -168,6 +169,9 @@ class FakeProvider:
     tool results already in the request (see `reply_for_conversation`), so a
     client that retries or sends side requests still gets the right turn;
     `enqueue` appends to the script.
+
+    `tls`: a server-side `ssl.SSLContext` (holding a certificate, e.g. one made with
+    `trustme`) serves HTTPS instead of HTTP; `host` is the address to listen on.
     """
 
     def __init__(
@@ -179,6 +183,8 @@ class FakeProvider:
         mode: Mode = "queue",
         models: Sequence[str] | None = None,
         port: int = 0,
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if protocol not in VENDORS:
             raise ValueError(f"protocol must be one of {sorted(VENDORS)}, got {protocol!r}")
@@ -195,7 +201,9 @@ class FakeProvider:
             self._state.replies.extend(script)
         else:
             self._state.script.extend(script)
-        self._server = Server(self._handle, port=port)
+        self._host = host
+        self._tls = tls
+        self._server = Server(self._handle, host=host, port=port, tls=tls)
         self._started = False
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -228,8 +236,10 @@ class FakeProvider:
 
     @property
     def url(self) -> str:
-        """`http://127.0.0.1:PORT`, without `/v1` (OpenAI clients want `url + "/v1"`)."""
-        return f"http://127.0.0.1:{self.port}"
+        """`http://127.0.0.1:PORT` (`https://` with `tls`), without `/v1` (OpenAI clients
+        want `url + "/v1"`)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{'https' if self._tls else 'http'}://{host}:{self.port}"
 
     # --- scripting ---------------------------------------------------------------------
 

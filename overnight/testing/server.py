@@ -1,6 +1,6 @@
 """A small HTTP/1.1 server on asyncio, run in a background thread, for the fake provider.
 
-Owns the socket: reading requests (Content-Length or chunked bodies, keep-alive,
+Owns the socket (plain, or TLS with a given server context): reading requests (Content-Length or chunked bodies, keep-alive,
 `Expect: 100-continue`), writing responses whole or as a chunked stream, and the
 ways a response can go wrong on purpose: the connection reset before any byte,
 or closed in the middle of a body. Knows nothing about LLMs or wire formats;
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 import threading
 from collections.abc import Awaitable, Callable
@@ -141,9 +142,16 @@ class Server:
     and joins the thread.
     """
 
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._handler = handler
         self._host = host
+        self._tls = tls
         self._requested_port = port
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,7 +167,8 @@ class Server:
         self._ready.clear()
         self._startup_error = None
         # Bound here, in the caller's thread, so a busy port raises to the caller.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self._host, self._requested_port))
@@ -209,7 +218,7 @@ class Server:
         self._stopping = asyncio.Event()
         try:
             server = await asyncio.start_server(
-                self._on_connection, sock=sock, limit=MAX_HEAD_BYTES
+                self._on_connection, sock=sock, limit=MAX_HEAD_BYTES, ssl=self._tls
             )
         except BaseException:
             sock.close()
