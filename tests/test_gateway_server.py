@@ -399,8 +399,8 @@ def _refused(url: str) -> bool:
     host, port = url.removeprefix("http://").split(":")
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
-    except ConnectionRefusedError:
-        return True
+    except (ConnectionRefusedError, ConnectionResetError):  # (reset: caught in the backlog
+        return True  # of a listening socket that closed just then)
     return False
 
 

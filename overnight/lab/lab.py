@@ -37,6 +37,8 @@ from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, av
 from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_url
 
 STATE_DIR = ".overnight"
+LOCK_WAIT = 2.0
+"""Seconds a trial waits for its agent's lock before saying another trial holds it."""
 _tracer = trace.get_tracer("overnight.lab")
 RUN_MARKER = "OVERNIGHT_RUN_ID"
 SESSION_MARKER = "OVERNIGHT_SESSION"
@@ -355,7 +357,10 @@ class Lab:
         raises ProposalError the trial is `crashed` with the error's data kept.
         """
         lock = self.agent_lock(agent_name)
-        if not lock.acquire():
+        # A flock is shared with any child forked while it is held, until that child's
+        # exec closes it: a subprocess another thread is starting just as this agent's
+        # last trial let go still holds the lock for a moment. Wait that moment out.
+        if not lock.acquire(wait=LOCK_WAIT):
             raise UserError(
                 f"agent {agent_name!r} already has a trial running (one at a time per agent).\n"
                 "  fix: wait for its result, then try again."

@@ -10,20 +10,27 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from overnight.errors import LabBusy
 
 
-def _take(path: Path) -> int | None:
-    """An exclusive flock on `path` with our pid written in it, or None if it is held."""
+def _take(path: Path, wait: float = 0.0) -> int | None:
+    """An exclusive flock on `path` with our pid written in it, or None if it is held
+    (after trying for `wait` seconds)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -78,9 +85,10 @@ class AgentLock:
         self.path = lab_dir / ".overnight" / "locks" / f"{run_id}.{agent}"
         self._fd: int | None = None
 
-    def acquire(self) -> bool:
-        """Take it if free; False if another process (or thread) holds it."""
-        self._fd = _take(self.path)
+    def acquire(self, wait: float = 0.0) -> bool:
+        """Take it if free (within `wait` seconds); False if another process (or thread)
+        holds it."""
+        self._fd = _take(self.path, wait)
         return self._fd is not None
 
     def release(self) -> None:
