@@ -308,3 +308,32 @@ def test_ctrl_c_during_the_baseline_stops_the_experiment_too(tmp_path: Path) -> 
     trial = _trials(lab)[0]
     assert trial["status"] == "interrupted"
     assert process_gone(pid), "the experiment outlived the run that started it"
+
+
+def test_an_agent_lock_held_by_a_forked_child_is_waited_for(tmp_path: Path) -> None:
+    """A child forked while another thread's lock was held shares that flock until its
+    exec; the next trial of that agent waits the moment out instead of failing."""
+    import os
+
+    from overnight.lab.lock import AgentLock
+
+    lock = AgentLock(tmp_path, "run", "a1")
+    assert lock.acquire()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child holds the inherited lock until told to go
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    lock.release()  # ours is gone, the child's copy still holds it
+    other = AgentLock(tmp_path, "run", "a1")
+    assert not other.acquire()  # no waiting: held
+    timer = threading.Timer(0.3, lambda: os.close(write))  # the child "execs" soon
+    timer.start()
+    try:
+        assert other.acquire(wait=5.0)
+    finally:
+        timer.join()
+        os.waitpid(child, 0)
+        other.release()
