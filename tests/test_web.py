@@ -339,8 +339,15 @@ def test_fragments(client: httpx.Client, lab: WebLab) -> None:
     tiles = client.get("/grid/tiles").text
     assert tiles.count('class="tile"') == 3
     kept = lab.events("trial.kept")[-1]
+    # (the page's picture of the run follows the store within its tailer's next poll)
+    wait_until(
+        lambda: (
+            f'id="trial-{kept.trial}"' in client.get("/lab/ledger", params={"status": "kept"}).text
+        ),
+        timeout=10,
+    )
     rows = client.get("/lab/ledger", params={"status": "kept"}).text
-    assert f'id="trial-{kept.trial}"' in rows and "discarded</span>" not in rows
+    assert "discarded</span>" not in rows
     rows = client.get("/lab/ledger", params={"agent": "tuner-2"}).text
     assert "<td>tuner-1</td>" not in rows
     assert client.get("/lab/plot").text.startswith("<svg")
