@@ -268,6 +268,8 @@ def hook_round_trip(n: int) -> None:
     python = os.path.realpath(sys.executable)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("OVERNIGHT_AUDIT_KEY", str(Path(tmp) / "key" / "audit.key"))
+        # the lab is only started, never its agents: any `claude` passes the preflight
+        os.environ.setdefault("OVERNIGHT_CLAUDE", str(Path(__file__).parent / "_standin_claude.py"))
         root = commit_lab(
             Path(tmp) / "lab",
             {"overnight.toml": HOOK_LAB, "exp.py": "print('score: 1')\n", "program.md": "x\n"},
@@ -275,7 +277,7 @@ def hook_round_trip(n: int) -> None:
         lab = Lab.start(root)
         try:
             with lab_services(lab, lambda _line: None, UiOptions(enabled=False)) as services:
-                key = Path(services.keys["claude"]).read_text().strip()
+                key = Path(services.key_files["claude"]).read_text().strip()
                 worktree = lab.agent("claude").worktree
                 env = {
                     "PATH": os.environ["PATH"],
