@@ -592,6 +592,15 @@ class Lab:
                 lab.run, cwd=root, log_path=log_path, timeout_s=timeout, metric=lab.metric,
                 env=env, max_log=lab.max_log, on_start=record_pid, stop=stop,
             )  # fmt: skip
+            if result.timed_out or stop.is_set():
+                # its process group is gone; anything of this trial's still alive left it
+                # (setsid, a daemon) or outlived the kill: it carries the trial's markers
+                def others(found: dict[str, str]) -> bool:
+                    return found.get("OVERNIGHT_TRIAL") != env["OVERNIGHT_TRIAL"] or (
+                        found.get("OVERNIGHT_AGENT") != trial.agent
+                    )
+
+                kill_marked(RUN_MARKER, self.run.id, spare=others)
             step = "run"
             if result.ok and lab.evaluate and not stop.is_set():
                 step = "evaluate"
