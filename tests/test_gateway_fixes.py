@@ -14,7 +14,6 @@ import asyncio
 import json
 import socket
 import struct
-import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -25,10 +24,10 @@ import pytest
 from overnight.gateway.upstream import UpstreamClient, origin_of
 from overnight.testing.fake_provider import FakeProvider
 from overnight.testing.replies import Reply
-from tests.test_gateway_support import HELLO, Clock, Env, gateway, upstream
+from tests.test_gateway_support import HELLO, Clock, Env, LoopbackServer, gateway, upstream
 
 
-class RawUpstream:
+class RawUpstream(LoopbackServer):
     """An HTTP/1.1 server on loopback, in its own thread, that runs `handler` per connection.
 
     `handler(up, reader, writer, n)` serves the n-th accepted connection (from 1);
@@ -40,18 +39,10 @@ class RawUpstream:
     ]
 
     def __init__(self, handler: RawUpstream.Handler) -> None:
+        super().__init__()
         self._handler = handler
         self.connections = 0
         self.bodies: list[bytes] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def read_request(self, reader: asyncio.StreamReader) -> bytes | None:
         """One request's body, or None when the client closed the connection."""
@@ -76,30 +67,6 @@ class RawUpstream:
             pass
         finally:
             writer.close()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
-            server.close()
-            for task in asyncio.all_tasks() - {asyncio.current_task()}:
-                task.cancel()
-
-        self._loop.run_until_complete(main())
-        self._loop.close()
-
-    def __enter__(self) -> RawUpstream:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5)
 
 
 def message(text: str) -> bytes:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,12 +30,12 @@ from overnight.gateway.meter import MemorySink
 from overnight.gateway.proxies import bypassed
 from overnight.gateway.server import running_gateway
 from overnight.testing.fake_provider import FakeProvider
-from tests.test_gateway_support import HELLO, Env, gateway, upstream
+from tests.test_gateway_support import HELLO, Env, LoopbackServer, gateway, upstream
 
 VARIABLES = ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"]
 
 
-class TinyProxy:
+class TinyProxy(LoopbackServer):
     """An HTTP proxy on 127.0.0.1 in its own thread: CONNECT tunnels, absolute-form forwarding.
 
     `refuse`: answer every CONNECT with this status instead of opening the tunnel.
@@ -45,21 +44,13 @@ class TinyProxy:
     NAMES: ClassVar[dict[str, str]] = {"provider.test": "127.0.0.1"}
 
     def __init__(self, refuse: int | None = None) -> None:
+        super().__init__()
         self.refuse = refuse
         self.tunnels: list[str] = []
         """The target of each CONNECT, in order."""
         self.forwarded: list[str] = []
         """The request line of each plain request that opened a forwarded connection."""
         self.authorizations: list[str | None] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -95,30 +86,6 @@ class TinyProxy:
             pass
         finally:
             writer.close()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
-            server.close()
-            for task in asyncio.all_tasks() - {asyncio.current_task()}:
-                task.cancel()
-
-        self._loop.run_until_complete(main())
-        self._loop.close()
-
-    def __enter__(self) -> TinyProxy:
-        self._thread.start()
-        assert self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5)
 
 
 async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
