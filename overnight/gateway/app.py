@@ -461,7 +461,7 @@ class Gateway:
                     )
                     await self._fail(call, send, 402, "budget", str(exc))
                     return
-            await self._guarded(call, receive, send)
+            await self._guarded(call, scope, receive, send)
         finally:
             if call.reservation is not None:
                 self.budgets.settle(call.reservation, call.cost)
@@ -483,7 +483,7 @@ class Gateway:
                     },
                 )
 
-    async def _guarded(self, call: _Call, receive: Receive, send: Send) -> None:
+    async def _guarded(self, call: _Call, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve `call`, cancelling everything (the upstream request too) if the client leaves."""
         loop = self._loop
         if loop is None:
@@ -492,16 +492,26 @@ class Gateway:
         task = asyncio.current_task(loop)
         assert task is not None
 
-        async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    if not call.done:
-                        call.client_gone = True
-                        task.cancel()
-                    return
+        def gone() -> None:
+            if not call.done:
+                call.client_gone = True
+                task.cancel()
 
-        watcher = loop.create_task(watch())
+        # Our server tells of a departure by callback (`overnight.disconnect`); any other
+        # ASGI server by an `http.disconnect` from `receive()`, which a task waits for.
+        # The callback saves a task per request (~10 us of the loop's time).
+        register = scope.get("extensions", {}).get("overnight.disconnect")
+        watcher: asyncio.Task[None] | None = None
+        if register is not None:
+            register(gone)
+        else:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone()
+
+            watcher = loop.create_task(watch())
         try:
             await self._serve(call, send)
             # No await since the last send, so the watcher cannot have run after it.
@@ -511,7 +521,10 @@ class Gateway:
                 raise
             task.uncancel()
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            elif register is not None:
+                register(None)
 
     def _estimate(self, call: _Call) -> float:
         """The most this request can cost on any of its candidates, in USD.
@@ -624,7 +637,7 @@ class Gateway:
             out = chat
             if call.stream:
                 out["stream_options"] = {"include_usage": True}
-        return dumps(out).encode()
+        return dumps(out)
 
     def _wire(self, call: _Call, cand: Candidate) -> UpstreamWire:
         if cand.upstream.protocol == "anthropic":
@@ -800,7 +813,7 @@ class Gateway:
         if wire == call.protocol:
             payload = data
         else:
-            payload = dumps(_translate_whole(call, wire, obj, cand.model)).encode()
+            payload = dumps(_translate_whole(call, wire, obj, cand.model))
         self.router.succeeded(cand, cred)
         call.status = 200
         await _reply(send, 200, payload)
@@ -1199,7 +1212,7 @@ def _reserialize(call: _Call, model: str, inject: bool) -> bytes:
         body["stream_options"] = (dict(options) if isinstance(options, dict) else {}) | {
             "include_usage": True
         }
-    return json.dumps(body).encode()
+    return dumps(body)
 
 
 def _streamed_tokens(watch: StreamWatch, call: _Call) -> tuple[Tokens | None, bool]:
@@ -1252,7 +1265,7 @@ def _stream_converter(call: _Call, wire: UpstreamWire, model: str) -> _Converter
 
 def _encode(protocol: ClientProtocol, items: list[Any], facts: StreamFacts) -> list[bytes]:
     if protocol == "chat":
-        return [b"data: %b\n\n" % dumps(chunk).encode() for chunk in items]  # sse(), inlined
+        return [b"data: %b\n\n" % dumps(chunk) for chunk in items]  # sse(), inlined
     out = []
     for name, data in items:
         if protocol == "responses":

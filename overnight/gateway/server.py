@@ -68,10 +68,13 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 def quiet_gc() -> None:
     """Keep the garbage collector off the request path of a long-lived gateway process.
 
-    Requests make no reference cycles, yet allocation-triggered collections
-    ran ~700 times per 18k requests at concurrency 64 and set its p99
-    (benchmarks/gateway_overhead.py). Freezing what startup allocated and
-    collecting young objects less often removes most of that tail.
+    A request leaves no reference cycles (tests/test_gateway_server.py counts them),
+    so what it allocates is freed by reference counting, and the collector never
+    has work on its account; but startup leaves a large heap, which a collection
+    would walk. Freezing it, and collecting young objects rarely, keeps collections
+    (and their pauses, every request in flight waiting) out of the tail latency.
+    When requests did leave cycles, each collection stopped the gateway 30-90 ms at
+    concurrency 64 (benchmarks/gateway_overhead.py).
     """
     gc.collect()
     gc.freeze()
@@ -102,11 +105,27 @@ class _Exchange:
         self._has_length = False
         self._chunked = False
         self._waiter: asyncio.Future[None] | None = None
+        self._on_gone: Callable[[], None] | None = None
 
     def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def on_disconnect(self, callback: Callable[[], None] | None) -> None:
+        """The `overnight.disconnect` extension: `callback` runs once if the client goes
+        away before the answer is complete (None takes it back). The same news as an
+        `http.disconnect` from `receive()`, without a task per request to wait for it."""
+        if callback is not None and (self.conn.closed and not self.complete):
+            callback()
+            return
+        self._on_gone = callback
+
+    def gone(self) -> None:
+        self.wake()
+        callback, self._on_gone = self._on_gone, None
+        if callback is not None and not self.complete:
+            callback()
 
     async def _wait(self) -> None:
         waiter = self._waiter = self.conn.loop.create_future()
@@ -300,7 +319,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         for exchange in (self.exchange, self._parsing, *self._pipeline):
             if exchange is not None:
-                exchange.wake()
+                exchange.gone()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -369,6 +388,7 @@ class _Connection(asyncio.Protocol):
         # An HTTP/1.0 client does not know 100 Continue (RFC 9110 10.1.1).
         expect = self._expect and version == "1.1"
         exchange = self._parsing = _Exchange(self, scope, keep_alive, expect)
+        scope["extensions"] = {"overnight.disconnect": exchange.on_disconnect}
         if self.exchange is None:
             self._answer(exchange)
         else:
@@ -407,6 +427,16 @@ class _Connection(asyncio.Protocol):
         task.add_done_callback(self.server.tasks.discard)
 
     async def _run(self, exchange: _Exchange) -> None:
+        try:
+            await self._call_app(exchange)
+        finally:
+            # The extension is a method of the exchange, held by its scope: a reference
+            # cycle per request, which would leave every request's objects to the
+            # garbage collector, and its pauses in the gateway's tail latency.
+            exchange.scope.pop("extensions", None)
+            exchange.on_disconnect(None)
+
+    async def _call_app(self, exchange: _Exchange) -> None:
         try:
             await self.server.app(exchange.scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
@@ -563,7 +593,7 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             for exchange in (self.exchange, self._parsing, *self._pipeline):
                 if exchange is not None:
-                    exchange.wake()
+                    exchange.gone()
 
     def close(self) -> None:
         """Close once what was written has gone out; from now on the app's client is gone."""

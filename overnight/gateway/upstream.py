@@ -37,6 +37,11 @@ from overnight.gateway.proxies import Proxy
 
 _HIGH_WATER = 1 << 20  # bytes buffered from an upstream before reading pauses
 _MAX_IDLE = 256  # idle connections kept per origin
+_DRAIN_WAIT = 1.0
+"""Seconds a connection released before its answer's end (a stream whose last event is
+relayed, its terminating chunk still on the way) waits for that end to be pooled again."""
+_DRAIN_BYTES = 1 << 16
+"""Bytes such a connection may still receive; an upstream that sends more is closed on."""
 # See `_stale`: a pooled connection this long idle may have hit the server's keep-alive
 # timeout (the shortest common ones are 1-2 s: gunicorn 2 s, uvicorn/Node 5 s) ...
 _STALE_IDLE = 1.0
@@ -126,6 +131,12 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._inflate: Any = None
         self._got_bytes = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline = 0.0
+        self._draining = False
+        """Released before its end: what still arrives is dropped, its end pools the
+        connection."""
 
     # -- fed by the connection ----------------------------------------------------------------
 
@@ -148,6 +159,11 @@ class Response:
         self._wake()
 
     def _body(self, data: bytes) -> None:
+        if self._draining:
+            self._buffered += len(data)
+            if self._buffered > _DRAIN_BYTES:
+                self._conn.close()
+            return
         if self._inflate is not None:
             data = self._inflate.decompress(data)
         if data:
@@ -159,7 +175,10 @@ class Response:
 
     def _done(self) -> None:
         self._complete = True
-        self._wake()
+        if self._draining:
+            self._conn.finish(True)
+        else:
+            self._wake()
 
     def _fail(self, exc: BaseException) -> None:
         if not self._complete and self._error is None:
@@ -169,14 +188,38 @@ class Response:
     async def _wait(self, timeout: float | None = None) -> None:
         loop = self._conn.loop
         waiter = self._waiter = loop.create_future()
-        # A timer only while waiting: most reads find their bytes already here.
-        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        if timeout is not None:
+            # One lazy timer for the whole answer instead of one per wait: it is left
+            # armed between waits and, when it fires early (a later wait moved the
+            # deadline on), re-armed for the new deadline. A timer made and cancelled
+            # per wait was a measurable share of a stream's relay.
+            deadline = self._deadline = loop.time() + timeout
+            if self._timer is None or self._timer_at > deadline:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = loop.call_at(deadline, self._on_timer)
+                self._timer_at = deadline
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody waits: the next wait arms a timer again
+        loop = self._conn.loop
+        if loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            self._timer_at = self._deadline
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- for the caller -----------------------------------------------------------------------
 
@@ -218,8 +261,22 @@ class Response:
         return self._complete
 
     def release(self) -> None:
-        """Done with it: the connection goes back to the pool if it can, else closes."""
-        self._conn.finish(self._complete)
+        """Done with it: the connection goes back to the pool if it can, else closes.
+
+        Released before its end (a stream whose last event has been relayed), the
+        connection waits up to `_DRAIN_WAIT` for that end, as Go's net/http drains a
+        body closed early: reconnecting for every stream cost the gateway and the
+        upstream more than the stream itself (benchmarks/gateway_overhead.py).
+        """
+        conn = self._conn
+        if self._complete or self._error is not None or conn.closed:
+            conn.finish(self._complete)
+            return
+        self._draining = True
+        self._chunks.clear()
+        self._buffered = 0
+        conn.resume()
+        conn.drain(_DRAIN_WAIT)
 
     def close(self) -> None:
         """Abandon the answer: the connection closes, which cancels the upstream's work."""
@@ -244,6 +301,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self._paused = False
         self._keep_alive = False
+        self._drain_timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         """When it went (back) into the pool, on the client's clock."""
 
@@ -323,8 +381,17 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return self.response
 
+    def drain(self, seconds: float) -> None:
+        """Wait for the released answer's end (which calls `finish`), closing after `seconds`."""
+        self._drain_timer = self.loop.call_later(seconds, self.close)
+
     def finish(self, complete: bool) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
         response, self.response = self.response, None
+        if response is not None:
+            response._stop_timer()
         reusable = (
             complete
             and not self.closed
@@ -341,6 +408,11 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self.response is not None:
+            self.response._stop_timer()
         if not self.closed:
             self.closed = True
             if self in self._pool:
@@ -555,11 +627,6 @@ class UpstreamClient:
 
 
 _now = time.monotonic  # deadlines, in the seconds the event loop's timers count
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def _stale(response: Response, idle: float, waited: float) -> bool:

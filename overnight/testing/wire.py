@@ -108,19 +108,17 @@ _TEXT_KEYS = ("system", "messages", "input", "instructions", "tools", "prompt")
 def request_text(body: Mapping[str, Any]) -> str:
     """All the text a model would read from a request, for the input-token estimate."""
     out: list[str] = []
-
-    def walk(value: Any) -> None:
+    # A stack, not a recursive inner function: that one is a reference cycle per request,
+    # which hands the fake's garbage to the collector and its pauses to every client.
+    stack: list[Any] = [body.get(key) for key in reversed(_TEXT_KEYS)]
+    while stack:
+        value = stack.pop()
         if isinstance(value, str):
             out.append(value)
         elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
+            stack.extend(reversed(value.values()))
         elif isinstance(value, list):
-            for item in value:
-                walk(item)
-
-    for key in _TEXT_KEYS:
-        walk(body.get(key))
+            stack.extend(reversed(value))
     return "".join(out)
 
 
