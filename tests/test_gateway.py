@@ -341,7 +341,10 @@ def test_openai_stream_cut_midway_is_an_error_not_a_short_success(env: Env, api:
     assert env.outcomes() == [("o1", "stream_error")]
 
 
-def test_client_disconnect_cancels_the_upstream_and_meters_what_was_streamed() -> None:
+@pytest.mark.parametrize("asgi_server", ["overnight", "uvicorn"])
+def test_client_disconnect_cancels_the_upstream_and_meters_what_was_streamed(
+    asgi_server: str,
+) -> None:
     """A hand-made upstream that streams a little, then waits to see the gateway hang up."""
     hung_up = threading.Event()
     ready = threading.Event()
@@ -421,6 +424,7 @@ def test_client_disconnect_cancels_the_upstream_and_meters_what_was_streamed() -
         with gateway(
             [upstream("slow", "anthropic", f"http://127.0.0.1:{port}")],
             {"claude": ["slow/claude-sonnet-4-5"]},
+            asgi_server=asgi_server,
         ) as env:
             with env.anthropic().messages.stream(
                 model="claude", max_tokens=500, messages=HELLO

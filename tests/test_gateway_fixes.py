@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from overnight.gateway.upstream import UpstreamClient, origin_of
+from overnight.sessions import wait_until
 from overnight.testing.fake_provider import FakeProvider
 from overnight.testing.replies import Reply
 from tests.test_gateway_support import HELLO, Clock, Env, LoopbackServer, gateway, upstream
@@ -211,6 +212,70 @@ def test_failovers_on_529_reuse_the_upstream_connection(
         # Kept alive: one TCP (in production TLS) handshake for all four failovers;
         # an upstream that says `Connection: close` gets a new connection each time.
         assert raw.connections == connections
+
+
+def _stream_events(text: str) -> bytes:
+    events = [
+        ("message_start", {"type": "message_start", "message": {
+            "id": "msg_raw", "type": "message", "role": "assistant", "model": "claude-fake-1",
+            "content": [], "stop_reason": None, "usage": {"input_tokens": 3, "output_tokens": 1},
+        }}),
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "text", "text": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": text}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                           "usage": {"output_tokens": 2}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    return b"".join(f"event: {n}\ndata: {json.dumps(d)}\n\n".encode() for n, d in events)
+
+
+@pytest.mark.parametrize("client", ["anthropic", "openai"])
+def test_a_stream_whose_end_chunk_comes_late_keeps_its_upstream_connection(client: str) -> None:
+    """The client has its whole stream at `message_stop`; the chunked body's terminator
+    comes later, in a write of its own (as the fake provider's and real servers' do).
+    The connection waits for it and serves the next request, instead of a new one
+    (a TCP connection per stream) - relayed as is, and translated for Chat clients."""
+    served: list[int] = []
+
+    async def streams(
+        up: RawUpstream, r: asyncio.StreamReader, w: asyncio.StreamWriter, n: int
+    ) -> None:
+        while await up.read_request(r) is not None:
+            body = _stream_events(f"stream {len(served) + 1}")
+            w.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(body), body)
+            )
+            await w.drain()
+            await asyncio.sleep(0.05)  # the late terminator under test, not a synchronization
+            w.write(b"0\r\n\r\n")
+            await w.drain()
+            served.append(n)
+
+    with (
+        RawUpstream(streams) as raw,
+        gateway(
+            [upstream("raw", "anthropic", raw.url, "main")], {"claude": ["raw/claude-fake-1"]}
+        ) as env,
+    ):
+        for i in range(1, 4):
+            if client == "anthropic":
+                with env.anthropic().messages.stream(
+                    model="claude", max_tokens=20, messages=HELLO
+                ) as stream:
+                    text = "".join(stream.text_stream)
+            else:
+                chunks = env.openai().chat.completions.create(
+                    model="claude", messages=HELLO, stream=True
+                )
+                text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert text == f"stream {i}"
+            wait_until(lambda i=i: len(served) == i)  # its terminator is out
+        assert served == [1, 1, 1]
+        assert env.outcomes() == [("raw", "ok")] * 3
 
 
 # --- 3. a POST the upstream may have received is never sent to it again --------------------

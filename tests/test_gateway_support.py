@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -19,11 +20,14 @@ from typing import Any, Self
 
 import anthropic
 import openai
+import uvicorn
 
+from overnight.gateway.app import Gateway
 from overnight.gateway.config import GatewayConfig, Secret
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import Attempt, Budgets, MemorySink
 from overnight.gateway.server import RunningGateway, running_gateway
+from overnight.sessions import wait_until
 
 
 class Clock:
@@ -117,9 +121,14 @@ def gateway(
     secrets: dict[tuple[str, str], str] | None = None,
     ledger: Budgets | None = None,
     tracer_provider: Any = None,
+    asgi_server: str = "overnight",
     **settings: Any,
 ) -> Iterator[Env]:
-    """A gateway on loopback; every credential's secret is `sk-<upstream>-<name>` unless given."""
+    """A gateway on loopback; every credential's secret is `sk-<upstream>-<name>` unless given.
+
+    `asgi_server="uvicorn"` serves the same app with uvicorn instead of the gateway's own
+    server: the app is plain ASGI, and must behave the same under any server.
+    """
     config = GatewayConfig.model_validate({"upstreams": upstreams, "models": models, **settings})
     given = secrets or {}
     resolved = {
@@ -132,7 +141,8 @@ def gateway(
     sink = WaitingSink()
     events: list[tuple[str, dict[str, Any]]] = []
     clock = Clock()
-    with running_gateway(
+    serve = running_gateway if asgi_server == "overnight" else _under_uvicorn
+    with serve(
         config,
         keys,
         sink,
@@ -148,6 +158,29 @@ def gateway(
         finally:
             for client in env.clients:
                 client.close()
+
+
+@contextlib.contextmanager
+def _under_uvicorn(
+    config: GatewayConfig, keys: KeyRing, sink: Any, events: Any, **options: Any
+) -> Iterator[RunningGateway]:
+    app = Gateway(config, keys, sink, events, **options)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http="httptools")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), timeout=30)
+        assert server.started, "uvicorn did not start"
+        yield RunningGateway(f"http://127.0.0.1:{sock.getsockname()[1]}", app)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def post(
