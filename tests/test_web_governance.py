@@ -209,6 +209,8 @@ def test_an_expired_approval_cannot_be_answered(lab: WebLab, client: httpx.Clien
 AS_AGENT = textwrap.dedent(
     """
     import json, sys, httpx
+    from websockets.sync.client import connect
+    from websockets.exceptions import ConnectionClosed
     url, approval = sys.argv[1], sys.argv[2]
     base, token = url.split("/?token=")
     with httpx.Client(base_url=base) as c:
@@ -216,7 +218,18 @@ AS_AGENT = textwrap.dedent(
         csrf = c.get("/api/csrf").json()["csrf_token"]
         r = c.post(f"/api/approvals/{approval}/approve", json={"note": "me"},
                    headers={"x-csrf-token": csrf})
-        print(json.dumps({"status": r.status_code, "body": r.json()}))
+        steer = c.post("/agents/careful/pause", headers={"x-csrf-token": csrf})
+        cookie = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
+    ws_url = base.replace("http://", "ws://") + "/agents/careful/terminal"
+    with connect(ws_url, additional_headers={"cookie": cookie, "origin": base}) as ws:
+        said = ws.recv(timeout=30)
+        try:
+            ws.recv(timeout=30)
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd else None
+    print(json.dumps({"status": r.status_code, "body": r.json(),
+                      "steer": [steer.status_code, steer.text],
+                      "terminal": [code, said]}))
     """
 )
 
@@ -246,6 +259,10 @@ def test_no_agent_can_answer_even_with_the_token(lab: WebLab, client: httpx.Clie
         assert reply["status"] == 403, (what, reply)
         assert "no agent can answer an approval" in reply["body"]["error"], what
         assert says in reply["body"]["error"], (what, reply)
+        status, body = reply["steer"]
+        assert status == 403 and "no agent can steer agents" in body, (what, reply)
+        code, said = reply["terminal"]
+        assert code == 4403 and "no agent can use an agent's terminal" in said, (what, reply)
     assert client.get(f"/api/approvals/{filed.id}").json()["status"] == "pending"
 
 

@@ -33,6 +33,7 @@ from overnight.lab.trial import TrialStatus
 from overnight.web.auth import Access, AuthMiddleware
 from overnight.web.events import TOPICS, Hub
 from overnight.web.live import LiveRun, ago
+from overnight.web.peers import agent_peer
 from overnight.web.render import LiveExtra, PageRenderer, environment
 from overnight.web.sources import Sources
 from overnight.web.terminals import Attachment, output
@@ -285,7 +286,10 @@ class CommandCenter:
             )
 
         @api.post("/agents/{name}/{action}")
-        def steer(name: str, action: str) -> Response:
+        def steer(request: Request, name: str, action: str) -> Response:
+            refused = agent_peer(request.scope.get("client"), request.scope.get("server"))
+            if refused is not None:
+                raise Refused(403, f"refused: no agent can steer agents ({refused})")
             center._ready()
             with live.lock:
                 center.agent(name)
@@ -375,11 +379,18 @@ class CommandCenter:
 
     async def attach(self, ws: WebSocket, name: str, cols: int, rows: int) -> None:
         """An interactive terminal into agent `name`'s tmux session, over `ws`."""
+        # Keystrokes into an agent's terminal can answer its CLI's own permission
+        # prompts: no agent's process may type into one (its own included).
+        refused = await asyncio.to_thread(
+            agent_peer, ws.scope.get("client"), ws.scope.get("server")
+        )
         await ws.accept()
         session = self.sources.terminals.get(name)
         tmux = self.sources.tmux
         problem = None
-        if name not in self.live.agents:
+        if refused is not None:
+            problem = f"refused: no agent can use an agent's terminal ({refused})"
+        elif name not in self.live.agents:
             problem = f"no agent named {name!r} in run {self.live.run_id}"
         elif session is None or tmux is None:
             problem = (
@@ -389,7 +400,7 @@ class CommandCenter:
             problem = f"agent {name!r} has no terminal session right now (it is being started?)"
         if problem is not None:
             await ws.send_text(f"\r\n{problem}\r\n")
-            await ws.close(code=4404, reason=problem[:120])
+            await ws.close(code=4403 if refused else 4404, reason=problem[:120])
             return
         assert session is not None and tmux is not None
         attachment = Attachment(tmux, session, max(2, min(cols, 500)), max(2, min(rows, 200)))

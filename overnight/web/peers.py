@@ -4,9 +4,10 @@ Owns finding the local process that holds the client end of a TCP connection
 (Linux: /proc/net/tcp{,6} gives the socket's inode, /proc/PID/fd the process
 that holds it) and asking `overnight.governance.approvals.agent_context` whether
 that process is an agent's. The web token is the real lock; this is the second
-one, for the answer to an approval: an agent that found the token (it is in
-`.overnight/web.url`, in the same tree as the agents' worktrees) still cannot
-approve its own action. Only a positive match refuses: a peer that is not ours
+one, for what only a person may do: answer an approval, steer an agent (pause,
+resume, restart), type into an agent's terminal (which can answer its CLI's own
+permission prompts). An agent that found the token (it is in `.overnight/web.url`,
+in the same tree as the agents' worktrees) still cannot approve its own action. Only a positive match refuses: a peer that is not ours
 to see (another user's, another machine's, gone already) is let through.
 
 Knows nothing about HTTP frameworks or approvals beyond that one question.
