@@ -335,7 +335,9 @@ def main() -> int:
         litellm_seconds = 2.0
     else:
         rounds = ROUNDS
-        counts = {1: 500, 16: 1200, 64: 1200}
+        # A p99 needs enough requests behind it: at concurrency 64, 1200 a round left
+        # 12 above it, so one scheduling hiccup of the box moved a round's p99 by 5 ms.
+        counts = {1: 500, 16: 1200, 64: 3000}
         warmups = {1: 50, 16: 160, 64: 320}
         litellm_seconds = 12.0 / ROUNDS
 
