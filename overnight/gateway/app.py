@@ -129,7 +129,7 @@ class _ClientGone(Exception):
     """The client disconnected before its request was read."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Call:
     """One client request on its way through the gateway."""
 
@@ -156,7 +156,7 @@ class _Call:
     error: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Result:
     """How an attempt ended, for the failover loop: `final` means the client has its answer."""
 
@@ -167,7 +167,7 @@ class _Result:
     status: int | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Meter:
     """What is known about one attempt while it runs; becomes an `Attempt` at the end."""
 

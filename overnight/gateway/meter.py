@@ -26,9 +26,12 @@ Outcome = Literal[
 ]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Attempt:
-    """One request sent to one upstream with one credential."""
+    """One request sent to one upstream with one credential.
+
+    Never changed once recorded. Not a frozen dataclass all the same: one is made per
+    attempt, and a frozen one's `__init__` (object.__setattr__ per field) cost 4x."""
 
     request_id: str
     attempt: int

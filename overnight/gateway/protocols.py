@@ -262,7 +262,7 @@ def loads(data: bytes | str) -> Any:
 # --- usage ---------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Tokens:
     """Input billed at full rate (no cache), cache reads, cache writes, output, reasoning."""
 

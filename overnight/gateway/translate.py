@@ -83,7 +83,7 @@ class UpstreamStreamError(Exception):
 # --------------------------------------------------------------------------- usage
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Usage:
     """Tokens of one call, each counted once.
 
@@ -104,6 +104,8 @@ class Usage:
 
 def _int(value: Any) -> int:
     """A token count from an upstream's usage; anything that is not a whole number counts 0."""
+    if type(value) is int:
+        return value
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
