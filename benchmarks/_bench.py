@@ -27,7 +27,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,26 @@ def commit_lab(root: Path, files: dict[str, str]) -> Path:
     ):
         subprocess.run(cmd, cwd=root, check=True)
     return root
+
+
+@contextlib.contextmanager
+def pg_schema(base: str) -> Iterator[str]:
+    """A store URL on the PostgreSQL server at `base`, in a fresh schema of its own,
+    dropped with everything in it when the block ends."""
+    from sqlalchemy import create_engine, text
+
+    schema = "bench_" + uuid.uuid4().hex[:10]
+    engine = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        try:
+            yield f"{base}?options=-csearch_path%3D{schema}"
+        finally:
+            with engine.begin() as conn:
+                conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    finally:
+        engine.dispose()
 
 
 def percentile(values: list[float], q: float) -> float:

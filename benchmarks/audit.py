@@ -25,11 +25,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from _bench import commit_lab, machine_line
-from sqlalchemy import create_engine, text
+from _bench import commit_lab, machine_line, pg_schema
 
 from overnight.governance.audit import ENV_KEY, AuditKey, Auditor, Entry, load_key, verify
 from overnight.store import Store, open_store, store_url
@@ -135,22 +133,6 @@ def verify_and_export(root: Path, key: AuditKey, records: int) -> None:
     print(f"  baseline: interpreter start + import overnight.cli: {start:.2f} s")
 
 
-def pg_url(base: str) -> tuple[str, str]:
-    schema = "bench_" + uuid.uuid4().hex[:10]
-    engine = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    engine.dispose()
-    return f"{base}?options=-csearch_path%3D{schema}", schema
-
-
-def drop_schema(base: str, schema: str) -> None:
-    engine = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
-
-
 def audit_figures(records: int = 100_000, single: int = 5_000, pg: str | None = PG_DEFAULT) -> None:
     """Print every figure of this benchmark (`benchmarks/governance.py` calls it too)."""
     with tempfile.TemporaryDirectory(prefix="overnight-bench-audit-") as tmp:
@@ -161,13 +143,10 @@ def audit_figures(records: int = 100_000, single: int = 5_000, pg: str | None = 
         appends(store, key, "sqlite", single, 50_000)
         store.close()
         if pg:
-            url, schema = pg_url(pg)
-            try:
+            with pg_schema(pg) as url:
                 store = open_store(url)
                 appends(store, key, "postgresql", single // 5, 10_000)
                 store.close()
-            finally:
-                drop_schema(pg, schema)
         print(f"audit verify and export ({records:,} records, SQLite):")
         files = {"overnight.toml": CONFIG, "x.py": "X = 1\n", "program.md": "# bench\n"}
         root = commit_lab(Path(tmp) / "lab", files)

@@ -23,11 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from _bench import commit_lab
-from sqlalchemy import create_engine, text
+from _bench import commit_lab, percentile, pg_schema
 
 from overnight.store import open_store
 
@@ -62,12 +60,6 @@ def make_lab(root: Path) -> Path:
             "program.md": "# noop\n",
         },
     )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def measure(label: str, root: Path, trials: int, db_url: str | None) -> dict[str, float]:
@@ -120,22 +112,6 @@ def spawn_baseline(n: int = 30) -> float:
     return percentile(times, 50) * 1000
 
 
-def pg_schema(base: str) -> tuple[str, str]:
-    schema = "bench_" + uuid.uuid4().hex[:10]
-    engine = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    engine.dispose()
-    return f"{base}?options=-csearch_path%3D{schema}", schema
-
-
-def drop_schema(base: str, schema: str) -> None:
-    engine = create_engine(base.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=200)
@@ -149,13 +125,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results["sqlite"] = measure("sqlite", make_lab(Path(tmp) / "sqlite"), args.trials, None)
         if not args.no_pg:
-            url, schema = pg_schema(args.pg)
-            try:
+            with pg_schema(args.pg) as url:
                 results["postgresql"] = measure(
                     "postgresql", make_lab(Path(tmp) / "pg"), args.trials, url
                 )
-            finally:
-                drop_schema(args.pg, schema)
     print(f"\n{args.trials} trials of a no-op experiment, one agent, one slot:")
     print(
         f"{'store':<11} {'overhead p50':>13} {'p95':>9} {'mean':>9} {'run p50':>9}"

@@ -94,6 +94,26 @@ def agent_pids(worktree: Path) -> list[int]:
     return pids
 
 
+def claude_lab(
+    tmp_path: Path, fake: FakeProvider, idle_after: str = "1h"
+) -> tuple[Path, dict[str, str]]:
+    """A lab whose agent is the real Claude Code CLI talking to `fake`, and the
+    environment to run it in (a HOME of its own, so no user settings leak in)."""
+    lab = make_lab(
+        tmp_path / "lab",
+        config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after=idle_after),
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "FAKE_KEY": "sk-fake",
+        "OVERNIGHT_CLAUDE": str(claude_cli()),
+    }
+    return lab, env
+
+
 @contextlib.contextmanager
 def running(lab: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     """`overnight run LAB` for the length of the block, then Ctrl-C: it must exit 130."""
@@ -120,18 +140,7 @@ def lab_run(tmp_path: Path) -> Iterator[Callable[..., tuple[Path, FakeProvider]]
     def start(idle_after: str = "1h") -> tuple[Path, FakeProvider]:
         fake = FakeProvider("anthropic", script=SCRIPT, mode="conversation").__enter__()
         fakes.append(fake)
-        lab = make_lab(
-            tmp_path / "lab",
-            config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after=idle_after),
-        )
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {
-            **os.environ,
-            "HOME": str(home),
-            "FAKE_KEY": "sk-fake",
-            "OVERNIGHT_CLAUDE": str(claude_cli()),
-        }
+        lab, env = claude_lab(tmp_path, fake, idle_after)
         proc = subprocess.Popen(
             [*OVERNIGHT, "run", str(lab)],
             env=env,
@@ -260,18 +269,7 @@ def test_a_killed_overnight_run_leaves_the_agent_working_and_the_next_one_reatta
     tmp_path: Path,
 ) -> None:
     with FakeProvider("anthropic", script=SCRIPT, mode="conversation") as fake:
-        lab = make_lab(
-            tmp_path / "lab",
-            config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after="1h"),
-        )
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {
-            **os.environ,
-            "HOME": str(home),
-            "FAKE_KEY": "sk-fake",
-            "OVERNIGHT_CLAUDE": str(claude_cli()),
-        }
+        lab, env = claude_lab(tmp_path, fake)
         with subprocess.Popen(
             [*OVERNIGHT, "run", str(lab)],
             env=env,

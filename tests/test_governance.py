@@ -23,8 +23,7 @@ from overnight.sessions import wait_until
 from overnight.store import Approval, open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.conftest import OVERNIGHT, make_lab, run_cli
-from tests.test_external_agents import AGENT_CONFIG, running, states
-from tests.test_gateway_clis import claude_cli
+from tests.test_external_agents import claude_lab, running, states
 
 PAYLOAD = {
     "session_id": "s1",
@@ -155,18 +154,7 @@ def test_claude_code_is_governed_tool_call_by_tool_call(tmp_path: Path) -> None:
         Reply(text="All done."),
     ]
     with FakeProvider("anthropic", script=script, mode="conversation") as fake:
-        lab = make_lab(
-            tmp_path / "lab",
-            config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after="1h"),
-        )
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {
-            **os.environ,
-            "HOME": str(home),
-            "FAKE_KEY": "sk-fake",
-            "OVERNIGHT_CLAUDE": str(claude_cli()),
-        }
+        lab, env = claude_lab(tmp_path, fake)
         with running(lab, env):
             pending = wait_for_approval(lab)
             assert "git push origin main" in json.dumps(pending.action)
