@@ -13,7 +13,6 @@ import threading
 from collections.abc import Mapping
 
 PREFIX = "ovn-"
-_KNOWN = 1024
 
 
 def key_hash(key: str) -> str:
@@ -26,32 +25,19 @@ class KeyRing:
     def __init__(self, hashes: Mapping[str, str] | None = None) -> None:
         self._agents: dict[str, str] = dict(hashes or {})
         self._lock = threading.Lock()
-        self._known: dict[str, str] = {}
-        """Keys already verified -> agent: a hash per request was a share of the gateway's
-        time. Only keys that verified go in (at most _KNOWN), so garbage cannot fill it."""
 
     def issue(self, agent: str) -> str:
         """A new key for `agent`; the only time the key itself is seen."""
         key = PREFIX + secrets.token_urlsafe(32)
         with self._lock:
             self._agents[key_hash(key)] = agent
-            self._known = {}
         return key
 
     def verify(self, key: str | None) -> str | None:
         """The agent holding `key`, or None for a missing or unknown key."""
         if not key:
             return None
-        agent = self._known.get(key)
-        if agent is None:
-            digest = key_hash(key)
-            with self._lock:  # so a key revoked meanwhile is not remembered
-                agent = self._agents.get(digest)
-                if agent is not None:
-                    if len(self._known) >= _KNOWN:
-                        self._known = {}
-                    self._known[key] = agent
-        return agent
+        return self._agents.get(key_hash(key))
 
     def revoke(self, agent: str) -> int:
         """Forget every key of `agent`; how many there were."""
@@ -59,7 +45,6 @@ class KeyRing:
             gone = [h for h, a in self._agents.items() if a == agent]
             for h in gone:
                 del self._agents[h]
-            self._known = {}
         return len(gone)
 
     @property
