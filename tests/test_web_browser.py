@@ -202,8 +202,10 @@ def terminal_text(page: Page) -> str:
         page.evaluate(
             """(() => {
                 const t = window.overnightTerminal; if (!t) return '';
-                const b = t.buffer.active; const out = [];
-                for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+                const b = t.buffer.active; const out = [];  // the screen, not the scrollback
+                for (let i = b.viewportY; i < b.viewportY + t.rows; i++) {
+                    const line = b.getLine(i); if (line) out.push(line.translateToString(true));
+                }
                 return out.join('\\n');
             })()"""
         )
@@ -222,8 +224,10 @@ def test_the_interactive_terminal_runs_a_typed_command(page: Page, lab: WebLab) 
     wait_until(lambda: "42 claude" in terminal_text(page), timeout=20)
     shot(page, "terminal")
     page.keyboard.type("exit\n")
+    # the shell is gone before its window is killed (remain-on-exit keeps it, dead)
+    wait_until(lambda: "Pane is dead" in terminal_text(page), timeout=20)
     page.keyboard.press("Control+b")
-    page.keyboard.press("&")  # kill the (dead) shell window: the agent's screen is back
+    page.keyboard.press("&")  # kill the dead shell window: the agent's screen is back
     page.keyboard.press("y")
     wait_until(lambda: "42 claude" not in terminal_text(page), timeout=10)  # window 0 again
     page.click("#panel [data-close]")
