@@ -205,7 +205,7 @@ class TmuxBackend:
                 "capture-pane",
                 "-p",
                 "-t",
-                f"={n}:",
+                f"={n}:^",
                 ";",
             ]
         out = self.tmux(*args[:-1]).stdout
@@ -222,7 +222,11 @@ class TmuxSession:
     def __init__(self, backend: TmuxBackend, name: str) -> None:
         self.backend = backend
         self.name = name
-        self._pane = f"={name}:"
+        # The session's first window, where the agent runs: `={name}:` alone means its
+        # current window, which is a person's shell once they open one from the agent's
+        # terminal (Ctrl-b c) - nudges were typed into it and its dead pane read as the
+        # agent's exit.
+        self._pane = f"={name}:^"
 
     def __repr__(self) -> str:
         return f"TmuxSession({self.name!r}, socket={self.backend.socket!r})"
