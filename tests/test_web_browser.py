@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,14 @@ def test_the_worktree_diff_opens_from_the_tile(page: Page, lab: WebLab) -> None:
     assert "tuner-1" in (page.text_content("#panel-title") or "")
 
 
+def tmux(lab: WebLab, *args: str) -> str:
+    """A tmux command on the lab's own tmux server."""
+    assert lab.tmux_socket is not None
+    return subprocess.run(
+        ["tmux", "-S", str(lab.tmux_socket), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def terminal_text(page: Page) -> str:
     return str(
         page.evaluate(
@@ -224,11 +233,18 @@ def test_the_interactive_terminal_runs_a_typed_command(page: Page, lab: WebLab) 
     wait_until(lambda: "42 claude" in terminal_text(page), timeout=20)
     shot(page, "terminal")
     page.keyboard.type("exit\n")
-    # the shell is gone before its window is killed (remain-on-exit keeps it, dead)
-    wait_until(lambda: "Pane is dead" in terminal_text(page), timeout=20)
-    page.keyboard.press("Control+b")
-    page.keyboard.press("&")  # kill the dead shell window: the agent's screen is back
-    page.keyboard.press("y")
+    # Back to the agent's window, as Ctrl-b & would (tmux's own keys are tmux's to test):
+    # the shell's window is killed once the shell has exited, and the page follows.
+    (session,) = [
+        n for n in tmux(lab, "list-sessions", "-F", "#{session_name}").split() if "claude" in n
+    ]
+    wait_until(
+        lambda: (
+            tmux(lab, "display-message", "-p", "-t", f"={session}:1", "#{pane_dead}").strip() == "1"
+        ),
+        timeout=20,
+    )
+    tmux(lab, "kill-window", "-t", f"={session}:1")
     wait_until(lambda: "42 claude" not in terminal_text(page), timeout=10)  # window 0 again
     page.click("#panel [data-close]")
     page.wait_for_function("window.overnightTerminal === null")  # closing the panel detaches
