@@ -237,6 +237,27 @@ def test_tmux_capture_many_and_scrollback(tmux: TmuxBackend, tmp_path: Path) -> 
     assert "50" not in a.capture().split() and "50" in a.capture(lines=60).split()
 
 
+def test_a_window_a_person_opens_in_the_session_is_not_taken_for_the_agent(
+    tmux: TmuxBackend, tmp_path: Path
+) -> None:
+    """From an agent's terminal a person can open a shell window (Ctrl-b c) and leave it
+    dead (`exit`, with remain-on-exit on). The session stays the agent's: its screen,
+    its liveness and what is typed into it are the agent's window's, not the current one's."""
+    s = start_shell(tmux, "agent", tmp_path)
+    tmux.tmux("new-window", "-t", "=agent:", "sh -c 'echo the-persons-shell; exit 3'")
+    wait_until(
+        lambda: (
+            tmux.tmux("display-message", "-p", "-t", "=agent:", "#{pane_dead}").stdout.strip()
+            == "1"
+        )
+    )  # the person's window is the session's current window, and dead
+    assert s.alive() and s.exit_status() is None
+    assert "the-persons-shell" not in s.capture()
+    s.send_text("echo still-$((6*7))\n")
+    wait_for(s, "still-42", timeout=5)
+    assert tmux.capture_many(["agent"]) == {"agent": s.capture()}
+
+
 @needs_tmux
 def test_tmux_killed_by_signal(tmux: TmuxBackend, tmp_path: Path) -> None:
     s = tmux.start("signalled", ["sleep", "60"], tmp_path, shell_env())
