@@ -35,6 +35,8 @@ from pathlib import Path
 from types import EllipsisType, FrameType, TracebackType
 from typing import Any, Literal, Self, get_args
 
+import orjson
+
 from overnight.errors import UserError
 from overnight.testing.replies import (
     DEFAULT_REPLY,
@@ -491,7 +493,11 @@ def _parse_body(raw: bytes) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)  # what orjson refuses: NaN, another encoding, big integers
     except (ValueError, UnicodeDecodeError):
         return raw.decode("utf-8", "replace")
 

@@ -14,21 +14,33 @@ provider picks a `Reply`, `make_turn` makes it concrete for one request, and a
 from __future__ import annotations
 
 import json
+import random
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import orjson
+
 from overnight.testing.replies import Reply, StopReason, estimate_tokens, output_text
 
 
+# Ids need to be unique, not secret: no system call (os.urandom) per id.
+_random_bits = random.Random().getrandbits
+
+
 def new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
+    return f"{prefix}{_random_bits(96):024x}"
 
 
 def dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON, UTF-8 unescaped, as the providers send it. orjson: the fake's
+    answers are what every gateway benchmark measures against, and the standard
+    library's encoder was a third of the fake's CPU per streamed answer."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:  # what orjson refuses (an integer beyond 64 bits, a lone surrogate)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def sse(data: Any, event: str | None = None) -> bytes:
