@@ -24,7 +24,6 @@ import orjson
 
 from overnight.testing.replies import Reply, StopReason, estimate_tokens, output_text
 
-
 # Ids need to be unique, not secret: no system call (os.urandom) per id.
 _random_bits = random.Random().getrandbits
 
