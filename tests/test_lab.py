@@ -181,17 +181,31 @@ def test_trial_past_its_budget_is_killed_with_its_children(tmp_path: Path) -> No
     assert 1.5 <= float(str(trial["duration_s"])) < 6
     assert "killed after 2s" in str(trial["reason"])
     # the whole process group got SIGKILL; the orphaned child dies a moment later
-    wait_until(
-        lambda: not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_sleep_300(p)],
-        timeout=10,
-    )
-
-
-def _is_sleep_300(proc: Path) -> bool:
     try:
-        return (proc / "cmdline").read_bytes() == b"sleep\x00300\x00"
-    except OSError:
-        return False
+        wait_until(lambda: not _sleeps_300(), timeout=10)
+    except TimeoutError:
+        # Seen once in CI and not reproduced since: say who survived, and from where.
+        raise AssertionError(f"the trial's child outlived it: {_sleeps_300()}") from None
+
+
+def _sleeps_300() -> list[str]:
+    """Each live `sleep 300`: its pid, state, parent, group and session, and its run marker."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit() or (proc / "cmdline").read_bytes() != b"sleep\x00300\x00":
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            marks = [
+                var.decode()
+                for var in (proc / "environ").read_bytes().split(b"\0")
+                if var.startswith(b"OVERNIGHT_")
+            ]
+        except OSError:
+            continue  # gone meanwhile
+        state, ppid, pgrp, session = fields[:4]
+        found.append(f"pid {proc.name} state {state} ppid {ppid} pgrp {pgrp} sid {session} {marks}")
+    return found
 
 
 def test_gigabytes_of_output_are_capped_and_the_metric_still_read(tmp_path: Path) -> None:
