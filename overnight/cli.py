@@ -101,8 +101,12 @@ def _run_lab(
             supervisor = Supervisor(
                 lab, trials=trials, seconds=seconds, on_trial=view.finished, services=services
             )
-            with view.live():
-                supervisor.run()
+            try:
+                with view.live():
+                    supervisor.run()
+            finally:
+                # Before the command center stops: its audit follower takes the stop in.
+                lab.stopped()
     except KeyboardInterrupt:
         interrupted = True
     finally:

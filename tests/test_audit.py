@@ -229,11 +229,10 @@ def test_a_run_audits_itself_in_order_and_a_follower_resumes_exactly(tmp_path: P
     store = _lab_store(lab)
     run = store.latest_run("toy")
     assert run is not None
-    # `overnight run` followed every event into the chain, in order, and judged each trial
-    # (all but its last event, `run.stopped`, written as the lab closes after the command
-    # center: the next follower takes it up)
+    # `overnight run` followed every event into the chain, in order, its own stop included
+    # (recorded while its command center still runs), and judged each trial
     events = _followed_events(store)
-    assert events[-1] == ("run.stopped", None) and _audited(store) == events[:-1]
+    assert events[-1] == ("run.stopped", None) and _audited(store) == events
     kinds = [k for k, _ in events]
     assert kinds[:2] == ["run.created", "run.started"] and kinds.count("trial.kept") >= 1
     assert ("trial.measured", f"{run.id}:1") in events  # run:trial ties record, span and ledger
@@ -246,7 +245,7 @@ def test_a_run_audits_itself_in_order_and_a_follower_resumes_exactly(tmp_path: P
         "toy", run.id, [_attempt("t", 0.5, time.time(), trial="2", request_id="req-a")]
     )
     auditor = Auditor(store, "toy", key=key, lab_root=lab)
-    assert auditor.follow_once(limit=7) == 2  # run.stopped, then the attempt
+    assert auditor.follow_once(limit=7) == 1  # the attempt
     attempt = next(r for r in store.audit_records("toy") if r.kind == "gateway.attempt")
     assert (attempt.actor, attempt.correlation) == ("t", f"{run.id}:2")
     assert attempt.data()["request_id"] == "req-a" and attempt.data()["cost_usd"] == 0.5
@@ -254,7 +253,7 @@ def test_a_run_audits_itself_in_order_and_a_follower_resumes_exactly(tmp_path: P
     again = Auditor(store, "toy", key=key, lab_root=lab)
     assert again.follow_once() == 0
     _run(lab, "--trials", "2", env=_env(key))
-    assert again.follow_once() == 1  # the second run audited itself, but for run.stopped
+    assert again.follow_once() == 0  # the second run audited itself, its stop included
     assert _audited(store) == _followed_events(store)
     again.close()
     count = len(store.audit_records("toy", limit=100_000))

@@ -90,6 +90,7 @@ class Lab:
         self.store = store
         self.run = run
         self.lock = lock
+        self._stop_recorded = False
         self.warnings = list(warnings)
         self.resumed = resumed
         lab = org.config.lab
@@ -289,9 +290,19 @@ class Lab:
                 out.append(trial)
         return out
 
-    def close(self) -> None:
-        if self.lock is not None:
+    def stopped(self) -> None:
+        """Record that this run stopped (once; only the process that started it does).
+
+        `overnight run` calls it while its command center still runs, so the run's
+        audit follower takes the stop into the chain before it closes; `close` calls it
+        too, for a run that ends another way.
+        """
+        if self.lock is not None and not self._stop_recorded:
+            self._stop_recorded = True
             self.store.append_event(self.run.id, "run.stopped", {"pid": os.getpid()})
+
+    def close(self) -> None:
+        self.stopped()
         self.store.close()
         if self.lock is not None:
             self.lock.release()
