@@ -396,11 +396,18 @@ def fake_provider(
     mode: Annotated[
         str, typer.Option(help="queue (replies in order) or conversation (by tool results so far).")
     ] = "queue",
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Serve https with this certificate (PEM; with --tls-key)."),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(help="The certificate's private key (PEM).")
+    ] = None,
 ) -> None:
     """A fake LLM provider on loopback that speaks the real wire format and injects faults."""
     from overnight.testing.fake_provider import serve
 
-    serve(protocol, port, script, mode)
+    serve(protocol, port, script, mode, tls_cert=tls_cert, tls_key=tls_key)
 
 
 policy_app = typer.Typer(

@@ -7,7 +7,9 @@ from a throwaway CA made by `trustme`; clients are the official SDKs.
 
 from __future__ import annotations
 
+import signal
 import ssl
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import MemorySink
 from overnight.gateway.server import running_gateway
 from overnight.testing.fake_provider import FakeProvider
+from tests.conftest import OVERNIGHT, run_cli
 from tests.test_gateway_support import HELLO, gateway, upstream
 
 
@@ -161,3 +164,50 @@ def test_a_ca_file_that_cannot_be_used_stops_the_start(tmp_path: Path) -> None:
         GatewayConfig.model_validate(
             {"upstreams": [upstream("p", "openai", "http://127.0.0.1:9", ca_file="x.pem")]}
         )
+
+
+def test_the_fake_provider_command_serves_https_to_rehearse_with(
+    ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    command = [*OVERNIGHT, "fake-provider", "--tls-cert", str(cert), "--tls-key", str(key)]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as fake:
+        assert fake.stdout is not None
+        url = fake.stdout.readline().strip()
+        assert url.startswith("https://127.0.0.1:"), url
+        banner = [fake.stdout.readline() for _ in range(3)]
+        assert "clients must trust the CA that signed" in banner[2], banner
+        port = url.rsplit(":", 1)[1]
+        with gateway(
+            [upstream("secure", "anthropic", f"https://localhost:{port}", "main", ca_file=ca_file)],
+            {"claude": ["secure/claude-fake-1"]},
+        ) as env:
+            reply = env.anthropic().messages.create(model="claude", max_tokens=5, messages=HELLO)
+            assert reply.content[0].text == "ok"  # type: ignore[union-attr]
+        assert [a.outcome for a in env.sink.attempts] == ["ok"]
+        fake.send_signal(signal.SIGINT)
+        _, err = fake.communicate(timeout=10)
+    assert fake.returncode == 0, err
+
+
+def test_the_fake_provider_command_refuses_half_a_certificate(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.issue_cert("127.0.0.1").cert_chain_pems[0].write_to_path(str(cert))
+    only_cert = run_cli("fake-provider", "--tls-cert", str(cert), timeout=60)
+    assert only_cert.returncode != 0
+    assert "--tls-cert needs --tls-key" in only_cert.stderr + only_cert.stdout
+    missing = run_cli("fake-provider", "--tls-cert", str(cert), "--tls-key", str(key), timeout=60)
+    assert f"--tls-key: no such file: {key}" in missing.stderr + missing.stdout
+    ca.issue_cert("127.0.0.1").private_key_pem.write_to_path(str(key))  # another cert's key
+    mismatched = run_cli(
+        "fake-provider", "--tls-cert", str(cert), "--tls-key", str(key), timeout=60
+    )
+    assert mismatched.returncode != 0
+    assert f"cannot use {cert} with {key}" in mismatched.stderr + mismatched.stdout

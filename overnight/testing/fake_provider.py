@@ -505,18 +505,53 @@ def _parse_body(raw: bytes) -> Any:
 # --- the command -----------------------------------------------------------------------
 
 
-def serve(protocol: str, port: int, script: Path | None, mode: str) -> None:
+def _server_tls(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """The https context for `--tls-cert` and `--tls-key`, or None when neither is given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("--tls-cert", "--tls-key") if key is None else ("--tls-key", "--tls-cert")
+        raise UserError(
+            f"{given} needs {missing}: serving https takes a certificate and its private key "
+            "(both PEM files)"
+        )
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not path.is_file():
+            raise UserError(f"{flag}: no such file: {path}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise UserError(
+            f"cannot use {cert} with {key} as the fake provider's certificate ({reason}); "
+            "give a PEM certificate and the PEM private key that belongs to it"
+        ) from None
+    return context
+
+
+def serve(
+    protocol: str,
+    port: int,
+    script: Path | None,
+    mode: str,
+    *,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> None:
     """Run a fake provider in the foreground until Ctrl-C (or SIGTERM).
 
     Prints the URL first, on a line of its own, then how to point a client at it
-    and how to inject faults. Bad input raises `UserError`.
+    and how to inject faults. With `tls_cert` and `tls_key` (PEM) it serves https.
+    Bad input raises `UserError`.
     """
     if protocol not in VENDORS:
         raise UserError(f"--protocol must be anthropic or openai, not {protocol!r}")
     if mode not in get_args(Mode):
         raise UserError(f"--mode must be queue or conversation, not {mode!r}")
+    tls = _server_tls(tls_cert, tls_key)
     replies = load_script(script) if script is not None else []
-    fp = FakeProvider(protocol, script=replies, mode=mode, port=port)  # type: ignore[arg-type]
+    fp = FakeProvider(protocol, script=replies, mode=mode, port=port, tls=tls)  # type: ignore[arg-type]
     try:
         fp.start()
     except OSError as exc:
@@ -528,10 +563,16 @@ def serve(protocol: str, port: int, script: Path | None, mode: str) -> None:
         client = f"ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=anything"
     else:
         client = f"OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=anything"
+    trust = (
+        f"  tls:     clients must trust the CA that signed {tls_cert} (SSL_CERT_FILE, or an\n"
+        f"           upstream's ca_file in [gateway.upstreams]); curl: --cacert CA_FILE\n"
+        if tls is not None
+        else ""
+    )
     print(url, flush=True)
     print(
         f"fake {protocol} provider, {mode} mode, {len(replies)} scripted replies\n"
-        f"  clients: {client}\n"
+        f"  clients: {client}\n{trust}"
         f'  faults:  curl -d \'{{"kind": "status", "code": 529, "times": 3}}\' {url}/_admin/fault\n'
         f"  recover: curl -X POST {url}/_admin/clear\n"
         f"Ctrl-C stops it.",
