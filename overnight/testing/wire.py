@@ -35,7 +35,8 @@ def new_id(prefix: str) -> str:
 def dumps(data: Any) -> bytes:
     """Compact JSON, UTF-8 unescaped, as the providers send it. orjson: the fake's
     answers are what every gateway benchmark measures against, and the standard
-    library's encoder was a third of the fake's CPU per streamed answer."""
+    library's encoder was a third of the fake's CPU per streamed answer. Its own, not
+    the gateway's `protocols.dumps`: the fake is what the gateway is tested against."""
     try:
         return orjson.dumps(data)
     except TypeError:  # what orjson refuses (an integer beyond 64 bits, a lone surrogate)
