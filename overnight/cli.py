@@ -6,6 +6,7 @@ bug, 2 bad input, 3 the baseline could not be measured, 130 interrupted).
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import signal
@@ -803,6 +804,9 @@ def _ago(seconds: float) -> str:
 
 
 def main() -> None:
+    # `kill -USR1 PID` writes where every thread of this process is to its stderr: for a
+    # command that seems stuck, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         # without standalone mode, click returns the code of a typer.Exit instead of exiting
         code = app(standalone_mode=False)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from overnight.lab.lock import holder
+from overnight.sessions import wait_until
 from tests.conftest import OVERNIGHT, git, make_lab, run_cli
 
 
@@ -146,9 +148,11 @@ def test_a_second_run_on_the_same_lab_is_refused(tmp_path: Path) -> None:
     lab = make_lab(
         tmp_path / "lab", script="import time\nX = 0.5\nY = 5\ntime.sleep(60)\nprint('score: 1')\n"
     )
-    first = subprocess.Popen(
-        [*OVERNIGHT, "run", str(lab)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "first.err"
+    with log.open("wb") as stderr:
+        first = subprocess.Popen(
+            [*OVERNIGHT, "run", str(lab)], stdout=subprocess.DEVNULL, stderr=stderr
+        )
     try:
         deadline = time.monotonic() + 30
         while holder(lab) is None:  # wait until the first run holds the lab
@@ -164,7 +168,17 @@ def test_a_second_run_on_the_same_lab_is_refused(tmp_path: Path) -> None:
         assert status["running_pid"] == first.pid
     finally:
         first.terminate()
-        first.wait(timeout=30)
+        try:
+            first.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Seen once in CI, not reproduced: ask it where it is stuck (SIGUSR1), then kill it.
+            first.send_signal(signal.SIGUSR1)
+            wait_until(lambda: b"most recent call first" in log.read_bytes(), timeout=10)
+            first.kill()
+            first.wait()
+            raise AssertionError(
+                f"`overnight run` did not stop within 30 s of SIGTERM:\n{log.read_text()}"
+            ) from None
     assert holder(lab) is None
 
 
