@@ -131,8 +131,36 @@ def try_(
     Meant for agents: run it from the worktree overnight gave you. Exit code 0 when the
     trial was measured (kept or discarded), 1 when it crashed, timed out or was rejected.
     """
+    from overnight.lab.desk import desk_address
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    address = desk_address(directory)
+    if address is not None:
+        result = _try_at_desk(*address, description)
+    else:
+        result = _try_here(directory, description)
+    _print_trial(result)
+
+
+def _try_at_desk(url: str, key: str, description: str) -> dict[str, Any]:
+    """The command center runs the trial (an agent in a sandbox cannot reach the store)."""
+    from overnight.lab.desk import DeskClient
+
+    desk = DeskClient(url, key)
+    number, run = desk.submit(description)
+    out.print(f"overnight: trial {number}: running `{run}` ...", markup=False)
+    try:
+        return desk.wait(number)
+    except KeyboardInterrupt:
+        desk.stop(number)
+        out.print("overnight: interrupted; the trial is recorded as interrupted")
+        raise typer.Exit(130) from None
+
+
+def _try_here(directory: Path, description: str) -> dict[str, Any]:
+    """No command center runs the lab: this process runs the trial itself."""
+    from overnight.lab.desk import trial_json
     from overnight.lab.lab import Lab
-    from overnight.lab.trial import TrialStatus
 
     lab, agent = Lab.attach(directory)
     if lab.config.gateway is not None:
@@ -144,7 +172,6 @@ def try_(
 
         lab.judge = RemoteJudge(gateway_url(lab), key_of(lab.state_dir / "keys" / agent))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         before = lab.agent(agent)
         out.print(f"overnight: trial for {agent}: running `{lab.config.lab.run}` ...", markup=False)
@@ -154,44 +181,51 @@ def try_(
         raise typer.Exit(130) from None
     finally:
         lab.close()
-    metric_name, goal = lab.config.lab.metric, lab.config.lab.goal.value
-    best = before.best_metric
-    if trial.status is TrialStatus.kept:
+    cfg = lab.config.lab
+    return {
+        **trial_json(trial),
+        "metric_name": cfg.metric,
+        "goal": cfg.goal.value,
+        "best_before": before.best_metric,
+    }
+
+
+def _print_trial(result: dict[str, Any]) -> None:
+    """What the agent reads about its trial; the exit code says how it went."""
+    number, status, reason = result["trial"], result["status"], result["reason"]
+    metric, metric_name, best = result["metric"], result["metric_name"], result["best_before"]
+    if status == "kept":
         change = ""
         if best:
-            change = f", {(trial.metric or 0) / best * 100 - 100:+.2f}% vs the best {best:.6g}"
+            change = f", {(metric or 0) / best * 100 - 100:+.2f}% vs the best {best:.6g}"
         out.print(
-            f"overnight: trial {trial.number} KEPT: {metric_name} {trial.metric:.6g}"
-            f" ({goal}{change}). Your branch advanced to {(trial.candidate_commit or '')[:10]};"
-            " build on it.",
+            f"overnight: trial {number} KEPT: {metric_name} {metric:.6g}"
+            f" ({result['goal']}{change}). Your branch advanced to"
+            f" {(result['candidate_commit'] or '')[:10]}; build on it.",
             markup=False,
         )
         return
-    if trial.status is TrialStatus.discarded:
+    if status == "discarded":
         out.print(
-            f"overnight: trial {trial.number} DISCARDED: {metric_name} {trial.metric:.6g}; "
-            f"{trial.reason}. The worktree is reset to the best commit (the diff is kept in "
-            "the ledger); try something else.",
+            f"overnight: trial {number} DISCARDED: {metric_name} {metric:.6g}; {reason}. The "
+            "worktree is reset to the best commit (the diff is kept in the ledger); try "
+            "something else.",
             markup=False,
         )
         return
     out.print(
-        f"overnight: trial {trial.number} {trial.status.value.upper()}: {trial.reason}."
-        + (
-            " The worktree is reset to the best commit."
-            if trial.status is not TrialStatus.interrupted
-            else ""
-        ),
+        f"overnight: trial {number} {status.upper()}: {reason}."
+        + (" The worktree is reset to the best commit." if status != "interrupted" else ""),
         markup=False,
     )
-    tail = (trial.log_tail or "").strip().splitlines()[-15:]
+    tail = (result["log_tail"] or "").strip().splitlines()[-15:]
     if tail:
         out.print("overnight: last lines of the run:")
         for line in tail:
             out.print("  " + line, markup=False)
-    if trial.log_path:
-        out.print(f"overnight: full log: {trial.log_path}", markup=False)
-    raise typer.Exit(130 if trial.status is TrialStatus.interrupted else 1)
+    if result["log_path"]:
+        out.print(f"overnight: full log: {result['log_path']}", markup=False)
+    raise typer.Exit(130 if status == "interrupted" else 1)
 
 
 @app.command(hidden=True)

@@ -17,10 +17,10 @@ from typing import Any
 
 from opentelemetry import trace
 
-from overnight.agents.external import GATEWAY_URL_FILE
 from overnight.agents.runtimes import RUNTIMES
 from overnight.agents.supervisor import AgentControl, Services, session_name
 from overnight.errors import UserError
+from overnight.lab.desk import GATEWAY_URL_FILE, TrialDesk
 from overnight.lab.lab import Lab
 
 
@@ -82,6 +82,11 @@ def lab_services(
                     "  fix: set another [gateway] port (0 for any free one)."
                 ) from None
             announce(f"gateway: {url}")
+            # agents' `overnight try` hand their trials to the desk, which runs them here;
+            # it stops them (recorded `interrupted`) before the gateway goes
+            desk = TrialDesk(lab)
+            url.gateway.desk = desk
+            stack.callback(desk.close)
             # External agents read it before every turn: they may outlive this process.
             url_file = lab.state_dir / GATEWAY_URL_FILE
             url_file.write_text(f"{url}\n")

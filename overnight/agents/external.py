@@ -29,10 +29,11 @@ from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S
 from overnight.agents.runtimes import RUNTIMES, TurnContext, instructions, key_of, missing_cli
 from overnight.errors import UserError
 from overnight.lab import integrity
+from overnight.lab.desk import GATEWAY_URL_FILE, KEY_ENV, URL_ENV
 from overnight.lab.git import Git
-from overnight.lab.lab import RUN_MARKER, Lab
+from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
+from overnight.lab.sandbox import Walls
 
-GATEWAY_URL_FILE = "gateway.url"
 FIRST_PROMPT = (
     "Start now: read the editable files, choose your first experiment, make the change and "
     'submit it with `overnight try "<what you changed>"`. Then keep going.'
@@ -104,7 +105,7 @@ class ExternalAgent:
             command_timeout=(cfg.lab.budget + cfg.lab.grace) * (cfg.lab.confirm_runs + 1)
             + cfg.governance.approval_timeout
             + 600,
-            writable=(self.lab.git.common_dir(), self.lab.state_dir),
+            sandboxed=self.lab.sandboxed,
         )
 
     def run(self) -> None:
@@ -178,12 +179,9 @@ class ExternalAgent:
         self.turns += 1
         self._state("working", turn=self.turns)
         self.write(f"[overnight] turn {self.turns}: {prompt[:100]}")
-        env = {
-            **os.environ,
-            **self.runtime.env(ctx),
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-            "OVERNIGHT_AGENT": self.name,
-        }
+        env = self._env(ctx)
+        if self.lab.sandboxed:
+            argv = [*self._walls(ctx, argv[0]).argv(), *argv]
         error: str | None = None
         retry_at: float | None = None
         done = False
@@ -228,6 +226,41 @@ class ExternalAgent:
             )
         return error is None, retry_at
 
+    def _env(self, ctx: TurnContext) -> dict[str, str]:
+        """The CLI's environment: no provider credential, no database URL; the gateway and
+        its key, and where `overnight try` finds the command center."""
+        markers = {k: v for k, v in os.environ.items() if k in (RUN_MARKER, SESSION_MARKER)}
+        return self.lab.untrusted_env(
+            {
+                **markers,
+                **self.runtime.env(ctx),
+                "PATH": os.pathsep.join(
+                    [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+                ),
+                "OVERNIGHT_AGENT": self.name,
+                URL_ENV: ctx.gateway_url,
+                KEY_ENV: ctx.key,
+            }
+        )
+
+    def _walls(self, ctx: TurnContext, executable: str) -> Walls:
+        """The CLI may write its worktree (read it only, when curious) and its own home;
+        the lab's state, other agents and the user's credentials are out of sight."""
+        worktree = ctx.worktree
+        curious = ctx.autonomy == "curious"
+        return Walls(
+            cwd=worktree,
+            writable=(self.home,) if curious else (self.home, worktree),
+            readable=(worktree,) if curious else (),
+            hidden=self.lab.hidden_paths(),
+            visible=(
+                self.lab.org.root,
+                Path(sys.prefix),
+                Path(executable).resolve().parent,
+                Path(__file__).resolve().parents[1],  # the hook and `overnight try`
+            ),
+        )
+
     def _submit(self) -> str | None:
         """`overnight try` the turn's change, for a CLI that cannot; None if nothing changed."""
         worktree = Path(self.lab.agent(self.name).worktree)
@@ -238,6 +271,7 @@ class ExternalAgent:
         done = subprocess.run(
             [sys.executable, "-m", "overnight", "try", description],
             cwd=worktree,
+            env=self._env(self._context()),
             capture_output=True,
             text=True,
             errors="replace",

@@ -53,9 +53,8 @@ class TurnContext:
     command_timeout: float = 3600.0
     """Seconds a shell command may run: `overnight try` lasts a trial's whole budget
     (and any re-confirmation, and a wait for approval)."""
-    writable: tuple[Path, ...] = ()
-    """Besides the worktree, where `overnight try` writes (the repository's git directory
-    and the lab's state directory), for a CLI that sandboxes its commands."""
+    sandboxed: bool = False
+    """The CLI runs inside overnight's sandbox (a CLI's own one then stands down)."""
 
 
 @dataclass
@@ -274,17 +273,17 @@ class Codex:
 
     @staticmethod
     def _sandbox(ctx: TurnContext) -> str:
-        """A curious agent's commands may read but not write; the others may write in the
-        worktree and where `overnight try` records the trial, and reach the network (the
-        store may be PostgreSQL)."""
+        """Inside overnight's sandbox Codex's own stands down: ours already makes a curious
+        agent's worktree read-only and hides the lab's state, and Codex 0.169's own fails
+        where a system `bwrap` is installed ("execvp codex-linux-sandbox"). Without ours,
+        a curious agent's commands may read but not write; the others may write in the
+        worktree and reach the network (`overnight try` talks to the command center)."""
+        if ctx.sandboxed:
+            return 'sandbox_mode = "danger-full-access"\n'
         if ctx.autonomy == "curious":
             return 'sandbox_mode = "read-only"\n'
-        roots = json.dumps([str(p) for p in ctx.writable])
         return (
-            'sandbox_mode = "workspace-write"\n\n'
-            "[sandbox_workspace_write]\n"
-            f"writable_roots = {roots}\n"
-            "network_access = true\n"
+            'sandbox_mode = "workspace-write"\n\n[sandbox_workspace_write]\nnetwork_access = true\n'
         )
 
     def env(self, ctx: TurnContext) -> dict[str, str]:
@@ -345,7 +344,7 @@ class Aider:
         history.mkdir(parents=True, exist_ok=True)
         full = prompt if session else f"{ctx.instructions}\n\n{prompt}"
         argv = [
-            exe, "--yes-always", "--no-auto-commits", "--no-dirty-commits", "--no-gitignore",
+            exe, "--yes-always", "--no-git", "--no-gitignore",
             "--no-check-update", "--no-show-model-warnings", "--no-pretty", "--map-tokens", "0",
             "--no-analytics", "--no-auto-lint", "--edit-format", "diff",
             "--model", f"openai/{ctx.model}",

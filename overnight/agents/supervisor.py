@@ -394,8 +394,11 @@ class ExternalSupervision:
         if old is not None:
             old.kill()
         worktree = Path(lab.agent(self.name).worktree)
+        # The agent process is ours (it writes the agent's states to the store), but it
+        # runs the agent's CLI: it gets overnight's settings, never a provider credential.
         env = {
-            **os.environ,
+            **lab.untrusted_env({}),
+            **{k: v for k, v in os.environ.items() if k.startswith("OVERNIGHT_")},
             RUN_MARKER: lab.run.id,
             SESSION_MARKER: self.session_name,
             "OVERNIGHT_AGENT": self.name,

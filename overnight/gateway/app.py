@@ -25,6 +25,7 @@ import random
 import re
 import ssl
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ from typing import Any, Protocol
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import INVALID_SPAN, Span, TracerProvider
 
-from overnight.errors import ConfigError
+from overnight.errors import ConfigError, UserError
 from overnight.gateway import translate
 from overnight.gateway.config import GatewayConfig, Secret, read_secrets
 from overnight.gateway.keys import KeyRing
@@ -199,6 +200,8 @@ class Gateway:
     ) -> None:
         self.config = config
         self.governor = governor
+        self.desk: Desk | None = None
+        """Where agents' own processes submit trials (set by the command center)."""
         self.keys = keys
         self.sink = sink
         self._events = events or _noop_events
@@ -305,10 +308,14 @@ class Gateway:
     ) -> None:
         """The command center's answers to agents' own processes, by their virtual key:
         `POST hook` (Claude Code's PreToolUse hook), `POST judge` (`overnight try`
-        asking about its trial) and `GET approvals/ID` (how a human answered)."""
+        asking about its trial), `GET approvals/ID` (how a human answered), and the
+        trial desk: `POST trials`, `GET trials/N?wait=S`, `POST trials/N/stop`."""
         agent = self.keys.verify(_presented_key(_headers(scope)))
         if agent is None:
             await _reply(send, 401, _problem(_BAD_KEY))
+            return
+        if path == "trials" or path.startswith("trials/"):
+            await self._desk(agent, path, method, scope, receive, send)
             return
         governor = self.governor
         if governor is None:
@@ -336,6 +343,48 @@ class Gateway:
                 return
         except ValueError as exc:
             await _reply(send, 400, _problem(str(exc)))
+            return
+        await _reply(send, 200, json.dumps(answer).encode())
+
+    async def _desk(
+        self, agent: str, path: str, method: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        desk = self.desk
+        if desk is None:
+            await _reply(send, 503, _problem("no trial desk here: is `overnight run` running?"))
+            return
+        loop = asyncio.get_running_loop()
+        parts = path.split("/")
+        try:
+            if method == "POST" and parts == ["trials"]:
+                raw = await _read_body(receive, 1 << 20, _headers(scope).get("content-length"))
+                body = None if raw is None else loads(raw)
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object")
+                answer = await loop.run_in_executor(None, desk.submit, agent, body)
+            elif len(parts) >= 2 and parts[1].isdigit() and method in ("GET", "POST"):
+                number = int(parts[1])
+                if method == "GET" and len(parts) == 2:
+                    query = urllib.parse.parse_qs(scope.get("query_string", b"").decode())
+                    wait = float(query.get("wait", ["0"])[0])
+                    found = await loop.run_in_executor(None, desk.trial, agent, number, wait)
+                elif method == "POST" and parts[2:] == ["stop"]:
+                    stopped = await loop.run_in_executor(None, desk.stop, agent, number)
+                    found = {"stopped": number} if stopped else None
+                else:
+                    found = None
+                if found is None:
+                    await _reply(send, 404, _problem(f"agent {agent} has no trial {number} here"))
+                    return
+                answer = found
+            else:
+                await _reply(send, 404, _problem(f"no endpoint {method} {_GOVERNANCE}{path}"))
+                return
+        except ValueError as exc:
+            await _reply(send, 400, _problem(str(exc)))
+            return
+        except UserError as exc:
+            await _reply(send, 409, _problem(str(exc)))
             return
         await _reply(send, 200, json.dumps(answer).encode())
 
@@ -1042,6 +1091,16 @@ class Governance(Protocol):
     def judge(self, agent: str, request: dict[str, Any]) -> dict[str, Any]: ...
     def approval(self, agent: str, approval_id: str) -> dict[str, Any] | None: ...
     def llm(self, agent: str, model: str, est_cost_usd: float, trial: int | None) -> Any: ...
+
+
+class Desk(Protocol):
+    """Where agents' own processes submit trials (overnight.lab.desk.TrialDesk); every
+    call may block, so each runs off the loop. `submit` raises UserError (409) when the
+    trial cannot start, saying why, and ValueError (400) on a bad request."""
+
+    def submit(self, agent: str, request: dict[str, Any]) -> dict[str, Any]: ...
+    def trial(self, agent: str, number: int, wait: float) -> dict[str, Any] | None: ...
+    def stop(self, agent: str, number: int) -> bool: ...
 
 
 def _problem(message: str) -> bytes:

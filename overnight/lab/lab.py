@@ -10,20 +10,24 @@ Knows nothing about the CLI, the web page or how proposals are made.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shlex
 import shutil
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 
+from overnight import secrets
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import integrity
+from overnight.lab import integrity, sandbox
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
 from overnight.lab.judge import Judge
@@ -101,6 +105,39 @@ class Lab:
         self.requeued: list[Trial] = []
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
+        _register_secrets(self.config, self.state_dir)
+
+    # -- walls around what we run but do not trust ---------------------------
+
+    @functools.cached_property
+    def sandboxed(self) -> bool:
+        """Whether experiments and agents' CLIs run in bubblewrap (see `lab.sandbox`)."""
+        return self.config.lab.sandbox != "none" and sandbox.bwrap_problem() is None
+
+    def untrusted_env(self, extra: Mapping[str, str]) -> dict[str, str]:
+        """The environment of an experiment or an agent's CLI: the allowlist, `[lab] env`,
+        then `extra`; never a variable a gateway credential is read from."""
+        envs, _files = credential_sources(self.config)
+        return sandbox.environment(os.environ, self.config.lab.env, never=envs, extra=extra)
+
+    def hidden_paths(self) -> tuple[Path, ...]:
+        _envs, files = credential_sources(self.config)
+        return sandbox.hidden_paths(self.state_dir, files)
+
+    def experiment_wrap(self, worktree: Path, seconds: float) -> list[str]:
+        """What an experiment's shell runs inside: the sandbox, which dies with us, or
+        else the watchdog that enforces `seconds` should we die first."""
+        lab = self.config.lab
+        if not self.sandboxed:
+            return sandbox.watchdog(seconds)
+        walls = sandbox.Walls(
+            cwd=worktree,
+            writable=(worktree, *(Path(p).expanduser() for p in lab.writable)),
+            hidden=self.hidden_paths(),
+            visible=(self.org.root, Path(sys.prefix)),
+            network=lab.network,
+        )
+        return walls.argv()
 
     # -- start / resume -----------------------------------------------------
 
@@ -109,17 +146,8 @@ class Lab:
         """The lab and agent of an agent's worktree (`path` anywhere inside it), for
         `overnight try`: the run's store and git, without the lab's lock, so it
         works beside `overnight run` (or after it stopped). Returns (lab, agent)."""
-        try:
-            top = Path(Git(path).run("rev-parse", "--show-toplevel").strip()).resolve()
-        except Exception:
-            top = path.resolve()
-        if not (top.parent.parent.name == "worktrees" and top.parents[2].name == STATE_DIR):
-            raise UserError(
-                f"{path}: not an agent's worktree.\n"
-                "  fix: run `overnight try` from the worktree overnight gave the agent "
-                f"({STATE_DIR}/worktrees/<run>/<agent> in the lab)."
-            )
-        root, run_id, agent = top.parents[3], top.parent.name, top.name
+        root, run_id, agent = worktree_of(path)
+        top = root / STATE_DIR / "worktrees" / run_id / agent
         org = load_org(root)
         store = open_store(store_url(root))
         try:
@@ -153,7 +181,7 @@ class Lab:
         lock.acquire()
         try:
             git.exclude(f"/{STATE_DIR}/")
-            warnings = _preflight(org, git)
+            warnings = _preflight(org, git) + _sandbox_warnings(org)
             store = open_store(store_url(root))
             try:
                 lab = cls._open_run(org, git, store, lock, warnings, new_run)
@@ -404,9 +432,16 @@ class Lab:
         finally:
             lock.release()
 
-    def try_worktree(self, agent_name: str, description: str, stop: threading.Event) -> Trial:
+    def try_worktree(
+        self,
+        agent_name: str,
+        description: str,
+        stop: threading.Event,
+        on_trial: Callable[[Trial], None] | None = None,
+    ) -> Trial:
         """`overnight try`: the agent's uncommitted (or committed) work in its worktree
-        becomes a trial: committed, checked, run, measured, kept or reset."""
+        becomes a trial: committed, checked, run, measured, kept or reset. `on_trial`
+        hears of the trial as soon as it is numbered."""
         agent = self.agent(agent_name)
         if self.baseline() is None:
             raise UserError(
@@ -422,11 +457,14 @@ class Lab:
         text = description.strip()
         if not text:
             raise UserError('a trial needs a description.\n  fix: overnight try "what you changed"')
-        return self.run_trial(
-            agent_name,
-            Proposal(text, {"via": "overnight try"}, apply=lambda _root: None),
-            stop,
-        )
+        proposal = Proposal(text, {"via": "overnight try"}, apply=lambda _root: None)
+
+        def numbered(trial: Trial) -> Proposal:
+            if on_trial is not None:
+                on_trial(trial)
+            return proposal
+
+        return self.run_trial(agent_name, numbered, stop)
 
     def _run_trial(
         self,
@@ -589,19 +627,22 @@ class Lab:
             self.store.update_trial(
                 trial.id, _S.running, log_path=str(log_path), started_at=time.time()
             )
-            env = {
-                **slot_env,
-                RUN_MARKER: self.run.id,
-                "OVERNIGHT_TRIAL": str(trial.number),
-                "OVERNIGHT_AGENT": trial.agent,
-            }
+            env = self.untrusted_env(
+                {
+                    **slot_env,
+                    RUN_MARKER: self.run.id,
+                    "OVERNIGHT_TRIAL": str(trial.number),
+                    "OVERNIGHT_AGENT": trial.agent,
+                }
+            )
+            wrap = self.experiment_wrap(root, timeout)
 
             def record_pid(pid: int) -> None:
                 self.store.update_trial(trial.id, _S.running, pid=pid)
 
             result = run_budgeted(
                 lab.run, cwd=root, log_path=log_path, timeout_s=timeout, metric=lab.metric,
-                env=env, max_log=lab.max_log, on_start=record_pid, stop=stop,
+                env=env, wrap=wrap, max_log=lab.max_log, on_start=record_pid, stop=stop,
             )  # fmt: skip
             if result.timed_out or stop.is_set():
                 # its process group is gone; anything of this trial's still alive left it
@@ -619,7 +660,7 @@ class Lab:
                     fh.write(f"\n[overnight: evaluate: {lab.evaluate}]\n")
                 evaluated = run_budgeted(
                     lab.evaluate, cwd=root, log_path=log_path, timeout_s=timeout,
-                    metric=lab.metric, env=env, max_log=lab.max_log, stop=stop,
+                    metric=lab.metric, env=env, wrap=wrap, max_log=lab.max_log, stop=stop,
                 )  # fmt: skip
                 result = RunResult(
                     exit_code=evaluated.exit_code,
@@ -708,6 +749,43 @@ def best_trial(store: Store, run: Run, config: OrgConfig) -> Trial | None:
         ):
             best = trial
     return best
+
+
+def worktree_of(path: Path) -> tuple[Path, str, str]:
+    """(lab root, run id, agent) of the agent's worktree that `path` is in."""
+    try:
+        top = Path(Git(path).run("rev-parse", "--show-toplevel").strip()).resolve()
+    except Exception:
+        top = path.resolve()
+    if not (top.parent.parent.name == "worktrees" and top.parents[2].name == STATE_DIR):
+        raise UserError(
+            f"{path}: not an agent's worktree.\n"
+            "  fix: run `overnight try` from the worktree overnight gave the agent "
+            f"({STATE_DIR}/worktrees/<run>/<agent> in the lab)."
+        )
+    return top.parents[3], top.parent.name, top.name
+
+
+def credential_sources(config: OrgConfig) -> tuple[list[str], list[str]]:
+    """The environment variables and files the gateway's credentials are read from."""
+    gateway = config.gateway
+    creds = [c for u in gateway.upstreams for c in u.credentials] if gateway else []
+    return [c.env for c in creds if c.env], [c.file for c in creds if c.file]
+
+
+def _register_secrets(config: OrgConfig, state_dir: Path) -> None:
+    """Every secret this lab's processes may come across, for `secrets.redact`."""
+    envs, files = credential_sources(config)
+    secrets.register(*(os.environ.get(name) for name in envs))
+    # an unreadable one is the gateway's to report when it starts, naming the credential
+    paths = [Path(name).expanduser() for name in files]
+    keys = state_dir / "keys"
+    if keys.is_dir():
+        paths += keys.iterdir()
+    for path in paths:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            secrets.register(path.read_text(encoding="utf-8"))
+    secrets.register_url_password(os.environ.get("OVERNIGHT_DB"))
 
 
 def _diff_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -866,6 +944,28 @@ def _preflight(org: Org, git: Git) -> list[str]:
             f"see `overnight policy test {org.root}`"
         )
     return warnings
+
+
+def _sandbox_warnings(org: Org) -> list[str]:
+    """A sandbox asked for must work; the default one says so when it cannot."""
+    mode = org.config.lab.sandbox
+    problem = None if mode == "none" else sandbox.bwrap_problem()
+    if problem is None:
+        return []
+    if mode == "bwrap":
+        raise ConfigError(
+            org.config_path,
+            f'sandbox = "bwrap", but {problem}',
+            field="lab.sandbox",
+            line=line_of(org.config_path.read_text(encoding="utf-8"), ("lab", "sandbox")),
+            fix="install bubblewrap (Debian/Ubuntu: apt install bubblewrap) and allow user "
+            'namespaces, or set sandbox = "none" to run without one',
+        )
+    return [
+        f"no sandbox: {problem}, so experiments and agents' CLIs can read the lab's "
+        '.overnight/ (virtual keys, the database); install bubblewrap, or set [lab] sandbox = "none" '
+        "to say you accept that"
+    ]
 
 
 def _command_problem(command: str, root: Path) -> str | None:

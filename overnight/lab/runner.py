@@ -18,13 +18,15 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from overnight import secrets
+from overnight.lab.sandbox import KILL_WAIT_S
+
 _NUMBER = rb"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
 _TAIL_BYTES = 64 * 1024
-_KILL_WAIT_S = 3.0
 SHELL = shutil.which("bash") or "/bin/sh"
 
 
@@ -58,22 +60,25 @@ def run_budgeted(
     log_path: Path,
     timeout_s: float,
     metric: str,
-    env: Mapping[str, str] | None = None,
+    env: Mapping[str, str],
+    wrap: Sequence[str] = (),
     max_log: int = 50 * 10**6,
     on_start: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
 ) -> RunResult:
     """Run `command` in a shell in `cwd`, appending its output to `log_path`.
 
-    The process and everything it starts share a new process group, killed
-    (TERM, then KILL) at `timeout_s` or as soon as `stop` is set.
+    `env` is the whole environment it gets; `wrap` goes before the shell (a sandbox,
+    a watchdog). The process and everything it starts share a new process group,
+    killed (TERM, then KILL) at `timeout_s` or as soon as `stop` is set. Secrets
+    known to this process are redacted from the log and the tail.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     proc = subprocess.Popen(
-        [SHELL, "-c", command],
+        [*wrap, SHELL, "-c", command],
         cwd=cwd,
-        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+        env={**env, "PYTHONUNBUFFERED": "1"},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -140,7 +145,7 @@ def kill_group(pgid: int, leader: subprocess.Popen[bytes] | None = None) -> None
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGTERM)
-    end = time.monotonic() + _KILL_WAIT_S
+    end = time.monotonic() + KILL_WAIT_S
     while time.monotonic() < end:
         if leader is not None:
             leader.poll()
@@ -208,6 +213,7 @@ class _CappedLog:
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self._partial = b""
+        self._redactor = secrets.StreamRedactor()
 
     def drain(self, stream: object) -> None:
         read = stream.read1 if hasattr(stream, "read1") else stream.read  # type: ignore[attr-defined]
@@ -215,11 +221,14 @@ class _CappedLog:
             chunk = read(65536)
             if not chunk:
                 break
-            self._feed(chunk)
+            self._feed(self._redactor.feed(chunk))
+        self._feed(self._redactor.flush())
         self._scan(self._partial + b"\n")
         self._partial = b""
 
     def _feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
         self.total += len(chunk)
         room = self.cap - self.written
         if room > 0:

@@ -10,7 +10,7 @@ starts, in `overnight.lab`.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -51,6 +51,16 @@ class LabConfig(_Model):
     parallel: int = Field(default=1, ge=1, le=64)
     gpus_per_trial: int = Field(default=0, ge=0)
     max_log: Size = 50 * 10**6
+    sandbox: Literal["bwrap", "none"] | None = None
+    """Walls around experiments and agents' CLIs; None: bwrap where it works (a warning
+    where it does not), "none": no sandbox, said on purpose."""
+    network: bool = True
+    """Whether experiments may use the network (agents' CLIs always reach the gateway)."""
+    env: list[str] = []
+    """Environment for experiments and agents' CLIs beyond the allowlist: `NAME` passes
+    overnight's value on, `NAME=value` sets one."""
+    writable: list[str] = []
+    """Folders besides the worktree that experiments may write (caches), `~` expanded."""
 
     @model_validator(mode="after")
     def _editable_not_protected(self) -> Self:

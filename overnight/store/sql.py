@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import Row
 from sqlalchemy.pool import NullPool
 
+from overnight import secrets
 from overnight.lab.trial import TrialStatus, can_move
 from overnight.store.base import (
     ATTEMPT_FIELDS,
@@ -63,6 +64,15 @@ _CURSOR_MOVE = text(
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+_TEXT_FIELDS = {"description", "reason", "log_tail", "diff"}
+"""Trial fields that carry what agents and experiments wrote: redacted before they are
+stored, as event payloads are (overnight.secrets)."""
+
+
+def _redacted(value: Any) -> Any:
+    return secrets.redact(value) if isinstance(value, str) else value
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -272,8 +282,8 @@ class SqlStore(Store):
                     "a": agent,
                     "s": TrialStatus.proposed.value,
                     "p": parent_commit,
-                    "d": description,
-                    "prop": _dumps(dict(proposal)),
+                    "d": secrets.redact(description),
+                    "prop": secrets.redact(_dumps(dict(proposal))),
                     "rq": requeued_from,
                     "t": now,
                 },
@@ -305,7 +315,14 @@ class SqlStore(Store):
             same = current is status and not current.final  # a field update, not a move
             if not same and not can_move(current, status):
                 raise TransitionError(f"trial {row.number}: cannot move {current} -> {status}")
-            values = {k: (_dumps(v) if k in _JSON_FIELDS else v) for k, v in fields.items()}
+            values = {
+                k: secrets.redact(_dumps(v))
+                if k in _JSON_FIELDS
+                else _redacted(v)
+                if k in _TEXT_FIELDS
+                else v
+                for k, v in fields.items()
+            }
             metric = fields.get("metric")
             if metric is not None and math.isnan(metric):
                 values["metric"] = None
@@ -410,7 +427,14 @@ class SqlStore(Store):
                 "INSERT INTO ov_events (run_id, at, kind, agent, trial, payload)"
                 " VALUES (:r, :at, :k, :a, :t, :p) RETURNING id"
             ),
-            {"r": run_id, "at": at, "k": kind, "a": agent, "t": trial, "p": _dumps(payload)},
+            {
+                "r": run_id,
+                "at": at,
+                "k": kind,
+                "a": agent,
+                "t": trial,
+                "p": secrets.redact(_dumps(payload)),
+            },
         ).scalar_one()
         return Event(int(event_id), run_id, at, kind, agent, trial, payload)
 
