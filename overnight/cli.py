@@ -93,7 +93,7 @@ def _run_lab(
     seconds = _duration("--for", for_) if for_ else None
     lab = Lab.start(directory, new_run=new)
     for warning in lab.warnings:
-        err.print(Text("warning: ", style="yellow") + Text(warning))
+        err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
     view = _Progress(lab, trials, seconds, live=live)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     interrupted = False

@@ -29,6 +29,7 @@ protected = ["judge.py"]
 run = "{python} exp.py"
 metric = "score"
 budget = "20s"
+writable = ["{tickets}"]  # the experiment takes its tickets from outside its worktree
 
 [[knobs]]
 name = "X"
@@ -125,7 +126,9 @@ def test_an_outage_mid_run_pauses_or_optimizes_then_resumes(tmp_path: Path, mode
         lab = make_lab(
             tmp_path / "lab",
             script=SCRIPT.format(tickets=str(tickets)),
-            config=CONFIG.format(python=sys.executable, url=fake.url, mode=mode),
+            config=CONFIG.format(
+                python=sys.executable, url=fake.url, mode=mode, tickets=tickets
+            ),
             files={"notes/seed.txt": "seed\n"},
         )
         with subprocess.Popen(

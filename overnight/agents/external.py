@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from overnight import secrets
 from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S
 from overnight.agents.runtimes import RUNTIMES, TurnContext, instructions, key_of, missing_cli
 from overnight.errors import UserError
@@ -296,7 +297,8 @@ def main(worktree: Path) -> None:
     try:
 
         def write(line: str) -> None:
-            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+            # the terminal is mirrored to a log and the web page: no key may show there
+            print(f"{time.strftime('%H:%M:%S')} {secrets.redact(line)}", flush=True)
 
         agent = ExternalAgent(lab, name, write)
 

@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from overnight import secrets
 from overnight.errors import ConfigError
 from overnight.gateway.proxies import parse_proxy
 from overnight.units import PositiveDuration as Duration
@@ -177,12 +178,14 @@ class GatewayConfig(_Model):
 
 
 class Secret:
-    """A credential's value; never shown by `repr`, `str` or a log line."""
+    """A credential's value; never shown by `repr`, `str` or a log line, and redacted from
+    whatever overnight writes (`overnight.secrets`) should it show up there anyway."""
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
+        secrets.register(value)
 
     def reveal(self) -> str:
         return self._value

@@ -103,7 +103,7 @@ class Walls:
 
     def argv(self) -> list[str]:
         """The bwrap command line that runs what follows it inside these walls."""
-        argv = ["bwrap", "--ro-bind", "/", "/", "--dev", "/dev"]
+        argv = [bwrap_binary() or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev"]
         for device in self.devices:
             argv += ["--dev-bind", device, device]
         argv += ["--proc", "/proc", "--tmpfs", "/tmp"]
@@ -134,13 +134,25 @@ def hidden_paths(state_dir: Path, credential_files: Iterable[str] = ()) -> tuple
     return tuple(dict.fromkeys(p.resolve() if p.exists() else p for p in paths))
 
 
+def bwrap_binary() -> str | None:
+    """`OVERNIGHT_BWRAP` (a bwrap of your choice), else `bwrap` on PATH."""
+    override = os.environ.get("OVERNIGHT_BWRAP")
+    if override:
+        return override if os.access(override, os.X_OK) else None
+    return shutil.which("bwrap")
+
+
 @functools.lru_cache(maxsize=1)
 def bwrap_problem() -> str | None:
     """Why bubblewrap cannot sandbox here (None: it can). Tried once per process: a real
     sandbox with a PID namespace, which is what fails where user namespaces are off."""
-    exe = shutil.which("bwrap")
-    if exe is None:
-        return "bubblewrap (bwrap) is not installed"
+    if bwrap_binary() is None:
+        where = os.environ.get("OVERNIGHT_BWRAP")
+        return (
+            f"OVERNIGHT_BWRAP={where} is not an executable"
+            if where
+            else ("bubblewrap (bwrap) is not installed")
+        )
     probe = Walls(cwd=Path("/"), devices=()).argv()
     try:
         done = subprocess.run(
