@@ -33,7 +33,12 @@ _SIZE_FIX = 'write a number and a unit, e.g. "50MB" or "1GiB" (units: B, KB, MB,
 
 
 def _shown(value: Any) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    """A value as TOML wrote it, or what it is when that would be noise."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "a table"
+    return repr(value)
 
 
 def parse_duration(value: Any) -> float:

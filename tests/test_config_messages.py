@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from overnight import __version__
+from overnight.errors import ConfigError
+from overnight.org import parse_config
 from tests.conftest import make_lab, run_cli
 
 # Line numbers below refer to this file.
@@ -343,6 +347,72 @@ def test_a_broken_lab_is_answered_with_where_what_and_the_fix(tmp_path: Path, ca
     for words in case.says:
         assert words in result.stderr, f"{words!r} not in:\n{result.stderr}"
     assert not (lab / ".overnight" / "overnight.db").exists()  # refused before any run began
+
+
+# Every table and most fields, so that a change to any line reaches every model's checks.
+EVERYTHING = (
+    BASE.replace('name = "t"\n', 'name = "t"\ncount = 2\nbudget = 3.5\nmodel = "smart"\n')
+    + """
+[governance]
+review_at = 0.5
+webhook = "https://hooks.example/x"
+
+[gateway]
+port = 8000
+max_body = "1MB"
+[[gateway.upstreams]]
+name = "local"
+protocol = "openai"
+base_url = "http://127.0.0.1:9"
+proxy = "http://127.0.0.1:3128"
+[[gateway.upstreams.credentials]]
+name = "k"
+env = "K"
+[gateway.models]
+smart = ["local/qwen"]
+[gateway.timeouts]
+idle = "1m"
+[gateway.budgets.agents.t-1]
+total_usd = 1
+[gateway.prices."local/qwen"]
+input = 1
+output = 2
+"""
+)
+ODD_VALUES = [
+    "0", "-1", "1.5", "1e400", "nan", "true", '""', '"my lab"', '"-1s"', '"abc"', '"*.py"',
+    "[]", "[1]", '["a", 1]', "[[1]]", "{}", "{a = 1}", "[{}]", "70000",
+]  # fmt: skip
+STRAY_LINES = ["bogus = 1", "[x]", "[[agents]]", 'name = "t"', "low = 3", "[lab]", "x = [1,"]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(EVERYTHING.splitlines()) - 1),
+            st.one_of(
+                st.sampled_from(ODD_VALUES).map(lambda v: ("value", v)),
+                st.sampled_from(STRAY_LINES).map(lambda v: ("line", v)),
+            ),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_whatever_the_file_says_the_answer_is_a_lab_or_one_message_with_a_fix(
+    edits: list[tuple[int, tuple[str, str]]],
+) -> None:
+    parse_config(EVERYTHING, Path("overnight.toml"))  # unchanged, it is a lab
+    lines = EVERYTHING.splitlines()
+    for i, (kind, text) in edits:
+        key, equals, _ = lines[i].partition("=")
+        lines[i] = f"{key}= {text}" if kind == "value" and equals else text
+    try:
+        parse_config("\n".join(lines) + "\n", Path("overnight.toml"))
+    except ConfigError as exc:
+        problem, _, fix = str(exc).partition("\n  fix: ")
+        assert fix and "\n" not in problem + fix, str(exc)
+        assert "Input should" not in problem and "Value error" not in problem, str(exc)
 
 
 USAGE_MISTAKES = [

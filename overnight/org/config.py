@@ -34,7 +34,8 @@ class Autonomy(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML can say inf and nan; no setting here means either
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LabConfig(_Model):
@@ -126,7 +127,9 @@ class KnobConfig(_Model):
     int_: bool = Field(default=False, alias="int")
     choices: list[str | int | float | bool] | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> Self:

@@ -288,6 +288,11 @@ def _describe(p: _Problem, root: type[BaseModel], loc: tuple[Any, ...]) -> tuple
             wanted.remove("int")  # every whole number is a number
         words = _or([_WANTED.get(k, k).replace("true or false", "true/false") for k in wanted])
         return f"must be {words} (got {got})", f"write {words} there"
+    if kind == "finite_number":
+        return (
+            f"must be a finite number (got {got})",
+            f"write a number, e.g. {name} = {_example(p)}",
+        )
     base = kind.removesuffix("_type").removesuffix("_parsing").removesuffix("_from_float")
     if base in ("int", "float", "bool", "string"):
         return _scalar(p, base, loc, got)
@@ -324,7 +329,7 @@ def _unknown_field(p: _Problem, root: type[BaseModel], loc: tuple[Any, ...]) -> 
     home = next((t for t in _tables_with(root, name) if t != p.loc[:-1]), None)
     if home is not None and not tables:
         full = (*loc[: len(loc) - len(p.loc)], *home)
-        names = ".".join(str(part) for part in full if isinstance(part, str))
+        names = ".".join(_key(part) for part in full if isinstance(part, str))
         if not names:
             return problem, f"{name} belongs at the top of the file, above every [table] line"
         header = f"[[{names}]]" if isinstance(full[-1], int) else f"[{names}]"
@@ -539,7 +544,7 @@ def _scalar(p: _Problem, base: str, loc: tuple[Any, ...], got: str) -> tuple[str
     if base == "bool":
         return f"must be {wanted} (got {got})", f"write {name} = true or {name} = false, no quotes"
     if base == "string":
-        value = p.input if isinstance(p.input, int | float) else "..."
+        value = _toml(p.input) if isinstance(p.input, int | float) else "..."
         return f"must be {wanted} (got {got})", f'put it in quotes: {name} = "{value}"'
     if p.kind == "int_from_float":
         return (
@@ -555,7 +560,7 @@ def _scalar(p: _Problem, base: str, loc: tuple[Any, ...], got: str) -> tuple[str
 def _not_a_list(p: _Problem, loc: tuple[Any, ...], name: str, got: str) -> tuple[str, str]:
     item = get_args(p.annotation)[0] if get_args(p.annotation) else Any
     if isinstance(item, type) and issubclass(item, BaseModel):
-        header = "[[" + ".".join(str(x) for x in loc if isinstance(x, str)) + "]]"
+        header = "[[" + ".".join(_key(x) for x in loc if isinstance(x, str)) + "]]"
         return (
             f"{name} must be a list of tables (got {got})",
             f"write each one under its own {header} line (double brackets)",
@@ -615,7 +620,8 @@ def _toml(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+        pairs = ", ".join(f"{_key(k)} = {_toml(v)}" for k, v in value.items())
+        return "{ " + pairs + " }" if pairs else "{}"
     return str(value)
 
 
@@ -641,7 +647,7 @@ def _name(loc: tuple[Any, ...]) -> str:
 
 def _table(loc: tuple[Any, ...]) -> str:
     """How the table at `loc` is written: `[lab]`, `[[knobs]]` (the 2nd), `[gateway.models]`."""
-    names = [str(part) for part in loc if isinstance(part, str)]
+    names = [_key(part) for part in loc if isinstance(part, str)]
     if not names:
         return "the top of the file"
     if loc and isinstance(loc[-1], int):
@@ -660,8 +666,14 @@ def _dotted(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + _key(part)
     return out
+
+
+def _key(name: Any) -> str:
+    """A key as TOML needs it written: bare if it can be, else quoted ("u/model")."""
+    text = str(name)
+    return text if re.fullmatch(r"[A-Za-z0-9_-]+", text) else json.dumps(text)
 
 
 def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
