@@ -3,9 +3,13 @@ each through the real CLI, each answered with where, what and how to fix it."""
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -438,6 +442,39 @@ def test_a_usage_mistake_prints_usage_and_error_not_a_traceback(args: list[str])
     assert lines[1].startswith("Try 'overnight ") and lines[1].endswith(" --help' for help.")
     assert lines[-1].startswith("Error: ") and len(lines) == 4, result.stderr
     assert "Traceback" not in result.stderr and "╭" not in result.stderr
+
+
+def _command_paths() -> list[list[str]]:
+    import typer.main
+
+    from overnight.cli import app
+
+    def walk(command: Any, path: list[str]) -> Iterator[list[str]]:
+        subcommands = getattr(command, "commands", None)
+        if not subcommands:
+            yield path
+        for name, sub in (subcommands or {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+@pytest.mark.parametrize("path", _command_paths(), ids=" ".join)
+def test_every_command_answers_an_unknown_option_with_its_usage(
+    path: list[str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from overnight.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["overnight", *path, "--bogus"])
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+    finally:  # main() points SIGUSR1 at this test's captured stderr; leave nothing behind
+        faulthandler.unregister(signal.SIGUSR1)
+    stderr = capfd.readouterr().err
+    assert exited.value.code == 2, stderr
+    assert stderr.startswith(f"Usage: overnight {' '.join(path)} "), stderr
+    assert stderr.splitlines()[-1].startswith("Error: No such option: --bogus"), stderr
 
 
 def test_version() -> None:
