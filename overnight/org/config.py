@@ -70,10 +70,8 @@ class LabConfig(_Model):
         # Globs against globs need the committed files (checked when the lab starts); a
         # written-out path is checked here, so the mistake shows before anything runs.
         for i, path in enumerate(self.protected):
-            covering = next(
-                (g for g in self.editable if not _is_glob(path) and matches(path, [g])), None
-            )
-            if covering is not None:
+            covering = next((g for g in self.editable if matches(path, [g])), None)
+            if covering is not None and not _is_glob(path):
                 raise Invalid(
                     f"{path!r} is protected, and the editable glob {covering!r} covers it too; "
                     "a file can be only one of them",
@@ -83,10 +81,8 @@ class LabConfig(_Model):
                     at=("protected", i),
                 )
         for i, path in enumerate(self.editable):
-            covering = next(
-                (g for g in self.protected if not _is_glob(path) and matches(path, [g])), None
-            )
-            if covering is not None:
+            covering = next((g for g in self.protected if matches(path, [g])), None)
+            if covering is not None and not _is_glob(path):
                 raise Invalid(
                     f"{path!r} is editable, and the protected glob {covering!r} covers it too; "
                     "a file can be only one of them",
@@ -277,16 +273,15 @@ class OrgConfig(_Model):
             if agent.count > 1:
                 copies.update((f"{agent.name}-{n}", i) for n in range(1, agent.count + 1))
         for i, agent in enumerate(self.agents):
-            if agent.name in copies:
-                owner = copies[agent.name]
+            if agent.count == 1 and agent.name in copies:
+                owner = self.agents[copies[agent.name]]
                 raise Invalid(
                     f"agent name {agent.name!r} is also the name of a copy of agent "
-                    f"{self.agents[owner].name!r}, whose count = {self.agents[owner].count} "
-                    "names its copies "
-                    f"{self.agents[owner].name}-1 to {self.agents[owner].name}-{self.agents[owner].count}",
+                    f"{owner.name!r}, whose count = {owner.count} names its copies "
+                    f"{owner.name}-1 to {owner.name}-{owner.count}",
                     fix="rename one of the two agents",
                     at=("agents", i, "name"),
-                    first=("agents", owner, "name"),
+                    first=("agents", copies[agent.name], "name"),
                 )
         return self
 
