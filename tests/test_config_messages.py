@@ -312,6 +312,12 @@ CASES = {
         "24: gateway.upstreams[0].credentials[0]",
         ("credential 'k' has neither env nor file", "env ="),
     ),
+    "a budget for an agent that does not run": Broken(
+        'name = "t"\n',
+        'name = "t"\ncount = 2\n' + GATEWAY + "[gateway.budgets.agents.t]\ntotal_usd = 1\n",
+        "25: gateway.budgets.agents.t",
+        ("names no agent, so it limits nothing (the agents: t-1, t-2)", "budgets.agents.t-1"),
+    ),
     "a port out of range": Broken(
         "",
         "\n[gateway]\nport = 70000\n",

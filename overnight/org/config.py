@@ -9,6 +9,7 @@ starts, in `overnight.lab`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from enum import StrEnum
@@ -283,6 +284,24 @@ class OrgConfig(_Model):
                     at=("agents", i, "name"),
                     first=("agents", copies[agent.name], "name"),
                 )
+        if self.gateway is not None:
+            running = [name for name, _ in self.agent_names()]
+            for name in self.gateway.budgets.agents:
+                if name not in running:
+                    counted = any(a.name == name and a.count > 1 for a in self.agents)
+                    close = difflib.get_close_matches(name, running, n=1)
+                    raise Invalid(
+                        f"[gateway.budgets.agents.{name}] names no agent, so it limits nothing "
+                        f"(the agents: {', '.join(running)})",
+                        fix=f"agent {name!r} runs as copies: budget = ... in its [[agents]] table "
+                        f"caps each copy, or name one copy, e.g. [gateway.budgets.agents.{name}-1]"
+                        if counted
+                        else f"did you mean {close[0]!r}?"
+                        if close
+                        else "name an agent as it runs (a [[agents]] with count = N runs as "
+                        "name-1 to name-N)",
+                        at=("gateway", "budgets", "agents", name),
+                    )
         return self
 
     def agent_names(self) -> list[tuple[str, AgentConfig]]:
