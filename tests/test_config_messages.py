@@ -56,7 +56,7 @@ class Broken:
 
     old: str  # replaced by `new`; empty: `new` is added at the end
     new: str
-    where: str  # "line: field", or "line:" for a mistake no field owns
+    where: str  # "line: field", or "line:" for a mistake no field owns (TOML syntax)
     says: tuple[str, ...]
 
 
@@ -349,10 +349,10 @@ def test_a_broken_lab_is_answered_with_where_what_and_the_fix(tmp_path: Path, ca
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
     lines = result.stderr.splitlines()
     assert len(lines) == 2, result.stderr  # one message: the problem, then the fix
-    line, _, field = case.where.partition(": ")
+    line, _, field = case.where.partition(":")
     path = (lab / "overnight.toml").resolve()
-    head = f"error: {path}{':' + line if line else ''}: " + (f"{field}: " if field else "")
-    assert lines[0].startswith(head.replace(":: ", ": ")), result.stderr
+    head = f"error: {path}:{line}: " + (f"{field.strip()}: " if field else "")
+    assert lines[0].startswith(head), result.stderr
     assert lines[1].startswith("  fix: "), result.stderr
     for words in case.says:
         assert words in result.stderr, f"{words!r} not in:\n{result.stderr}"
