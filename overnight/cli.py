@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.text import Text
 
+from overnight import __version__
 from overnight.errors import BaselineFailed, UserError
 from overnight.lab.trial import IN_FLIGHT
 from overnight.units import parse_duration
@@ -33,6 +34,26 @@ app = typer.Typer(
 )
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        out.print(f"overnight {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _everywhere(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    # no docstring: the app's help stays the one given to typer.Typer
+    pass
+
 
 Dir = Annotated[Path, typer.Argument(help="The lab: a git repository with overnight.toml.")]
 UiHost = Annotated[
@@ -843,7 +864,7 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         # without standalone mode, click returns the code of a typer.Exit instead of exiting
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="overnight")
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:
@@ -856,10 +877,19 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        if isinstance(exc, _usage_error()):
+            # as click prints it: the usage line, where to find help, the error; exit code 2
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _usage_error() -> type[Any]:
+    """The class of click's usage and parameter errors as typer raises them: typer 0.2x
+    carries its own copy of click (`typer._click`), whose errors are not `click`'s."""
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:  # an older typer, on click itself
+        from click import ClickException  # type: ignore[assignment]
+    return ClickException

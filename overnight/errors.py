@@ -7,6 +7,11 @@
     │   └── LabBusy          another `overnight run` holds the lab
     └── BaselineFailed       the unchanged code does not run or measure; nothing to improve on
 
+    ValueError
+    └── Invalid              a value org code cannot have, raised by a check of the file;
+                             loading turns it into a ConfigError (a ValueError, so that
+                             pydantic validators may raise it)
+
 An agent's or a model's mistake (a bad diff, a crash, a hang, a protected file
 touched) is never an exception here: it is recorded on the trial and the loop
 goes on. Anything else that escapes is our bug and should raise loudly.
@@ -62,6 +67,30 @@ class LabBusy(UserError):
             f"  fix: watch it with `overnight status {lab_dir}`, or stop it first"
             + (f" (Ctrl-C in its terminal, or `kill {pid}`)." if pid else ".")
         )
+
+
+class Invalid(ValueError):
+    """A value a check of org code refuses: the problem and its fix, kept apart.
+
+    `at` is where the problem is, relative to what the check validated (a model
+    check that blames one of its fields says which); `first` is, for a repeat,
+    where the repeated thing was first written. `str()` is the problem and the
+    fix in one line, for callers outside configuration loading.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        fix: str,
+        at: tuple[str | int, ...] = (),
+        first: tuple[str | int, ...] | None = None,
+    ) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
+        self.fix = fix
+        self.at = at
+        self.first = first
 
 
 class BaselineFailed(OvernightError):

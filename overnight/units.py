@@ -6,10 +6,13 @@ so. Knows nothing else.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
+
+from overnight.errors import Invalid
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -25,36 +28,52 @@ _SIZE_BYTES = {
 }
 
 
+_DURATION_FIX = 'write a number and a unit, e.g. "90s", "5m" or "1h30m" (units: ms, s, m, h, d)'
+_SIZE_FIX = 'write a number and a unit, e.g. "50MB" or "1GiB" (units: B, KB, MB, GB, KiB, MiB, GiB)'
+
+
+def _shown(value: Any) -> str:
+    """A value as TOML wrote it, or what it is when that would be noise."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "a table"
+    return repr(value)
+
+
 def parse_duration(value: Any) -> float:
     """Seconds from `90`, `"90s"`, `"500ms"`, `"5m"`, `"1h30m"`, `"8h"`."""
-    if isinstance(value, bool):
-        raise ValueError('expected a duration such as "5m", not a boolean')
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise Invalid(f"{_shown(value)} is not a duration", fix=_DURATION_FIX)
+    if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
+        if text.startswith("-"):
+            raise Invalid(f"{value!r} is negative", fix='a duration is 0 or more, e.g. "30s"')
         parts = list(_DURATION.finditer(text))
         if not text or "".join(p.group(0) for p in parts) != text:
-            raise ValueError(f'"{value}" is not a duration; write e.g. "90s", "5m" or "1h30m"')
-        seconds = sum(float(p.group(1)) * _UNIT_SECONDS[p.group(2)] for p in parts)
-    else:
-        raise ValueError(f'expected a duration such as "5m", got {value!r}')
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
+            raise Invalid(f"{_shown(value)} is not a duration", fix=_DURATION_FIX)
+        return sum(float(p.group(1)) * _UNIT_SECONDS[p.group(2)] for p in parts)
+    if not math.isfinite(value):
+        raise Invalid(f"{_shown(value)} is not a duration", fix=_DURATION_FIX)
+    if value < 0:
+        raise Invalid(f"{value!r} is negative", fix="a duration is 0 or more seconds, e.g. 30")
+    return float(value)
 
 
 def parse_size(value: Any) -> int:
     """Bytes from `1048576`, `"50MB"`, `"32MiB"`, `"1GiB"`."""
-    if isinstance(value, bool):
-        raise ValueError('expected a size such as "50MB"')
-    if isinstance(value, int):
-        return value
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise Invalid(f"{_shown(value)} is not a size", fix=_SIZE_FIX)
     if isinstance(value, str):
         match = _SIZE.fullmatch(value.strip())
-        if match:
-            return int(float(match.group(1)) * _SIZE_BYTES[(match.group(2) or "b").lower()])
-    raise ValueError(f'"{value}" is not a size; write e.g. "50MB" or "1GiB"')
+        if not match:
+            raise Invalid(f"{_shown(value)} is not a size", fix=_SIZE_FIX)
+        value = float(match.group(1)) * _SIZE_BYTES[(match.group(2) or "b").lower()]
+    if not math.isfinite(value):
+        raise Invalid(f"{_shown(value)} is not a size", fix=_SIZE_FIX)
+    if value < 0:
+        raise Invalid(f"{value!r} is negative", fix='a size is 0 or more, e.g. "50MB"')
+    return int(value)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

@@ -126,9 +126,7 @@ def test_an_outage_mid_run_pauses_or_optimizes_then_resumes(tmp_path: Path, mode
         lab = make_lab(
             tmp_path / "lab",
             script=SCRIPT.format(tickets=str(tickets)),
-            config=CONFIG.format(
-                python=sys.executable, url=fake.url, mode=mode, tickets=tickets
-            ),
+            config=CONFIG.format(python=sys.executable, url=fake.url, mode=mode, tickets=tickets),
             files={"notes/seed.txt": "seed\n"},
         )
         with subprocess.Popen(

@@ -38,7 +38,7 @@ def test_agent_count_expands_into_named_agents() -> None:
         (
             '[[knobs]]\nname = "LR"\nfile = "train.py"\nlow = 1\nhigh = 0.1\n',
             "knobs[0]",
-            "must be below",
+            "is not below high",
         ),
         (
             '[[knobs]]\nname = "LR"\nfile = "train.py"\nlow = 0\nhigh = 1\nlog = true\n',
@@ -48,10 +48,10 @@ def test_agent_count_expands_into_named_agents() -> None:
         (
             '[[knobs]]\nname = "LR"\nfile = "train.py"\nchoices = [1]\nlow = 1\n',
             "knobs[0]",
-            "not both",
+            "has both a range (low/high) and choices",
         ),
         ('[[agents]]\nname = "a"\nautonomy = "yolo"\n', "agents[0].autonomy", "curious"),
-        ('[[agents]]\nname = "a"\n[[agents]]\nname = "a"\n', "", "must be unique"),
+        ('[[agents]]\nname = "a"\n[[agents]]\nname = "a"\n', "agents[1].name", "used twice"),
     ],
 )
 def test_invalid_configs_name_the_field(extra: str, field: str, words: str) -> None:

@@ -230,7 +230,7 @@ def test_governance_table_is_checked(tmp_path: Path) -> None:
     config = parse_config(lab_toml + '[governance]\napproval_timeout = "30m"\n', Path("o.toml"))
     assert config.governance.approval_timeout == 1800.0
     assert config.governance.defaults and config.governance.policies == []
-    with pytest.raises(ConfigError, match=r"review_at \(0.9\) must not be above deny_at \(0.8\)"):
+    with pytest.raises(ConfigError, match=r"review_at \(0.9\) is above deny_at \(0.8\)"):
         parse_config(lab_toml + "[governance]\nreview_at = 0.9\ndeny_at = 0.8\n", Path("o.toml"))
     with pytest.raises(ConfigError, match=r"governance\.polices"):
         parse_config(lab_toml + '[governance]\npolices = ["p.yaml"]\n', Path("o.toml"))

@@ -8,9 +8,9 @@ only in the running gateway's memory, wrapped so it never prints.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Self
@@ -18,7 +18,7 @@ from typing import Annotated, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from overnight import secrets
-from overnight.errors import ConfigError
+from overnight.errors import ConfigError, Invalid
 from overnight.gateway.proxies import parse_proxy
 from overnight.units import PositiveDuration as Duration
 from overnight.units import Size
@@ -28,7 +28,8 @@ USD = Annotated[float, Field(ge=0)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML can say inf and nan; no setting here means either
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CredentialConfig(_Model):
@@ -44,7 +45,13 @@ class CredentialConfig(_Model):
     @model_validator(mode="after")
     def _one_source(self) -> Self:
         if (self.env is None) == (self.file is None):
-            raise ValueError(f"credential {self.name!r} needs exactly one of env = or file =")
+            raise Invalid(
+                f"credential {self.name!r} has "
+                + ("both env and file" if self.env is not None else "neither env nor file"),
+                fix='say where its secret is with exactly one of env = "ANTHROPIC_API_KEY" '
+                '(an environment variable) or file = "~/.config/keys/anthropic" (a file)',
+                at=("file",) if self.env is not None else (),
+            )
         return self
 
 
@@ -70,21 +77,37 @@ class UpstreamConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> Self:
         if not re.match(r"^https?://[^/\s]+", self.base_url):
-            raise ValueError(
-                f"base_url {self.base_url!r} of upstream {self.name!r} must start with http:// or https://"
+            raise Invalid(
+                f"base_url {self.base_url!r} of upstream {self.name!r} is not an http:// or "
+                "https:// URL",
+                fix='write the server\'s whole address, e.g. base_url = "https://api.anthropic.com"',
+                at=("base_url",),
             )
         if self.ca_file is not None and not self.base_url.startswith("https://"):
-            raise ValueError(
-                f"ca_file is set on upstream {self.name!r}, whose base_url is not https://"
+            raise Invalid(
+                f"ca_file is set on upstream {self.name!r}, whose base_url is not https://",
+                fix="remove ca_file (it verifies https servers only), or use an https:// base_url",
+                at=("ca_file",),
             )
         if self.proxy:
             try:
                 parse_proxy(self.proxy)
             except ValueError as exc:
-                raise ValueError(f"proxy of upstream {self.name!r}: {exc}") from None
-        names = [c.name for c in self.credentials]
-        if len(set(names)) != len(names):
-            raise ValueError(f"credential names of upstream {self.name!r} must be unique")
+                raise Invalid(
+                    f"proxy of upstream {self.name!r}: {exc}",
+                    fix='write it as proxy = "http://host:port", or proxy = "" for none',
+                    at=("proxy",),
+                ) from None
+        first: dict[str, int] = {}
+        for i, credential in enumerate(self.credentials):
+            if credential.name in first:
+                raise Invalid(
+                    f"upstream {self.name!r} has two credentials named {credential.name!r}",
+                    fix="give each [[gateway.upstreams.credentials]] a name of its own",
+                    at=("credentials", i, "name"),
+                    first=("credentials", first[credential.name], "name"),
+                )
+            first[credential.name] = i
         return self
 
     @property
@@ -154,22 +177,46 @@ class GatewayConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        names = [u.name for u in self.upstreams]
-        if len(set(names)) != len(names):
-            raise ValueError(f"upstream names must be unique; got {names}")
+        first: dict[str, int] = {}
+        for i, name in enumerate(u.name for u in self.upstreams):
+            if name in first:
+                raise Invalid(
+                    f"upstream name {name!r} is used twice",
+                    fix="give each [[gateway.upstreams]] a name of its own",
+                    at=("upstreams", i, "name"),
+                    first=("upstreams", first[name], "name"),
+                )
+            first[name] = i
+        names = list(first)
+        example = f"{names[0] if names else 'anthropic'}/model-name"
         for alias, candidates in self.models.items():
             if not candidates:
-                raise ValueError(f'model {alias!r} lists no candidates; add e.g. "upstream/model"')
+                raise Invalid(
+                    f"model route {alias!r} lists no candidates",
+                    fix=f'list at least one "upstream/model", e.g. {alias} = ["{example}"]',
+                    at=("models", alias),
+                )
             for candidate in candidates:
                 upstream, _, model = candidate.partition("/")
                 if not model:
-                    raise ValueError(
-                        f'model {alias!r}: candidate {candidate!r} must be written "upstream/model"'
+                    raise Invalid(
+                        f"model route {alias!r}: candidate {candidate!r} does not say which "
+                        "upstream serves it",
+                        fix=f'write it as "upstream/model", e.g. "{example}"',
+                        at=("models", alias),
                     )
                 if upstream not in names:
-                    raise ValueError(
-                        f"model {alias!r}: candidate {candidate!r} names no upstream; "
-                        f"known upstreams: {names}"
+                    close = difflib.get_close_matches(upstream, names, n=1)
+                    raise Invalid(
+                        f"model route {alias!r}: candidate {candidate!r} names the upstream "
+                        f"{upstream!r}, and there is none by that name",
+                        fix=f"did you mean {close[0] + '/' + model!r}?"
+                        if close
+                        else f"name one of the upstreams ({', '.join(names)}), e.g. "
+                        f'"{names[0]}/{model}", or add a [[gateway.upstreams]] named {upstream!r}'
+                        if names
+                        else f"add a [[gateway.upstreams]] named {upstream!r}",
+                        at=("models", alias),
                     )
         return self
 
@@ -258,25 +305,22 @@ def read_secrets(
 def load_gateway_config(path: Path) -> GatewayConfig:
     """The `[gateway]` table of a TOML file (an `overnight.toml`, or a file of its own).
 
-    Bad input raises one `ConfigError` naming the file, the field and the problem.
+    Bad input raises one `ConfigError` naming the file, the field, its line and the fix.
     """
+    # org code's loader words the messages; imported here, as it imports this module
+    from overnight.org.load import config_error, read_toml
+
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(path, f"cannot read it ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, f"not valid TOML: {exc}") from None
-    table = data.get("gateway", data)
-    try:
-        return GatewayConfig.model_validate(table)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in ("gateway", *first["loc"]))
         raise ConfigError(
-            path,
-            first["msg"].removeprefix("Value error, "),
-            field=where,
-            fix=f"{len(exc.errors()) - 1} more problem(s) after this one"
-            if len(exc.errors()) > 1
-            else None,
+            path, f"cannot read it ({exc.strerror})", fix="check the path given to --config"
+        ) from None
+    data = read_toml(text, path)
+    inside = "gateway" in data
+    try:
+        return GatewayConfig.model_validate(data["gateway"] if inside else data)
+    except ValidationError as exc:
+        raise config_error(
+            exc, GatewayConfig, text, path, prefix=("gateway",) if inside else ()
         ) from None

@@ -840,6 +840,27 @@ def _preflight(org: Org, git: Git) -> list[str]:
                     fix="check the spelling; globs are relative to overnight.toml "
                     "(`*` stays within a folder, `**` crosses folders); commit the file if it is new",
                 )
+    # Two globs can only be seen to overlap on the files they both match.
+    both = [f for f in files if integrity.matches(f, cfg.lab.protected)]
+    both = [f for f in both if integrity.matches(f, cfg.lab.editable)]
+    if both:
+        from overnight.org.config import overlap_fix
+
+        glob = next(g for g in cfg.lab.editable if integrity.matches(both[0], [g]))
+        guard = next(g for g in cfg.lab.protected if integrity.matches(both[0], [g]))
+        shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
+        raise ConfigError(
+            path,
+            f"{shown} {'is' if len(both) == 1 else 'are'} both editable (by {glob!r}) and "
+            f"protected (by {guard!r}); a file can be only one of them",
+            field=f"lab.protected[{cfg.lab.protected.index(guard)}]",
+            line=line_of(text, ("lab", "protected")),
+            fix=overlap_fix(
+                glob,
+                both[:5],
+                [f for f in files if integrity.matches(f, [glob]) and f not in both],
+            ),
+        )
     for i, knob in enumerate(cfg.knobs):
         if not integrity.matches(knob.file, cfg.lab.editable):
             raise ConfigError(

@@ -9,12 +9,17 @@ starts, in `overnight.lab`.
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from overnight.errors import Invalid
 from overnight.gateway.config import GatewayConfig
+from overnight.lab.integrity import matches
 from overnight.units import Duration, PositiveDuration, Size
 
 
@@ -30,7 +35,8 @@ class Autonomy(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML can say inf and nan; no setting here means either
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LabConfig(_Model):
@@ -64,14 +70,57 @@ class LabConfig(_Model):
 
     @model_validator(mode="after")
     def _editable_not_protected(self) -> Self:
-        both = set(self.editable) & set(self.protected)
-        if both:
-            raise ValueError(
-                f"{sorted(both)} is both editable and protected; a file can be only one of them"
-            )
+        for i, glob in enumerate(self.protected):
+            if glob in self.editable:
+                raise Invalid(
+                    f"{glob!r} is both editable and protected; a file can be only one of them",
+                    fix=f"remove {glob!r} from editable (agents may change it) or from protected "
+                    "(nobody may)",
+                    at=("protected", i),
+                )
+        # Globs against globs need the committed files (checked when the lab starts); a
+        # written-out path is checked here, so the mistake shows before anything runs.
+        for i, path in enumerate(self.protected):
+            covering = next((g for g in self.editable if matches(path, [g])), None)
+            if covering is not None and not _is_glob(path):
+                raise Invalid(
+                    f"{path!r} is protected, and the editable glob {covering!r} covers it too; "
+                    "a file can be only one of them",
+                    fix=overlap_fix(
+                        covering, [path], [g for g in self.editable if not _is_glob(g)]
+                    ),
+                    at=("protected", i),
+                )
+        for i, path in enumerate(self.editable):
+            covering = next((g for g in self.protected if matches(path, [g])), None)
+            if covering is not None and not _is_glob(path):
+                raise Invalid(
+                    f"{path!r} is editable, and the protected glob {covering!r} covers it too; "
+                    "a file can be only one of them",
+                    fix=f"remove {path!r} from editable, or narrow {covering!r} so it leaves it out",
+                    at=("editable", i),
+                )
         if self.budget <= 0:
-            raise ValueError("budget must be longer than zero")
+            raise Invalid(
+                "budget is 0; a run needs time",
+                fix='give it time, e.g. budget = "5m"',
+                at=("budget",),
+            )
         return self
+
+
+def _is_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def overlap_fix(glob: str, protected_files: list[str], editable_files: list[str]) -> str:
+    """How to keep protected files out of an editable glob's reach, in the user's terms."""
+    shown = ", ".join(json.dumps(f) for f in editable_files[:4]) or '"train.py"'
+    more = ", ..." if len(editable_files) > 4 else ""
+    return (
+        f"list the editable files one by one (e.g. editable = [{shown}{more}]), or narrow "
+        f"{glob!r} so it leaves {', '.join(protected_files)} out"
+    )
 
 
 class KnobConfig(_Model):
@@ -85,25 +134,62 @@ class KnobConfig(_Model):
     int_: bool = Field(default=False, alias="int")
     choices: list[str | int | float | bool] | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
+    )
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> Self:
         ranged = self.low is not None or self.high is not None
         if self.choices is not None:
             if ranged:
-                raise ValueError("give either low/high or choices, not both")
-            if not self.choices:
-                raise ValueError("choices is empty; list at least two values")
+                raise Invalid(
+                    f"knob {self.name!r} has both a range (low/high) and choices",
+                    fix="keep one: low and high for a range, or choices for a list of values",
+                    at=("choices",),
+                )
+            if len(self.choices) < 2:
+                raise Invalid(
+                    f"knob {self.name!r} has {len(self.choices) or 'no'} choice"
+                    f"{'' if len(self.choices) == 1 else 's'}; there is nothing to choose from",
+                    fix="list at least two values, e.g. choices = [16, 32, 64]",
+                    at=("choices",),
+                )
             return self
         if self.low is None or self.high is None:
-            raise ValueError("needs low and high (a range) or choices (a list)")
+            if ranged:
+                given, absent = ("low", "high") if self.high is None else ("high", "low")
+                raise Invalid(
+                    f"knob {self.name!r} has {given} but no {absent}",
+                    fix=f"add {absent} = ...: a range needs both ends",
+                    at=(given,),
+                )
+            raise Invalid(
+                f"knob {self.name!r} has neither a range nor choices",
+                fix="add low = ... and high = ... (a range), or choices = [...] (a list)",
+            )
         if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            raise Invalid(
+                f"knob {self.name!r}: low ({self.low:g}) is not below high ({self.high:g})",
+                fix="make low the smaller end of the range"
+                + (", e.g. swap them" if self.low > self.high else ""),
+                at=("low",),
+            )
         if self.log and self.low <= 0:
-            raise ValueError("a log-scaled knob needs low > 0")
-        if self.int_ and (self.low != int(self.low) or self.high != int(self.high)):
-            raise ValueError("an int knob needs whole-number low and high")
+            raise Invalid(
+                f"knob {self.name!r} is log-scaled, and low ({self.low:g}) is not above 0",
+                fix="set low above 0 (e.g. 1e-5), or remove log = true",
+                at=("low",),
+            )
+        if self.int_:
+            for end, value in (("low", self.low), ("high", self.high)):
+                if value != int(value):
+                    raise Invalid(
+                        f"knob {self.name!r} takes whole numbers (int = true), and {end} "
+                        f"({value:g}) is not one",
+                        fix=f"make {end} a whole number, or remove int = true",
+                        at=(end,),
+                    )
         return self
 
 
@@ -142,14 +228,27 @@ class GovernanceConfig(_Model):
     deny_at: float = Field(default=0.85, gt=0, le=1)
     approval_timeout: PositiveDuration = 3600.0
     """An approval nobody answers in this long expires (recorded apart from denied)."""
-    webhook: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    webhook: str | None = None
     """Where a Slack-compatible JSON message goes when an approval arrives."""
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_is_a_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://\S+$", url):
+            raise Invalid(
+                f"{url!r} is not an http:// or https:// URL",
+                fix='write the whole URL, e.g. webhook = "https://hooks.slack.com/services/..."',
+            )
+        return url
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> Self:
         if self.review_at > self.deny_at:
-            raise ValueError(
-                f"review_at ({self.review_at}) must not be above deny_at ({self.deny_at})"
+            raise Invalid(
+                f"review_at ({self.review_at:g}) is above deny_at ({self.deny_at:g}); a risk "
+                "would be denied before it could be reviewed",
+                fix="set review_at to at most deny_at, e.g. review_at = 0.5 and deny_at = 0.85",
+                at=("review_at",),
             )
         return self
 
@@ -165,13 +264,54 @@ class OrgConfig(_Model):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
-        for kind, names in (
-            ("knobs", [k.name for k in self.knobs]),
-            ("agents", [a.name for a in self.agents]),
+        for table, kind, names in (
+            ("knobs", "knob", [k.name for k in self.knobs]),
+            ("agents", "agent", [a.name for a in self.agents]),
         ):
-            seen = {n for n in names if names.count(n) > 1}
-            if seen:
-                raise ValueError(f"{kind} names must be unique; repeated: {sorted(seen)}")
+            first: dict[str, int] = {}
+            for i, name in enumerate(names):
+                if name in first:
+                    raise Invalid(
+                        f"{kind} name {name!r} is used twice",
+                        fix=f"give each [[{table}]] a name of its own",
+                        at=(table, i, "name"),
+                        first=(table, first[name], "name"),
+                    )
+                first[name] = i
+        # `count` names copies name-1, name-2, ...: those names are taken too
+        copies: dict[str, int] = {}
+        for i, agent in enumerate(self.agents):
+            if agent.count > 1:
+                copies.update((f"{agent.name}-{n}", i) for n in range(1, agent.count + 1))
+        for i, agent in enumerate(self.agents):
+            if agent.count == 1 and agent.name in copies:
+                owner = self.agents[copies[agent.name]]
+                raise Invalid(
+                    f"agent name {agent.name!r} is also the name of a copy of agent "
+                    f"{owner.name!r}, whose count = {owner.count} names its copies "
+                    f"{owner.name}-1 to {owner.name}-{owner.count}",
+                    fix="rename one of the two agents",
+                    at=("agents", i, "name"),
+                    first=("agents", copies[agent.name], "name"),
+                )
+        if self.gateway is not None:
+            running = [name for name, _ in self.agent_names()]
+            for name in self.gateway.budgets.agents:
+                if name not in running:
+                    counted = any(a.name == name and a.count > 1 for a in self.agents)
+                    close = difflib.get_close_matches(name, running, n=1)
+                    raise Invalid(
+                        f"[gateway.budgets.agents.{name}] names no agent, so it limits nothing "
+                        f"(the agents: {', '.join(running)})",
+                        fix=f"agent {name!r} runs as copies: budget = ... in its [[agents]] table "
+                        f"caps each copy, or name one copy, e.g. [gateway.budgets.agents.{name}-1]"
+                        if counted
+                        else f"did you mean {close[0]!r}?"
+                        if close
+                        else "name an agent as it runs (a [[agents]] with count = N runs as "
+                        "name-1 to name-N)",
+                        at=("gateway", "budgets", "agents", name),
+                    )
         return self
 
     def agent_names(self) -> list[tuple[str, AgentConfig]]:

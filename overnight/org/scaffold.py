@@ -40,11 +40,13 @@ def copy_example(name: str, dest: Path) -> Path:
     if name not in examples:
         raise UserError(
             f"no example named {name!r}.\n  fix: pick one of: {', '.join(examples)} "
-            "(`overnight example list`)"
+            "(`overnight example list` says what each does)."
         )
     dest = dest.resolve()
     if dest.exists() and any(dest.iterdir()):
-        raise UserError(f"{dest} exists and is not empty.\n  fix: choose a new directory.")
+        raise UserError(
+            f"{dest} exists and is not empty.\n  fix: choose a directory that does not exist yet."
+        )
     shutil.copytree(
         examples_dir() / name,
         dest,
@@ -73,9 +75,11 @@ def init(root: Path, *, force: bool = False) -> list[Path]:
     targets = [root / CONFIG_FILE, root / "program.md"]
     existing = [p for p in targets if p.exists()]
     if existing and not force:
+        them = "it" if len(existing) == 1 else "them"
         raise UserError(
-            f"{', '.join(str(p) for p in existing)} already exist.\n"
-            "  fix: edit them, or pass --force to overwrite."
+            f"{' and '.join(str(p) for p in existing)} already "
+            f"{'exists' if len(existing) == 1 else 'exist'}.\n"
+            f"  fix: edit {them}, or pass --force to overwrite {them}."
         )
     values = _guess(root)
     for target in targets:
