@@ -100,6 +100,13 @@ class LabConfig(_Model):
                     fix=f"remove {path!r} from editable, or narrow {covering!r} so it leaves it out",
                     at=("editable", i),
                 )
+        for i, item in enumerate(self.env):
+            if not _ENV_ITEM.match(item):
+                raise Invalid(
+                    f"{item!r} is neither a variable's name nor NAME=value",
+                    fix='write "NAME" to pass your value of NAME on, or "NAME=value" to set it',
+                    at=("env", i),
+                )
         if self.budget <= 0:
             raise Invalid(
                 "budget is 0; a run needs time",
@@ -107,6 +114,9 @@ class LabConfig(_Model):
                 at=("budget",),
             )
         return self
+
+
+_ENV_ITEM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=.*)?$", re.DOTALL)
 
 
 def _is_glob(path: str) -> bool:
@@ -261,6 +271,25 @@ class OrgConfig(_Model):
     agents: list[AgentConfig] = []
     gateway: GatewayConfig | None = None
     governance: GovernanceConfig = GovernanceConfig()
+
+    @model_validator(mode="after")
+    def _no_credential_for_experiments(self) -> Self:
+        credentials = {
+            c.env: u.name
+            for u in (self.gateway.upstreams if self.gateway else [])
+            for c in u.credentials
+            if c.env
+        }
+        for i, item in enumerate(self.lab.env):
+            name = item.partition("=")[0]
+            if name in credentials:
+                raise Invalid(
+                    f"{name} holds the credential of upstream {credentials[name]!r}, which "
+                    "only the gateway may read; experiments and agents never get it",
+                    fix=f"remove {item!r} from env; agents reach models through the gateway",
+                    at=("lab", "env", i),
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
