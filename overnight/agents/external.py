@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from overnight import secrets
+from overnight import redaction
 from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S
 from overnight.agents.runtimes import RUNTIMES, TurnContext, instructions, key_of, missing_cli
 from overnight.errors import UserError
@@ -298,7 +298,7 @@ def main(worktree: Path) -> None:
 
         def write(line: str) -> None:
             # the terminal is mirrored to a log and the web page: no key may show there
-            print(f"{time.strftime('%H:%M:%S')} {secrets.redact(line)}", flush=True)
+            print(f"{time.strftime('%H:%M:%S')} {redaction.redact(line)}", flush=True)
 
         agent = ExternalAgent(lab, name, write)
 

@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from overnight import secrets
+from overnight import redaction
 from overnight.errors import ConfigError, Invalid
 from overnight.gateway.proxies import parse_proxy
 from overnight.units import PositiveDuration as Duration
@@ -226,13 +226,13 @@ class GatewayConfig(_Model):
 
 class Secret:
     """A credential's value; never shown by `repr`, `str` or a log line, and redacted from
-    whatever overnight writes (`overnight.secrets`) should it show up there anyway."""
+    whatever overnight writes (`overnight.redaction`) should it show up there anyway."""
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
-        secrets.register(value)
+        redaction.register(value)
 
     def reveal(self) -> str:
         return self._value

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from overnight import secrets
+from overnight import redaction
 from overnight.errors import UserError
 from overnight.gateway.config import BudgetsConfig, GatewayConfig, LimitConfig
 from overnight.gateway.keys import KeyRing, key_hash
@@ -60,7 +60,7 @@ def agent_keys(
             with os.fdopen(fd, "w") as fh:
                 fh.write(key + "\n")
             os.replace(tmp, path)
-        secrets.register(key)
+        redaction.register(key)
         files[agent] = path
     return ring, files
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from overnight import secrets
+from overnight import redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
 from overnight.lab import integrity, sandbox
 from overnight.lab.executor import LocalExecutor, visible_gpus
@@ -774,9 +774,9 @@ def credential_sources(config: OrgConfig) -> tuple[list[str], list[str]]:
 
 
 def _register_secrets(config: OrgConfig, state_dir: Path) -> None:
-    """Every secret this lab's processes may come across, for `secrets.redact`."""
+    """Every secret this lab's processes may come across, for `redaction.redact`."""
     envs, files = credential_sources(config)
-    secrets.register(*(os.environ.get(name) for name in envs))
+    redaction.register(*(os.environ.get(name) for name in envs))
     # an unreadable one is the gateway's to report when it starts, naming the credential
     paths = [Path(name).expanduser() for name in files]
     keys = state_dir / "keys"
@@ -784,8 +784,8 @@ def _register_secrets(config: OrgConfig, state_dir: Path) -> None:
         paths += keys.iterdir()
     for path in paths:
         with contextlib.suppress(OSError, UnicodeDecodeError):
-            secrets.register(path.read_text(encoding="utf-8"))
-    secrets.register_url_password(os.environ.get("OVERNIGHT_DB"))
+            redaction.register(path.read_text(encoding="utf-8"))
+    redaction.register_url_password(os.environ.get("OVERNIGHT_DB"))
 
 
 def _diff_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from overnight import secrets
+from overnight import redaction
 from overnight.lab.sandbox import KILL_WAIT_S
 
 _NUMBER = rb"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
@@ -213,7 +213,7 @@ class _CappedLog:
         self._tail: deque[bytes] = deque()
         self._tail_len = 0
         self._partial = b""
-        self._redactor = secrets.StreamRedactor()
+        self._redactor = redaction.StreamRedactor()
 
     def drain(self, stream: object) -> None:
         read = stream.read1 if hasattr(stream, "read1") else stream.read  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import Row
 from sqlalchemy.pool import NullPool
 
-from overnight import secrets
+from overnight import redaction
 from overnight.lab.trial import TrialStatus, can_move
 from overnight.store.base import (
     ATTEMPT_FIELDS,
@@ -68,11 +68,11 @@ def _dumps(value: Any) -> str:
 
 _TEXT_FIELDS = {"description", "reason", "log_tail", "diff"}
 """Trial fields that carry what agents and experiments wrote: redacted before they are
-stored, as event payloads are (overnight.secrets)."""
+stored, as event payloads are (overnight.redaction)."""
 
 
 def _redacted(value: Any) -> Any:
-    return secrets.redact(value) if isinstance(value, str) else value
+    return redaction.redact(value) if isinstance(value, str) else value
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -282,8 +282,8 @@ class SqlStore(Store):
                     "a": agent,
                     "s": TrialStatus.proposed.value,
                     "p": parent_commit,
-                    "d": secrets.redact(description),
-                    "prop": secrets.redact(_dumps(dict(proposal))),
+                    "d": redaction.redact(description),
+                    "prop": redaction.redact(_dumps(dict(proposal))),
                     "rq": requeued_from,
                     "t": now,
                 },
@@ -316,7 +316,7 @@ class SqlStore(Store):
             if not same and not can_move(current, status):
                 raise TransitionError(f"trial {row.number}: cannot move {current} -> {status}")
             values = {
-                k: secrets.redact(_dumps(v))
+                k: redaction.redact(_dumps(v))
                 if k in _JSON_FIELDS
                 else _redacted(v)
                 if k in _TEXT_FIELDS
@@ -433,7 +433,7 @@ class SqlStore(Store):
                 "k": kind,
                 "a": agent,
                 "t": trial,
-                "p": secrets.redact(_dumps(payload)),
+                "p": redaction.redact(_dumps(payload)),
             },
         ).scalar_one()
         return Event(int(event_id), run_id, at, kind, agent, trial, payload)

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from overnight import redaction
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -61,6 +63,7 @@ class Access:
 
     def __init__(self, cookie_name: str, token: str | None = None) -> None:
         token = token or secrets.token_urlsafe(24)
+        redaction.register(token)  # it opens the page: never in a log or the store
         self.cookie_name = cookie_name
         self._hash = _sha256(token)
         self._key = secrets.token_bytes(32)
