@@ -39,10 +39,11 @@ demo: $(VENV)/.installed $(VENDOR)/.installed
 	$(BIN)/overnight report $(DEMO_DIR)
 
 ## system-deps: Debian packages the tests drive for real (tmux for terminal sessions,
-## chromium for the command center's browser tests)
+## chromium for the command center's browser tests, bubblewrap for the sandbox)
 system-deps:
 	@command -v tmux >/dev/null || { apt-get update -qq && apt-get install -y -qq tmux; }
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
+	@command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap; }
 
 ## web-assets: the command center's front-end files (xterm.js, htmx) from npm, served locally
 $(VENDOR)/.installed:
@@ -90,6 +91,7 @@ bench: system-deps $(VENV)/.installed-dev $(VENDOR)/.installed
 	$(BIN)/python benchmarks/gateway_overhead.py   # installs a pinned LiteLLM into build/bench on first use
 	$(BIN)/python benchmarks/ui_scale.py           # needs chromium (system-deps) and web-assets
 	$(BIN)/python benchmarks/governance.py         # decisions, the hook's round trip, audit append/verify
+	$(BIN)/python benchmarks/sandbox.py            # what the sandbox and the watchdog cost a trial; redaction rate
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache $(VENDOR)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import threading
 import urllib.parse
+from typing import Any
 
 MIN_LENGTH = 8
 """Shorter values are not registered: redacting every `abc` in a log would help nobody."""
@@ -56,6 +57,19 @@ def redact(text: str) -> str:
     if pattern is None or not text:
         return text
     return pattern.sub(MARK, text)
+
+
+def redact_json(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, strings, numbers) with every string redacted."""
+    if _text is None:
+        return value
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_json(v) for v in value]
+    return value
 
 
 def redact_bytes(data: bytes) -> bytes:

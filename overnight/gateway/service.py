@@ -174,6 +174,7 @@ class StoreSink:
 
 
 _STARTED_AT = ATTEMPT_FIELDS.index("started_at")
+_ERROR = ATTEMPT_FIELDS.index("error")
 _VALUES = operator.attrgetter(*ATTEMPT_FIELDS)
 """An attempt's values in the store's column order (one C call; a comprehension of
 getattr cost the forwarding thread 4x as much)."""
@@ -183,12 +184,16 @@ _WRITER = "from overnight.gateway.service import _writer_main; _writer_main()"
 def _entry(item: Any) -> tuple[Any, ...]:
     """An attempt or an event as plain values (for the writer process): ("a", row) or
     ("e", kind, payload). Not dataclasses.asdict: it deep-copies every value, 70 us."""
+    # The writer process knows no secret: what an upstream echoed back (some echo the
+    # key they refused) is redacted here.
     if isinstance(item, Attempt):
         row = list(_VALUES(item))
         row[_STARTED_AT] = item.started_at.timestamp()
+        if item.error:
+            row[_ERROR] = redaction.redact(item.error)
         return ("a", row)
     kind, payload = item
-    return ("e", kind, payload)
+    return ("e", kind, redaction.redact_json(payload))
 
 
 def _write(
