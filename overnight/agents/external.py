@@ -31,6 +31,7 @@ from overnight.errors import UserError
 from overnight.lab import integrity
 from overnight.lab.git import Git
 from overnight.lab.lab import RUN_MARKER, Lab
+from overnight.lab.privacy import user_umask
 
 GATEWAY_URL_FILE = "gateway.url"
 FIRST_PROMPT = (
@@ -198,6 +199,7 @@ class ExternalAgent:
             text=True,
             errors="replace",
             start_new_session=True,
+            umask=user_umask(),
         ) as child:
             self._child = child
             try:

@@ -23,7 +23,7 @@ from typing import Any
 from opentelemetry import trace
 
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import integrity
+from overnight.lab import integrity, privacy
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
 from overnight.lab.judge import Judge
@@ -152,6 +152,7 @@ class Lab:
         lock = LabLock(root)
         lock.acquire()
         try:
+            privacy.make_private(root / STATE_DIR)  # state an older version left readable
             git.exclude(f"/{STATE_DIR}/")
             warnings = _preflight(org, git)
             store = open_store(store_url(root))

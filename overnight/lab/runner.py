@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from overnight.lab.privacy import user_umask
+
 _NUMBER = rb"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
 _TAIL_BYTES = 64 * 1024
 _KILL_WAIT_S = 3.0
@@ -78,6 +80,7 @@ def run_budgeted(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        umask=user_umask(),
     )
     # From here on, an interrupt (Ctrl-C while the baseline runs in the main thread)
     # must not leave the experiment running: it may land in any line below.
