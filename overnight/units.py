@@ -13,15 +13,19 @@ from pydantic import BeforeValidator, Field
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]i?b|b)?", re.IGNORECASE)
 _SIZE_BYTES = {
     "b": 1,
     "kb": 10**3,
     "mb": 10**6,
     "gb": 10**9,
+    "tb": 10**12,
+    "pb": 10**15,
     "kib": 2**10,
     "mib": 2**20,
     "gib": 2**30,
+    "tib": 2**40,
+    "pib": 2**50,
 }
 
 
@@ -45,7 +49,7 @@ def parse_duration(value: Any) -> float:
 
 
 def parse_size(value: Any) -> int:
-    """Bytes from `1048576`, `"50MB"`, `"32MiB"`, `"1GiB"`."""
+    """Bytes from `1048576`, `"50MB"`, `"32MiB"`, `"1GiB"`, `"2TB"`."""
     if isinstance(value, bool):
         raise ValueError('expected a size such as "50MB"')
     if isinstance(value, int):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from overnight.gateway.config import GatewayConfig
 from overnight.units import Duration, PositiveDuration, Size
@@ -62,6 +62,24 @@ class LabConfig(_Model):
         if self.budget <= 0:
             raise ValueError("budget must be longer than zero")
         return self
+
+    max_logs: Size = Field(default=20 * 10**9, gt=0)
+    """All of the lab's trial logs together; the oldest lose their middles first."""
+    min_free_disk: Size = Field(default=2 * 10**9, ge=0)
+    """No trial starts while the filesystem holding `.overnight/` has less space free."""
+
+    @field_validator("max_logs")
+    @classmethod
+    def _room_for_running_trials(cls, value: int, info: ValidationInfo) -> int:
+        parallel, max_log = info.data.get("parallel"), info.data.get("max_log")
+        if parallel is not None and max_log is not None and value < 2 * parallel * max_log:
+            raise ValueError(
+                f"{value} bytes is too small: the logs of {parallel} trial(s) running at "
+                f"once take up to max_log = {max_log} bytes each, and the older logs need as "
+                f"much room again; raise it to at least {2 * parallel * max_log} bytes "
+                "(2 x parallel x max_log), or lower max_log"
+            )
+        return value
 
 
 class KnobConfig(_Model):
