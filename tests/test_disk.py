@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from overnight.lab.disk import TrialLogs
 from overnight.sessions import wait_until
 from overnight.store import Event, Trial, open_store, store_url
 from tests.conftest import OVERNIGHT, make_lab, run_cli
@@ -158,3 +159,29 @@ def test_a_max_logs_too_small_for_the_running_trials_is_refused_with_the_fix(
     assert f"overnight.toml:{line}: lab.max_logs: 150000 bytes is too small" in done.stderr
     assert "raise it to at least 200000 bytes" in done.stderr
     assert not (lab / ".overnight" / "overnight.db").exists()
+
+
+def test_logs_another_process_trimmed_count_as_trimmed(tmp_path: Path) -> None:
+    """`overnight try` trims in its own process: the run's next look must not take the
+    stale sizes it remembers for a reason to trim more (or to empty logs)."""
+    run = tmp_path / "logs" / "20260101-000000"
+    run.mkdir(parents=True)
+    finished = time.time() - 60
+    for n in range(1, 7):
+        log = run / f"trial-{n:05d}.log"
+        log.write_text(f"trial {n}\n" + ("x" * 99 + "\n") * 1000)
+        os.utime(log, (finished, finished))
+    os.utime(run, (finished, finished))
+    sizes = {p.name: p.stat().st_size for p in run.iterdir()}
+    ours, theirs = TrialLogs(run.parent, 700_000), TrialLogs(run.parent, 700_000)
+    assert ours.make_room(0, set()).logs == 0  # it has seen (and remembers) every log
+
+    assert theirs.make_room(200_000, set()).logs == 2  # the oldest two lose their middles
+    after = ours.make_room(150_000, set())
+    assert after.total + 150_000 <= 700_000
+    assert {p.name: p.stat().st_size for p in run.iterdir()} == {
+        **sizes,
+        "trial-00001.log": (run / "trial-00001.log").stat().st_size,
+        "trial-00002.log": (run / "trial-00002.log").stat().st_size,
+    }, "no log beyond the two already trimmed was touched"
+    assert all(TRIMMED in (run / f"trial-0000{n}.log").read_text() for n in (1, 2))

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,36 +32,11 @@ KEEP_TAIL = 16 * 1024
 RUNNER_TAIL = 64 * 1024 + 1024
 """What the budgeted runner may write after a log's capped head: its kept tail and
 its marker lines."""
+SETTLED_NS = 5 * 10**9
+"""A log (or a run's folder of logs) untouched this long is taken to be finished."""
 POLL_S = 1.0
 """How often a trial waiting for free space looks again (a statvfs costs microseconds)."""
 _LOG_NAME = re.compile(r"trial-(\d+)\.log")
-
-
-@dataclass(frozen=True)
-class Log:
-    run: str
-    number: int
-    path: Path
-    size: int
-
-
-def trial_logs(logs_dir: Path) -> list[Log]:
-    """Every trial log under `logs_dir` (`<run>/trial-NNNNN.log`), oldest first: run ids
-    are start times, so their order is the runs' order."""
-    found = []
-    try:
-        runs = [entry for entry in os.scandir(logs_dir) if entry.is_dir(follow_symlinks=False)]
-    except FileNotFoundError:
-        return []
-    for run in runs:
-        for entry in os.scandir(run.path):
-            match = _LOG_NAME.fullmatch(entry.name)
-            if match and entry.is_file(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError):
-                    size = entry.stat(follow_symlinks=False).st_size
-                    found.append(Log(run.name, int(match.group(1)), Path(entry.path), size))
-    found.sort(key=lambda log: (log.run, log.number))
-    return found
 
 
 def log_room(max_log: int, commands: int, parallel: int) -> int:
@@ -79,51 +54,130 @@ class Trimmed:
     """The logs' total size afterwards."""
 
 
-_trimming = threading.Lock()
+class TrialLogs:
+    """A lab's trial logs (`<logs_dir>/<run>/trial-NNNNN.log`), kept under `cap` bytes
+    together. Safe to share between threads; other processes may trim the same logs."""
+
+    def __init__(self, logs_dir: Path, cap: int) -> None:
+        self.logs_dir = logs_dir
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._runs: dict[str, _Folder] = {}
+        """Each run's folder of logs as this process last saw it: a look costs a stat per
+        folder, a directory read for one that changed and a stat per log still being
+        written. A log that has not been written for a while only ever shrinks (when
+        trimmed), so a stale size errs on the side of trimming."""
+
+    def make_room(self, room: int, live: Collection[str]) -> Trimmed:
+        """Trim the oldest logs until all of them take at most `cap - room` bytes, so the
+        `room` that logs being written may still take keeps them under `cap`.
+
+        Logs in `live` (still being written) are never touched. Middles go first; only
+        when every other log is down to its head and tail (a cap too small for this many
+        logs) do the oldest lose the rest, down to one line saying so.
+        """
+        with self._lock:  # parallel trials of one process: one trims, the next finds it done
+            folders = self._look(set(live))
+            total = sum(folder.total for folder in folders.values())
+            excess = total + room - self.cap
+            if excess <= 0:
+                return Trimmed(0, 0, total)
+            # run ids are start times: the oldest run first, then its lowest trial number
+            logs = sorted(
+                ((run, number), path, size)
+                for run, folder in folders.items()
+                for path, (number, size, _done) in folder.logs.items()
+                if path not in live
+            )
+            counted = {path: size for _key, path, size in logs}
+            trimmed = freed = 0
+            for keep in ((KEEP_HEAD, KEEP_TAIL), (0, 0)):
+                for path, size in counted.items():
+                    if freed >= excess:
+                        break
+                    # its size now, which another process's trim may have made smaller
+                    now, left = _trim(path, *keep, self.cap)
+                    freed += size - left
+                    counted[path] = left
+                    trimmed += left < now
+                    self._forget(path)
+            return Trimmed(trimmed, freed, total - freed)
+
+    def _forget(self, path: str) -> None:
+        folder = self._runs.get(os.path.basename(os.path.dirname(path)))
+        if folder is not None:
+            folder.logs.pop(path, None)
+            folder.complete = False
+
+    def _look(self, live: set[str]) -> dict[str, _Folder]:
+        """Every run's folder of logs, by run id, as it is now."""
+        try:
+            runs = [e for e in os.scandir(self.logs_dir) if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            runs = []
+        settled = time.time_ns() - SETTLED_NS
+        writing = {os.path.dirname(path) for path in live}
+        folders = {}
+        for run in runs:
+            mtime = run.stat(follow_symlinks=False).st_mtime_ns
+            folder = self._runs.get(run.name)
+            if folder is None or not (
+                folder.complete and folder.mtime == mtime and run.path not in writing
+            ):
+                folder = self._scan(run.path, live, folder.logs if folder else {})
+                folder.mtime = mtime
+                folder.complete = folder.complete and mtime < settled
+            folders[run.name] = folder
+        self._runs = folders
+        return folders
+
+    @staticmethod
+    def _scan(path: str, live: set[str], old: dict[str, tuple[int, int, bool]]) -> _Folder:
+        settled = time.time_ns() - SETTLED_NS
+        folder = _Folder()
+        for entry in os.scandir(path):
+            match = _LOG_NAME.fullmatch(entry.name)
+            if not match:
+                continue
+            known = old.get(entry.path)
+            if known is None or not known[2] or entry.path in live:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                done = entry.path not in live and st.st_mtime_ns < settled
+                known = (int(match.group(1)), st.st_size, done)
+            folder.logs[entry.path] = known
+            folder.total += known[1]
+            folder.complete = folder.complete and known[2]
+        return folder
 
 
-def make_room(logs_dir: Path, cap: int, room: int, live: Collection[Path]) -> Trimmed:
-    """Trim the oldest of the lab's trial logs until they all take at most `cap - room`
-    bytes, so the `room` that logs being written may still take keeps them under `cap`.
+@dataclass
+class _Folder:
+    """A run's folder of logs as last seen: (trial number, size, finished) per log, and
+    whether all of them were finished and the folder unchanged for a while."""
 
-    Logs in `live` (still being written) are never touched. Middles go first; only when
-    every other log is down to its head and tail (a cap too small for this many logs)
-    do the oldest logs lose the rest, down to one line saying so.
-    """
-    with _trimming:  # parallel trials of one process: one trims, the next finds it done
-        logs = trial_logs(logs_dir)
-        total = sum(log.size for log in logs)
-        excess = total + room - cap
-        if excess <= 0:
-            return Trimmed(0, 0, total)
-        spare = {Path(p) for p in live}
-        older = [log for log in logs if log.path not in spare]
-        trimmed = freed = 0
-        for keep in ((KEEP_HEAD, KEEP_TAIL), (0, 0)):
-            for log in older:
-                if freed >= excess:
-                    break
-                saved = _trim(log.path, *keep, cap)
-                freed += saved
-                trimmed += saved > 0
-        return Trimmed(trimmed, freed, total - freed)
+    logs: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
+    total: int = 0
+    mtime: int = 0
+    complete: bool = True
 
 
-def _trim(path: Path, head_bytes: int, tail_bytes: int, cap: int) -> int:
+def _trim(path: str, head_bytes: int, tail_bytes: int, cap: int) -> tuple[int, int]:
     """Drop the middle of the log at `path`, keeping about `head_bytes` of its beginning
-    and `tail_bytes` of its end; returns the bytes saved (0 if too small to bother)."""
+    and `tail_bytes` of its end (not worth it for a log barely longer). Returns its size
+    before and after."""
     try:
-        fh = path.open("rb")
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size <= head_bytes + tail_bytes + 512:
+                return size, size
+            head = fh.read(head_bytes)
+            fh.seek(size - tail_bytes)
+            tail = fh.read(tail_bytes)
     except FileNotFoundError:
-        return 0
-    with fh:
-        # its size now, not when listed: another process may have trimmed it since
-        size = os.fstat(fh.fileno()).st_size
-        if size <= head_bytes + tail_bytes + 512:
-            return 0
-        head = fh.read(head_bytes)
-        fh.seek(size - tail_bytes)
-        tail = fh.read(tail_bytes)
+        return 0, 0
     if b"\n" in head:  # no line cut in two
         head = head[: head.rindex(b"\n") + 1]
     if b"\n" in tail[:-1]:
@@ -136,7 +190,8 @@ def _trim(path: Path, head_bytes: int, tail_bytes: int, cap: int) -> int:
         f"({cap} bytes); the ledger keeps the trial's last lines]\n"
     ).encode()
     # A new file put in the log's place at once: a reader sees the old log or the new.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".trim", dir=path.parent)
+    folder, name = os.path.split(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".trim", dir=folder)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(head + note + tail)
@@ -145,7 +200,7 @@ def _trim(path: Path, head_bytes: int, tail_bytes: int, cap: int) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return size - len(head) - len(note) - len(tail)
+    return size, len(head) + len(note) + len(tail)
 
 
 class FreeSpace:

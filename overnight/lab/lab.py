@@ -24,7 +24,7 @@ from opentelemetry import trace
 
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
 from overnight.lab import integrity, privacy
-from overnight.lab.disk import FreeSpace, log_room, make_room
+from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
 from overnight.lab.judge import Judge
@@ -107,6 +107,7 @@ class Lab:
         self.deadline: float | None = None
         """When this run stops starting trials (time.monotonic(), the `--for` rule): a trial
         waiting for free disk space gives up then."""
+        self.trial_logs = TrialLogs(self.state_dir / "logs", lab.max_logs)
         self.free_space = FreeSpace(
             self.state_dir, lab.min_free_disk,
             lambda kind, payload: store.append_event(run.id, kind, payload),
@@ -649,12 +650,11 @@ class Lab:
         wait for `min_free_disk`; False if stopped (or out of time) first."""
         lab = self.config.lab
         live = {
-            Path(t.log_path)
-            for t in self.store.trials(self.run.id, statuses=IN_FLIGHT)
-            if t.log_path
+            t.log_path for t in self.store.trials(self.run.id, statuses=IN_FLIGHT) if t.log_path
         }
-        room = log_room(lab.max_log, 2 if lab.evaluate else 1, lab.parallel)
-        make_room(self.state_dir / "logs", lab.max_logs, room, live)
+        self.trial_logs.make_room(
+            log_room(lab.max_log, 2 if lab.evaluate else 1, lab.parallel), live
+        )
         return self.free_space.wait(stop, self.deadline)
 
 
