@@ -4,10 +4,10 @@ Owns `[lab] max_logs`, a cap on all of a lab's trial logs together (every run's:
 they share one disk), and `[lab] min_free_disk`, the free space below which no
 trial starts. Before a trial runs, the oldest logs lose their middles until the
 logs that may still grow fit under the cap: each keeps its head and its tail,
-with a line saying how many bytes went (the ledger keeps every trial's last lines
-anyway). Then, while the filesystem holding the lab's state has less free space
-than the floor, the trial waits; the first wait of each episode and its end are
-recorded as events.
+with a line saying how many bytes went (the ledger's copy of a failed trial's
+last lines is not touched). Then, while the filesystem holding the lab's state
+has less free space than the floor, the trial waits; the first wait of each
+episode and its end are recorded as events.
 
 Knows nothing about trials, git or the store: it is told which logs are still
 being written and is handed a function that records an event.
@@ -187,7 +187,7 @@ def _trim(path: str, head_bytes: int, tail_bytes: int, cap: int) -> tuple[int, i
     note = (
         ("" if not head or head.endswith(b"\n") else "\n")
         + f"[overnight: {dropped} {what} to keep the lab's trial logs under max_logs "
-        f"({cap} bytes); the ledger keeps the trial's last lines]\n"
+        f"({cap} bytes)]\n"
     ).encode()
     # A new file put in the log's place at once: a reader sees the old log or the new.
     folder, name = os.path.split(path)
