@@ -17,7 +17,7 @@ import pytest
 from overnight.lab.disk import TrialLogs
 from overnight.sessions import wait_until
 from overnight.store import Event, Trial, open_store, store_url
-from tests.conftest import OVERNIGHT, make_lab, run_cli
+from tests.conftest import OVERNIGHT, git, make_lab, run_cli
 
 LOUD = """\
 import sys
@@ -97,6 +97,21 @@ def test_no_trial_starts_below_min_free_disk_and_the_run_still_stops_by_its_rule
     assert low[0].payload["min_free_disk"] == 10**18
     assert 0 < int(low[0].payload["free_bytes"]) < 10**18
     assert events[-1].kind == "run.stopped"
+
+    # the floor is about this machine, not the lab: lowered, the same run goes on
+    config = lab / "overnight.toml"
+    config.write_text(config.read_text().replace('"1000PB"', '"1MB"'))
+    git(lab, "commit", "-qam", "a lower floor")
+    done = run_cli("run", str(lab), "--trials", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    first_run = trials[0].run_id
+    trials, events = ledger(lab)
+    assert {t.run_id for t in trials} == {first_run} and "run.resumed" in [e.kind for e in events]
+    assert [(t.agent, t.status.value) for t in trials][:2] == [
+        ("baseline", "interrupted"),
+        ("baseline", "kept"),
+    ]
+    assert len(trials) == 3
 
 
 @pytest.fixture
