@@ -24,6 +24,7 @@ from rich.text import Text
 
 from overnight import __version__
 from overnight.errors import BaselineFailed, UserError
+from overnight.lab.privacy import keep_private
 from overnight.lab.trial import IN_FLIGHT
 from overnight.units import parse_duration
 
@@ -112,6 +113,7 @@ def _run_lab(
     from overnight.lab.lab import Lab
 
     seconds = _duration("--for", for_) if for_ else None
+    keep_private()
     lab = Lab.start(directory, new_run=new)
     for warning in lab.warnings:
         err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
@@ -183,6 +185,7 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
     from overnight.lab.desk import trial_json
     from overnight.lab.lab import Lab
 
+    keep_private()
     lab, agent = Lab.attach(directory)
     if lab.config.gateway is not None:
         # the command center judges the trial (policies, approvals) and records it; this
@@ -256,6 +259,7 @@ def agent(
     """Run one external CLI agent (started by `overnight run` in a terminal session)."""
     from overnight.agents.external import main as run_agent
 
+    keep_private()
     run_agent(worktree)
 
 
@@ -344,6 +348,8 @@ def report(
     from overnight.lab import report as report_mod
     from overnight.lab.ledger import open_view
 
+    if out_file is None:  # into the lab's state; a file the user names is theirs to share
+        keep_private()
     view = open_view(directory)
     try:
         path = report_mod.write(view, out_file.resolve() if out_file else None)
@@ -401,6 +407,7 @@ def gateway(
     from overnight.org import load_org
     from overnight.store import open_store, store_url
 
+    keep_private()
     org = load_org(directory)
     if config_file is not None:
         gw_config = load_gateway_config(config_file.resolve())

@@ -33,6 +33,7 @@ from overnight.lab import integrity
 from overnight.lab.desk import GATEWAY_URL_FILE, KEY_ENV, URL_ENV
 from overnight.lab.git import Git
 from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
+from overnight.lab.privacy import user_umask
 from overnight.lab.sandbox import Walls
 
 FIRST_PROMPT = (
@@ -197,6 +198,7 @@ class ExternalAgent:
             text=True,
             errors="replace",
             start_new_session=True,
+            umask=user_umask(),
         ) as child:
             self._child = child
             try:

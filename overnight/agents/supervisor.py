@@ -162,6 +162,7 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.allowance = Allowance(self.trials, self.seconds)
+        self.lab.deadline = self.allowance.deadline  # a trial waiting for disk space stops then
         self._lock = threading.Lock()
 
     def stop(self) -> None:

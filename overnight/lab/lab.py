@@ -27,7 +27,8 @@ from opentelemetry import trace
 
 from overnight import redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import integrity, sandbox
+from overnight.lab import integrity, privacy, sandbox
+from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
 from overnight.lab.judge import Judge
@@ -63,6 +64,8 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
     data.pop("agents", None)
     data.pop("gateway", None)
     data.pop("governance", None)
+    for key in ("max_logs", "min_free_disk"):  # the machine's disk, not the lab: a run
+        data["lab"].pop(key, None)  # goes on with new values (and from older versions)
     return data
 
 
@@ -105,6 +108,14 @@ class Lab:
         self.requeued: list[Trial] = []
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
+        self.deadline: float | None = None
+        """When this run stops starting trials (time.monotonic(), the `--for` rule): a trial
+        waiting for free disk space gives up then."""
+        self.trial_logs = TrialLogs(self.state_dir / "logs", lab.max_logs)
+        self.free_space = FreeSpace(
+            self.state_dir, lab.min_free_disk,
+            lambda kind, payload: store.append_event(run.id, kind, payload),
+        )  # fmt: skip
         _register_secrets(self.config, self.state_dir)
 
     # -- walls around what we run but do not trust ---------------------------
@@ -180,6 +191,7 @@ class Lab:
         lock = LabLock(root)
         lock.acquire()
         try:
+            privacy.make_private(root / STATE_DIR)  # state an older version left readable
             git.exclude(f"/{STATE_DIR}/")
             warnings = _preflight(org, git) + _sandbox_warnings(org)
             store = open_store(store_url(root))
@@ -622,7 +634,7 @@ class Lab:
         log_path = self.state_dir / "logs" / self.run.id / f"trial-{trial.number:05d}.log"
         timeout = lab.budget + lab.grace
         with self.executor.slot(stop) as slot_env:
-            if slot_env is None:
+            if slot_env is None or not self._disk_room(stop):
                 return _Measured(None, _S.interrupted, "stopped before it ran", "", 0.0)
             self.store.update_trial(
                 trial.id, _S.running, log_path=str(log_path), started_at=time.time()
@@ -673,6 +685,18 @@ class Lab:
                 )
         tampered = integrity.check_protected(root, self.run.protected)
         return _judge(result, step, lab.metric, timeout, stop.is_set(), tampered)
+
+    def _disk_room(self, stop: threading.Event) -> bool:
+        """Room on disk for one more trial: older logs trimmed to fit `max_logs`, then
+        wait for `min_free_disk`; False if stopped (or out of time) first."""
+        lab = self.config.lab
+        live = {
+            t.log_path for t in self.store.trials(self.run.id, statuses=IN_FLIGHT) if t.log_path
+        }
+        self.trial_logs.make_room(
+            log_room(lab.max_log, 2 if lab.evaluate else 1, lab.parallel), live
+        )
+        return self.free_space.wait(stop, self.deadline)
 
 
 def _judge(

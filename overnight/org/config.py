@@ -15,7 +15,7 @@ import re
 from enum import StrEnum
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from overnight.errors import Invalid
 from overnight.gateway.config import GatewayConfig
@@ -67,6 +67,10 @@ class LabConfig(_Model):
     overnight's value on, `NAME=value` sets one."""
     writable: list[str] = []
     """Folders besides the worktree that experiments may write (caches), `~` expanded."""
+    max_logs: Size = Field(default=20 * 10**9, gt=0)
+    """All of the lab's trial logs together; the oldest lose their middles first."""
+    min_free_disk: Size = Field(default=2 * 10**9, ge=0)
+    """No trial starts while the filesystem holding `.overnight/` has less space free."""
 
     @model_validator(mode="after")
     def _editable_not_protected(self) -> Self:
@@ -114,6 +118,20 @@ class LabConfig(_Model):
                 at=("budget",),
             )
         return self
+
+    @field_validator("max_logs")
+    @classmethod
+    def _room_for_running_trials(cls, value: int, info: ValidationInfo) -> int:
+        parallel, max_log = info.data.get("parallel"), info.data.get("max_log")
+        if parallel is not None and max_log is not None and value < 2 * parallel * max_log:
+            raise Invalid(
+                f"{value} bytes is too small: the logs of {parallel} trial(s) running at "
+                f"once take up to max_log = {max_log} bytes each, and the older logs need as "
+                "much room again",
+                fix=f"raise it to at least {2 * parallel * max_log} bytes "
+                "(2 x parallel x max_log), or lower max_log",
+            )
+        return value
 
 
 _ENV_ITEM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=.*)?$", re.DOTALL)

@@ -37,7 +37,12 @@ def store_url(lab_dir: Path) -> str:
 
 def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Diffs, model replies and log tails live here: the owner's alone, whatever the
+        # umask of the command that opens the database first (SQLite gives its -wal,
+        # -shm and -journal files the database's own mode).
+        path = Path(url.removeprefix("sqlite:///").partition("?")[0])
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
     return SqlStore(url)
 
 
