@@ -250,6 +250,12 @@ def status(
         )
     for item in data["running"]:
         out.print(f"  now: trial {item['trial']} ({item['agent']}) {item['status']}")
+    for item in data["interrupted"]:
+        out.print(
+            f"  stopped: trial {item['trial']} ({item['agent']}) was {item['status']} when "
+            f"overnight stopped; {item['why']}",
+            markup=False,
+        )
 
 
 @app.command()

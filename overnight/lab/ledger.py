@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from overnight.errors import ConfigError, UserError
-from overnight.lab.lab import BASELINE, best_trial
-from overnight.lab.lock import holder
+from overnight.lab.lab import BASELINE, MAX_REQUEUES, best_trial, requeues
+from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
 from overnight.lab.trial import AUTORESEARCH_STATUS, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
@@ -217,6 +217,16 @@ def status(view: LabView) -> dict[str, Any]:
     )
     agents = store.agents(run.id)
     pid = holder(view.root)
+    in_flight = [t for t in trials if not t.status.final]
+    # With no process running the lab, what is in flight stopped with it (all but the
+    # trials of an agent's own `overnight try`, which outlives `overnight run` and holds
+    # that agent's lock): the next start marks them interrupted and re-queues them.
+    stopped = (
+        []
+        if pid
+        else [t.number for t in in_flight if not AgentLock(view.root, run.id, t.agent).held()]
+    )
+    again = {t.number for t in requeues(trials, stopped)}
     improvement = None
     if best and baseline and best.metric is not None and baseline.metric:
         improvement = (best.metric - baseline.metric) / abs(baseline.metric) * 100
@@ -270,11 +280,36 @@ def status(view: LabView) -> dict[str, Any]:
         },
         "running": [
             {"trial": t.number, "agent": t.agent, "status": t.status.value, "since": t.started_at}
-            for t in trials
-            if not t.status.final
+            for t in in_flight
+            if t.number not in stopped
+        ],
+        "interrupted": [
+            {
+                "trial": t.number,
+                "agent": t.agent,
+                "status": t.status.value,
+                "since": t.started_at,
+                "requeued": t.number in again,
+                "why": _requeue_why(t, t.number in again),
+            }
+            for t in in_flight
+            if t.number in stopped
         ],
         "config_error": str(view.lab.config_error) if view.lab.config_error else None,
     }
+
+
+def _requeue_why(trial: Trial, requeued: bool) -> str:
+    if requeued:
+        return f"re-queued for {trial.agent} when `overnight run` starts again"
+    if trial.agent == BASELINE:
+        return "not re-queued: the baseline is measured again when `overnight run` starts again"
+    if not trial.proposal:
+        return f"not re-queued: it was still being proposed; {trial.agent} proposes afresh"
+    if trial.proposal.get("via") == "overnight try":
+        return f"not re-queued: {trial.agent} tries its own changes (`overnight try`)"
+    times = "once" if MAX_REQUEUES == 1 else f"{MAX_REQUEUES} times"
+    return f"not re-queued: its proposal was re-queued {times} already"
 
 
 def best_so_far(trials: list[Trial], goal: Any) -> list[tuple[int, float]]:
