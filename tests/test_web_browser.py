@@ -59,7 +59,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebLab]:
 CSP_WATCH = """
 window.__csp = [];
 document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(
-    `${e.effectiveDirective} refused ${e.blockedURI || "inline"} (${e.sourceFile}:${e.lineNumber})`));
+    `${e.effectiveDirective} refused ${e.blockedURI || "inline"}`
+    + ` (${e.sourceFile}:${e.lineNumber})`));
 """
 
 
@@ -237,13 +238,13 @@ def test_a_mirrored_screen_shows_its_exact_colours(page: Page, lab: WebLab) -> N
 def test_pause_and_resume_from_the_tile(page: Page, lab: WebLab) -> None:
     open_grid(page, lab)
     page.click("#head-tuner-1 button:text('pause')")
-    page.wait_for_function("() => document.getElementById('tile-tuner-1').dataset.state === 'paused'",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_function("() => document.getElementById('tile-tuner-1')"
+                           ".dataset.state === 'paused'", timeout=30_000)  # fmt: skip
     assert lab.state("tuner-1") == "paused"
     shot(page, "paused-tile")
     page.click("#head-tuner-1 button:text('resume')")
-    page.wait_for_function("() => document.getElementById('tile-tuner-1').dataset.state === 'working'",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_function("() => document.getElementById('tile-tuner-1')"
+                           ".dataset.state === 'working'", timeout=30_000)  # fmt: skip
     assert no_reload(page)
 
 
@@ -251,8 +252,8 @@ def test_a_refused_action_shows_why(page: Page, lab: WebLab) -> None:
     open_grid(page, lab)
     # a second tab resumed the agent already: this page's "resume" is stale
     page.click("#head-tuner-2 button:text('pause')")
-    page.wait_for_function("() => document.getElementById('tile-tuner-2').dataset.state === 'paused'",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_function("() => document.getElementById('tile-tuner-2')"
+                           ".dataset.state === 'paused'", timeout=30_000)  # fmt: skip
     with lab.client() as client:
         r = client.post("/agents/tuner-2/resume", headers={"x-csrf-token": lab.csrf(client)})
         assert r.status_code == 204
