@@ -272,7 +272,7 @@ def status(
     from overnight.lab.ledger import open_view
     from overnight.lab.ledger import status as lab_status
 
-    view = open_view(directory)
+    view = _open_view(open_view, directory)
     try:
         data = lab_status(view)
     finally:
@@ -309,6 +309,12 @@ def status(
         )
     for item in data["running"]:
         out.print(f"  now: trial {item['trial']} ({item['agent']}) {item['status']}")
+    for item in data["interrupted"]:
+        out.print(
+            f"  stopped: trial {item['trial']} ({item['agent']}) was {item['status']} when "
+            f"overnight stopped; {item['why']}",
+            markup=False,
+        )
 
 
 @app.command()
@@ -321,7 +327,7 @@ def ledger(
     """Every finished trial of the latest run."""
     from overnight.lab import ledger as ledger_mod
 
-    view = ledger_mod.open_view(directory)
+    view = _open_view(ledger_mod.open_view, directory)
     try:
         text = ledger_mod.tsv(view)
     finally:
@@ -350,7 +356,7 @@ def report(
 
     if out_file is None:  # into the lab's state; a file the user names is theirs to share
         keep_private()
-    view = open_view(directory)
+    view = _open_view(open_view, directory)
     try:
         path = report_mod.write(view, out_file.resolve() if out_file else None)
     finally:
@@ -582,12 +588,27 @@ audit_app = typer.Typer(
 app.add_typer(audit_app, name="audit")
 
 
-def _lab_store(directory: Path) -> tuple[Any, Any]:
-    from overnight.org import load_org
-    from overnight.store import open_store, store_url
+def _lab_store(directory: Path) -> Any:
+    """The lab's store (an overnight.lab.ledger.LabStore); with a config that does not load,
+    read anyway, after a warning saying why."""
+    from overnight.lab.ledger import open_lab_store
 
-    org = load_org(directory)
-    return org, open_store(store_url(org.root))
+    lab = open_lab_store(directory)
+    _warn_config(lab.warning)
+    return lab
+
+
+def _open_view(open_view: Any, directory: Path) -> Any:
+    """A view of the latest run; with a config that does not load, read anyway, after a
+    warning saying why."""
+    view = open_view(directory)
+    _warn_config(view.lab.warning)
+    return view
+
+
+def _warn_config(warning: str | None) -> None:
+    if warning:
+        err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
 
 
 @audit_app.command("verify")
@@ -596,11 +617,11 @@ def audit_verify(directory: Dir = Path(".")) -> None:
     1 naming the first bad record (edited, deleted, inserted, reordered, truncated)."""
     from overnight.governance.audit import load_key, verify
 
-    org, store = _lab_store(directory)
+    lab = _lab_store(directory)
     try:
-        verdict = verify(store, org.config.lab.name, load_key())
+        verdict = verify(lab.store, lab.name, load_key())
     finally:
-        store.close()
+        lab.close()
     if not verdict.ok:
         err.print(Text("error: ", style="red") + Text(verdict.summary()), soft_wrap=True)
         raise typer.Exit(1)
@@ -625,14 +646,14 @@ def audit_export(
 
     if not jsonl:
         raise UserError("say the format.\n  fix: `overnight audit export DIR --jsonl`.")
-    org, store = _lab_store(directory)
+    lab = _lab_store(directory)
     try:
-        export_jsonl(store, org.config.lab.name, sys.stdout.write)
+        export_jsonl(lab.store, lab.name, sys.stdout.write)
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        store.close()
+        lab.close()
 
 
 @app.command("approvals")
@@ -640,11 +661,11 @@ def approvals_(directory: Dir = Path(".")) -> None:
     """The approvals inbox: actions agents are waiting on, with the ids to answer."""
     from overnight.governance.approvals import Approvals
 
-    org, store = _lab_store(directory)
+    lab = _lab_store(directory)
     try:
-        pending = Approvals(store, org.config.lab.name).pending()
+        pending = Approvals(lab.store, lab.name).pending()
     finally:
-        store.close()
+        lab.close()
     if not pending:
         out.print("no pending approvals")
         return
@@ -695,13 +716,13 @@ def _answer(approval_id: str, approve: bool, note: str | None, directory: Path) 
             "  fix: answer from your own terminal, outside the lab's worktrees, "
             "or in the command center."
         )
-    org, store = _lab_store(directory)
+    lab = _lab_store(directory)
     try:
-        auditor = Auditor(store, org.config.lab.name, lab_root=org.root)
-        inbox = Approvals(store, org.config.lab.name, auditor=auditor)
+        auditor = Auditor(lab.store, lab.name, lab_root=lab.root)
+        inbox = Approvals(lab.store, lab.name, auditor=auditor)
         a = inbox.answer(approval_id, approve, note, by=f"{getpass.getuser()} (cli)")
     finally:
-        store.close()
+        lab.close()
     color = "green" if a.status == "approved" else "red"
     out.print(f"approval {a.id} [{color}]{a.status}[/]: {escape(a.agent)} is told so.")
 

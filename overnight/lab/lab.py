@@ -18,7 +18,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,10 @@ RUN_MARKER = "OVERNIGHT_RUN_ID"
 SESSION_MARKER = "OVERNIGHT_SESSION"
 """Set in an external agent's terminal session: its processes outlive `overnight run`."""
 BASELINE = "baseline"
-MAX_REQUEUES = 2
+MAX_REQUEUES = 1
+"""How many times an interrupted proposal is tried again. Once: one that was in flight
+at two stops in a row is more likely their cause (an experiment that takes the machine
+down) than their victim."""
 _S = TrialStatus
 _SHELL_WORDS = {
     "cd", "source", ".", "export", "exec", "env", "time", "nice", "nohup", "set",
@@ -67,6 +70,34 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
     for key in ("max_logs", "min_free_disk"):  # the machine's disk, not the lab: a run
         data["lab"].pop(key, None)  # goes on with new values (and from older versions)
     return data
+
+
+def requeues(trials: Sequence[Trial], stopping: Collection[int] = ()) -> list[Trial]:
+    """The trials whose proposals the next start tries again, by their own agents: each
+    interrupted one (and each numbered in `stopping`: in flight, as that start will find
+    them) with a proposal, not tried again already, and re-queued fewer than
+    MAX_REQUEUES times before."""
+    retried = {t.requeued_from for t in trials if t.requeued_from is not None}
+    by_number = {t.number: t for t in trials}
+    out = []
+    for trial in trials:
+        if trial.status is not _S.interrupted and trial.number not in stopping:
+            continue
+        if trial.number in retried:
+            continue
+        if trial.agent == BASELINE:
+            continue  # the baseline is re-run by ensure_baseline
+        if not trial.proposal:
+            continue  # stopped while its change was being thought up: nothing to retry
+        if trial.proposal.get("via") == "overnight try":
+            continue  # an agent in a terminal: its own session decides what it tries next
+        depth, cursor = 0, trial
+        while cursor.requeued_from is not None and cursor.requeued_from in by_number:
+            depth += 1
+            cursor = by_number[cursor.requeued_from]
+        if depth < MAX_REQUEUES:
+            out.append(trial)
+    return out
 
 
 @dataclass(frozen=True)
@@ -311,24 +342,7 @@ class Lab:
         )
 
     def _to_requeue(self) -> list[Trial]:
-        trials = self.store.trials(self.run.id)
-        retried = {t.requeued_from for t in trials if t.requeued_from is not None}
-        by_number = {t.number: t for t in trials}
-        out = []
-        for trial in trials:
-            if trial.status is not _S.interrupted or trial.number in retried:
-                continue
-            if trial.agent == BASELINE:
-                continue  # the baseline is re-run by ensure_baseline
-            if not trial.proposal:
-                continue  # stopped while its change was being thought up: nothing to retry
-            depth, cursor = 0, trial
-            while cursor.requeued_from is not None and cursor.requeued_from in by_number:
-                depth += 1
-                cursor = by_number[cursor.requeued_from]
-            if depth < MAX_REQUEUES:
-                out.append(trial)
-        return out
+        return requeues(self.store.trials(self.run.id))
 
     def stopped(self) -> None:
         """Record that this run stopped (once; only the process that started it does).

@@ -35,6 +35,13 @@ def store_url(lab_dir: Path) -> str:
     return f"sqlite:///{(lab_dir / '.overnight' / 'overnight.db').resolve()}"
 
 
+def store_exists(url: str) -> bool:
+    """Whether the store at `url` was ever created (a database server's always counts)."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).is_file()
+    return True
+
+
 def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         # Diffs, model replies and log tails live here: the owner's alone, whatever the
@@ -62,5 +69,6 @@ __all__ = [
     "UsageRow",
     "open_store",
     "sqlalchemy_url",
+    "store_exists",
     "store_url",
 ]

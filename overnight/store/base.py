@@ -240,6 +240,10 @@ class Store(abc.ABC):
     def latest_run(self, lab: str) -> Run | None: ...
 
     @abc.abstractmethod
+    def labs(self) -> list[str]:
+        """The name of every lab with a run here, sorted."""
+
+    @abc.abstractmethod
     def put_agent(self, agent: AgentRecord) -> None:
         """Insert the agent, or leave an existing one (and its ratchet) untouched."""
 
