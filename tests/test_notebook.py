@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from typing import Any
 
 import pytest
 
+from overnight.lab.trial import TrialStatus
 from overnight.sessions import wait_until
-from overnight.store import Trial, open_store, store_url
+from overnight.store import Store, Trial, open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from overnight.testing.replies import Usage
 from tests.conftest import make_lab, run_cli
@@ -34,7 +36,7 @@ from tests.test_external_agents import (
 )
 from tests.test_gateway_clis import codex_cli
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
 KNOBS = """
 [[knobs]]
@@ -79,6 +81,7 @@ def tool_results(messages: list[dict[str, Any]]) -> list[str]:
     return found
 
 
+@needs_tmux
 def test_a_claude_code_agent_reads_the_notebook_and_hears_of_another_agents_discarded_trials(
     tmp_path: Path,
 ) -> None:
@@ -138,12 +141,75 @@ def test_a_claude_code_agent_reads_the_notebook_and_hears_of_another_agents_disc
     done = [t for t in trials(lab) if t.agent == "t" and t.status == "discarded"]
     assert done and f"#{done[-1].number} t discarded score=" in person.stdout
     assert done[-1].description in person.stdout
+    # and from the agent's worktree, with no command center to ask: its store, its run
+    (worktree,) = (lab / ".overnight" / "worktrees").glob("*/claude")
+    there = run_cli("notes", str(worktree))
+    assert there.returncode == 0, there.stderr
+    assert there.stdout == person.stdout
+
+
+def finish(store: Store, trial: Trial, status: TrialStatus, at: float, **fields: Any) -> None:
+    """Walk a trial through the state machine to `status`, finishing at `at`."""
+    steps = {TrialStatus.crashed: [TrialStatus.applied, TrialStatus.checked, TrialStatus.running]}
+    path = steps.get(
+        status,
+        [TrialStatus.applied, TrialStatus.checked, TrialStatus.running, TrialStatus.measured],
+    )
+    for step in path:
+        extra: dict[str, Any] = {}
+        if step is TrialStatus.applied:
+            extra["candidate_commit"] = "1" * 40
+        if step is TrialStatus.measured:
+            extra["metric"] = fields["metric"]
+        store.update_trial(trial.id, step, **extra)
+    store.update_trial(
+        trial.id, status, finished_at=at, **{k: v for k, v in fields.items() if k != "metric"}
+    )
+
+
+def test_overnight_notes_shows_kept_trials_first_then_the_newest_within_its_cap(
+    tmp_path: Path,
+) -> None:
+    lab = make_lab(tmp_path / "lab")
+    store = open_store(store_url(lab))
+    try:
+        store.create_run("r1", "toy", "0" * 40, {}, {})
+        base = store.add_trial("r1", "baseline", "0" * 40, "baseline", {})
+        finish(store, base, TrialStatus.kept, 1.0, metric=22.25)
+        good = store.add_trial("r1", "t-1", "0" * 40, "X to 3", {})
+        finish(store, good, TrialStatus.kept, 2.0, metric=16.0)
+        for n in range(150):
+            t = store.add_trial("r1", "t-2", "0" * 40, f"idea {n}: " + "words " * 25, {})
+            finish(store, t, TrialStatus.discarded, 3.0 + n, metric=30.0, reason="not better")
+        broke = store.add_trial("r1", "t-1", "0" * 40, "divide by zero", {})
+        finish(store, broke, TrialStatus.crashed, 500.0, reason="run exited with code 1\nTraceback")
+        store.add_trial("r1", "t-2", "0" * 40, "trying Z", {})
+    finally:
+        store.close()
+    result = run_cli("notes", str(lab))
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout
+    assert "trials: 152 by 2 agents (150 discarded, 1 kept, 1 crashed)" in notes
+    assert "baseline (the unchanged code): score=22.25" in notes
+    assert "best so far: score=16 (-28.1% vs baseline) by t-1 in #2: X to 3" in notes
+    kept = "#2 t-1 kept score=16 (NEW BEST, -6.25 vs the best then, -28.1% vs baseline): X to 3"
+    newest = f"#{broke.number} t-1 crashed: divide by zero [run exited with code 1]"
+    first_idea = "#152 t-2 discarded score=30 (+14 vs the best then, +34.8% vs baseline): idea 149"
+    order = [notes.index(s) for s in (kept, "#154 t-2: trying Z", newest, first_idea)]
+    assert order == sorted(order)  # what works, what runs, then the newest first
+    assert "Traceback" not in notes
+    # the cap: the older trials are counted, not shown
+    shown = len(re.findall(r"^#\d+ t-2 discarded", notes, re.M))
+    assert 10 < shown < 150 and len(notes) < 12_500
+    assert f"... {150 - shown} older trials not shown ({150 - shown} discarded)" in notes
+    assert "idea 0:" not in notes
 
 
 def refreshed(lab: Path) -> list[dict[str, Any]]:
     return [dict(e.payload) for e in events(lab, "agent.refreshed")]
 
 
+@needs_tmux
 def test_after_fresh_every_trials_a_new_conversation_opens_with_the_brief(
     tmp_path: Path,
 ) -> None:
@@ -197,6 +263,7 @@ def test_after_fresh_every_trials_a_new_conversation_opens_with_the_brief(
     assert "overnight notes" in system
 
 
+@needs_tmux
 def test_a_conversation_whose_context_is_nearly_full_is_refreshed(tmp_path: Path) -> None:
     """Claude Code reports each request's prompt size and the model's window: a turn that
     ends past 80% of the window ends the conversation."""
@@ -227,6 +294,7 @@ def test_a_conversation_whose_context_is_nearly_full_is_refreshed(tmp_path: Path
     assert "a lot of reading" not in text(last["messages"])
 
 
+@needs_tmux
 def test_codex_reports_a_nearly_full_context_in_its_session_file(tmp_path: Path) -> None:
     """`codex exec --json` sums a turn's usage; its session file says what the latest
     request filled of the model's window, and that ends the conversation."""
