@@ -55,12 +55,12 @@ REFRESHED = (
     "This is a fresh conversation: overnight ended your previous one ({why}) so that your "
     "context stays clear. What you need is here: the lab's rules and program in your "
     "instructions, and below the lab notebook (every agent's trials so far) and your best "
-    "change. Your worktree is at your best commit."
+    "change. Your worktree is at your best commit (`git status` shows any change you had "
+    "not submitted yet)."
 )
 GO_ON = (
     "Go on: choose your next experiment (not one the notebook shows was discarded or "
-    'crashed), make the change and submit it with `overnight try "<what you changed>"`. '
-    "Then keep going."
+    "crashed), make the change and submit it as your instructions say. Then keep going."
 )
 CONTEXT_FULL = 0.8
 """The share of the model's context window past which a conversation ends after its turn

@@ -9,9 +9,9 @@ reads it with `overnight notes`.
 Each finished trial is one line: its number, agent, outcome, metric, the delta
 against the lab's best at the moment it finished and against the baseline, its
 description and, when it was not kept, why. The kept trials come first (they say
-what works), then what is being tried right now, then everything else newest
-first, down to a cap in lines and characters; what did not fit is counted ("...
-40 older trials not shown: 35 discarded, 5 crashed").
+what works; at most half the lines), then what is being tried right now, then
+everything else newest first, down to a cap in lines and characters; what did
+not fit is counted ("... 40 older trials not shown (35 discarded, 5 crashed)").
 
 Pure: reads `Trial` records. Knows nothing about the store's tables, git, or
 who is reading.
@@ -129,23 +129,28 @@ def render(
         ("kept (newest first):", [(line(e, metric, baseline, reader), "kept") for e in kept]),
         (
             "being tried right now (do not duplicate):",
-            [(f"#{t.number} {_who(t.agent, reader)}: {_description(t)}", "in flight")
-             for t in running],
+            [
+                (f"#{t.number} {_who(t.agent, reader)}: {_description(t)}", "in flight")
+                for t in running
+            ],
         ),
         (
             "discarded, crashed and the rest (newest first):",
             [(line(e, metric, baseline, reader), e.trial.status.value) for e in rest],
         ),
-    ]  # fmt: skip
+    ]
     out = list(head)
     size = sum(len(s) + 1 for s in out)
     shown = 0
+    full = False  # once a line does not fit, none after it is shown: no gaps in the story
     left_out: Counter[str] = Counter()
-    for title, lines in sections:
+    # kept trials take at most half the lines, so the latest failures stay in view
+    for (title, lines), limit in zip(sections, (max_lines // 2, max_lines, max_lines), strict=True):
         opened = False
-        for text, status in lines:
+        for taken, (text, status) in enumerate(lines):
             cost = len(text) + 1 + (0 if opened else len(title) + 2)
-            if shown >= max_lines or size + cost > max_chars:
+            full = full or shown >= max_lines or size + cost > max_chars
+            if full or taken >= limit:
                 left_out[status] += 1
                 continue
             if not opened:
