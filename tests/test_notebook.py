@@ -27,8 +27,10 @@ from overnight.testing import FakeProvider, Reply, ToolCall
 from overnight.testing.replies import Usage
 from tests.conftest import make_lab, run_cli
 from tests.test_external_agents import (
+    AIDER_EDIT,
     CODEX_CONFIG,
     SCRIPT,
+    aider_cli,
     claude_lab,
     events,
     running,
@@ -316,3 +318,29 @@ def test_codex_reports_a_nearly_full_context_in_its_session_file(tmp_path: Path)
     assert refresh["old"] and refresh["new"] and refresh["old"] != refresh["new"]
     last = fake.requests[-1]["body"]["messages"]
     assert "This is a fresh conversation" in text(last) and "a lot of reading" not in text(last)
+
+
+@needs_tmux
+def test_a_refreshed_aider_agent_starts_a_new_chat_history(tmp_path: Path) -> None:
+    """aider's conversation is its chat history file: a fresh one starts empty, with the
+    instructions and the brief."""
+    config = CODEX_CONFIG.replace(
+        'name = "codex"\nruntime = "codex"\nmodel = "gpt-5.5"\n',
+        'name = "aider"\nruntime = "aider"\nmodel = "gpt-5.5"\nfresh_every = 1\n',
+    )
+    with FakeProvider("openai", script=[Reply(text=AIDER_EDIT)]) as fake:
+        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
+        home = tmp_path / "home"
+        cache = home / ".aider" / "caches"  # aider fetches LiteLLM's prices unless cached
+        cache.mkdir(parents=True)
+        (cache / "model_prices_and_context_window.json").write_text('{"none": {}}')
+        env = {**os.environ, "HOME": str(home), "OVERNIGHT_AIDER": str(aider_cli())}
+        with running(lab, env):
+            wait_until(lambda: refreshed(lab) != [] and states(lab)[-1] == "idle", timeout=120)
+    (refresh,) = refreshed(lab)
+    assert refresh["reason"] == "every 1 trials" and refresh["old"] != refresh["new"]
+    chats = [r["body"]["messages"] for r in fake.requests if r["path"] == "/v1/chat/completions"]
+    new = text(chats[-1])
+    assert "This is a fresh conversation" in new and "You are aider, a research agent" in new
+    assert "+X = 3" in new  # the best diff
+    assert "X = 0.5\\n=======\\nX = 3" not in new  # the old reply's edit is not in it
