@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from overnight.lab.ratchet import better
 from overnight.lab.trial import BASELINE, TrialStatus
@@ -125,33 +126,35 @@ def render(
     ]
     kept = [e for e in reversed(tried) if e.trial.status is _S.kept]
     rest = [e for e in reversed(tried) if e.trial.status is not _S.kept]
-    sections: list[tuple[str, list[tuple[str, str]]]] = [
-        ("kept (newest first):", [(line(e, metric, baseline, reader), "kept") for e in kept]),
-        (
-            "being tried right now (do not duplicate):",
-            [
-                (f"#{t.number} {_who(t.agent, reader)}: {_description(t)}", "in flight")
-                for t in running
-            ],
-        ),
-        (
-            "discarded, crashed and the rest (newest first):",
-            [(line(e, metric, baseline, reader), e.trial.status.value) for e in rest],
-        ),
+
+    def in_flight(t: Trial) -> str:
+        return f"#{t.number} {_who(t.agent, reader)}: {_description(t)}"
+
+    def finished(e: Entry) -> str:
+        return line(e, metric, baseline, reader)
+
+    # (title, the trials, how each reads, most lines): kept trials take at most half the
+    # lines, so the latest failures stay in view. Lines are written only when shown: a
+    # night's run has thousands of trials and the notebook is read every turn.
+    sections: list[tuple[str, Sequence[Any], Callable[[Any], str], int]] = [
+        ("kept (newest first):", kept, finished, max_lines // 2),
+        ("being tried right now (do not duplicate):", running, in_flight, max_lines),
+        ("discarded, crashed and the rest (newest first):", rest, finished, max_lines),
     ]
     out = list(head)
     size = sum(len(s) + 1 for s in out)
     shown = 0
     full = False  # once a line does not fit, none after it is shown: no gaps in the story
     left_out: Counter[str] = Counter()
-    # kept trials take at most half the lines, so the latest failures stay in view
-    for (title, lines), limit in zip(sections, (max_lines // 2, max_lines, max_lines), strict=True):
+    for title, items, write, limit in sections:
         opened = False
-        for taken, (text, status) in enumerate(lines):
-            cost = len(text) + 1 + (0 if opened else len(title) + 2)
-            full = full or shown >= max_lines or size + cost > max_chars
-            if full or taken >= limit:
-                left_out[status] += 1
+        for taken, item in enumerate(items):
+            text = None if full or taken >= limit else write(item)
+            cost = 0 if text is None else len(text) + 1 + (0 if opened else len(title) + 2)
+            if text is not None and (shown >= max_lines or size + cost > max_chars):
+                full, text = True, None
+            if text is None:
+                left_out[item.trial.status.value if isinstance(item, Entry) else "in flight"] += 1
                 continue
             if not opened:
                 out += ["", title]
