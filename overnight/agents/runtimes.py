@@ -3,12 +3,12 @@
 A *turn* is one run of the CLI in the agent's worktree: the first turn of a
 conversation gives it the lab's instructions, every later turn resumes the same
 conversation with a short message (a nudge to go on, or "continue" after a
-restart). Each CLI also says how full its conversation's context is (Claude
-Code in its output, Codex in its session file), so a conversation can end
-before it rots. Each CLI is run
-in its non-interactive JSON mode, so the agent process knows exactly when a turn
-starts and ends, which tools it calls, its conversation id and its errors, with
-no screen scraping. The CLI talks to the lab's gateway with the agent's virtual key.
+restart). Each CLI is run in its non-interactive JSON mode, so the agent process
+knows exactly when a turn starts and ends, which tools it calls, its conversation
+id and its errors, with no screen scraping; Claude Code and Codex also say how
+full the conversation's context is (Claude Code in its output, Codex in its
+session file), so a conversation can end before it rots. The CLI talks to the
+lab's gateway with the agent's virtual key.
 
 Owns the command lines, environments and the parsing of each CLI's JSON events.
 Knows nothing about the store, trials or sessions.
@@ -430,6 +430,7 @@ class Aider:
         full = prompt if session else f"{ctx.instructions}\n\n{prompt}"
         # A conversation is a chat history file: a new one starts with an empty file.
         session = session or f"aider-{uuid.uuid4().hex[:12]}"
+        # (the one file of a run begun before conversations had a file each)
         chat = "chat.md" if session == "aider-chat-history" else f"{session}.md"
         argv = [
             exe, "--yes-always", "--no-git", "--no-gitignore",
