@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from overnight.lab.trial import TrialStatus
@@ -120,6 +121,12 @@ def test_a_claude_code_agent_reads_the_notebook_and_hears_of_another_agents_disc
 
         with running(lab, env):
             wait_until(heard_of_a_discard, timeout=120)
+            # the command center gives the notebook to an agent's key, and to nobody else
+            url = (lab / ".overnight" / "gateway.url").read_text().strip() + "/overnight/v1/notes"
+            key = (lab / ".overnight" / "keys" / "claude").read_text().strip()
+            assert httpx.get(url, headers={"authorization": "Bearer nope"}).status_code == 401
+            answer = httpx.get(url, headers={"authorization": f"Bearer {key}"})
+            assert answer.status_code == 200 and "metric: score" in answer.json()["notes"]
 
     # `overnight notes` in the agent's sandbox printed the notebook, its own trials marked
     notes = [r for r in fake.requests if tool_results(r["body"]["messages"])]
