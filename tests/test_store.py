@@ -129,6 +129,20 @@ def test_filters_and_event_paging(store: SqlStore) -> None:
     assert len(first + rest) == len(store.events("r1"))
 
 
+def test_the_last_event_of_some_kinds(store: SqlStore) -> None:
+    _run(store)
+    first = store.append_event("r1", "agent.adopted", {"n": 1}, agent="a1")
+    store.append_event("r1", "agent.adopted", {"n": 2}, agent="a2")
+    store.append_event("r1", "run.stopped", {"rule": "target"})
+    store.append_event("r1", "trial.kept", {}, agent="a1")
+    assert store.last_event("r1", ["run.stopped", "run.resumed"]).payload == {"rule": "target"}
+    assert store.last_event("r1", ["agent.adopted"]).payload == {"n": 2}
+    assert store.last_event("r1", ["agent.adopted"], agent="a1").payload == {"n": 1}
+    assert store.last_event("r1", ["agent.adopted"], agent="a1", after=first.id) is None
+    assert store.last_event("r1", []) is None
+    assert store.last_event("r2", ["run.stopped"]) is None
+
+
 def test_put_agent_never_resets_a_ratchet(store: SqlStore) -> None:
     _run(store)
     store.set_agent_best("r1", "a1", "c9", 0.1, 9)

@@ -9,6 +9,11 @@ is stored, so a restarted process resumes the conversation instead of starting
 over. The gateway's address is read from the lab's state directory before every
 turn, so an agent that outlived a restart of `overnight run` follows the new one.
 
+Between turns, with no work of its own in its worktree, an agent that trailed the
+lab's best long enough moves there (`overnight.lab.sharing`; the command center does
+the same at its `overnight try`), and the next turn's message says so, whichever
+process moved it.
+
 Knows nothing about the supervisor or the web page; it is what runs in the terminal.
 """
 
@@ -35,6 +40,7 @@ from overnight.lab.git import Git
 from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
 from overnight.lab.privacy import user_umask
 from overnight.lab.sandbox import Walls
+from overnight.lab.sharing import Sharing
 
 FIRST_PROMPT = (
     "Start now: read the editable files, choose your first experiment, make the change and "
@@ -73,6 +79,11 @@ class ExternalAgent:
         self._child: subprocess.Popen[str] | None = None
         self.turns = 0
         self.description: str | None = None
+        self.sharing = Sharing(lab)
+        told = self.sharing.latest(name)
+        self.told = told.event if told is not None and lab.agent(name).session is None else 0
+        """The last adoption the agent was told of (a resumed conversation hears the latest
+        again: it may have missed it)."""
 
     def _state(self, state: str, **detail: object) -> None:
         self.lab.store.set_agent_state(self.lab.run.id, self.name, state, **detail)
@@ -122,6 +133,7 @@ class ExternalAgent:
                 prompt = RESUME_PROMPT
             if self.stop.is_set():
                 break
+            prompt = self._share(prompt)
             ok, retry_at = self._turn(prompt, session)
             session = self.lab.agent(self.name).session
             if self.stop.is_set():
@@ -157,6 +169,21 @@ class ExternalAgent:
             )
             self.write(f"[overnight] idle for {self.config.idle_after:g}s: nudging")
             prompt = self.config.nudge
+
+    def _share(self, prompt: str) -> str:
+        """Before a turn: move to the lab's best if the agent is due and has nothing of its
+        own in its worktree (no change, no commit of its own); `prompt`, with news of its
+        latest move, if it has not heard of it."""
+        record = self.lab.agent(self.name)
+        worktree = Git(Path(record.worktree))
+        if self.sharing.enabled and not worktree.dirty() and worktree.head() == record.best_commit:
+            self.sharing.consider(self.name)
+        adoption = self.sharing.latest(self.name, after=self.told)
+        if adoption is None:
+            return prompt
+        self.told = adoption.event
+        self.write(f"[overnight] moved to trial {adoption.to_trial}, the lab's best")
+        return f"{adoption.message(self.lab.config.lab.metric)}\n\n{prompt}"
 
     def _wait_while_paused(self) -> bool:
         """Hold while the supervisor's pause file exists (a brownout); True if it did."""

@@ -313,6 +313,12 @@ class Store(abc.ABC):
         """Events with id > `after`, oldest first."""
 
     @abc.abstractmethod
+    def last_event(
+        self, run_id: str, kinds: Iterable[str], *, agent: str | None = None, after: int = 0
+    ) -> Event | None:
+        """The newest event of one of `kinds` (of `agent`, when given) with id > `after`."""
+
+    @abc.abstractmethod
     def lab_events(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         """Events of every run of `lab` with id > `after`, oldest first."""
 

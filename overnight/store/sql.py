@@ -454,6 +454,24 @@ class SqlStore(Store):
             ).all()
         return [_event(r) for r in rows]
 
+    def last_event(
+        self, run_id: str, kinds: Iterable[str], *, agent: str | None = None, after: int = 0
+    ) -> Event | None:
+        params: dict[str, Any] = {"r": run_id, "after": after}
+        keys = []
+        for i, kind in enumerate(kinds):
+            params[f"k{i}"] = kind
+            keys.append(f":k{i}")
+        if not keys:
+            return None
+        sql = f"SELECT * FROM ov_events WHERE run_id = :r AND id > :after AND kind IN ({', '.join(keys)})"
+        if agent is not None:
+            sql += " AND agent = :a"
+            params["a"] = agent
+        with self.engine.begin() as conn:
+            row = conn.execute(text(sql + " ORDER BY id DESC LIMIT 1"), params).first()
+        return None if row is None else _event(row)
+
     def lab_events(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         with self.engine.begin() as conn:
             rows = conn.execute(
