@@ -152,7 +152,7 @@ class Sharing:
             return None
         own = lab.store.trials(lab.run.id, agent=agent)
         kept = lab.store.trials(lab.run.id, statuses=[_S.kept])
-        count = trailing(own, kept, goal, floor)
+        count = trailing(own, kept, goal, floor, record.best_commit)
         if count < lab.config.lab.patience:
             return None
         return Adoption(
@@ -181,15 +181,18 @@ class Sharing:
         return replace(adoption, event=event.id)
 
 
-def trailing(own: Sequence[Trial], kept: Sequence[Trial], goal: Goal, floor: float) -> int:
+def trailing(
+    own: Sequence[Trial], kept: Sequence[Trial], goal: Goal, floor: float, current: str
+) -> int:
     """How many of an agent's latest trials in a row ended with its best behind the lab's
-    best of that moment by more than `floor`.
+    best of that moment by more than `floor`; `current` is its best commit now.
 
     Read from the ledger alone: a trial's parent is the agent's best when it began, so
     its best after it is the trial's commit if kept, its parent otherwise; the lab's best
     of the moment is the best kept trial that had finished by then. The count stops at
-    the agent's last move to the lab's best (a trial whose parent is not where the one
-    before it left the agent), and interrupted trials, which tried nothing, are passed over.
+    the agent's last move to the lab's best (a trial that did not leave the agent where
+    the next trial, or now, finds it), and interrupted trials, which tried nothing, are
+    passed over.
     """
     metric_of = {t.candidate_commit: t.metric for t in kept if t.metric is not None}
     # the lab's best after each keep, in the order they finished
@@ -201,10 +204,10 @@ def trailing(own: Sequence[Trial], kept: Sequence[Trial], goal: Goal, floor: flo
             times.append(t.finished_at or 0.0)
             bests.append(best)
     count = 0
-    parent_after: str | None = None  # the parent of the (later) trial looked at before
+    parent_after = current  # where the agent stood after each trial looked at
     for trial in reversed([t for t in own if t.status.final and t.status is not _S.interrupted]):
         after = trial.candidate_commit if trial.status is _S.kept else trial.parent_commit
-        if after is None or (parent_after is not None and after != parent_after):
+        if after is None or after != parent_after:
             break
         mine = metric_of.get(after)
         then = bisect.bisect_right(times, trial.finished_at or 0.0)
