@@ -8,10 +8,19 @@ its output and exit code, `overnight status` (and `--json`), and the recorded ev
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
+import httpx
+import pytest
+
+from overnight.org import load_org
 from overnight.store import Event, open_store, store_url
+from overnight.testing import FakeProvider, Reply, ToolCall
+from overnight.web import Access, CommandCenter, Sources, serving
 from tests.conftest import git, make_lab, run_cli
+from tests.test_gateway_clis import claude_cli
 
 FLAT = """\
 X = 0.5
@@ -124,3 +133,81 @@ def test_without_stop_rules_the_summary_names_trials(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "stopped by --trials 2: that many trials are done" in done.stdout
     assert status(lab)[1]["stopped"]["rule"] == "trials"
+
+
+def test_the_command_center_names_the_rule_that_stopped_the_run(tmp_path: Path) -> None:
+    lab = make_lab(tmp_path / "lab", script=FLAT, lab_extra='\n[lab.stop]\nplateau = "2 trials"')
+    assert run_cli("run", str(lab), "--trials", "9", "--no-ui").returncode == 0
+    store = open_store(store_url(lab))
+    try:
+        run = store.latest_run("toy")
+        assert run is not None
+        sources = Sources(
+            store=store, run=run, config=load_org(lab).config, root=lab, state_dir=tmp_path
+        )
+        with serving(CommandCenter(sources, Access.for_lab(lab))) as served:
+            token = served.url.split("token=")[1]
+            with httpx.Client(base_url=served.base) as client:
+                page = client.get(f"/?token={token}", follow_redirects=True).text
+    finally:
+        store.close()
+    assert "stopped by plateau" in page
+    assert "plateau = &#34;2 trials&#34;: no new lab best in 2 trials" in page
+
+
+CLAUDE = """\
+[lab]
+name = "toy"
+editable = ["exp.py"]
+run = "{python} exp.py"
+metric = "score"
+budget = "20s"
+
+[lab.stop]
+crash_streak = 2
+
+[[agents]]
+name = "claude"
+runtime = "claude-code"
+model = "lab-model"
+
+[gateway]
+port = 0
+
+[[gateway.upstreams]]
+name = "fake"
+protocol = "anthropic"
+base_url = "{url}"
+credentials = [{{ name = "main", env = "FAKE_KEY" }}]
+
+[gateway.models]
+lab-model = ["fake/claude-fake-1"]
+"""
+
+
+def crashing_try(n: int) -> Reply:
+    command = f"sed -i 's/^X = .*/X = {n}/' exp.py && overnight try 'X = {n}'"
+    return Reply(tool_calls=[ToolCall("Bash", {"command": command, "description": "try"})])
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_a_claude_code_agent_that_keeps_crashing_is_paused_and_the_run_stops(
+    tmp_path: Path,
+) -> None:
+    script = [crashing_try(1), crashing_try(2), crashing_try(3), Reply(text="Done.")]
+    with FakeProvider("anthropic", script=script, mode="conversation") as fake:
+        lab = make_lab(
+            tmp_path / "lab",
+            script=CRASHY,
+            config=CLAUDE.format(python=sys.executable, url=fake.url),
+        )
+        (tmp_path / "home").mkdir()
+        env = {"HOME": str(tmp_path / "home"), "FAKE_KEY": "sk-fake"}
+        env["OVERNIGHT_CLAUDE"] = str(claude_cli())
+        done = run_cli("run", str(lab), "--no-ui", env=env, timeout=180)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "stopped by crash_streak = 2: every agent was paused" in done.stdout
+    (paused,) = [e for e in events(lab) if e.kind == "agent.paused"]
+    assert paused.agent == "claude" and paused.payload["streak"] == 2
+    crashed = [t for t in status(lab)[1]["agents"] if t["name"] == "claude"]
+    assert crashed[0]["state"] == "paused" and crashed[0]["trials"] >= 2

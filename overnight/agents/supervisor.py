@@ -292,6 +292,8 @@ class Supervisor:
         ruled = self.rules.at_start()
         if ruled is not None:
             self._halt(ruled)
+            for proposer in proposers.values():
+                _close(proposer)
             return self.finished
         first_of_runtime: dict[str, Proposer] = {}
         for agent in lab.agents():
@@ -385,9 +387,7 @@ class Supervisor:
             if self.lab.agent(name).state != "paused":  # paused says why; keep it
                 store.set_agent_state(run_id, name, "idle")
         finally:
-            close = getattr(proposer, "close", None)
-            if callable(close):
-                close()
+            _close(proposer)
             done.set()
 
     def _brownout_policy(self, name: str) -> tuple[RouteWatch | None, Proposer | None]:
@@ -453,6 +453,12 @@ class Supervisor:
         """A stop rule fired (it is recorded): no trial starts any more; those running finish."""
         self._ruled = stop
         self.allowance.close()
+
+
+def _close(proposer: Proposer) -> None:
+    close = getattr(proposer, "close", None)
+    if callable(close):
+        close()
 
 
 def session_name(root: Path, run_id: str, agent: str) -> str:
