@@ -143,6 +143,20 @@ def test_the_last_event_of_some_kinds(store: SqlStore) -> None:
     assert store.last_event("r2", ["run.stopped"]) is None
 
 
+def test_a_ratchet_moved_outside_a_keep_is_recorded_with_its_reason(store: SqlStore) -> None:
+    _run(store)
+    event = store.set_agent_best("r1", "a1", "c7", 0.2, 7, event=("agent.adopted", {"n": 7}))
+    assert event is not None and (event.kind, event.agent, event.trial) == (
+        "agent.adopted",
+        "a1",
+        7,
+    )
+    assert store.events("r1")[-1] == event
+    agent = store.agents("r1")[0]
+    assert (agent.best_commit, agent.best_metric, agent.best_trial) == ("c7", 0.2, 7)
+    assert store.set_agent_best("r1", "a1", "c8", 0.1, 8) is None
+
+
 def test_put_agent_never_resets_a_ratchet(store: SqlStore) -> None:
     _run(store)
     store.set_agent_best("r1", "a1", "c9", 0.1, 9)

@@ -81,9 +81,9 @@ class ExternalAgent:
         self.description: str | None = None
         self.sharing = Sharing(lab)
         told = self.sharing.latest(name)
-        self.told = told.event if told is not None and lab.agent(name).session is None else 0
-        """The last adoption the agent was told of (a resumed conversation hears the latest
-        again: it may have missed it)."""
+        self.told = told.event if told is not None else 0
+        """The last move to the lab's best the agent has heard of (those before this process
+        began: from `overnight try`, or a conversation that began after them)."""
 
     def _state(self, state: str, **detail: object) -> None:
         self.lab.store.set_agent_state(self.lab.run.id, self.name, state, **detail)

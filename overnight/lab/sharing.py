@@ -170,12 +170,13 @@ class Sharing:
     def _adopt(self, adoption: Adoption) -> Adoption:
         lab, agent, commit = self.lab, adoption.agent, adoption.to_commit
         record = lab.agent(agent)
-        # the store first: a kill from here on is repaired by the next start, which puts
-        # every branch and worktree back where the store says
-        event = lab.store.append_event(
-            lab.run.id, ADOPTED, adoption.payload(), agent=agent, trial=adoption.to_trial
-        )
-        lab.store.set_agent_best(lab.run.id, agent, commit, adoption.to_metric, adoption.to_trial)
+        # the store first, the move and its record at once: a kill from here on is repaired
+        # by the next start, which puts every branch and worktree where the store says
+        event = lab.store.set_agent_best(
+            lab.run.id, agent, commit, adoption.to_metric, adoption.to_trial,
+            event=(ADOPTED, adoption.payload()),
+        )  # fmt: skip
+        assert event is not None
         lab.git.update_ref(f"refs/heads/{record.branch}", commit)
         Git(Path(record.worktree)).reset_clean(commit)
         return replace(adoption, event=event.id)

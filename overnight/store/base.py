@@ -252,9 +252,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_agent_best(
-        self, run_id: str, agent: str, commit: str, metric: float | None, trial: int | None
-    ) -> None:
-        """Move an agent's ratchet outside a keep (the baseline, a repair on resume)."""
+        self,
+        run_id: str,
+        agent: str,
+        commit: str,
+        metric: float | None,
+        trial: int | None,
+        *,
+        event: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> Event | None:
+        """Move an agent's ratchet outside a keep (the baseline, a repair on resume, a move
+        to the lab's best), and write `event` (kind, payload), which says why, in the same
+        transaction; returns that event."""
 
     @abc.abstractmethod
     def set_agent_state(self, run_id: str, agent: str, state: str, **detail: Any) -> None:

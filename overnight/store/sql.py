@@ -213,10 +213,21 @@ class SqlStore(Store):
         return [_agent(row) for row in rows]
 
     def set_agent_best(
-        self, run_id: str, agent: str, commit: str, metric: float | None, trial: int | None
-    ) -> None:
+        self,
+        run_id: str,
+        agent: str,
+        commit: str,
+        metric: float | None,
+        trial: int | None,
+        *,
+        event: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> Event | None:
         with self.engine.begin() as conn:
             self._set_best(conn, run_id, agent, commit, metric, trial)
+            if event is None:
+                return None
+            kind, payload = event
+            return self._event(conn, run_id, kind, dict(payload), agent=agent, trial=trial)
 
     def set_agent_state(self, run_id: str, agent: str, state: str, **detail: Any) -> None:
         now = time.time()
