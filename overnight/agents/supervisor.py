@@ -54,7 +54,6 @@ class Allowance:
     """How many more trials may start, and until when (shared by all agents)."""
 
     def __init__(self, trials: int | None, seconds: float | None) -> None:
-        self.trials = trials
         self._left = trials
         self.closed = False
         """No more trials start: a stop rule ended the run."""
@@ -294,6 +293,8 @@ class Supervisor:
             self._halt(ruled)
             for proposer in proposers.values():
                 _close(proposer)
+            # terminal sessions that outlived the last run stop with this one, as at its end
+            kill_marked(RUN_MARKER, lab.run.id)
             return self.finished
         first_of_runtime: dict[str, Proposer] = {}
         for agent in lab.agents():
