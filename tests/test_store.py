@@ -123,6 +123,9 @@ def test_filters_and_event_paging(store: SqlStore) -> None:
     assert [t.number for t in store.trials("r1", agent="a2")] == [b.number]
     assert [t.number for t in store.trials("r1", statuses=[S.crashed])] == [a.number]
     assert store.trials("r1", statuses=[]) == []
+    c = store.add_trial("r1", "a1", "base", "c", {})
+    assert [t.number for t in store.trials("r1", last=2)] == [b.number, c.number]
+    assert [t.number for t in store.trials("r1", agent="a1", last=5)] == [a.number, c.number]
     first = store.events("r1", limit=2)
     rest = store.events("r1", after=first[-1].id)
     assert [e.id for e in first + rest] == sorted({e.id for e in first + rest})

@@ -150,10 +150,17 @@ class Sharing:
         goal, floor = lab.config.lab.goal, noise(lab)
         if not improves(best.metric, record.best_metric, goal, floor):
             return None
-        own = lab.store.trials(lab.run.id, agent=agent)
+        patience = lab.config.lab.patience
         kept = lab.store.trials(lab.run.id, statuses=[_S.kept])
-        count = trailing(own, kept, goal, floor, record.best_commit)
-        if count < lab.config.lab.patience:
+        window = 2 * patience + 4  # its latest trials are enough, unless many were interrupted
+        while True:
+            own = lab.store.trials(lab.run.id, agent=agent, last=window)
+            count = trailing(own, kept, goal, floor, record.best_commit)
+            tried = sum(1 for t in own if t.status.final and t.status is not _S.interrupted)
+            if count >= patience or count < tried or len(own) < window:
+                break
+            window *= 4
+        if count < patience:
             return None
         return Adoption(
             agent=agent,

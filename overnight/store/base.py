@@ -303,8 +303,9 @@ class Store(abc.ABC):
         *,
         agent: str | None = None,
         statuses: Iterable[TrialStatus] | None = None,
+        last: int | None = None,
     ) -> list[Trial]:
-        """Trials of a run in number order."""
+        """Trials of a run in number order; with `last`, only the last that many."""
 
     @abc.abstractmethod
     def append_event(

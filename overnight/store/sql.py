@@ -392,6 +392,7 @@ class SqlStore(Store):
         *,
         agent: str | None = None,
         statuses: Iterable[TrialStatus] | None = None,
+        last: int | None = None,
     ) -> list[Trial]:
         sql = "SELECT * FROM ov_trials WHERE run_id = :r"
         params: dict[str, Any] = {"r": run_id}
@@ -407,9 +408,15 @@ class SqlStore(Store):
                 params[f"s{i}"] = name
                 keys.append(f":s{i}")
             sql += f" AND status IN ({', '.join(keys)})"
+        if last is not None:
+            sql += " ORDER BY number DESC LIMIT :last"
+            params["last"] = last
         with self.engine.begin() as conn:
-            rows = conn.execute(text(sql + " ORDER BY number"), params).all()
-        return [_trial(row) for row in rows]
+            rows = conn.execute(
+                text(sql if last is not None else sql + " ORDER BY number"), params
+            ).all()
+        trials = [_trial(row) for row in rows]
+        return trials[::-1] if last is not None else trials
 
     # events ---------------------------------------------------------------
 
