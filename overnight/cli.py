@@ -1,7 +1,8 @@
 """The `overnight` command: a thin typer layer over the lab's service API.
 
 Owns argument parsing, what the terminal shows, and exit codes (0 ok, 1 our
-bug, 2 bad input, 3 the baseline could not be measured, 130 interrupted).
+bug, 2 bad input, 3 the baseline could not be measured, 4 every agent was paused
+for its crash streak, 130 interrupted).
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def _run_lab(
     from overnight.agents.supervisor import Supervisor
     from overnight.daemon import UiOptions, lab_services
     from overnight.lab.lab import Lab
+    from overnight.lab.stop import Stop
+    from overnight.lab.stop import interrupted as by_interrupt
 
     seconds = _duration("--for", for_) if for_ else None
     keep_private()
@@ -120,6 +123,7 @@ def _run_lab(
     view = _Progress(lab, trials, seconds, live=live)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     interrupted = False
+    why: Stop | None = None
     try:
         with lab_services(lab, _announce, UiOptions(*ui)) as services:
             supervisor = Supervisor(
@@ -128,17 +132,23 @@ def _run_lab(
             try:
                 with view.live():
                     supervisor.run()
+                why = supervisor.stopped_by()
+            except KeyboardInterrupt:
+                why = by_interrupt()
+                raise
             finally:
                 # Before the command center stops: its audit follower takes the stop in.
-                lab.stopped()
+                lab.stopped(why.payload() if why is not None else None)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         signal.signal(signal.SIGINT, _exit_now)
-        view.summary(interrupted)
+        view.summary(interrupted, why)
         lab.close()
     if interrupted and live:  # a service (`up`) stopped by a signal has done its job
         raise typer.Exit(130)
+    if why is not None and why.rule == "crash_streak":  # the run could not go on
+        raise typer.Exit(4)
 
 
 @app.command("try")
@@ -184,6 +194,7 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
     """No command center runs the lab: this process runs the trial itself."""
     from overnight.lab.desk import trial_json
     from overnight.lab.lab import Lab
+    from overnight.lab.sharing import Sharing
 
     keep_private()
     lab, agent = Lab.attach(directory)
@@ -200,6 +211,7 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
         before = lab.agent(agent)
         out.print(f"overnight: trial for {agent}: running `{lab.config.lab.run}` ...", markup=False)
         trial = lab.try_worktree(agent, description, stop)
+        adoption = Sharing(lab).consider(agent)
     except KeyboardInterrupt:
         out.print("overnight: interrupted; the trial is recorded as interrupted")
         raise typer.Exit(130) from None
@@ -211,11 +223,20 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
         "metric_name": cfg.metric,
         "goal": cfg.goal.value,
         "best_before": before.best_metric,
+        "adopted": adoption.message(cfg.metric) if adoption is not None else None,
     }
 
 
 def _print_trial(result: dict[str, Any]) -> None:
     """What the agent reads about its trial; the exit code says how it went."""
+    try:
+        _print_result(result)
+    finally:
+        if result.get("adopted"):  # after the result, whatever it was
+            out.print(result["adopted"], markup=False)
+
+
+def _print_result(result: dict[str, Any]) -> None:
     number, status, reason = result["trial"], result["status"], result["reason"]
     metric, metric_name, best = result["metric"], result["metric_name"], result["best_before"]
     if status == "kept":
@@ -320,6 +341,13 @@ def status(
     best = data["best"]
     running = f"running (pid {data['running_pid']})" if data["running_pid"] else "not running"
     out.print(f"[bold]{data['lab']}[/] run {data['run']} · {running}")
+    ended = data["stopped"]
+    if ended is not None:
+        if ended["rule"] is None:  # killed, or an older version's stop
+            out.print(f"stopped: {ended['detail'] or 'the rule was not recorded'}", markup=False)
+        else:
+            how = "stopping, by" if ended["stopping"] else "stopped by"
+            out.print(f"{how} {ended['detail']}", markup=False)
     counts = ", ".join(f"{k} {v}" for k, v in data["trials"]["by_status"].items())
     out.print(f"trials: {data['trials']['total']} ({counts})")
     out.print(f"baseline {data['metric']}: {_num(data['baseline'])}")
@@ -851,19 +879,23 @@ class _Progress:
             options.append(elapsed / self.done * max(0, self.target - self.done))
         return min(options) if options else None
 
-    def summary(self, interrupted: bool) -> None:
+    def summary(self, interrupted: bool, why: Any = None) -> None:
+        from overnight.lab.ledger import best_holder
+
         lab = self.lab
         best, base = lab.best(), lab.baseline()
         out.print(
             f"[bold]{'stopped' if interrupted else 'done'}[/]: {self.done} trial(s) in {_clock(time.monotonic() - self.started)}"
         )
+        if why is not None and not interrupted:
+            out.print(f"stopped by {why.detail}", markup=False)
         if best is not None and base is not None and best.metric is not None and base.metric:
             pct = (best.metric - base.metric) / abs(base.metric) * 100
             out.print(
                 f"best {lab.config.lab.metric} {_num(best.metric)} (trial {best.number}, {best.agent}) "
                 f"vs baseline {_num(base.metric)}: {pct:+.2f}%"
             )
-        agent = next((a for a in lab.agents() if best and a.best_trial == best.number), None)
+        agent = best_holder(lab.agents(), best)
         if agent:
             out.print(f"best branch: {agent.branch}")
         if interrupted:

@@ -104,10 +104,24 @@ def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
             == json.loads(str(original["proposal"]))["params"]
         )
     assert len({t["requeued_from"] for t in retried}) == len(retried), "a trial was re-queued twice"
+    moves = _rows(
+        db,
+        "SELECT id, kind, agent, trial, payload FROM ov_events"
+        " WHERE kind IN ('trial.kept', 'agent.adopted') ORDER BY id",
+    )
     for agent in _rows(db, "SELECT * FROM ov_agents"):
         kept = [t for t in trials if t["agent"] == agent["name"] and t["status"] == "kept"]
+        # its best is where it last moved: its own latest keep, or the lab's best it adopted
+        mine = [m for m in moves if m["agent"] == agent["name"]]
+        if mine:
+            last = mine[-1]
+            expected = (
+                json.loads(str(last["payload"]))["to_commit"]
+                if last["kind"] == "agent.adopted"
+                else by_number[last["trial"]]["candidate_commit"]
+            )
+            assert agent["best_commit"] == expected
         if kept:
-            assert agent["best_commit"] == kept[-1]["candidate_commit"]
             metrics = [t["metric"] for t in kept]
             assert metrics == sorted(metrics, reverse=True)  # type: ignore[type-var]
         assert (
@@ -123,8 +137,16 @@ def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
     measured = [
         t for t in trials if t["status"] in ("kept", "discarded") and t["agent"] != "baseline"
     ]
-    told_numbers = sorted(t.number for t in told if not t.user_attrs.get("overnight_baseline"))
-    assert told_numbers == sorted(json.loads(str(t["proposal"]))["optuna_trial"] for t in measured)
+    proposals = [(t["number"], json.loads(str(t["proposal"]))) for t in measured]
+    asked = [t for t in told if not set(t.user_attrs) & {"overnight_baseline", "overnight_trial"}]
+    assert sorted(t.number for t in asked) == sorted(
+        p["optuna_trial"] for _n, p in proposals if "optuna_trial" in p
+    )
+    # an agent that moved to the lab's best explored near it: the study heard of that too
+    explored = sorted(
+        t.user_attrs["overnight_trial"] for t in told if "overnight_trial" in t.user_attrs
+    )
+    assert explored == sorted(n for n, p in proposals if "explore_of" in p)
     assert git(lab, "status", "--porcelain") == ""
 
 

@@ -274,6 +274,38 @@ CASES = {
         "18: agents[0].fresh_every",
         ("must be a whole number (got 'often')", "e.g. fresh_every = 25"),
     ),
+    # sharing and stop rules
+    "share neither best nor none": Broken(
+        *_lab_line('share = "all"'), "9: lab.share", ("'all' is not one of: best, none",)
+    ),
+    "patience of no trials": Broken(
+        *_lab_line("patience = 0"), "9: lab.patience", ("at least 1 (got 0)", "patience = 1")
+    ),
+    "a target in words": Broken(
+        *_lab_line('[lab.stop]\ntarget = "low"'),
+        "10: lab.stop.target",
+        ("must be a number, the value of the metric to stop at (got 'low')", "target = 0.25"),
+    ),
+    "a plateau that is neither trials nor time": Broken(
+        *_lab_line('[lab.stop]\nplateau = "forever"'),
+        "10: lab.stop.plateau",
+        ("'forever' is neither a number of trials nor a duration", 'plateau = "40 trials"'),
+    ),
+    "a plateau as a bare number": Broken(
+        *_lab_line("[lab.stop]\nplateau = 40"),
+        "10: lab.stop.plateau",
+        ("40 is neither a number of trials nor a duration", 'plateau = "2h"'),
+    ),
+    "a crash streak of none": Broken(
+        *_lab_line("[lab.stop]\ncrash_streak = 0"),
+        "10: lab.stop.crash_streak",
+        ("0 crashes in a row would pause every agent", "leave it out to never pause"),
+    ),
+    "a stop rule misspelt": Broken(
+        *_lab_line("[lab.stop]\ntraget = 0.25"),
+        "10: lab.stop.traget",
+        ("unknown field 'traget'", "did you mean 'target'?"),
+    ),
     # governance
     "review_at above deny_at": Broken(
         "",
@@ -373,7 +405,11 @@ def test_a_broken_lab_is_answered_with_where_what_and_the_fix(tmp_path: Path, ca
 
 # Every table and most fields, so that a change to any line reaches every model's checks.
 EVERYTHING = (
-    BASE.replace('name = "t"\n', 'name = "t"\ncount = 2\nbudget = 3.5\nmodel = "smart"\n')
+    BASE.replace('name = "t"\n', 'name = "t"\ncount = 2\nbudget = 3.5\nmodel = "smart"\n').replace(
+        'grace = "5s"\n',
+        'grace = "5s"\nshare = "best"\npatience = 3\n[lab.stop]\ntarget = 0.25\n'
+        'plateau = "40 trials"\ncrash_streak = 8\n',
+    )
     + """
 [governance]
 review_at = 0.5

@@ -123,10 +123,41 @@ def test_filters_and_event_paging(store: SqlStore) -> None:
     assert [t.number for t in store.trials("r1", agent="a2")] == [b.number]
     assert [t.number for t in store.trials("r1", statuses=[S.crashed])] == [a.number]
     assert store.trials("r1", statuses=[]) == []
+    c = store.add_trial("r1", "a1", "base", "c", {})
+    assert [t.number for t in store.trials("r1", last=2)] == [b.number, c.number]
+    assert [t.number for t in store.trials("r1", agent="a1", last=5)] == [a.number, c.number]
     first = store.events("r1", limit=2)
     rest = store.events("r1", after=first[-1].id)
     assert [e.id for e in first + rest] == sorted({e.id for e in first + rest})
     assert len(first + rest) == len(store.events("r1"))
+
+
+def test_the_last_event_of_some_kinds(store: SqlStore) -> None:
+    _run(store)
+    first = store.append_event("r1", "agent.adopted", {"n": 1}, agent="a1")
+    store.append_event("r1", "agent.adopted", {"n": 2}, agent="a2")
+    store.append_event("r1", "run.stopped", {"rule": "target"})
+    store.append_event("r1", "trial.kept", {}, agent="a1")
+    assert store.last_event("r1", ["run.stopped", "run.resumed"]).payload == {"rule": "target"}
+    assert store.last_event("r1", ["agent.adopted"]).payload == {"n": 2}
+    assert store.last_event("r1", ["agent.adopted"], agent="a1").payload == {"n": 1}
+    assert store.last_event("r1", ["agent.adopted"], agent="a1", after=first.id) is None
+    assert store.last_event("r1", []) is None
+    assert store.last_event("r2", ["run.stopped"]) is None
+
+
+def test_a_ratchet_moved_outside_a_keep_is_recorded_with_its_reason(store: SqlStore) -> None:
+    _run(store)
+    event = store.set_agent_best("r1", "a1", "c7", 0.2, 7, event=("agent.adopted", {"n": 7}))
+    assert event is not None and (event.kind, event.agent, event.trial) == (
+        "agent.adopted",
+        "a1",
+        7,
+    )
+    assert store.events("r1")[-1] == event
+    agent = store.agents("r1")[0]
+    assert (agent.best_commit, agent.best_metric, agent.best_trial) == ("c7", 0.2, 7)
+    assert store.set_agent_best("r1", "a1", "c8", 0.1, 8) is None
 
 
 def test_put_agent_never_resets_a_ratchet(store: SqlStore) -> None:

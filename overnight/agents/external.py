@@ -18,6 +18,11 @@ trials, or when the CLI reports its context nearly full; the next turn starts a
 new one from a fresh brief (an `agent.refreshed` event says why, with both
 conversation ids), so a long night does not end in context rot.
 
+Between turns, with no work of its own in its worktree, an agent that trailed the
+lab's best long enough moves there (`overnight.lab.sharing`; the command center does
+the same at its `overnight try`), and the next turn's message says so, whichever
+process moved it.
+
 Knows nothing about the supervisor or the web page; it is what runs in the terminal.
 """
 
@@ -47,6 +52,7 @@ from overnight.lab.git import Git
 from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
 from overnight.lab.privacy import user_umask
 from overnight.lab.sandbox import Walls
+from overnight.lab.sharing import Sharing
 
 FIRST_PROMPT = (
     "Start now: read the editable files, choose your first experiment, make the change and "
@@ -122,6 +128,11 @@ class ExternalAgent:
         """(tokens used, window) after the latest turn, when the CLI said."""
         self._hearing: set[int] = set()
         self._refreshed: tuple[Refresh, str | None] | None = None
+        self.sharing = Sharing(lab)
+        moved = self.sharing.latest(name)
+        self.heard_move = moved.event if moved is not None else 0
+        """The last move to the lab's best the agent has heard of (those before this process
+        began: from `overnight try`, or a conversation that began after them)."""
 
     def _state(self, state: str, **detail: object) -> None:
         self.lab.store.set_agent_state(self.lab.run.id, self.name, state, **detail)
@@ -173,7 +184,9 @@ class ExternalAgent:
                 prompt = RESUME_PROMPT
             if self.stop.is_set():
                 break
-            # a new conversation opens with the brief; a later turn hears the others' news
+            # a move to the lab's best comes first, so a new conversation's brief starts
+            # where the agent now stands; a later turn hears of it and the others' news
+            prompt = self._share(prompt)
             prompt = self._brief(refresh) if session is None else self._with_news(prompt)
             ok, retry_at = self._turn(prompt, session)
             session = self.lab.agent(self.name).session
@@ -215,6 +228,21 @@ class ExternalAgent:
             )
             self.write(f"[overnight] idle for {self.config.idle_after:g}s: nudging")
             prompt = self.config.nudge
+
+    def _share(self, prompt: str) -> str:
+        """Before a turn: move to the lab's best if the agent is due and has nothing of its
+        own in its worktree (no change, no commit of its own); `prompt`, with news of its
+        latest move, if it has not heard of it."""
+        record = self.lab.agent(self.name)
+        worktree = Git(Path(record.worktree))
+        if self.sharing.enabled and not worktree.dirty() and worktree.head() == record.best_commit:
+            self.sharing.consider(self.name)
+        adoption = self.sharing.latest(self.name, after=self.heard_move)
+        if adoption is None:
+            return prompt
+        self.heard_move = adoption.event
+        self.write(f"[overnight] moved to trial {adoption.to_trial}, the lab's best")
+        return f"{adoption.message(self.lab.config.lab.metric)}\n\n{prompt}"
 
     def _wait_while_paused(self) -> bool:
         """Hold while the supervisor's pause file exists (a brownout); True if it did."""

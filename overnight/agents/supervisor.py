@@ -9,6 +9,7 @@ start. Knows nothing about the CLI or how the progress is shown.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -25,6 +26,8 @@ from overnight.errors import UserError
 from overnight.lab.git import Git
 from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
 from overnight.lab.runner import kill_marked
+from overnight.lab.sharing import Sharing
+from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
 from overnight.lab.trial import TrialStatus
 from overnight.proposers import Proposal, Proposer, ProposerSetup, ProposerUnavailable, create
 from overnight.sessions import default_backend
@@ -52,13 +55,15 @@ class Allowance:
 
     def __init__(self, trials: int | None, seconds: float | None) -> None:
         self._left = trials
+        self.closed = False
+        """No more trials start: a stop rule ended the run."""
         self.deadline = time.monotonic() + seconds if seconds is not None else None
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
     def take(self, stop: threading.Event) -> bool:
         with self._lock:
-            if stop.is_set():
+            if stop.is_set() or self.closed:
                 return False
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return False
@@ -67,6 +72,15 @@ class Allowance:
                     return False
                 self._left -= 1
             return True
+
+    def spent(self) -> bool:
+        """Whether `--trials` ran out."""
+        with self._lock:
+            return self._left is not None and self._left <= 0
+
+    def close(self) -> None:
+        """Start no more trials; those running finish."""
+        self.closed = True
 
     def give_back(self) -> None:
         """Return a taken trial that was never tried."""
@@ -84,12 +98,14 @@ def agent_loop(
     watch: RouteWatch | None = None,
     optimizer: Proposer | None = None,
     control: AgentControl | None = None,
+    sharing: Sharing | None = None,
 ) -> Iterator[Trial]:
     """One agent's work: propose, run, learn; yields each finished trial.
 
     With `watch` (an LLM agent behind the gateway), a brownout of its route pauses
     it, or runs `optimizer` in its place, until the route answers again. With
-    `control`, a pause asked for from outside holds it between trials.
+    `control`, a pause asked for from outside holds it between trials. With
+    `sharing`, it may move to the lab's best between trials.
     """
     worktree = Path(lab.agent(name).worktree)
     while not stop.is_set():
@@ -119,6 +135,13 @@ def agent_loop(
         yield trial
         if trial.status is TrialStatus.interrupted:
             return
+        adoption = sharing.consider(name) if sharing is not None else None
+        if adoption is not None:  # its next proposals start at the lab's best
+            best = lab.store.trials(lab.run.id, statuses=[TrialStatus.kept])
+            adopted = next(t for t in best if t.number == adoption.to_trial)
+            for thinker in (proposer, optimizer):
+                if thinker is not None:
+                    thinker.adopted(worktree, adopted)
 
 
 def _ride_out(
@@ -207,6 +230,9 @@ class _OwnRequeues:
     def baseline(self, trial: Trial, worktree: Path) -> None:
         self._proposer.baseline(trial, worktree)
 
+    def adopted(self, worktree: Path, best: Trial) -> None:
+        self._proposer.adopted(worktree, best)
+
     def close(self) -> None:
         close = getattr(self._proposer, "close", None)
         if callable(close):
@@ -229,6 +255,22 @@ class Supervisor:
         self.lab.deadline = self.allowance.deadline  # a trial waiting for disk space stops then
         self._lock = threading.Lock()
         self._requeued = Requeued({})
+        self.sharing = Sharing(self.lab)
+        self.rules: StopRules | None = None
+        """`[lab.stop]`, judging every trial once the baseline is measured."""
+        self._ruled: Stop | None = None
+        self._ticked = 0.0
+
+    def stopped_by(self) -> Stop:
+        """The rule that ended the run (after `run` returned)."""
+        if self._ruled is not None:
+            return self._ruled
+        if self.allowance.spent() and self.trials is not None:
+            return by_trials(self.trials)
+        deadline = self.allowance.deadline
+        if deadline is not None and self.seconds is not None and time.monotonic() >= deadline:
+            return by_time(self.seconds)
+        return agents_done()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -245,6 +287,15 @@ class Supervisor:
             return self.finished
         if not measured_before:
             self._report(baseline)
+        self.rules = StopRules(lab)
+        ruled = self.rules.at_start()
+        if ruled is not None:
+            self._halt(ruled)
+            for proposer in proposers.values():
+                _close(proposer)
+            # terminal sessions that outlived the last run stop with this one, as at its end
+            kill_marked(RUN_MARKER, lab.run.id)
+            return self.finished
         first_of_runtime: dict[str, Proposer] = {}
         for agent in lab.agents():
             if agent.name in proposers:
@@ -281,7 +332,7 @@ class Supervisor:
         try:
             for event in done.values():
                 while not event.wait(0.2):
-                    pass
+                    self._tick()
         except KeyboardInterrupt:
             self.stop()
             for event in done.values():
@@ -321,9 +372,12 @@ class Supervisor:
             watch, optimizer = self._brownout_policy(name)
             while True:
                 for trial in agent_loop(
-                    self.lab, name, proposer, self.allowance, stop, watch, optimizer, control
-                ):
+                    self.lab, name, proposer, self.allowance, stop, watch, optimizer, control,
+                    self.sharing if self.sharing.enabled else None,
+                ):  # fmt: skip
                     self._report(trial)
+                    if self.rules is not None and name in self.rules.paused:
+                        break  # its crash streak: its work for this run is over
                 if control is None or not control.restarting(name, self.stop_event):
                     break
         except BaseException as exc:
@@ -334,9 +388,7 @@ class Supervisor:
             if self.lab.agent(name).state != "paused":  # paused says why; keep it
                 store.set_agent_state(run_id, name, "idle")
         finally:
-            close = getattr(proposer, "close", None)
-            if callable(close):
-                close()
+            _close(proposer)
             done.set()
 
     def _brownout_policy(self, name: str) -> tuple[RouteWatch | None, Proposer | None]:
@@ -377,6 +429,37 @@ class Supervisor:
         with self._lock:
             self.finished.append(trial)
         self.on_trial(trial)
+        if self.rules is None:
+            return
+        verdict = self.rules.after(trial)
+        if verdict.pause is not None and self.lab.agent(trial.agent).runtime in RUNTIMES:
+            # an agent in a terminal holds at its next turn (its own process reads this)
+            pause = self.lab.state_dir / "agents" / self.lab.run.id / trial.agent / PAUSE_FILE
+            pause.parent.mkdir(parents=True, exist_ok=True)
+            pause.write_text(verdict.pause + "\n")
+        if verdict.stop is not None:
+            self._halt(verdict.stop)
+
+    def _tick(self) -> None:
+        """The rules that watch the clock, about once a second."""
+        now = time.monotonic()
+        if self.rules is None or now - self._ticked < 1.0:
+            return
+        self._ticked = now
+        ruled = self.rules.tick()
+        if ruled is not None:
+            self._halt(ruled)
+
+    def _halt(self, stop: Stop) -> None:
+        """A stop rule fired (it is recorded): no trial starts any more; those running finish."""
+        self._ruled = stop
+        self.allowance.close()
+
+
+def _close(proposer: Proposer) -> None:
+    close = getattr(proposer, "close", None)
+    if callable(close):
+        close()
 
 
 def session_name(root: Path, run_id: str, agent: str) -> str:
@@ -414,6 +497,8 @@ class ExternalSupervision:
                 self.sup._report(trial)
                 if not allowance.take(threading.Event()):
                     return False
+        if allowance.closed:
+            return False
         return allowance.deadline is None or time.monotonic() < allowance.deadline
 
     def _ride_out(self) -> bool:
@@ -422,9 +507,9 @@ class ExternalSupervision:
         assert self.watch is not None
         lab, stop = self.lab, self.sup.stop_event
         pause = self.home / PAUSE_FILE
-        control = self.sup.services.control
-        if control is None or not control.paused_by_user(self.name):  # theirs outlasts ours
-            pause.write_text(f"route {self.watch.alias!r} is in brownout\n")
+        ours = f"route {self.watch.alias!r} is in brownout\n"
+        if not pause.exists():  # a pause by hand or by a stop rule outlasts ours
+            pause.write_text(ours)
         mode = "optimize" if self.optimizer is not None else "pause"
         brownout = Brownout(lab.store, lab.run.id, self.name, self.watch.alias, mode)
         try:
@@ -441,8 +526,9 @@ class ExternalSupervision:
             return False
         finally:
             brownout.end()
-            if control is None or not control.paused_by_user(self.name):
-                pause.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if pause.read_text() == ours:
+                    pause.unlink()
 
     def _optimize(self) -> Trial | None:
         """One optimizer trial in the agent's worktree, unless the agent has work of its
@@ -491,6 +577,9 @@ class ExternalSupervision:
     def run(self) -> None:
         store, run_id = self.lab.store, self.lab.run.id
         stop = self.sup.stop_event
+        pause = self.home / PAUSE_FILE
+        if pause.is_file() and pause.read_text().startswith(CRASH_PAUSE):
+            pause.unlink()  # a crash streak pauses an agent for one `overnight run`
         session = self.backend.get(self.session_name)
         if session is not None and session.alive():
             store.append_event(
@@ -636,10 +725,13 @@ class AgentControl:
         self._check(name)
         path = self._pause_file(name)
         if not self.paused_by_user(name):
-            if path.exists():
+            held = path.read_text().strip() if path.exists() else ""
+            if held.startswith(CRASH_PAUSE):
+                raise ControlRefused(f"agent {name!r} was paused by the stop rule {held}")
+            if held:
                 raise ControlRefused(
                     f"agent {name!r} is held by a brownout of its model route "
-                    f"({path.read_text().strip()}); it resumes by itself when the route recovers"
+                    f"({held}); it resumes by itself when the route recovers"
                 )
             raise ControlRefused(f"agent {name!r} is not paused")
         path.unlink(missing_ok=True)

@@ -9,6 +9,9 @@ from that worktree as it stands, exactly as it runs a built-in agent's. The
 client then asks for the result until the trial is final; stopping the client
 stops the trial. `overnight notes` reads the lab notebook the same way
 (`/overnight/v1/notes`).
+When the trial leaves the agent far enough behind the lab's best, the desk moves
+it there (`overnight.lab.sharing`) before it answers, while the agent waits for
+`overnight try`: its worktree was just reset, nothing of its own is in it.
 
 Owns both sides: `TrialDesk` (in the command center) and `DeskClient` (in
 `overnight try`). Knows nothing about HTTP serving (the gateway does that) or
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from overnight.errors import UserError
 from overnight.lab import notebook
+from overnight.lab.sharing import Sharing
 from overnight.store import Trial
 
 if TYPE_CHECKING:
@@ -64,6 +68,7 @@ class TrialDesk:
         self._trials: dict[int, _Desked] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self.sharing = Sharing(lab)
 
     def submit(self, agent: str, request: Mapping[str, Any]) -> dict[str, Any]:
         """Start a trial of the agent's worktree; answers once it is numbered."""
@@ -85,6 +90,9 @@ class TrialDesk:
         def work() -> None:
             try:
                 self.lab.try_worktree(agent, description, entry.stop, on_trial=on_trial)
+                adoption = self.sharing.consider(agent)
+                if adoption is not None:
+                    entry.box["adopted"] = adoption.message(self.lab.config.lab.metric)
             except UserError as exc:
                 entry.box["error"] = str(exc)
             except Exception as exc:  # the lab recorded the trial as interrupted
@@ -116,12 +124,16 @@ class TrialDesk:
         if found is None:
             return None
         lab = self.lab.config.lab
-        return {
+        answer = {
             **trial_json(found),
             "metric_name": lab.metric,
             "goal": lab.goal.value,
             "best_before": entry.box.get("best_before") if entry else None,
+            "adopted": entry.box.get("adopted") if entry else None,
         }
+        if entry is not None and not entry.done.is_set():
+            answer["final"] = False  # the desk's part (a move to the lab's best) is not over
+        return answer
 
     def notes(self, agent: str) -> dict[str, Any]:
         """The lab notebook, for `overnight notes` in an agent's sandbox."""

@@ -69,6 +69,8 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
     data.pop("governance", None)
     for key in ("max_logs", "min_free_disk"):  # the machine's disk, not the lab: a run
         data["lab"].pop(key, None)  # goes on with new values (and from older versions)
+    for key in ("share", "patience", "stop"):  # how agents work together and when a run
+        data["lab"].pop(key, None)  # ends: trials stay comparable whatever they say
     return data
 
 
@@ -344,8 +346,9 @@ class Lab:
     def _to_requeue(self) -> list[Trial]:
         return requeues(self.store.trials(self.run.id))
 
-    def stopped(self) -> None:
-        """Record that this run stopped (once; only the process that started it does).
+    def stopped(self, why: Mapping[str, Any] | None = None) -> None:
+        """Record that this run stopped (once; only the process that started it does), and
+        `why`: the stop rule that ended it (`overnight.lab.stop.Stop.payload`).
 
         `overnight run` calls it while its command center still runs, so the run's
         audit follower takes the stop into the chain before it closes; `close` calls it
@@ -353,7 +356,7 @@ class Lab:
         """
         if self.lock is not None and not self._stop_recorded:
             self._stop_recorded = True
-            self.store.append_event(self.run.id, "run.stopped", {"pid": os.getpid()})
+            self.store.append_event(self.run.id, "run.stopped", {"pid": os.getpid(), **(why or {})})
 
     def close(self) -> None:
         self.stopped()

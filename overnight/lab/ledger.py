@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import tomllib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ from overnight.errors import ConfigError, UserError
 from overnight.lab.lab import BASELINE, MAX_REQUEUES, best_trial, requeues
 from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
+from overnight.lab.stop import STOPPING
 from overnight.lab.trial import AUTORESEARCH_STATUS, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
-from overnight.store import Run, Store, Trial, open_store, store_exists, store_url
+from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_exists, store_url
 
 
 @dataclass
@@ -230,7 +232,8 @@ def status(view: LabView) -> dict[str, Any]:
     improvement = None
     if best and baseline and best.metric is not None and baseline.metric:
         improvement = (best.metric - baseline.metric) / abs(baseline.metric) * 100
-    best_branch = next((a.branch for a in agents if best and a.best_trial == best.number), None)
+    keeper = best_holder(agents, best)
+    best_branch = keeper.branch if keeper is not None else None
     lab_name = cfg.lab.name
     spenders = sorted({a.name for a in agents} | set(store.key_hashes(lab_name).values()))
     return {
@@ -258,6 +261,7 @@ def status(view: LabView) -> dict[str, Any]:
             else None
         ),
         "improvement_pct": improvement,
+        "stopped": how_stopped(store, run.id, pid),
         "agents": [
             {
                 "name": a.name,
@@ -296,6 +300,39 @@ def status(view: LabView) -> dict[str, Any]:
             if t.number in stopped
         ],
         "config_error": str(view.lab.config_error) if view.lab.config_error else None,
+    }
+
+
+def best_holder(agents: Sequence[AgentRecord], best: Trial | None) -> AgentRecord | None:
+    """The agent whose branch holds the lab's best: the one that found it, before any that
+    moved there (sharing)."""
+    holders = [a for a in agents if best is not None and a.best_trial == best.number]
+    return next((a for a in holders if best and a.name == best.agent), None) or next(
+        iter(holders), None
+    )
+
+
+def how_stopped(store: Store, run_id: str, pid: int | None) -> dict[str, Any] | None:
+    """How the run last stopped, or is stopping: the rule and what it means (None while it
+    runs with no rule fired yet, or before it ever ran)."""
+    last = store.last_event(run_id, ["run.started", "run.resumed", STOPPING, "run.stopped"])
+    if last is None:
+        return None
+    if last.kind in ("run.started", "run.resumed"):
+        if pid is not None:
+            return None
+        return {
+            "rule": None,
+            "detail": "overnight stopped without saying why (it was killed, or the machine "
+            "went down); run it again to resume",
+            "at": None,
+            "stopping": False,
+        }
+    return {
+        "rule": last.payload.get("rule"),
+        "detail": last.payload.get("detail") or "",
+        "at": last.at,
+        "stopping": last.kind == STOPPING and pid is not None,
     }
 
 

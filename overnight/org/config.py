@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from overnight.errors import Invalid
 from overnight.gateway.config import GatewayConfig
 from overnight.lab.integrity import matches
-from overnight.units import Duration, PositiveDuration, Size
+from overnight.units import Duration, PositiveDuration, Size, _shown, parse_duration
 
 
 class Goal(StrEnum):
@@ -37,6 +37,82 @@ class Autonomy(StrEnum):
 class _Model(BaseModel):
     # TOML can say inf and nan; no setting here means either
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_PLATEAU = re.compile(r"^\s*(\d+)\s*trials?\s*$", re.IGNORECASE)
+_PLATEAU_FIX = (
+    'write a number of trials or a duration, e.g. plateau = "40 trials" or plateau = "2h"'
+)
+
+
+def plateau_limit(text: str) -> tuple[int | None, float | None]:
+    """(trials, seconds) of a plateau as written: `"40 trials"` or a duration (`"2h"`)."""
+    match = _PLATEAU.match(text)
+    if match:
+        return int(match.group(1)), None
+    return None, parse_duration(text)
+
+
+class StopConfig(_Model):
+    """`[lab.stop]`: the rules that end a run by themselves (besides `--trials`, `--for`)."""
+
+    target: float | None = None
+    """Stop when the lab's best reaches this (at or below it when minimizing, at or
+    above it when maximizing)."""
+    plateau: str | None = None
+    """Stop after this long without a new lab best: `"40 trials"` or a duration (`"2h"`),
+    counted within one `overnight run`."""
+    crash_streak: int | None = None
+    """Pause an agent whose trials crashed (or timed out, or were rejected) this many times
+    in a row; the run stops when every agent is paused so."""
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target_is_a_number(cls, value: object) -> object:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Invalid(
+                f"must be a number, the value of the metric to stop at (got {_shown(value)})",
+                fix="write the metric's value without quotes, e.g. target = 0.25",
+            )
+        return value
+
+    @field_validator("plateau", mode="before")
+    @classmethod
+    def _plateau_is_trials_or_time(cls, value: object) -> object:
+        if not isinstance(value, str):
+            # a bare number could mean trials or seconds: the user says which
+            raise Invalid(
+                f"{_shown(value)} is neither a number of trials nor a duration", fix=_PLATEAU_FIX
+            )
+        try:
+            trials, seconds = plateau_limit(value)
+        except Invalid:
+            raise Invalid(
+                f"{value!r} is neither a number of trials nor a duration", fix=_PLATEAU_FIX
+            ) from None
+        if trials == 0 or seconds == 0:
+            raise Invalid(
+                f"{value!r} would stop the run before it tried anything", fix=_PLATEAU_FIX
+            )
+        return value
+
+    @field_validator("crash_streak")
+    @classmethod
+    def _streak_of_at_least_one(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise Invalid(
+                f"{value} crashes in a row would pause every agent before it tried anything",
+                fix="set crash_streak = 1 or more (e.g. 8), or leave it out to never pause",
+            )
+        return value
+
+    @property
+    def plateau_trials(self) -> int | None:
+        return plateau_limit(self.plateau)[0] if self.plateau else None
+
+    @property
+    def plateau_seconds(self) -> float | None:
+        return plateau_limit(self.plateau)[1] if self.plateau else None
 
 
 class LabConfig(_Model):
@@ -71,6 +147,17 @@ class LabConfig(_Model):
     """All of the lab's trial logs together; the oldest lose their middles first."""
     min_free_disk: Size = Field(default=2 * 10**9, ge=0)
     """No trial starts while the filesystem holding `.overnight/` has less space free."""
+    # Sharing and stop rules (overnight.lab.sharing, overnight.lab.stop). Neither changes
+    # what a trial measures, so a run resumes with new values (see config_fingerprint).
+    share: Literal["best", "none"] | None = None
+    """"best": an agent trailing the lab's best beyond the noise for `patience` of its own
+    trials in a row moves to the lab's best commit; "none": each agent ratchets alone.
+    None: "best" when the lab has two or more agents."""
+    patience: int = Field(default=5, ge=1)
+    """How many of its own trials in a row an agent may trail the lab's best before it
+    moves there."""
+    stop: StopConfig = StopConfig()
+    """When a run stops by itself (`[lab.stop]`)."""
 
     @model_validator(mode="after")
     def _editable_not_protected(self) -> Self:

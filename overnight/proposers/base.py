@@ -83,6 +83,10 @@ class Proposer(Protocol):
     def baseline(self, trial: Trial, worktree: Path) -> None:
         """Learn from the measured baseline (the unchanged code)."""
 
+    def adopted(self, worktree: Path, best: Trial) -> None:
+        """Its agent moved to the lab's best (`best`, a kept trial of another agent; the
+        worktree is at its commit now): the next proposals start from there."""
+
 
 ProposerFactory = Callable[[ProposerSetup], Proposer]
 

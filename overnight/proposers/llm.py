@@ -163,6 +163,10 @@ class LlmProposer:
     def baseline(self, trial: Trial, worktree: Path) -> None:
         """Nothing to do: the baseline is in the store's history."""
 
+    def adopted(self, worktree: Path, best: Trial) -> None:
+        """Nothing to do: every proposal reads the files at the agent's best commit, which
+        is the adopted one now."""
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()

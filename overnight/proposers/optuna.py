@@ -2,12 +2,17 @@
 
 The study is named after the run and lives next to the ledger, so a resumed run
 continues it and several agents share it (constant-liar TPE keeps parallel
-agents from proposing the same point). Knows nothing about git or the runner.
+agents from proposing the same point). A TPE draw does not depend on where its
+agent stands, so when the agent moves to the lab's best (sharing), its next
+proposal explores around the knobs of that commit instead, as population-based
+training's explore step does; the study hears of its result like any other.
+Knows nothing about git or the runner.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import threading
 import warnings
 from collections.abc import Sequence
@@ -34,6 +39,12 @@ from overnight.store.sql import sqlalchemy_url
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 _REQUEUE_ATTR = "overnight_requeued_from"
+_TRIAL_ATTR = "overnight_trial"
+"""On a study trial added from an explore proposal: the lab's trial it was."""
+SWITCH_CHOICE = 0.25
+"""The chance an explore step switches a choice knob to another of its values."""
+STEP = 0.1
+"""An explore step moves a linear knob by this share of its range (a log knob: x0.8 or x1.25)."""
 _storages: dict[str, optuna.storages.RDBStorage] = {}
 _storages_lock = threading.Lock()
 # Optuna pops a WAITING (re-queued) trial with a read-then-write that two threads
@@ -88,36 +99,59 @@ class OptunaProposer:
             load_if_exists=True,
         )
         self._asked: dict[int, optuna.trial.Trial] = {}
+        self._explore: int | None = None
+        """The lab's trial the agent moved to, until the next proposal explores near it."""
+        self._random = random.Random()
 
     def propose(self, worktree: Path, trial: Trial) -> Proposal:
         before = knob_files.current_values(worktree, self.knobs)
+        if self._explore is not None:
+            origin, self._explore = self._explore, None
+            params = explore(before, self.knobs, self._random)
+            if params is not None:
+                return self._proposal(
+                    before, params, {"params": params, "explore_of": origin},
+                    f" (exploring near trial {origin}, the lab's best)",
+                )  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             with _ask_lock:
                 asked = self.study.ask(self.distributions)
         params = dict(asked.params)
+        requeued = asked.user_attrs.get(_REQUEUE_ATTR)
+        return self._proposal(
+            before,
+            params,
+            {"params": params, "optuna_trial": asked.number},
+            requeued_from=int(requeued) if requeued is not None else None,
+        )
+
+    def _proposal(
+        self,
+        before: dict[str, Any],
+        params: dict[str, Any],
+        data: dict[str, Any],
+        note: str = "",
+        requeued_from: int | None = None,
+    ) -> Proposal:
         changes = [
             f"{name} {knob_files.literal(before[name])} -> {knob_files.literal(value)}"
             for name, value in params.items()
             if before.get(name) != value
         ]
-        description = ", ".join(changes) if changes else "re-measure the current knobs"
-        requeued = asked.user_attrs.get(_REQUEUE_ATTR)
+        description = (", ".join(changes) if changes else "re-measure the current knobs") + note
         knobs = self.knobs
 
         def apply(root: Path) -> None:
             knob_files.apply(root, knobs, params)
 
-        return Proposal(
-            description=description,
-            data={"params": params, "optuna_trial": asked.number},
-            apply=apply,
-            requeued_from=int(requeued) if requeued is not None else None,
-        )
+        return Proposal(description, data, apply, requeued_from=requeued_from)
 
     def observe(self, trial: Trial) -> None:
         number = trial.proposal.get("optuna_trial")
         if number is None:
+            if trial.proposal.get("explore_of") is not None:
+                self._heard_explore(trial)
             return
         # skip_if_finished: resume() may tell again what was already heard; once counts
         if trial.status in (TrialStatus.kept, TrialStatus.discarded) and trial.metric is not None:
@@ -133,6 +167,10 @@ class OptunaProposer:
         """
         by_number = {t.proposal.get("optuna_trial"): t for t in finished}
         storage = self.study._storage
+        heard = {s.user_attrs.get(_TRIAL_ATTR) for s in self.study.get_trials(deepcopy=False)}
+        for done in finished:
+            if done.proposal.get("explore_of") is not None and done.number not in heard:
+                self._heard_explore(done)
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number in by_number:
                 self.observe(by_number[t.number])
@@ -150,6 +188,32 @@ class OptunaProposer:
             self.study.enqueue_trial(
                 dict(params), user_attrs={_REQUEUE_ATTR: trial.number}, skip_if_exists=False
             )
+
+    def adopted(self, worktree: Path, best: Trial) -> None:
+        """The next proposal explores around the adopted commit's knobs (a TPE draw would
+        land anywhere, wherever the agent stands)."""
+        self._explore = best.number
+
+    def _heard_explore(self, trial: Trial) -> None:
+        """Tell the study an explore trial's result, as a trial of its own."""
+        params = trial.proposal.get("params")
+        if not isinstance(params, dict) or set(params) != set(self.distributions):
+            return
+        measured = trial.status in (TrialStatus.kept, TrialStatus.discarded)
+        if measured and trial.metric is not None and math.isfinite(trial.metric):
+            done: dict[str, Any] = {"value": trial.metric}
+        else:
+            done = {"state": TrialState.FAIL}
+        try:
+            frozen = optuna.trial.create_trial(
+                params=params,
+                distributions=self.distributions,
+                user_attrs={_TRIAL_ATTR: trial.number},
+                **done,
+            )
+        except ValueError:
+            return  # the knobs changed since (a resumed run with new ranges)
+        self.study.add_trial(frozen)
 
     def baseline(self, trial: Trial, worktree: Path) -> None:
         """Seed the study with the committed knob values and their measured metric."""
@@ -174,6 +238,50 @@ class OptunaProposer:
                 user_attrs={"overnight_baseline": True},
             )
         )
+
+
+def explore(
+    values: dict[str, Any], knobs: Sequence[KnobConfig], rng: random.Random
+) -> dict[str, Any] | None:
+    """The knobs at `values`, nudged (population-based training's explore step): each
+    range knob a step up or down, each choice knob switched now and then, at least one
+    knob changed. None when a value lies outside its knob's space (TPE takes over)."""
+    params: dict[str, Any] = {}
+    for knob in knobs:
+        value = values.get(knob.name)
+        dist = distribution(knob)
+        try:
+            if value is None or not dist._contains(dist.to_internal_repr(value)):
+                return None
+        except (ValueError, TypeError):
+            return None
+        params[knob.name] = _nudge(knob, value, rng, SWITCH_CHOICE)
+    if params == {k.name: values[k.name] for k in knobs}:
+        knob = rng.choice(list(knobs))
+        params[knob.name] = _nudge(knob, values[knob.name], rng, 1.0)
+    return params
+
+
+def _nudge(knob: KnobConfig, value: Any, rng: random.Random, switch: float) -> Any:
+    if knob.choices is not None:
+        others = [c for c in knob.choices if c != value]
+        return rng.choice(others) if others and rng.random() < switch else value
+    assert knob.low is not None and knob.high is not None
+    low, high = knob.low, knob.high
+    up = rng.random() < 0.5
+    for direction in (up, not up):  # the other way when a bound leaves no room
+        if knob.log:
+            moved = value * (1.25 if direction else 0.8)
+        else:
+            moved = value + (1 if direction else -1) * STEP * (high - low)
+        if knob.int_:
+            moved = round(moved)
+            if moved == value:
+                moved = value + (1 if direction else -1)
+        moved = min(max(moved, low), high)
+        if moved != value:
+            return int(moved) if knob.int_ else float(moved)
+    return value
 
 
 register("optuna", OptunaProposer)

@@ -252,9 +252,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_agent_best(
-        self, run_id: str, agent: str, commit: str, metric: float | None, trial: int | None
-    ) -> None:
-        """Move an agent's ratchet outside a keep (the baseline, a repair on resume)."""
+        self,
+        run_id: str,
+        agent: str,
+        commit: str,
+        metric: float | None,
+        trial: int | None,
+        *,
+        event: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> Event | None:
+        """Move an agent's ratchet outside a keep (the baseline, a repair on resume, a move
+        to the lab's best), and write `event` (kind, payload), which says why, in the same
+        transaction; returns that event."""
 
     @abc.abstractmethod
     def set_agent_state(self, run_id: str, agent: str, state: str, **detail: Any) -> None:
@@ -294,8 +303,9 @@ class Store(abc.ABC):
         *,
         agent: str | None = None,
         statuses: Iterable[TrialStatus] | None = None,
+        last: int | None = None,
     ) -> list[Trial]:
-        """Trials of a run in number order."""
+        """Trials of a run in number order; with `last`, only the last that many."""
 
     @abc.abstractmethod
     def append_event(
@@ -311,6 +321,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         """Events with id > `after`, oldest first."""
+
+    @abc.abstractmethod
+    def last_event(
+        self, run_id: str, kinds: Iterable[str], *, agent: str | None = None, after: int = 0
+    ) -> Event | None:
+        """The newest event of one of `kinds` (of `agent`, when given) with id > `after`."""
 
     @abc.abstractmethod
     def lab_events(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[Event]:

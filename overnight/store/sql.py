@@ -213,10 +213,21 @@ class SqlStore(Store):
         return [_agent(row) for row in rows]
 
     def set_agent_best(
-        self, run_id: str, agent: str, commit: str, metric: float | None, trial: int | None
-    ) -> None:
+        self,
+        run_id: str,
+        agent: str,
+        commit: str,
+        metric: float | None,
+        trial: int | None,
+        *,
+        event: tuple[str, Mapping[str, Any]] | None = None,
+    ) -> Event | None:
         with self.engine.begin() as conn:
             self._set_best(conn, run_id, agent, commit, metric, trial)
+            if event is None:
+                return None
+            kind, payload = event
+            return self._event(conn, run_id, kind, dict(payload), agent=agent, trial=trial)
 
     def set_agent_state(self, run_id: str, agent: str, state: str, **detail: Any) -> None:
         now = time.time()
@@ -381,6 +392,7 @@ class SqlStore(Store):
         *,
         agent: str | None = None,
         statuses: Iterable[TrialStatus] | None = None,
+        last: int | None = None,
     ) -> list[Trial]:
         sql = "SELECT * FROM ov_trials WHERE run_id = :r"
         params: dict[str, Any] = {"r": run_id}
@@ -396,9 +408,15 @@ class SqlStore(Store):
                 params[f"s{i}"] = name
                 keys.append(f":s{i}")
             sql += f" AND status IN ({', '.join(keys)})"
+        if last is not None:
+            sql += " ORDER BY number DESC LIMIT :last"
+            params["last"] = last
         with self.engine.begin() as conn:
-            rows = conn.execute(text(sql + " ORDER BY number"), params).all()
-        return [_trial(row) for row in rows]
+            rows = conn.execute(
+                text(sql if last is not None else sql + " ORDER BY number"), params
+            ).all()
+        trials = [_trial(row) for row in rows]
+        return trials[::-1] if last is not None else trials
 
     # events ---------------------------------------------------------------
 
@@ -453,6 +471,24 @@ class SqlStore(Store):
                 {"r": run_id, "after": after, "limit": limit},
             ).all()
         return [_event(r) for r in rows]
+
+    def last_event(
+        self, run_id: str, kinds: Iterable[str], *, agent: str | None = None, after: int = 0
+    ) -> Event | None:
+        params: dict[str, Any] = {"r": run_id, "after": after}
+        keys = []
+        for i, kind in enumerate(kinds):
+            params[f"k{i}"] = kind
+            keys.append(f":k{i}")
+        if not keys:
+            return None
+        sql = f"SELECT * FROM ov_events WHERE run_id = :r AND id > :after AND kind IN ({', '.join(keys)})"
+        if agent is not None:
+            sql += " AND agent = :a"
+            params["a"] = agent
+        with self.engine.begin() as conn:
+            row = conn.execute(text(sql + " ORDER BY id DESC LIMIT 1"), params).first()
+        return None if row is None else _event(row)
 
     def lab_events(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         with self.engine.begin() as conn:

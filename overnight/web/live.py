@@ -145,6 +145,9 @@ class LiveRun:
         self._best: TrialRow | None = None
         self._best_dirty = True
         self._baseline: TrialRow | None = None
+        self.stopped: dict[str, Any] | None = None
+        """The stop rule that ended (or is ending) the run: its `run.stopping` or
+        `run.stopped` payload; None while it runs on."""
         self.lock = threading.RLock()
 
     # -- loading ------------------------------------------------------------------------
@@ -276,6 +279,18 @@ class LiveRun:
                     self.agents[event.agent].brownout = None
                     changes.agents.add(event.agent)
                 changes.brownouts = True
+            elif kind in ("run.started", "run.resumed"):
+                self.stopped = None
+            elif kind in ("run.stopping", "run.stopped"):
+                # a stop without a rule (an older run's) says nothing new
+                if event.payload.get("rule") or self.stopped is None:
+                    self.stopped = {**event.payload, "final": kind == "run.stopped"}
+            elif kind == "agent.adopted" and event.agent in self.agents:
+                row = self.agents[event.agent]  # it moved to the lab's best (sharing)
+                row.best_commit = str(event.payload.get("to_commit", row.best_commit))
+                row.best_metric = event.payload.get("to_metric", row.best_metric)
+                row.best_trial = event.payload.get("to_trial", row.best_trial)
+                changes.agents.add(row.name)
             elif kind.startswith("gateway."):
                 changes.gateway = True
             elif kind.startswith("approval."):

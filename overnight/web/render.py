@@ -247,6 +247,7 @@ class PageRenderer:
             "brownout": [b for b in self.live.brownouts if b.ended is None],
             "cost": sum(a.cost_usd for a in self.live.agents.values()),
             "last_id": self.live.last_id,
+            "stopped": self.live.stopped,
             "badges": {k: n for e in self.extras for k, n in e.badges().items()},
         }
 
