@@ -51,6 +51,9 @@ class TrialRow:
     tokens: int = 0
     cost_usd: float | None = None
     unpriced: bool = False
+    holdout_metric: float | None = None
+    flag: str | None = None
+    """Why a keep looks suspect (the hidden holdout did not improve with the metric)."""
 
     @property
     def final(self) -> bool:
@@ -145,6 +148,8 @@ class LiveRun:
         self._best: TrialRow | None = None
         self._best_dirty = True
         self._baseline: TrialRow | None = None
+        self.noise_floor: dict[str, Any] | None = None
+        """The run's measured noise floor (the `lab.noise_floor` event), once there is one."""
         self.lock = threading.RLock()
 
     # -- loading ------------------------------------------------------------------------
@@ -165,6 +170,8 @@ class LiveRun:
                 metric=t.metric,
                 reason=t.reason,
                 duration_s=t.duration_s,
+                holdout_metric=t.holdout_metric,
+                flag=t.flag,
             )
         self._recount()
 
@@ -276,6 +283,17 @@ class LiveRun:
                     self.agents[event.agent].brownout = None
                     changes.agents.add(event.agent)
                 changes.brownouts = True
+            elif kind in ("holdout.measured", "holdout.diverged") and event.trial in self.trials:
+                row_ = self.trials[event.trial]
+                if kind == "holdout.measured":
+                    row_.holdout_metric = event.payload.get("holdout_metric")
+                else:
+                    row_.flag = event.payload.get("flag")
+                changes.trials.add(row_.number)
+                changes.kept = changes.kept or row_.status == TrialStatus.kept.value
+            elif kind == "lab.noise_floor":
+                self.noise_floor = dict(event.payload)
+                changes.kept = True  # the best card shows the floor
             elif kind.startswith("gateway."):
                 changes.gateway = True
             elif kind.startswith("approval."):

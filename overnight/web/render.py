@@ -172,11 +172,15 @@ class PageRenderer:
         change = None
         if best and base and best.metric is not None and base.metric:
             change = (best.metric - base.metric) / abs(base.metric) * 100
+        lab = self.sources.config.lab
         return {
             "best": best,
             "baseline": base,
             "change": change,
             "base_commit": self.live.base_commit,
+            "noise_floor": self.live.noise_floor,
+            "min_delta": lab.min_delta if isinstance(lab.min_delta, int | float) else None,
+            "holdout": lab.holdout_name if lab.holdout else None,
         }
 
     def providers_context(self, health: dict[str, Any] | None) -> dict[str, Any]:
