@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from overnight.lab.sandbox import bwrap_problem
@@ -310,8 +311,37 @@ def test_a_run_that_games_its_evaluator_is_flagged_not_silently_kept(
     assert "flagged" in run_cli("ledger", str(lab)).stdout
     report = Path(run_cli("report", str(lab)).stdout.split("report: ")[1].strip()).read_text()
     assert "## Flagged: suspected overfitting or gaming" in report and gamed.flag in report
+    page, panel = _lab_page(lab, gamed.number)
+    assert "⚑ flagged" in page and f"holdout {gamed.holdout_metric:.6g}" in page
+    assert "hidden holdout val_rmse" in page and "noise floor ±0 (2σ" in page
+    assert "suspected overfitting or gaming" in panel and "hidden holdout" in panel
     # the holdout's own checkouts are gone, their hidden files with them
     assert not any((lab / ".overnight" / "holdout").rglob("holdout_eval.py"))
+
+
+def _lab_page(lab: Path, trial: int) -> tuple[str, str]:
+    """The command center's lab page and one trial's panel, served on loopback from the
+    lab's store as a finished run left it."""
+    from overnight.org import load_org
+    from overnight.web import Access, CommandCenter, Sources, missing_assets, serving
+
+    if missing_assets():
+        pytest.skip("the page's assets are missing: run `make web-assets`")
+    store = open_store(store_url(lab))
+    try:
+        run = store.latest_run("toy")
+        assert run is not None
+        sources = Sources(
+            store=store, run=run, config=load_org(lab).config, root=lab,
+            state_dir=lab / ".overnight",
+        )  # fmt: skip
+        center = CommandCenter(sources, Access.for_lab(lab))
+        with serving(center) as served, httpx.Client(base_url=served.base) as client:
+            client.get(f"/?token={served.url.split('token=')[1]}")
+            wait_until(lambda: f'id="trial-{trial}"' in client.get("/lab").text, timeout=30)
+            return client.get("/lab").text, client.get(f"/trials/{trial}").text
+    finally:
+        store.close()
 
 
 def test_with_on_divergence_reject_a_gamed_run_is_rejected(
@@ -420,3 +450,48 @@ def test_with_on_divergence_review_a_human_decides(tmp_path: Path, fake: FakePro
     gamed = trials[-1]
     assert gamed.status.value == "discarded" and gamed.flag
     assert f"approval {approval.id} denied: it games" in (gamed.reason or "")
+
+
+def test_a_kill_dash_nine_during_the_holdout_loses_nothing_and_leaves_nothing(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    """Write-ahead: the holdout's start is on record before its checkout exists; the next
+    run kills what is left, deletes the checkout (hidden files and all), and tries the
+    interrupted trial again."""
+    slow = tmp_path / "slow"
+    slow.touch()
+    fake.enqueue(Reply(text=HONEST))
+    lab = _rmse_lab(tmp_path / "lab", fake.url)
+    config = (
+        (lab / "overnight.toml")
+        .read_text()
+        .replace(
+            'holdout = "',
+            f'holdout = "test -e {slow} && [ $OVERNIGHT_AGENT != baseline ] && sleep 60; ',
+        )
+    )
+    (lab / "overnight.toml").write_text(config)
+    git(lab, "commit", "-qam", "a slow holdout")
+    with subprocess.Popen(
+        [*OVERNIGHT, "run", str(lab), "--trials", "1", "--no-ui"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        try:
+            checkouts = lab / ".overnight" / "holdout"
+            wait_until(lambda: any(checkouts.glob("*/trial-00002/holdout/*")), timeout=120)
+            _trials, events = _store_view(lab)
+            assert [e.trial for e in events if e.kind == "holdout.started"][-1] == 2
+        finally:
+            proc.kill()
+            proc.wait()
+    slow.unlink()
+    done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
+    assert done.returncode == 0, done.stdout + done.stderr
+    trials, _events = _store_view(lab)
+    assert [(t.number, t.status.value) for t in trials] == [
+        (1, "kept"), (2, "interrupted"), (3, "kept"),
+    ]  # fmt: skip
+    assert trials[2].requeued_from == 2 and trials[2].holdout_metric is not None
+    assert not any((lab / ".overnight" / "holdout").rglob("*.csv"))
+    assert "holdout" not in git(lab, "worktree", "list")
