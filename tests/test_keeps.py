@@ -495,3 +495,15 @@ def test_a_kill_dash_nine_during_the_holdout_loses_nothing_and_leaves_nothing(
     assert trials[2].requeued_from == 2 and trials[2].holdout_metric is not None
     assert not any((lab / ".overnight" / "holdout").rglob("*.csv"))
     assert "holdout" not in git(lab, "worktree", "list")
+
+
+def test_a_holdout_that_cannot_measure_the_baseline_stops_the_start(tmp_path: Path) -> None:
+    holdout = f'holdout = "{sys.executable} check.py"\nhidden = ["check.py"]'
+    lab = make_lab(tmp_path / "lab", lab_extra=holdout)
+    (lab / "check.py").write_text('print("holdout done, but no number")\n')
+    done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "the hidden holdout could not be measured on your unchanged code" in done.stderr
+    assert "no `score: <number>` line in its output" in done.stderr
+    assert "trial-00001-holdout.log" in done.stderr
+    assert f"fix: make `{sys.executable} check.py` print a line `score: <number>`" in done.stderr

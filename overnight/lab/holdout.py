@@ -48,18 +48,28 @@ class Measured:
 
 
 def hidden_files(root: Path, globs: Sequence[str]) -> list[str]:
-    """The lab's files (relative paths) that `globs` hide, as they are on disk now."""
-    if not globs:
-        return []
-    found = []
-    for top, dirs, files in os.walk(root):
-        rel_top = Path(top).relative_to(root)
-        if rel_top == Path("."):
-            dirs[:] = [d for d in dirs if d not in SKIPPED]
-        for name in files:
-            rel = (rel_top / name).as_posix()
-            if integrity.matches(rel, globs):
-                found.append(rel)
+    """The lab's files (relative paths) that `globs` hide, as they are on disk now.
+
+    Only the folders the globs can reach are walked (`holdout/**` walks `holdout/`): the
+    lab may hold far more files than it hides, and this is asked before every trial."""
+    found: set[str] = set()
+    for glob in globs:
+        fixed = []
+        for part in glob.removeprefix("./").split("/"):
+            if any(c in part for c in "*?["):
+                break
+            fixed.append(part)
+        start = root.joinpath(*fixed)
+        if start.is_file():
+            found.add(start.relative_to(root).as_posix())
+            continue
+        for top, dirs, files in os.walk(start):
+            if Path(top) == root:
+                dirs[:] = [d for d in dirs if d not in SKIPPED]
+            for name in files:
+                rel = (Path(top) / name).relative_to(root).as_posix()
+                if integrity.matches(rel, [glob]):
+                    found.add(rel)
     return sorted(found)
 
 

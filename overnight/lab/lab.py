@@ -622,34 +622,22 @@ class Lab:
                 m for m in metrics[1:] if not improves(m, best_metric, lab.goal, self.min_delta)
             ]
             if better and rerun_outlier and unconfirmed:
+                why = _discard_reason(unconfirmed[0], best_metric, self.min_delta, 1, lab)
                 return store.update_trial(
                     trial.id,
                     _S.discarded,
                     reason=f"an outlier (far beyond every improvement so far) that its re-run "
-                    f"did not confirm: {_discard_reason(unconfirmed[0], best_metric, self.min_delta, 1, lab)}",
+                    f"did not confirm: {why}",
                     finished_at=time.time(),
                 )
             # -- the hidden holdout: on the baseline (every later verdict's reference) and
             # on a candidate that would become the lab's best, before the ratchet moves
             concern = None
             if better and self._holdout_due(agent_name, value):
-                trial, concern = self._run_holdout(trial, candidate, value, stop)
-                if stop.is_set():
-                    return store.update_trial(
-                        trial.id, _S.interrupted, reason="stopped while the holdout ran",
-                        finished_at=time.time(),
-                    )  # fmt: skip
-                if agent_name == BASELINE and concern:
-                    return store.update_trial(
-                        trial.id, _S.rejected, reason=f"holdout: {concern}",
-                        finished_at=time.time(),
-                    )  # fmt: skip
-                no_reviewer = lab.on_divergence is OnDivergence.review and self.judge is None
-                if concern and (lab.on_divergence is OnDivergence.reject or no_reviewer):
-                    return store.update_trial(
-                        trial.id, _S.rejected, reason=f"holdout: {holdout.AGENT_REASON}",
-                        finished_at=time.time(),
-                    )  # fmt: skip
+                trial, concern, refused = self._holdout_verdict(trial, candidate, value, stop)
+                if refused is not None:
+                    status, why = refused
+                    return store.update_trial(trial.id, status, reason=why, finished_at=time.time())
             # -- keep or discard: the store first, then the branch follows
             if better and self.judge is not None and agent_name != BASELINE:
                 review = concern if lab.on_divergence is OnDivergence.review else None
@@ -811,6 +799,23 @@ class Lab:
             if found is None or better(t.metric, found.metric or 0.0, self.config.lab.goal):
                 found = t
         return (found.metric, found.holdout_metric) if found else (None, None)
+
+    def _holdout_verdict(
+        self, trial: Trial, commit: str, value: float, stop: threading.Event
+    ) -> tuple[Trial, str | None, tuple[TrialStatus, str] | None]:
+        """Run the holdout; returns the trial as it now stands, why its keep looks suspect
+        (None: it does not), and the status and reason that end it here (None: go on to
+        the judge and the keep, flagged or not)."""
+        trial, concern = self._run_holdout(trial, commit, value, stop)
+        lab = self.config.lab
+        no_reviewer = lab.on_divergence is OnDivergence.review and self.judge is None
+        if stop.is_set():
+            return trial, concern, (_S.interrupted, "stopped while the holdout ran")
+        if trial.agent == BASELINE and concern:
+            return trial, concern, (_S.rejected, f"holdout: {concern}")
+        if concern and (lab.on_divergence is OnDivergence.reject or no_reviewer):
+            return trial, concern, (_S.rejected, f"holdout: {holdout.AGENT_REASON}")
+        return trial, concern, None
 
     def _run_holdout(
         self, trial: Trial, commit: str, value: float, stop: threading.Event
