@@ -179,7 +179,10 @@ class PageRenderer:
             "change": change,
             "base_commit": self.live.base_commit,
             "noise_floor": self.live.noise_floor,
-            "min_delta": lab.min_delta if isinstance(lab.min_delta, int | float) else None,
+            # a number set, 0 where the floor is not measured, None while it is to be
+            "min_delta": lab.min_delta
+            if isinstance(lab.min_delta, int | float)
+            else (None if lab.measures_noise else 0.0),
             "holdout": lab.holdout_name if lab.holdout else None,
         }
 
