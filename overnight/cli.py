@@ -24,6 +24,7 @@ from rich.text import Text
 
 from overnight import __version__
 from overnight.errors import BaselineFailed, UserError
+from overnight.lab.privacy import keep_private
 from overnight.lab.trial import IN_FLIGHT
 from overnight.units import parse_duration
 
@@ -112,6 +113,7 @@ def _run_lab(
     from overnight.lab.lab import Lab
 
     seconds = _duration("--for", for_) if for_ else None
+    keep_private()
     lab = Lab.start(directory, new_run=new)
     for warning in lab.warnings:
         err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
@@ -183,6 +185,7 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
     from overnight.lab.desk import trial_json
     from overnight.lab.lab import Lab
 
+    keep_private()
     lab, agent = Lab.attach(directory)
     if lab.config.gateway is not None:
         # the command center judges the trial (policies, approvals) and records it; this
@@ -249,6 +252,43 @@ def _print_trial(result: dict[str, Any]) -> None:
     raise typer.Exit(130 if status == "interrupted" else 1)
 
 
+@app.command()
+def notes(
+    directory: Annotated[
+        Path, typer.Argument(help="The lab, or an agent's worktree in it (default: here).")
+    ] = Path("."),
+) -> None:
+    """The lab notebook: what every agent tried, kept, discarded or crashed, with deltas
+    against the best and the baseline; kept trials first, then the newest.
+
+    Agents: run it before choosing an experiment, so you do not repeat what failed. From
+    an agent's worktree (its sandbox too) it asks the command center, like `overnight try`.
+    """
+    from overnight.lab.desk import DeskClient, desk_address
+
+    address = desk_address(directory)
+    text = DeskClient(*address).notes() if address is not None else _notes_here(directory)
+    out.print(text, markup=False)
+
+
+def _notes_here(directory: Path) -> str:
+    """No command center runs the lab: read its store (a worktree reads its own run)."""
+    from overnight.lab import notebook
+    from overnight.lab.lab import worktree_of
+    from overnight.lab.ledger import open_view
+
+    reader: str | None = None
+    try:
+        root, _run, reader = worktree_of(directory)
+    except UserError:
+        root = directory
+    view = open_view(root)
+    try:
+        return notebook.read(view.store, view.run.id, view.config.lab, reader)
+    finally:
+        view.close()
+
+
 @app.command(hidden=True)
 def agent(
     worktree: Annotated[Path, typer.Argument(help="The agent's worktree.")],
@@ -256,6 +296,7 @@ def agent(
     """Run one external CLI agent (started by `overnight run` in a terminal session)."""
     from overnight.agents.external import main as run_agent
 
+    keep_private()
     run_agent(worktree)
 
 
@@ -268,7 +309,7 @@ def status(
     from overnight.lab.ledger import open_view
     from overnight.lab.ledger import status as lab_status
 
-    view = open_view(directory)
+    view = _open_view(open_view, directory)
     try:
         data = lab_status(view)
     finally:
@@ -319,6 +360,12 @@ def status(
         )
     for item in data["running"]:
         out.print(f"  now: trial {item['trial']} ({item['agent']}) {item['status']}")
+    for item in data["interrupted"]:
+        out.print(
+            f"  stopped: trial {item['trial']} ({item['agent']}) was {item['status']} when "
+            f"overnight stopped; {item['why']}",
+            markup=False,
+        )
 
 
 @app.command()
@@ -331,7 +378,7 @@ def ledger(
     """Every finished trial of the latest run."""
     from overnight.lab import ledger as ledger_mod
 
-    view = ledger_mod.open_view(directory)
+    view = _open_view(ledger_mod.open_view, directory)
     try:
         text = ledger_mod.tsv(view)
     finally:
@@ -369,7 +416,9 @@ def report(
     from overnight.lab import report as report_mod
     from overnight.lab.ledger import open_view
 
-    view = open_view(directory)
+    if out_file is None:  # into the lab's state; a file the user names is theirs to share
+        keep_private()
+    view = _open_view(open_view, directory)
     try:
         path = report_mod.write(view, out_file.resolve() if out_file else None)
     finally:
@@ -426,6 +475,7 @@ def gateway(
     from overnight.org import load_org
     from overnight.store import open_store, store_url
 
+    keep_private()
     org = load_org(directory)
     if config_file is not None:
         gw_config = load_gateway_config(config_file.resolve())
@@ -600,12 +650,27 @@ audit_app = typer.Typer(
 app.add_typer(audit_app, name="audit")
 
 
-def _lab_store(directory: Path) -> tuple[Any, Any]:
-    from overnight.org import load_org
-    from overnight.store import open_store, store_url
+def _lab_store(directory: Path) -> Any:
+    """The lab's store (an overnight.lab.ledger.LabStore); with a config that does not load,
+    read anyway, after a warning saying why."""
+    from overnight.lab.ledger import open_lab_store
 
-    org = load_org(directory)
-    return org, open_store(store_url(org.root))
+    lab = open_lab_store(directory)
+    _warn_config(lab.warning)
+    return lab
+
+
+def _open_view(open_view: Any, directory: Path) -> Any:
+    """A view of the latest run; with a config that does not load, read anyway, after a
+    warning saying why."""
+    view = open_view(directory)
+    _warn_config(view.lab.warning)
+    return view
+
+
+def _warn_config(warning: str | None) -> None:
+    if warning:
+        err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
 
 
 @audit_app.command("verify")
@@ -614,11 +679,11 @@ def audit_verify(directory: Dir = Path(".")) -> None:
     1 naming the first bad record (edited, deleted, inserted, reordered, truncated)."""
     from overnight.governance.audit import load_key, verify
 
-    org, store = _lab_store(directory)
+    lab = _lab_store(directory)
     try:
-        verdict = verify(store, org.config.lab.name, load_key())
+        verdict = verify(lab.store, lab.name, load_key())
     finally:
-        store.close()
+        lab.close()
     if not verdict.ok:
         err.print(Text("error: ", style="red") + Text(verdict.summary()), soft_wrap=True)
         raise typer.Exit(1)
@@ -643,14 +708,14 @@ def audit_export(
 
     if not jsonl:
         raise UserError("say the format.\n  fix: `overnight audit export DIR --jsonl`.")
-    org, store = _lab_store(directory)
+    lab = _lab_store(directory)
     try:
-        export_jsonl(store, org.config.lab.name, sys.stdout.write)
+        export_jsonl(lab.store, lab.name, sys.stdout.write)
         sys.stdout.flush()
     except BrokenPipeError:  # `| head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        store.close()
+        lab.close()
 
 
 @app.command("approvals")
@@ -658,11 +723,11 @@ def approvals_(directory: Dir = Path(".")) -> None:
     """The approvals inbox: actions agents are waiting on, with the ids to answer."""
     from overnight.governance.approvals import Approvals
 
-    org, store = _lab_store(directory)
+    lab = _lab_store(directory)
     try:
-        pending = Approvals(store, org.config.lab.name).pending()
+        pending = Approvals(lab.store, lab.name).pending()
     finally:
-        store.close()
+        lab.close()
     if not pending:
         out.print("no pending approvals")
         return
@@ -713,13 +778,13 @@ def _answer(approval_id: str, approve: bool, note: str | None, directory: Path) 
             "  fix: answer from your own terminal, outside the lab's worktrees, "
             "or in the command center."
         )
-    org, store = _lab_store(directory)
+    lab = _lab_store(directory)
     try:
-        auditor = Auditor(store, org.config.lab.name, lab_root=org.root)
-        inbox = Approvals(store, org.config.lab.name, auditor=auditor)
+        auditor = Auditor(lab.store, lab.name, lab_root=lab.root)
+        inbox = Approvals(lab.store, lab.name, auditor=auditor)
         a = inbox.answer(approval_id, approve, note, by=f"{getpass.getuser()} (cli)")
     finally:
-        store.close()
+        lab.close()
     color = "green" if a.status == "approved" else "red"
     out.print(f"approval {a.id} [{color}]{a.status}[/]: {escape(a.agent)} is told so.")
 

@@ -16,20 +16,24 @@ from overnight.errors import Invalid
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|kib|mib|gib)?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]i?b|b)?", re.IGNORECASE)
 _SIZE_BYTES = {
     "b": 1,
     "kb": 10**3,
     "mb": 10**6,
     "gb": 10**9,
+    "tb": 10**12,
+    "pb": 10**15,
     "kib": 2**10,
     "mib": 2**20,
     "gib": 2**30,
+    "tib": 2**40,
+    "pib": 2**50,
 }
 
 
 _DURATION_FIX = 'write a number and a unit, e.g. "90s", "5m" or "1h30m" (units: ms, s, m, h, d)'
-_SIZE_FIX = 'write a number and a unit, e.g. "50MB" or "1GiB" (units: B, KB, MB, GB, KiB, MiB, GiB)'
+_SIZE_FIX = 'write a number and a unit, e.g. "50MB" or "1GiB" (units: B, KB, MB, GB, TB, PB, KiB, MiB, GiB, TiB, PiB)'
 
 
 def _shown(value: Any) -> str:
@@ -61,7 +65,7 @@ def parse_duration(value: Any) -> float:
 
 
 def parse_size(value: Any) -> int:
-    """Bytes from `1048576`, `"50MB"`, `"32MiB"`, `"1GiB"`."""
+    """Bytes from `1048576`, `"50MB"`, `"32MiB"`, `"1GiB"`, `"2TB"`."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise Invalid(f"{_shown(value)} is not a size", fix=_SIZE_FIX)
     if isinstance(value, str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -9,11 +10,15 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 
+from overnight.lab.lab import RUN_MARKER
+from overnight.lab.runner import kill_marked
 from overnight.proposers.optuna import study_name
+from overnight.sessions import wait_until
 from overnight.store import store_url
 from tests.conftest import OVERNIGHT, git, make_lab, run_cli
 
@@ -93,6 +98,7 @@ def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
     for t in retried:
         original = by_number[t["requeued_from"]]
         assert original["status"] == "interrupted"
+        assert t["agent"] == original["agent"], "a re-queued proposal ran for another agent"
         assert (
             json.loads(str(t["proposal"]))["params"]
             == json.loads(str(original["proposal"]))["params"]
@@ -120,3 +126,116 @@ def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
     told_numbers = sorted(t.number for t in told if not t.user_attrs.get("overnight_baseline"))
     assert told_numbers == sorted(json.loads(str(t["proposal"]))["optuna_trial"] for t in measured)
     assert git(lab, "status", "--porcelain") == ""
+
+
+# t-2's changes wait while the hold file exists, so its trial stays `running` until the
+# test lets go; the other agents' run through, and so does the baseline (X = 0.5).
+HELD = """\
+import os, time
+X = 0.5
+Y = 5
+while X != 0.5 and os.environ.get("OVERNIGHT_AGENT") == "t-2" and os.path.exists({hold!r}):
+    time.sleep(0.02)
+print(f"score: {{(X - 3) ** 2 + (Y - 1) ** 2}}")
+"""
+
+
+@contextlib.contextmanager
+def _overnight_run(lab: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`overnight run` in the background for the block (killed after it, if still alive)."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*OVERNIGHT, "run", str(lab), "--no-ui"],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def test_a_trial_killed_mid_run_is_shown_and_retried_once_by_its_own_agent(
+    tmp_path: Path,
+) -> None:
+    hold = tmp_path / "hold"
+    lab = make_lab(tmp_path / "lab", script=HELD.format(hold=str(hold)), parallel=3, agents=3)
+    db = lab / ".overnight" / "overnight.db"
+
+    def running(agent: str, requeued_from: int | None = None) -> int | None:
+        """The number of `agent`'s trial the store has as running (a retry of one), if any."""
+        try:
+            rows = _rows(db, "SELECT * FROM ov_trials WHERE status = 'running'")
+        except sqlite3.OperationalError:
+            return None  # not created yet
+        for t in rows:
+            if t["agent"] == agent and (requeued_from in (None, t["requeued_from"])):
+                return int(str(t["number"]))
+        return None
+
+    def retries(number: int) -> list[dict[str, object]]:
+        return _rows(db, f"SELECT * FROM ov_trials WHERE requeued_from = {number}")
+
+    def kill_when_running(log: str, requeued_from: int | None = None) -> int:
+        with _overnight_run(lab, tmp_path / log) as proc:
+            if requeued_from is not None:
+                wait_until(lambda: retries(requeued_from) or proc.poll() is not None, timeout=60)
+                assert [t["agent"] for t in retries(requeued_from)] == ["t-2"]
+            wait_until(
+                lambda: running("t-2", requeued_from) is not None or proc.poll() is not None,
+                timeout=120,
+            )
+            assert proc.poll() is None, (tmp_path / log).read_text()
+            number = running("t-2", requeued_from)
+            assert number is not None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        return number
+
+    hold.touch()
+    try:
+        # killed while t-2's trial runs: status says what was in flight and what happens next
+        first = kill_when_running("run-1.log")
+        shown = run_cli("status", str(lab))
+        assert shown.returncode == 0, shown.stderr
+        assert "not running" in shown.stdout and "now:" not in shown.stdout
+        assert (
+            f"stopped: trial {first} (t-2) was running when overnight stopped; re-queued "
+            "for t-2 when `overnight run` starts again" in shown.stdout
+        ), shown.stdout
+        data = json.loads(run_cli("status", str(lab), "--json").stdout)
+        assert data["running"] == [] and data["running_pid"] is None
+        (entry,) = [i for i in data["interrupted"] if i["trial"] == first]
+        assert (entry["agent"], entry["status"], entry["requeued"]) == ("t-2", "running", True)
+
+        # it runs again for t-2 (not for whichever agent asks the shared study first) and
+        # is killed again: once more is all it gets
+        retry = kill_when_running("run-2.log", requeued_from=first)
+        shown = run_cli("status", str(lab))
+        assert (
+            f"stopped: trial {retry} (t-2) was running when overnight stopped; not re-queued: "
+            "its proposal was re-queued once already" in shown.stdout
+        ), shown.stdout
+        data = json.loads(run_cli("status", str(lab), "--json").stdout)
+        (entry,) = [i for i in data["interrupted"] if i["trial"] == retry]
+        assert entry["requeued"] is False
+
+        hold.unlink()
+        result = run_cli("run", str(lab), "--trials", "4", "--no-ui")
+        assert result.returncode == 0, result.stderr
+        trials = _rows(db, "SELECT * FROM ov_trials ORDER BY number")
+        by_number = {t["number"]: t for t in trials}
+        assert by_number[first]["status"] == by_number[retry]["status"] == "interrupted"
+        assert not [t for t in trials if t["requeued_from"] == retry]
+        for t in trials:
+            if t["requeued_from"] is not None:
+                assert t["agent"] == by_number[t["requeued_from"]]["agent"], t["number"]
+        assert "stopped:" not in run_cli("status", str(lab)).stdout
+    finally:
+        hold.unlink(missing_ok=True)  # a held experiment left by a kill ends by itself
+        with contextlib.suppress(sqlite3.OperationalError):
+            for run in _rows(db, "SELECT id FROM ov_runs"):
+                kill_marked(RUN_MARKER, str(run["id"]))

@@ -23,7 +23,7 @@ import pytest
 from overnight.sessions import wait_until
 from overnight.store import Event, open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
-from tests.conftest import OVERNIGHT, git, make_lab, run_cli
+from tests.conftest import OVERNIGHT, TOY_SCRIPT, git, make_lab, run_cli
 from tests.test_gateway_clis import REPO, claude_cli, codex_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -95,12 +95,13 @@ def agent_pids(worktree: Path) -> list[int]:
 
 
 def claude_lab(
-    tmp_path: Path, fake: FakeProvider, idle_after: str = "1h"
+    tmp_path: Path, fake: FakeProvider, idle_after: str = "1h", script: str = TOY_SCRIPT
 ) -> tuple[Path, dict[str, str]]:
     """A lab whose agent is the real Claude Code CLI talking to `fake`, and the
     environment to run it in (a HOME of its own, so no user settings leak in)."""
     lab = make_lab(
         tmp_path / "lab",
+        script=script,
         config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after=idle_after),
     )
     home = tmp_path / "home"
@@ -115,7 +116,7 @@ def claude_lab(
 
 
 @contextlib.contextmanager
-def running(lab: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+def running(lab: Path, env: dict[str, str], umask: int = -1) -> Iterator[subprocess.Popen[str]]:
     """`overnight run LAB` for the length of the block, then Ctrl-C: it must exit 130."""
     with subprocess.Popen(
         [*OVERNIGHT, "run", str(lab)],
@@ -123,6 +124,7 @@ def running(lab: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        umask=umask,
     ) as proc:
         try:
             yield proc
@@ -184,6 +186,40 @@ def test_claude_code_submits_a_trial_goes_idle_and_is_restarted_and_resumed(
     text = str(resumed["messages"])
     assert "overnight restarted you" in text
     assert "X=3, Y=1: the optimum" in text  # the earlier tool call is still in the conversation
+
+
+UMASK_SCRIPT = """\
+import os
+X = 0.5
+Y = 5
+with open("out.txt", "w") as fh:
+    fh.write("the experiment's own result\\n")
+print(f"out.txt mode {os.stat('out.txt').st_mode & 0o777:o}")
+print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
+"""
+
+
+def test_the_agents_cli_and_its_experiments_keep_the_users_umask(tmp_path: Path) -> None:
+    """overnight's own processes write private state (umask 077); the CLI it drives (through
+    tmux and `overnight agent`) and the experiment that CLI's `overnight try` starts get
+    the umask the user started `overnight run` with."""
+    script = [
+        Reply(tool_calls=[ToolCall("Bash", {"command": f"umask && {TRY}", "description": "go"})]),
+        Reply(text="Submitted."),
+    ]
+    with FakeProvider("anthropic", script=script, mode="conversation") as fake:
+        lab, env = claude_lab(tmp_path, fake, script=UMASK_SCRIPT)
+        with running(lab, env, umask=0o027):
+            wait_until(lambda: "idle" in states(lab), timeout=90)
+    ledger = run_cli("ledger", str(lab), "--tsv").stdout
+    assert "X=3, Y=1: the optimum" in ledger and "keep" in ledger
+    answered = json.dumps([r["body"]["messages"] for r in fake.requests])
+    assert '"0027\\n' in answered, "Claude Code's Bash tool ran with the user's umask"
+    logs = sorted((lab / ".overnight" / "logs").glob("*/trial-*.log"))
+    assert len(logs) == 2  # the baseline, and the trial the agent's `overnight try` ran
+    for log in logs:
+        assert "out.txt mode 640" in log.read_text()
+        assert log.stat().st_mode & 0o777 == 0o600
 
 
 CODEX_CONFIG = """\

@@ -44,6 +44,9 @@ def test_run_round_trip(store: SqlStore) -> None:
     assert store.latest_run("lab") == run
     assert store.latest_run("other") is None
     assert store.get_run("nope") is None
+    store.create_run("r2", "lab", "base", {}, {})
+    store.create_run("r3", "another", "base", {}, {})
+    assert store.labs() == ["another", "lab"]
 
 
 def test_trial_lifecycle_writes_events_and_moves_the_ratchet(store: SqlStore) -> None:

@@ -466,12 +466,14 @@ def test_the_grid_stream_carries_agent_states_and_terminal_screens(
 # -- the terminal websocket ----------------------------------------------------------------
 
 
-def ws_connect(lab: WebLab, path: str, *, origin: str | None, cookie: bool) -> tuple[int, bytes]:
+def ws_connect(
+    lab: WebLab, path: str, *, origin: str | None, cookie: bool, host: str | None = None
+) -> tuple[int, bytes]:
     """A raw websocket handshake: (HTTP status, first bytes of the answer)."""
-    host = lab.base.removeprefix("http://")
+    address = lab.base.removeprefix("http://")
     headers = [
         f"GET {path} HTTP/1.1",
-        f"Host: {host}",
+        f"Host: {host or address}",
         "Upgrade: websocket",
         "Connection: Upgrade",
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
@@ -483,7 +485,7 @@ def ws_connect(lab: WebLab, path: str, *, origin: str | None, cookie: bool) -> t
         with lab.client() as c:
             jar = "; ".join(f"{k}={v}" for k, v in c.cookies.items())
         headers.append(f"Cookie: {jar}")
-    hostname, port = host.split(":")
+    hostname, port = address.split(":")
     with socket.create_connection((hostname, int(port)), timeout=10) as sock:
         sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
         data = b""
@@ -514,6 +516,90 @@ def test_a_terminal_for_an_agent_without_one_says_why(lab: WebLab) -> None:
     assert status == 101 and b"no terminal" in data
     status, data = ws_connect(lab, "/agents/nobody/terminal", origin=lab.base, cookie=True)
     assert status == 101 and b"no agent named 'nobody'" in data
+
+
+# -- what a browser is told: the Host allowlist and the protective headers ------------------
+
+
+def port_of(lab: WebLab) -> int:
+    return int(lab.base.rsplit(":", 1)[1])
+
+
+@pytest.mark.parametrize(
+    "host",
+    # 127.0.0.2 is loopback too, but not a name it answers to unless started with --host
+    ["evil.example", "evil.example:{port}", "127.0.0.1.nip.io:{port}", "127.0.0.2:{port}", ""],
+)
+def test_a_forged_host_is_refused_even_with_the_cookie(
+    lab: WebLab, client: httpx.Client, host: str
+) -> None:
+    """DNS rebinding: a page of another site, its name re-pointed at 127.0.0.1 (or no name)."""
+    forged = host.format(port=port_of(lab))
+    for path in ("/", "/lab", "/events", "/static/app.js", f"/?token={lab.token}"):
+        r = client.get(path, headers={"host": forged})
+        assert r.status_code == 421 and "DNS rebinding" in r.text and "--host" in r.text
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    r = client.post(
+        "/agents/tuner-1/pause", headers={"host": forged, "x-csrf-token": lab.csrf(client)}
+    )
+    assert r.status_code == 421
+    assert lab.state("tuner-1") != "paused"
+
+
+def test_a_websocket_with_a_forged_host_is_refused(lab: WebLab) -> None:
+    path = "/agents/claude/terminal?cols=80&rows=24"
+    forged = f"evil.example:{port_of(lab)}"
+    status, data = ws_connect(lab, path, origin=f"http://{forged}", cookie=True, host=forged)
+    assert status == 421 and b"DNS rebinding" in data
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "localhost", "LOCALHOST", "[::1]"])
+def test_the_loopback_names_are_answered_on_any_port(
+    lab: WebLab, client: httpx.Client, name: str
+) -> None:
+    # any port: `ssh -L 8080:127.0.0.1:PORT` brings the page to another one
+    for host in (f"{name}:{port_of(lab)}", f"{name}:8080", name):
+        r = client.get("/lab", headers={"host": host})
+        assert r.status_code == 200, (host, r.text)
+
+
+def test_every_answer_carries_the_protective_headers(lab: WebLab, client: httpx.Client) -> None:
+    answers = {
+        "page": client.get("/"),
+        "fragment": client.get("/grid/tiles"),
+        "static": client.get("/static/app.js"),
+        "no token": httpx.get(lab.base + "/lab", timeout=10),
+        "first visit": httpx.get(f"{lab.base}/?token={lab.token}", timeout=10),
+        "not found": client.get("/trials/99999"),
+    }
+    with client.stream("GET", "/events", params={"view": "lab"}) as stream:
+        answers["event stream"] = stream
+    assert answers["no token"].status_code == 401 and answers["first visit"].status_code == 303
+    for what, r in answers.items():
+        csp = r.headers.get("content-security-policy", "")
+        directives = dict(d.strip().partition(" ")[::2] for d in csp.split(";"))
+        assert directives.get("frame-ancestors") == "'none'", what
+        assert directives.get("script-src") == "'self'", what  # no inline script, no eval
+        assert "'unsafe-inline'" not in csp and "'unsafe-eval'" not in csp, what
+        assert r.headers.get("x-frame-options") == "DENY", what
+        assert r.headers.get("referrer-policy") == "no-referrer", what
+        assert r.headers.get("x-content-type-options") == "nosniff", what
+        assert len(r.headers.get_list("content-security-policy")) == 1, what
+    # the page's style nonce is new on every answer, and handed to its script alone
+    page = answers["page"]
+    nonce = page.headers["content-security-policy"].split("'nonce-", 1)[1].split("'", 1)[0]
+    assert f'<script src="/static/app.js" nonce="{nonce}" defer>' in page.text
+    assert page.text.count(nonce) == 1
+    again = client.get("/").headers["content-security-policy"]
+    assert f"'nonce-{nonce}'" not in again
+
+
+def test_with_host_the_command_center_answers_to_that_name_too(tmp_path: Path) -> None:
+    with web_lab(tmp_path, extra_args=("--host", "127.0.0.2")) as lab, lab.client() as client:
+        assert lab.base.startswith("http://127.0.0.2:")
+        assert client.get("/lab").status_code == 200
+        assert client.get("/lab", headers={"host": "localhost"}).status_code == 200
+        assert client.get("/lab", headers={"host": "evil.example"}).status_code == 421
 
 
 # -- steering ------------------------------------------------------------------------------

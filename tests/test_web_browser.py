@@ -8,6 +8,7 @@ test-artifacts/ (the README's picture is one of them).
 from __future__ import annotations
 
 import contextlib
+import http.server
 import re
 import socket
 import subprocess
@@ -49,16 +50,41 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebLab]:
         yield running
 
 
+# Chromium tells of a Content-Security-Policy violation twice: a console error ("Applying
+# inline style violates the following Content Security Policy directive ...") and a
+# `securitypolicyviolation` event in the page, which this script (injected by the browser,
+# so outside the policy) keeps.
+# (`wait_for_function` is given functions, "() => ...": Playwright re-evaluates a bare
+# expression with the page's own eval, which the page's policy refuses.)
+CSP_WATCH = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(
+    `${e.effectiveDirective} refused ${e.blockedURI || "inline"}`
+    + ` (${e.sourceFile}:${e.lineNumber})`));
+"""
+
+
+def csp_violations(page: Page) -> list[str]:
+    return list(page.evaluate("window.__csp || []"))
+
+
 @pytest.fixture
 def page(browser: Browser, lab: WebLab) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    context.add_init_script(CSP_WATCH)
     p = context.new_page()
     errors: list[str] = []
     p.on("pageerror", lambda e: errors.append(str(e)))
+    p.on(
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     p.on("dialog", lambda d: d.accept())  # "Restart X?" confirmations
     yield p
+    if not p.is_closed() and p.url.startswith("http"):
+        errors += csp_violations(p)
     context.close()
-    assert not errors, errors  # no script error on any page
+    assert not errors, errors  # no script error and no policy violation on any page
 
 
 def shot(page: Page, name: str) -> None:
@@ -69,12 +95,68 @@ def shot(page: Page, name: str) -> None:
 def open_grid(page: Page, lab: WebLab) -> None:
     page.goto(lab.url)
     assert page.url == lab.base + "/"  # the token is gone from the address bar
-    page.wait_for_function("document.getElementById('conn').dataset.state === 'live'")
+    page.wait_for_function("() => document.getElementById('conn').dataset.state === 'live'")
     page.evaluate("window.__loaded = performance.timeOrigin")
 
 
 def no_reload(page: Page) -> bool:
     return bool(page.evaluate("window.__loaded === performance.timeOrigin"))
+
+
+@contextlib.contextmanager
+def another_site(html: str) -> Iterator[str]:
+    """A page of another origin on this machine (127.0.0.1, another port), for the block.
+    (Chromium would not even let a public site's page reach 127.0.0.1: its local network
+    access checks block the request before our headers could.)"""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/html; charset=utf-8")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, name="another-site", daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_page_of_another_site_cannot_frame_the_command_center(
+    browser: Browser, lab: WebLab
+) -> None:
+    """Clickjacking: another page puts the command center in a frame, under its own bait.
+    The browser is signed in (the same site: its cookie would go along), and one frame
+    even carries the token, as a leaked link would."""
+    context = browser.new_context()
+    try:
+        signed_in = context.new_page()
+        signed_in.goto(lab.url)
+        signed_in.wait_for_selector("#grid")  # the command center works in a tab of its own
+        frames = f'<iframe src="{lab.base}/approvals"></iframe><iframe src="{lab.url}"></iframe>'
+        with another_site(f"<h1>click to win</h1>{frames}") as site:
+            p = context.new_page()
+            refused: list[str] = []
+            p.on(
+                "console", lambda m: refused.append(m.text) if "frame-ancestors" in m.text else None
+            )
+            p.goto(site)  # returns once the page and its frames have loaded
+            inner = p.frames[1:]
+            assert len(inner) == 2
+            for frame in inner:  # the browser's own error page, never ours
+                assert frame.url == "chrome-error://chromewebdata/"
+                assert "ERR_BLOCKED_BY_RESPONSE" in frame.content()
+            assert len(refused) == 2 and all("Framing 'http://127.0.0.1:" in m for m in refused)
+    finally:
+        context.close()
 
 
 def test_a_request_without_the_token_is_refused(browser: Browser, lab: WebLab) -> None:
@@ -97,28 +179,28 @@ def test_the_grid_shows_every_agent_live_with_its_terminal_mirror(page: Page, la
     # the page only ever saw "idle".)
     page.locator("#head-claude button", has_text="pause").click()
     page.wait_for_function(
-        "document.getElementById('tile-claude').dataset.state === 'paused'", timeout=30_000
+        "() => document.getElementById('tile-claude').dataset.state === 'paused'", timeout=30_000
     )
     page.locator("#head-claude button", has_text="resume").click()
     page.wait_for_function(
-        "document.getElementById('tile-claude').dataset.state !== 'paused'", timeout=30_000
+        "() => document.getElementById('tile-claude').dataset.state !== 'paused'", timeout=30_000
     )
     # its terminal is mirrored, and the mirror moves on as the agent writes
     screen = page.locator("#screen-claude")
     page.wait_for_function(
-        "document.getElementById('screen-claude').textContent.includes('[overnight] turn')"
+        "() => document.getElementById('screen-claude').textContent.includes('[overnight] turn')"
     )
     turns = re.findall(r"turn (\d+)", screen.text_content() or "")
     page.wait_for_function(
-        f"""(() => {{
+        f"""() => {{
             const m = [...document.getElementById('screen-claude').textContent
                 .matchAll(/turn (\\d+)/g)].map(x => +x[1]);
             return m.length && Math.max(...m) > {max(map(int, turns), default=0)};
-        }})()""",
+        }}""",
         timeout=30_000,
     )
     # the built-in agents show their last trials instead
-    page.wait_for_function("document.querySelectorAll('#extra-tuner-1 .recent li.st-kept, "
+    page.wait_for_function("() => document.querySelectorAll('#extra-tuner-1 .recent li.st-kept, "
                            "#extra-tuner-1 .recent li.st-discarded').length > 0")  # fmt: skip
     assert no_reload(page)
     shot(page, "grid")
@@ -133,16 +215,36 @@ def test_the_grid_shows_every_agent_live_with_its_terminal_mirror(page: Page, la
     )
 
 
+def test_a_mirrored_screen_shows_its_exact_colours(page: Page, lab: WebLab) -> None:
+    """24-bit colours reach the tile's mirror as data (the page's policy refuses style
+    attributes) and are painted by the page."""
+    open_grid(page, lab)
+    (session,) = [
+        n for n in tmux(lab, "list-sessions", "-F", "#{session_name}").split() if "claude" in n
+    ]
+    # a window of its own becomes the session's active one: the mirror shows it
+    tmux(lab, "new-window", "-t", f"={session}:", "-n", "colours",
+         "printf '\\033[38;2;255;128;0mORANGE\\033[0m\\n'; exec sleep 600")  # fmt: skip
+    try:
+        page.wait_for_selector("#screen-claude [data-fg='#ff8000']", timeout=20_000)
+        colour = page.eval_on_selector(
+            "#screen-claude [data-fg='#ff8000']", "el => getComputedStyle(el).color"
+        )
+        assert colour == "rgb(255, 128, 0)"
+    finally:
+        tmux(lab, "kill-window", "-t", f"={session}:colours")
+
+
 def test_pause_and_resume_from_the_tile(page: Page, lab: WebLab) -> None:
     open_grid(page, lab)
     page.click("#head-tuner-1 button:text('pause')")
-    page.wait_for_function("document.getElementById('tile-tuner-1').dataset.state === 'paused'",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_function("() => document.getElementById('tile-tuner-1')"
+                           ".dataset.state === 'paused'", timeout=30_000)  # fmt: skip
     assert lab.state("tuner-1") == "paused"
     shot(page, "paused-tile")
     page.click("#head-tuner-1 button:text('resume')")
-    page.wait_for_function("document.getElementById('tile-tuner-1').dataset.state === 'working'",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_function("() => document.getElementById('tile-tuner-1')"
+                           ".dataset.state === 'working'", timeout=30_000)  # fmt: skip
     assert no_reload(page)
 
 
@@ -150,8 +252,8 @@ def test_a_refused_action_shows_why(page: Page, lab: WebLab) -> None:
     open_grid(page, lab)
     # a second tab resumed the agent already: this page's "resume" is stale
     page.click("#head-tuner-2 button:text('pause')")
-    page.wait_for_function("document.getElementById('tile-tuner-2').dataset.state === 'paused'",
-                           timeout=30_000)  # fmt: skip
+    page.wait_for_function("() => document.getElementById('tile-tuner-2')"
+                           ".dataset.state === 'paused'", timeout=30_000)  # fmt: skip
     with lab.client() as client:
         r = client.post("/agents/tuner-2/resume", headers={"x-csrf-token": lab.csrf(client)})
         assert r.status_code == 204
@@ -247,16 +349,16 @@ def test_the_interactive_terminal_runs_a_typed_command(page: Page, lab: WebLab) 
     tmux(lab, "kill-window", "-t", f"={session}:1")
     wait_until(lambda: "42 claude" not in terminal_text(page), timeout=10)  # window 0 again
     page.click("#panel [data-close]")
-    page.wait_for_function("window.overnightTerminal === null")  # closing the panel detaches
+    page.wait_for_function("() => window.overnightTerminal === null")  # closing the panel detaches
 
 
 def test_a_new_ledger_row_appears_without_a_reload(page: Page, lab: WebLab) -> None:
     page.goto(lab.url.replace("/?token", "/lab?token"))
-    page.wait_for_function("document.getElementById('conn').dataset.state === 'live'")
+    page.wait_for_function("() => document.getElementById('conn').dataset.state === 'live'")
     page.evaluate("window.__loaded = performance.timeOrigin")
     first = page.eval_on_selector("#ledger-body tr.trial", "r => +r.id.slice(6)")
     page.wait_for_function(
-        f"[...document.querySelectorAll('#ledger-body tr.trial')]"
+        f"() => [...document.querySelectorAll('#ledger-body tr.trial')]"
         f".some(r => +r.id.slice(6) > {first} + 1 && !r.dataset.status.match(/proposed|applied|checked|running/))",
         timeout=30_000,
     )
@@ -330,10 +432,10 @@ def test_the_page_catches_up_after_losing_its_connection(page: Page, lab: WebLab
     link = CuttableLink(lab.base)
     try:
         page.goto(f"{link.base}/lab?token={lab.token}")
-        page.wait_for_function("document.getElementById('conn').dataset.state === 'live'")
+        page.wait_for_function("() => document.getElementById('conn').dataset.state === 'live'")
         page.evaluate("window.__loaded = performance.timeOrigin")
         link.cut()
-        page.wait_for_function("document.getElementById('conn').dataset.state === 'lost'")
+        page.wait_for_function("() => document.getElementById('conn').dataset.state === 'lost'")
         last = lab.events()[-1].id
 
         def missed() -> list[int]:
@@ -343,7 +445,7 @@ def test_the_page_catches_up_after_losing_its_connection(page: Page, lab: WebLab
         wait_until(lambda: len(missed()) >= 3, timeout=60)  # trials go on while we are away
         assert not page.query_selector(f"#trial-{missed()[-1]}.st-{'kept'}")
         link.restore()  # the browser reconnects by itself, with Last-Event-ID
-        page.wait_for_function("document.getElementById('conn').dataset.state === 'live'",
+        page.wait_for_function("() => document.getElementById('conn').dataset.state === 'live'",
                                timeout=30_000)  # fmt: skip
         for number in missed():
             page.wait_for_selector(

@@ -349,7 +349,7 @@ def test_verify_shows_the_chain_intact_then_the_first_bad_record(
 
 def open_view(page: Page, lab: WebLab, path: str) -> None:
     page.goto(lab.url.replace("/?token", f"{path}?token"))
-    page.wait_for_function("document.getElementById('conn').dataset.state === 'live'")
+    page.wait_for_function("() => document.getElementById('conn').dataset.state === 'live'")
     page.evaluate("window.__loaded = performance.timeOrigin")
 
 
@@ -364,7 +364,9 @@ def test_deny_in_the_page_discards_the_trial_with_the_reason(
     trial = pending["trial"]
     # the agent's tile says it waits, and for which approval
     open_view(page, lab, "/")
-    page.wait_for_function("document.getElementById('tile-careful').dataset.state === 'waiting'")
+    page.wait_for_function(
+        "() => document.getElementById('tile-careful').dataset.state === 'waiting'"
+    )
     assert pending["id"] in (page.text_content("#head-careful .why") or "")
     shot(page, "waiting-tile")
 
@@ -397,7 +399,7 @@ def test_an_approval_answered_in_the_page_unblocks_the_agent(
     page.wait_for_selector(card)  # it arrived live, or was there already
     count = len(client.get("/api/approvals?status=pending").json()["approvals"])
     page.wait_for_function(
-        f"document.querySelector('nav [data-badge=approvals]').textContent === '{count}'"
+        f"() => document.querySelector('nav [data-badge=approvals]').textContent === '{count}'"
     )
     shot(page, "approvals")
     page.fill(f"{card} input[name=note]", "good change")
@@ -405,7 +407,7 @@ def test_an_approval_answered_in_the_page_unblocks_the_agent(
     page.wait_for_selector(f"tr#approval-{pending['id']}[data-status='approved']")
     wait_until(lambda: trial_status(lab, trial) == "kept", timeout=30)
     page.wait_for_function(
-        f"document.querySelector('nav [data-badge=approvals]').textContent !== '{count}'"
+        f"() => document.querySelector('nav [data-badge=approvals]').textContent !== '{count}'"
     )
     assert no_reload(page)
     page.click("nav >> text=Lab")
@@ -426,10 +428,10 @@ def test_a_new_approval_appears_live_and_an_expired_one_cannot_be_answered(
     assert "risk 0.62" in (page.text_content(card) or "")
     # it counts down, then shows expired and offers no answer
     page.wait_for_function(
-        f"document.querySelector('{card} .expiry').textContent.startsWith('expires in')"
+        f"() => document.querySelector('{card} .expiry').textContent.startsWith('expires in')"
     )
     page.wait_for_function(
-        f"document.querySelector('{card}').dataset.status === 'expired'", timeout=30_000
+        f"() => document.querySelector('{card}').dataset.status === 'expired'", timeout=30_000
     )
     assert not page.is_visible(f"{card} button.approve")
     # the lab records it expired (not denied), and the page moves it to the history
@@ -457,7 +459,7 @@ def test_the_audit_view_searches_and_verifies(page: Page, lab: WebLab) -> None:
     page.fill("#audit-search input[name=kind]", "approval")
     page.click("#audit-search button[type=submit]")
     page.wait_for_function(
-        "[...document.querySelectorAll('#audit-body tr.record')].length > 0 && "
+        "() => [...document.querySelectorAll('#audit-body tr.record')].length > 0 && "
         "[...document.querySelectorAll('#audit-body tr.record')]"
         ".every(r => r.dataset.kind.startsWith('approval.'))"
     )

@@ -1,7 +1,8 @@
 """The supervisor: runs a lab's in-process agents on threads until the stop rules say so.
 
 Owns the agent loop (a generator of finished trials), the shared allowance of
-trials and time for one invocation, and a clean stop: a stop request kills the
+trials and time for one invocation, handing each re-queued proposal back to the
+agent that made it, and a clean stop: a stop request kills the
 running experiments, which are recorded `interrupted` and re-queued by the next
 start. Knows nothing about the CLI or how the progress is shown.
 """
@@ -13,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from overnight.lab.git import Git
 from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
 from overnight.lab.runner import kill_marked
 from overnight.lab.trial import TrialStatus
-from overnight.proposers import Proposer, ProposerSetup, ProposerUnavailable, create
+from overnight.proposers import Proposal, Proposer, ProposerSetup, ProposerUnavailable, create
 from overnight.sessions import default_backend
 from overnight.sessions.base import Session
 from overnight.store import AgentRecord, Trial
@@ -149,6 +150,69 @@ def _ride_out(
     lab.store.set_agent_state(lab.run.id, name, "working", reason="route recovered")
 
 
+class Requeued:
+    """Sees that a re-queued proposal runs for the agent that made it.
+
+    Each agent's proposer gets its own interrupted trials back (`resume`), but proposers
+    may share their queue: the agents of the `optuna` runtime ask one study, which hands
+    a re-queued point to whoever asks next. So every proposal that comes back re-queued
+    from another agent's trial is set aside for that agent, who takes it before asking
+    anew, and the agent that got it asks again.
+    """
+
+    def __init__(self, makers: dict[int, str]) -> None:
+        self.makers = makers
+        """Trial number -> the agent that proposed it, for each re-queued trial."""
+        self._aside: dict[str, list[Proposal]] = {}
+        self._lock = threading.Lock()
+
+    def own(self, name: str, proposer: Proposer) -> Proposer:
+        """`proposer`, as agent `name` should ask it."""
+        return _OwnRequeues(self, name, proposer) if self.makers else proposer
+
+    def propose(self, name: str, proposer: Proposer, worktree: Path, trial: Trial) -> Proposal:
+        while True:
+            with self._lock:
+                aside = self._aside.get(name)
+                if aside:
+                    return aside.pop(0)
+            proposal = proposer.propose(worktree, trial)
+            again = proposal.requeued_from
+            maker = name if again is None else self.makers.get(again, name)
+            if maker == name:
+                return proposal
+            # (its description was written against this agent's worktree; what it
+            # changes is the same in the maker's)
+            with self._lock:
+                self._aside.setdefault(maker, []).append(proposal)
+
+
+class _OwnRequeues:
+    """A proposer whose re-queued proposals go to their makers (see `Requeued`)."""
+
+    def __init__(self, requeued: Requeued, name: str, proposer: Proposer) -> None:
+        self._requeued = requeued
+        self._name = name
+        self._proposer = proposer
+
+    def propose(self, worktree: Path, trial: Trial) -> Proposal:
+        return self._requeued.propose(self._name, self._proposer, worktree, trial)
+
+    def observe(self, trial: Trial) -> None:
+        self._proposer.observe(trial)
+
+    def resume(self, finished: Sequence[Trial], requeue: Sequence[Trial]) -> None:
+        self._proposer.resume(finished, requeue)
+
+    def baseline(self, trial: Trial, worktree: Path) -> None:
+        self._proposer.baseline(trial, worktree)
+
+    def close(self) -> None:
+        close = getattr(self._proposer, "close", None)
+        if callable(close):
+            close()
+
+
 @dataclass
 class Supervisor:
     lab: Lab
@@ -162,7 +226,9 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.allowance = Allowance(self.trials, self.seconds)
+        self.lab.deadline = self.allowance.deadline  # a trial waiting for disk space stops then
         self._lock = threading.Lock()
+        self._requeued = Requeued({})
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -187,15 +253,20 @@ class Supervisor:
             proposer.baseline(baseline, Path(lab.agents()[0].worktree))
         runtime_of = {a.name: a.runtime for a in lab.agents()}
         finished = [t for t in lab.store.trials(lab.run.id) if t.status.final]
-        for runtime, proposer in first_of_runtime.items():
+        # each agent is handed back its own interrupted proposals (before any agent asks
+        # for a new one: a proposer may tidy up what a stop left half-asked)
+        for name, proposer in proposers.items():
             proposer.resume(
-                [t for t in finished if runtime_of.get(t.agent) == runtime],
-                [t for t in lab.requeued if runtime_of.get(t.agent) == runtime],
+                [t for t in finished if runtime_of.get(t.agent) == runtime_of[name]],
+                [t for t in lab.requeued if t.agent == name],
             )
+        self._requeued = Requeued({t.number: t.agent for t in lab.requeued if t.agent in proposers})
         done = {name: threading.Event() for name in proposers}
         for name, proposer in proposers.items():
             threading.Thread(
-                target=self._agent, args=(name, proposer, done[name]), name=f"agent-{name}"
+                target=self._agent,
+                args=(name, self._requeued.own(name, proposer), done[name]),
+                name=f"agent-{name}",
             ).start()
         for agent in lab.agents():
             if agent.runtime in RUNTIMES:
@@ -284,7 +355,10 @@ class Supervisor:
         watch = RouteWatch(services.gateway, services.gateway_url, config.model, key_file)
         optimizer = None
         if config.on_brownout == "optimize":
-            optimizer = create("optuna", self._setup(self.lab.agent(name)))
+            # it asks the lab's study, and may be the one handed another's re-queued point
+            optimizer = self._requeued.own(
+                name, create("optuna", self._setup(self.lab.agent(name)))
+            )
         return watch, optimizer
 
     def _external(self, name: str, done: threading.Event) -> None:

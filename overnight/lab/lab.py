@@ -18,7 +18,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -28,7 +28,8 @@ from opentelemetry import trace
 
 from overnight import redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import holdout, integrity, sandbox
+from overnight.lab import holdout, integrity, privacy, sandbox
+from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
 from overnight.lab.judge import Judge
@@ -44,6 +45,7 @@ from overnight.lab.ratchet import (
     step,
 )
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
+from overnight.lab.trial import BASELINE as BASELINE  # re-exported: the lab names its baseline
 from overnight.lab.trial import IN_FLIGHT, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.org.config import LabConfig, OnDivergence
@@ -58,8 +60,10 @@ _tracer = trace.get_tracer("overnight.lab")
 RUN_MARKER = "OVERNIGHT_RUN_ID"
 SESSION_MARKER = "OVERNIGHT_SESSION"
 """Set in an external agent's terminal session: its processes outlive `overnight run`."""
-BASELINE = "baseline"
-MAX_REQUEUES = 2
+MAX_REQUEUES = 1
+"""How many times an interrupted proposal is tried again. Once: one that was in flight
+at two stops in a row is more likely their cause (an experiment that takes the machine
+down) than their victim."""
 _S = TrialStatus
 _SHELL_WORDS = {
     "cd", "source", ".", "export", "exec", "env", "time", "nice", "nohup", "set",
@@ -74,7 +78,37 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
     data.pop("agents", None)
     data.pop("gateway", None)
     data.pop("governance", None)
+    for key in ("max_logs", "min_free_disk"):  # the machine's disk, not the lab: a run
+        data["lab"].pop(key, None)  # goes on with new values (and from older versions)
     return data
+
+
+def requeues(trials: Sequence[Trial], stopping: Collection[int] = ()) -> list[Trial]:
+    """The trials whose proposals the next start tries again, by their own agents: each
+    interrupted one (and each numbered in `stopping`: in flight, as that start will find
+    them) with a proposal, not tried again already, and re-queued fewer than
+    MAX_REQUEUES times before."""
+    retried = {t.requeued_from for t in trials if t.requeued_from is not None}
+    by_number = {t.number: t for t in trials}
+    out = []
+    for trial in trials:
+        if trial.status is not _S.interrupted and trial.number not in stopping:
+            continue
+        if trial.number in retried:
+            continue
+        if trial.agent == BASELINE:
+            continue  # the baseline is re-run by ensure_baseline
+        if not trial.proposal:
+            continue  # stopped while its change was being thought up: nothing to retry
+        if trial.proposal.get("via") == "overnight try":
+            continue  # an agent in a terminal: its own session decides what it tries next
+        depth, cursor = 0, trial
+        while cursor.requeued_from is not None and cursor.requeued_from in by_number:
+            depth += 1
+            cursor = by_number[cursor.requeued_from]
+        if depth < MAX_REQUEUES:
+            out.append(trial)
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,6 +150,14 @@ class Lab:
         self.requeued: list[Trial] = []
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
+        self.deadline: float | None = None
+        """When this run stops starting trials (time.monotonic(), the `--for` rule): a trial
+        waiting for free disk space gives up then."""
+        self.trial_logs = TrialLogs(self.state_dir / "logs", lab.max_logs)
+        self.free_space = FreeSpace(
+            self.state_dir, lab.min_free_disk,
+            lambda kind, payload: store.append_event(run.id, kind, payload),
+        )  # fmt: skip
         self.holdout: holdout.Holdout | None = None
         if lab.holdout:
             where = self.state_dir / "holdout" / run.id
@@ -198,6 +240,7 @@ class Lab:
         lock = LabLock(root)
         lock.acquire()
         try:
+            privacy.make_private(root / STATE_DIR)  # state an older version left readable
             git.exclude(f"/{STATE_DIR}/")
             holdout.ignore_hidden(git, org.config.lab.hidden)
             warnings = _preflight(org, git) + _sandbox_warnings(org) + _keep_warnings(org)
@@ -318,24 +361,7 @@ class Lab:
         )
 
     def _to_requeue(self) -> list[Trial]:
-        trials = self.store.trials(self.run.id)
-        retried = {t.requeued_from for t in trials if t.requeued_from is not None}
-        by_number = {t.number: t for t in trials}
-        out = []
-        for trial in trials:
-            if trial.status is not _S.interrupted or trial.number in retried:
-                continue
-            if trial.agent == BASELINE:
-                continue  # the baseline is re-run by ensure_baseline
-            if not trial.proposal:
-                continue  # stopped while its change was being thought up: nothing to retry
-            depth, cursor = 0, trial
-            while cursor.requeued_from is not None and cursor.requeued_from in by_number:
-                depth += 1
-                cursor = by_number[cursor.requeued_from]
-            if depth < MAX_REQUEUES:
-                out.append(trial)
-        return out
+        return requeues(self.store.trials(self.run.id))
 
     def stopped(self) -> None:
         """Record that this run stopped (once; only the process that started it does).
@@ -680,7 +706,7 @@ class Lab:
         log_path = self.state_dir / "logs" / self.run.id / f"trial-{trial.number:05d}.log"
         timeout = lab.budget + lab.grace
         with self.executor.slot(stop) as slot_env:
-            if slot_env is None:
+            if slot_env is None or not self._disk_room(stop):
                 return _Measured(None, _S.interrupted, "stopped before it ran", "", 0.0)
             self.store.update_trial(
                 trial.id, _S.running, log_path=str(log_path), started_at=time.time()
@@ -877,6 +903,18 @@ class Lab:
                 agent=trial.agent, trial=trial.number,
             )  # fmt: skip
         return trial, concern
+
+    def _disk_room(self, stop: threading.Event) -> bool:
+        """Room on disk for one more trial: older logs trimmed to fit `max_logs`, then
+        wait for `min_free_disk`; False if stopped (or out of time) first."""
+        lab = self.config.lab
+        live = {
+            t.log_path for t in self.store.trials(self.run.id, statuses=IN_FLIGHT) if t.log_path
+        }
+        self.trial_logs.make_room(
+            log_room(lab.max_log, 2 if lab.evaluate else 1, lab.parallel), live
+        )
+        return self.free_space.wait(stop, self.deadline)
 
 
 def _judge(

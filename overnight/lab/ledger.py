@@ -1,49 +1,134 @@
 """The ledger: every trial of a run as rows, the autoresearch-compatible TSV, and a status summary.
 
 Read-only views over the store; they never take the lab's lock, so they work
-while `overnight run` is going. Knows nothing about how trials are run.
+while `overnight run` is going. Nor do they need a valid `overnight.toml`: the
+ledger must stay readable after a bad edit of the config is committed, so when it
+does not load, a view reads the store by the lab's name (the file's raw `[lab] name`,
+or the only lab the store holds) with the config the run recorded when it started,
+and says why (`LabStore.warning`). Knows nothing about how trials are run.
 """
 
 from __future__ import annotations
 
 import io
+import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from overnight.errors import UserError
-from overnight.lab.lab import BASELINE, best_trial
-from overnight.lab.lock import holder
+from pydantic import ValidationError
+
+from overnight.errors import ConfigError, UserError
+from overnight.lab.lab import BASELINE, MAX_REQUEUES, best_trial, requeues
+from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
 from overnight.lab.trial import AUTORESEARCH_STATUS, TrialStatus
-from overnight.org import Org, load_org
-from overnight.store import Run, Store, Trial, open_store, store_url
+from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
+from overnight.store import Run, Store, Trial, open_store, store_exists, store_url
 
 
 @dataclass
-class LabView:
-    """A lab's org code, store and latest run, opened for reading."""
+class LabStore:
+    """A lab's store opened for reading, and the lab's name in it."""
 
-    org: Org
+    root: Path
+    name: str
     store: Store
-    run: Run
+    org: Org | None
+    """None when overnight.toml does not load; `config_error` says why."""
+    config_error: ConfigError | None = None
+
+    @property
+    def warning(self) -> str | None:
+        """What to tell a user reading the store without a valid config, or None."""
+        if self.config_error is None:
+            return None
+        return (
+            f"{self.config_error}\n  showing what the store holds for lab {self.name!r} "
+            "anyway (with the config its run started with); fix the config before "
+            "`overnight run`."
+        )
 
     def close(self) -> None:
         self.store.close()
 
 
+@dataclass
+class LabView:
+    """A lab's latest run, opened for reading."""
+
+    lab: LabStore
+    run: Run
+    config: OrgConfig
+    """overnight.toml as it is, or the run's own record of it when the file does not load."""
+
+    @property
+    def root(self) -> Path:
+        return self.lab.root
+
+    @property
+    def store(self) -> Store:
+        return self.lab.store
+
+    def close(self) -> None:
+        self.lab.close()
+
+
+def open_lab_store(root: Path) -> LabStore:
+    """The lab's store and name; with a config that does not load, read by the store alone
+    (the config's own error is raised when there is no store to fall back on)."""
+    root = root.resolve()
+    try:
+        org = load_org(root)
+    except ConfigError as exc:
+        url = store_url(root)
+        if not (root / CONFIG_FILE).is_file() or not store_exists(url):
+            raise  # no lab here, or one that never ran: nothing to show but the error
+        store = open_store(url)
+        name = _name_without_config(root / CONFIG_FILE, store)
+        if name is None:
+            store.close()
+            raise
+        return LabStore(root, name, store, None, exc)
+    return LabStore(root, org.config.lab.name, open_store(store_url(org.root)), org)
+
+
+def _name_without_config(path: Path, store: Store) -> str | None:
+    """The file's raw `[lab] name` when it is still TOML and the store has runs of it;
+    otherwise the one lab the store holds (None when that does not tell)."""
+    labs = store.labs()
+    try:
+        lab = tomllib.loads(path.read_text(encoding="utf-8")).get("lab")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        lab = None
+    name = lab.get("name") if isinstance(lab, dict) else None
+    if isinstance(name, str) and name in labs:
+        return name
+    return labs[0] if len(labs) == 1 else None
+
+
 def open_view(root: Path) -> LabView:
-    org = load_org(root)
-    store = open_store(store_url(org.root))
-    run = store.latest_run(org.config.lab.name)
-    if run is None:
-        store.close()
-        raise UserError(
-            f"{org.root}: lab {org.config.lab.name!r} has no run yet.\n"
-            f"  fix: start one with `overnight run {org.root}`."
-        )
-    return LabView(org, store, run)
+    lab = open_lab_store(root)
+    try:
+        run = lab.store.latest_run(lab.name)
+        if run is None:
+            raise UserError(
+                f"{lab.root}: lab {lab.name!r} has no run yet.\n"
+                f"  fix: start one with `overnight run {lab.root}`."
+            )
+        if lab.org is not None:
+            return LabView(lab, run, lab.org.config)
+        try:
+            config = OrgConfig.model_validate(dict(run.config))
+        except ValidationError:
+            # recorded by another version of overnight: nothing left to read the run by
+            assert lab.config_error is not None
+            raise lab.config_error from None
+        return LabView(lab, run, config)
+    except BaseException:
+        lab.close()
+        raise
 
 
 @dataclass(frozen=True)
@@ -87,7 +172,7 @@ def trial_costs(store: Store, run_id: str) -> dict[int, TrialCost]:
 def tsv(view: LabView) -> str:
     """autoresearch's results.tsv columns first (commit, metric, status, description), then
     ours; with a hidden holdout, its metric and the keep's flag last."""
-    lab = view.org.config.lab
+    lab = view.config.lab
     metric = lab.metric
     out = io.StringIO()
     columns = [
@@ -126,7 +211,7 @@ def tsv(view: LabView) -> str:
 def holdout_column(view: LabView) -> str:
     """The holdout metric's column: `holdout_<name>`, never the metric's own name (by
     default the holdout prints the same name, and a table cannot have it twice)."""
-    return f"holdout_{view.org.config.lab.holdout_name}"
+    return f"holdout_{view.config.lab.holdout_name}"
 
 
 def _cell(value: str) -> str:
@@ -135,7 +220,7 @@ def _cell(value: str) -> str:
 
 def status(view: LabView) -> dict[str, Any]:
     """Everything `overnight status` shows, as plain data."""
-    run, store, cfg = view.run, view.store, view.org.config
+    run, store, cfg = view.run, view.store, view.config
     trials = store.trials(run.id)
     counts = Counter(t.status.value for t in trials)
     best = best_trial(store, run, cfg)
@@ -143,7 +228,17 @@ def status(view: LabView) -> dict[str, Any]:
         (t for t in trials if t.agent == BASELINE and t.status is TrialStatus.kept), None
     )
     agents = store.agents(run.id)
-    pid = holder(view.org.root)
+    pid = holder(view.root)
+    in_flight = [t for t in trials if not t.status.final]
+    # With no process running the lab, what is in flight stopped with it (all but the
+    # trials of an agent's own `overnight try`, which outlives `overnight run` and holds
+    # that agent's lock): the next start marks them interrupted and re-queues them.
+    stopped = (
+        []
+        if pid
+        else [t.number for t in in_flight if not AgentLock(view.root, run.id, t.agent).held()]
+    )
+    again = {t.number for t in requeues(trials, stopped)}
     improvement = None
     if best and baseline and best.metric is not None and baseline.metric:
         improvement = (best.metric - baseline.metric) / abs(baseline.metric) * 100
@@ -200,16 +295,42 @@ def status(view: LabView) -> dict[str, Any]:
         },
         "running": [
             {"trial": t.number, "agent": t.agent, "status": t.status.value, "since": t.started_at}
-            for t in trials
-            if not t.status.final
+            for t in in_flight
+            if t.number not in stopped
         ],
+        "interrupted": [
+            {
+                "trial": t.number,
+                "agent": t.agent,
+                "status": t.status.value,
+                "since": t.started_at,
+                "requeued": t.number in again,
+                "why": _requeue_why(t, t.number in again),
+            }
+            for t in in_flight
+            if t.number in stopped
+        ],
+        "config_error": str(view.lab.config_error) if view.lab.config_error else None,
     }
+
+
+def _requeue_why(trial: Trial, requeued: bool) -> str:
+    if requeued:
+        return f"re-queued for {trial.agent} when `overnight run` starts again"
+    if trial.agent == BASELINE:
+        return "not re-queued: the baseline is measured again when `overnight run` starts again"
+    if not trial.proposal:
+        return f"not re-queued: it was still being proposed; {trial.agent} proposes afresh"
+    if trial.proposal.get("via") == "overnight try":
+        return f"not re-queued: {trial.agent} tries its own changes (`overnight try`)"
+    times = "once" if MAX_REQUEUES == 1 else f"{MAX_REQUEUES} times"
+    return f"not re-queued: its proposal was re-queued {times} already"
 
 
 def _keeps(view: LabView, trials: list[Trial], baseline: Trial | None) -> dict[str, Any]:
     """How far keeps can be trusted: the bar a keep must clear (the noise floor measured
     at the run's start, or the number set), the hidden holdout, and the flagged keeps."""
-    lab = view.org.config.lab
+    lab = view.config.lab
     floor = view.run.noise_floor
     if isinstance(lab.min_delta, int | float):
         min_delta: float | None = float(lab.min_delta)

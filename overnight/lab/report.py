@@ -23,7 +23,7 @@ def plot(view: LabView, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cfg = view.org.config.lab
+    cfg = view.config.lab
     trials = [t for t in view.store.trials(view.run.id) if t.status.final]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     kept = [
@@ -93,11 +93,11 @@ def plot(view: LabView, out: Path) -> Path:
 
 def write(view: LabView, out: Path | None = None) -> Path:
     """Write the report (Markdown, or HTML if `out` ends in .html) and its plot; return its path."""
-    default_dir = view.org.root / ".overnight" / "reports" / view.run.id
+    default_dir = view.root / ".overnight" / "reports" / view.run.id
     out = out or default_dir / "report.md"
     png = plot(view, out.with_name(out.stem + "-progress.png"))
     s = status(view)
-    cfg = view.org.config.lab
+    cfg = view.config.lab
     trials = [t for t in view.store.trials(view.run.id) if t.status.final]
     kept = [t for t in trials if t.status is TrialStatus.kept and t.agent != BASELINE]
     best = s["best"]

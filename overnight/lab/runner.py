@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overnight import redaction
+from overnight.lab.privacy import user_umask
 from overnight.lab.sandbox import KILL_WAIT_S
 
 _NUMBER = rb"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
@@ -83,6 +84,7 @@ def run_budgeted(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        umask=user_umask(),
     )
     # From here on, an interrupt (Ctrl-C while the baseline runs in the main thread)
     # must not leave the experiment running: it may land in any line below.

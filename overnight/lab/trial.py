@@ -44,6 +44,9 @@ FINAL = frozenset(
 
 IN_FLIGHT = frozenset(TrialStatus) - FINAL
 
+BASELINE = "baseline"
+"""The agent name of a run's first trial: the unchanged code, measured once."""
+
 _S = TrialStatus
 TRANSITIONS: dict[TrialStatus, frozenset[TrialStatus]] = {
     # a proposal that cannot even be applied (bad diff, bad reply) is the agent's crash

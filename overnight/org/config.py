@@ -15,7 +15,7 @@ import re
 from enum import StrEnum
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from overnight.errors import Invalid
 from overnight.gateway.config import GatewayConfig
@@ -78,6 +78,10 @@ class LabConfig(_Model):
     overnight's value on, `NAME=value` sets one."""
     writable: list[str] = []
     """Folders besides the worktree that experiments may write (caches), `~` expanded."""
+    max_logs: Size = Field(default=20 * 10**9, gt=0)
+    """All of the lab's trial logs together; the oldest lose their middles first."""
+    min_free_disk: Size = Field(default=2 * 10**9, ge=0)
+    """No trial starts while the filesystem holding `.overnight/` has less space free."""
     # -- keeps that can be trusted: the noise floor and the hidden holdout
     noise_runs: int = Field(default=3, ge=2, le=20)
     """Runs of the baseline at a run's start when the noise floor is measured."""
@@ -110,6 +114,8 @@ class LabConfig(_Model):
     @classmethod
     def _number_or_auto(cls, value: Any) -> Any:
         fix = 'write a number of the metric\'s units (e.g. min_delta = 0.01), or "auto" to measure the noise'
+        if value is None:  # unset (TOML cannot say None; a run's record of its config can)
+            return value
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise Invalid(f'{_shown(value)} is neither a number nor "auto"', fix=fix)
         if isinstance(value, str) and value != "auto":
@@ -211,6 +217,20 @@ class LabConfig(_Model):
                 at=("budget",),
             )
         return self
+
+    @field_validator("max_logs")
+    @classmethod
+    def _room_for_running_trials(cls, value: int, info: ValidationInfo) -> int:
+        parallel, max_log = info.data.get("parallel"), info.data.get("max_log")
+        if parallel is not None and max_log is not None and value < 2 * parallel * max_log:
+            raise Invalid(
+                f"{value} bytes is too small: the logs of {parallel} trial(s) running at "
+                f"once take up to max_log = {max_log} bytes each, and the older logs need as "
+                "much room again",
+                fix=f"raise it to at least {2 * parallel * max_log} bytes "
+                "(2 x parallel x max_log), or lower max_log",
+            )
+        return value
 
 
 _ENV_ITEM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=.*)?$", re.DOTALL)
@@ -339,6 +359,12 @@ class AgentConfig(_Model):
     on_brownout: OnBrownout = OnBrownout.pause
     """When every candidate of its model route is down: pause, or keep the lab moving with
     the offline optimizer (`optimize`, needs [[knobs]])."""
+    # Fresh context for CLI agents (overnight.agents.external).
+    fresh_every: int = Field(default=25, ge=0)
+    """An external agent's conversation ends after this many of its trials (0: never; it
+    also ends when the CLI reports its context nearly full) and a new one starts from a
+    brief: program, rules, the lab notebook, the agent's best diff. 25 by default: long
+    conversations rot, and the brief carries everything a new one needs."""
 
 
 class GovernanceConfig(_Model):

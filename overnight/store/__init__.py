@@ -6,6 +6,7 @@ Knows nothing about git, processes or the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -35,9 +36,25 @@ def store_url(lab_dir: Path) -> str:
     return f"sqlite:///{(lab_dir / '.overnight' / 'overnight.db').resolve()}"
 
 
+def store_exists(url: str) -> bool:
+    """Whether the store at `url` was ever created (a database server's always counts)."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).is_file()
+    return True
+
+
 def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        # Diffs, model replies and log tails live here: the owner's alone, whatever the
+        # umask of the command that opens the database first (SQLite gives its -wal,
+        # -shm and -journal files the database's own mode).
+        path = Path(url.removeprefix("sqlite:///").partition("?")[0])
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Only a file that does not exist yet: closing any descriptor of a database this
+        # process already has open drops SQLite's POSIX locks on it, and another process
+        # may then take it for closed and delete its WAL under our feet.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     return SqlStore(url)
 
 
@@ -57,5 +74,6 @@ __all__ = [
     "UsageRow",
     "open_store",
     "sqlalchemy_url",
+    "store_exists",
     "store_url",
 ]

@@ -248,6 +248,10 @@ class Store(abc.ABC):
     def latest_run(self, lab: str) -> Run | None: ...
 
     @abc.abstractmethod
+    def labs(self) -> list[str]:
+        """The name of every lab with a run here, sorted."""
+
+    @abc.abstractmethod
     def set_noise_floor(self, run_id: str, floor: Mapping[str, Any]) -> Run:
         """Keep the noise floor measured at the run's start, with its `lab.noise_floor`
         event, in one transaction; returns the run as it now stands."""

@@ -170,6 +170,11 @@ class SqlStore(Store):
             ).first()
         return _run(row) if row else None
 
+    def labs(self) -> list[str]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(text("SELECT DISTINCT lab FROM ov_runs ORDER BY lab")).all()
+        return [str(row.lab) for row in rows]
+
     def set_noise_floor(self, run_id: str, floor: Mapping[str, Any]) -> Run:
         with self.engine.begin() as conn:
             conn.execute(

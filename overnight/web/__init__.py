@@ -1,6 +1,7 @@
 """The command center: a live web page to watch and steer a run (FastAPI, htmx, SSE, xterm.js).
 
-Owns everything a browser sees: the token and cookie (`auth`), the live picture
+Owns everything a browser sees: the token and cookie (`auth`), the names it
+answers to and the headers that keep other pages from framing it (`shield`), the live picture
 of the run kept current from the store's events (`live`, `events`), the pages
 and fragments (`render`, `templates/`, `charts`), the agents' terminals in the
 browser (`terminals`), the routes (`app`) and the server thread (`server`).

@@ -152,6 +152,7 @@ class CommandCenter:
             "title": title,
             "nav": self.nav,
             "csrf": self.access.csrf_token(request.scope["session_id"]),
+            "nonce": request.scope.get("csp_nonce", ""),
             "last_id": self.live.last_id,
             **context,
         }

@@ -105,7 +105,7 @@ class Access:
 
     def session_of(self, scope: Scope) -> str | None:
         """The session id of a request's valid cookie, or None."""
-        raw = _header(scope, b"cookie")
+        raw = header(scope, b"cookie")
         if not raw:
             return None
         jar = http.cookies.SimpleCookie()
@@ -134,7 +134,7 @@ def write_url_file(state_dir: Path, url: str) -> Path:
     return path
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return bytes(value).decode("latin-1")
@@ -143,10 +143,10 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 def same_origin(scope: Scope) -> bool:
     """The request's Origin (when a browser sent one) names the host it was sent to."""
-    origin = _header(scope, b"origin")
+    origin = header(scope, b"origin")
     if origin is None:
         return bool(scope["type"] != "websocket")  # browsers always send Origin on websockets
-    host = _header(scope, b"host")
+    host = header(scope, b"host")
     return host is not None and origin in (f"http://{host}", f"https://{host}")
 
 
@@ -187,7 +187,7 @@ class AuthMiddleware:
             await self._refuse(scope, receive, send, 403, BAD_ORIGIN)
             return
         if scope["type"] == "http" and scope["method"] in UNSAFE_METHODS:
-            presented = _header(scope, CSRF_HEADER.encode())
+            presented = header(scope, CSRF_HEADER.encode())
             if not self.access.csrf_ok(session, presented):
                 await self._refuse(scope, receive, send, 403, STALE_CSRF)
                 return

@@ -2,7 +2,8 @@
 
 Owns the listening socket (bound before the server starts, so port 0 gives a
 known free port and a port in use fails at once with OSError), the uvicorn
-server and its thread, the event hub's lifetime, and the ready-to-click URL
+server and its thread, the `shield` in front of the app (it answers only to the
+names this socket is reached by), the event hub's lifetime, and the ready-to-click URL
 (written to `.overnight/web.url`, mode 0600). Stopping closes every open stream
 and terminal within a second or two. Knows nothing about pages.
 """
@@ -22,6 +23,7 @@ import uvicorn
 
 from overnight.web.app import CommandCenter
 from overnight.web.auth import write_url_file
+from overnight.web.shield import Shield
 
 log = logging.getLogger("overnight.web")
 
@@ -58,7 +60,7 @@ def serving(center: CommandCenter, host: str = "127.0.0.1", port: int = 0) -> It
     shown = f"[{host}]" if ":" in host else host
     base = f"http://{shown}:{bound}"
     config = uvicorn.Config(
-        center.app,
+        Shield(center.app, host),
         log_level="warning",
         access_log=False,
         lifespan="off",

@@ -150,14 +150,15 @@ class _Style:
 
     def open(self) -> str:
         classes = []
-        styles = []
+        exact = []
         fg, bg = (self.bg, self.fg) if self.reverse else (self.fg, self.bg)
         for prefix, value in (("f", fg), ("b", bg)):
             if value is None:
                 if self.reverse:
                     classes.append(f"{prefix}r")
             elif value.startswith("#"):
-                styles.append(("color:" if prefix == "f" else "background:") + value)
+                # the page paints these (style attributes would break its CSP)
+                exact.append(f'data-{prefix}g="{value}"')
             else:
                 classes.append(prefix + value)
         for flag, name in (
@@ -168,11 +169,11 @@ class _Style:
         ):
             if flag:
                 classes.append(name)
-        if not classes and not styles:
+        if not classes and not exact:
             return ""
         attrs = f' class="{" ".join(classes)}"' if classes else ""
-        if styles:
-            attrs += f' style="{";".join(styles)}"'
+        if exact:
+            attrs += " " + " ".join(exact)
         return f"<span{attrs}>"
 
 

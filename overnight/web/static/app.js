@@ -2,6 +2,17 @@
 // The server renders every fragment; this file only puts them in place.
 (() => {
   "use strict";
+  // xterm.js writes <style> elements. The page's Content-Security-Policy admits inline
+  // styles only with the nonce this script was given, so each <style> made here gets it.
+  const nonce = document.currentScript?.nonce;
+  if (nonce) {
+    const create = document.createElement.bind(document);
+    document.createElement = (tag, options) => {
+      const el = create(tag, options);
+      if (String(tag).toLowerCase() === "style") el.nonce = nonce;
+      return el;
+    };
+  }
   const body = document.body;
   const view = body.dataset.view;
   const lab = body.dataset.lab;
@@ -190,6 +201,9 @@
   document.addEventListener("keydown", (e) => {
     if (e.key === "Enter" && e.target.matches?.("[data-answer-form] input")) e.preventDefault();
   });
+  document.addEventListener("submit", (e) => {
+    if (e.target.matches("[data-answer-form]")) e.preventDefault();  // answered by its buttons
+  });
 
   // -- live updates ------------------------------------------------------------------------
   const ledger = $("ledger-body");
@@ -202,6 +216,16 @@
       }
     });
   }
+  // A mirrored screen's exact colours come as data-fg / data-bg: style attributes would
+  // need 'unsafe-inline' in the page's Content-Security-Policy, colours set from here do not.
+  function paint(root) {
+    for (const el of root.querySelectorAll("[data-fg], [data-bg]")) {
+      if (el.dataset.fg) el.style.color = el.dataset.fg;
+      if (el.dataset.bg) el.style.background = el.dataset.bg;
+    }
+  }
+  paint(document);
+  document.addEventListener("htmx:afterSwap", (e) => paint(e.detail.target));
   function place(el, html) {
     if (!el) return;
     el.innerHTML = html;
@@ -220,6 +244,7 @@
       const el = document.getElementById(`screen-${d.agent}`);
       if (!el) return;
       el.innerHTML = d.html;
+      paint(el);
       el.scrollTop = el.scrollHeight;
     },
     trial(d) {
