@@ -351,14 +351,28 @@ def status(
     counts = ", ".join(f"{k} {v}" for k, v in data["trials"]["by_status"].items())
     out.print(f"trials: {data['trials']['total']} ({counts})")
     out.print(f"baseline {data['metric']}: {_num(data['baseline'])}")
+    out.print(_keep_bar(data))
+    holdout = data["holdout"]
     if best:
         change = (
             f" ({data['improvement_pct']:+.2f}%)" if data["improvement_pct"] is not None else ""
         )
+        beside = f" · holdout {_num(best['holdout_metric'])}" if holdout else ""
         out.print(
-            f"best {data['metric']}: [green]{_num(best['metric'])}[/]{change} · trial {best['trial']}"
-            f" · {best['agent']} · {(best['commit'] or '')[:7]}"
+            f"best {data['metric']}: [green]{_num(best['metric'])}[/]{change}{beside}"
+            f" · trial {best['trial']} · {best['agent']} · {(best['commit'] or '')[:7]}"
             + (f" · branch {best['branch']}" if best["branch"] else "")
+        )
+    if holdout:
+        out.print(
+            f"hidden holdout {holdout['metric']}: baseline {_num(holdout['baseline'])}"
+            f" · on divergence: {holdout['on_divergence']}",
+            markup=False,
+        )
+    for item in data["flagged"]:
+        out.print(
+            f"[yellow]flagged[/] trial {item['trial']} ({item['agent']}, {item['status']}): "
+            f"{escape(item['flag'])}"
         )
     spend = data["spend_usd"]
     if spend["total"]:
@@ -402,10 +416,21 @@ def ledger(
         return
     rows = [line.split("\t") for line in text.splitlines()]
     header, body = rows[0], rows[1:]
-    out.print(f"{'trial':>5}  {'agent':<12} {'status':<11} {header[1]:>12}  description")
+    # with a hidden holdout, its metric beside the metric and a keep's flag after it
+    held = next((i for i, name in enumerate(header) if name.startswith("holdout_")), None)
+    extra = f" {'holdout':>12}" if held is not None else ""
+    out.print(f"{'trial':>5}  {'agent':<12} {'status':<11} {header[1]:>12}{extra}  description")
     for r in body:
         color = {"kept": "green", "discarded": "dim"}.get(r[6], "red")
-        out.print(f"{r[4]:>5}  {r[5]:<12} [{color}]{r[6]:<11}[/] {r[1]:>12}  {escape(r[3])}")
+        beside = f" {r[held]:>12}" if held is not None else ""
+        flag = (
+            f" [yellow]flagged: {escape(r[held + 1])}[/]"
+            if held is not None and r[held + 1]
+            else ""
+        )
+        out.print(
+            f"{r[4]:>5}  {r[5]:<12} [{color}]{r[6]:<11}[/] {r[1]:>12}{beside}  {escape(r[3])}{flag}"
+        )
 
 
 @app.command()
@@ -909,6 +934,20 @@ class _Nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def _keep_bar(data: dict[str, Any]) -> str:
+    """What a keep must beat the best by, and where that figure comes from."""
+    floor, min_delta = data["noise_floor"], data["min_delta"]
+    if floor:
+        runs = ", ".join(f"{r:.6g}" for r in floor["runs"])
+        return (
+            f"noise floor: ±{floor['min_delta']:.3g} (2σ, σ = {floor['sigma']:.3g} from "
+            f"{len(floor['runs'])} baseline runs: {runs})"
+        )
+    if min_delta is None:
+        return "noise floor: to be measured with the baseline"
+    return f"min_delta: {min_delta:g} (a keep must beat the best by more)"
 
 
 def _num(value: float | None) -> str:

@@ -120,7 +120,9 @@ def test_an_outage_mid_run_pauses_or_optimizes_then_resumes(tmp_path: Path, mode
 
     tickets = tmp_path / "tickets"
     tickets.mkdir()
-    grant(tickets, 2)  # the baseline and a first trial, before the outage
+    # the baseline's three runs (they measure the noise floor) and a first trial, before
+    # the outage
+    grant(tickets, 4)
     with FakeProvider("openai") as fake:
         fake.enqueue(*notes(40))
         lab = make_lab(

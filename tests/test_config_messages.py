@@ -113,6 +113,57 @@ CASES = {
         "9: lab.min_delta",
         ("must be at least 0", "min_delta = 0 or more"),
     ),
+    # keeps that can be trusted: the noise floor and the hidden holdout
+    'min_delta = "sometimes"': Broken(
+        *_lab_line('min_delta = "sometimes"'),
+        "9: lab.min_delta",
+        ("'sometimes' is neither a number nor \"auto\"", '"auto" to measure the noise'),
+    ),
+    "noise_runs = 1": Broken(
+        *_lab_line("noise_runs = 1"),
+        "9: lab.noise_runs",
+        ("must be at least 2 (got 1)", "from 2 to 20"),
+    ),
+    "a holdout without hidden files": Broken(
+        *_lab_line('holdout = "python holdout_eval.py"'),
+        "9: lab.holdout",
+        ("holdout is set and hidden is empty", 'hidden = ["holdout_eval.py", "holdout/**"]'),
+    ),
+    "hidden files without a holdout": Broken(
+        *_lab_line('hidden = ["holdout/**"]'),
+        "9: lab.hidden",
+        ("hidden is set, and there is no holdout", 'add holdout = "python holdout_eval.py"'),
+    ),
+    "a holdout metric without a holdout": Broken(
+        *_lab_line('holdout_metric = "holdout_loss"'),
+        "9: lab.holdout_metric",
+        ("holdout_metric is set, and there is no holdout",),
+    ),
+    'on_divergence = "maybe"': Broken(
+        *_lab_line('on_divergence = "maybe"'),
+        "9: lab.on_divergence",
+        ("'maybe' is not one of: flag, reject, review",),
+    ),
+    "a hidden file that is editable": Broken(
+        *_lab_line('holdout = "python holdout_eval.py"\nhidden = ["exp.py"]'),
+        "10: lab.hidden[0]",
+        ("'exp.py' is hidden, and editable has 'exp.py' too", "remove 'exp.py' from hidden"),
+    ),
+    "a hidden path outside the lab": Broken(
+        *_lab_line('holdout = "python holdout_eval.py"\nhidden = ["../data/*.csv"]'),
+        "10: lab.hidden[0]",
+        ("'../data/*.csv' is not a path inside the lab", "relative to overnight.toml"),
+    ),
+    "a hidden glob that matches a committed file": Broken(
+        *_lab_line(f'holdout = "{sys.executable} exp.py"\nhidden = ["program.md"]'),
+        "10: lab.hidden[0]",
+        ("'program.md' hides program.md, which is committed", "git rm --cached program.md"),
+    ),
+    "a hidden glob that matches no file": Broken(
+        *_lab_line(f'holdout = "{sys.executable} exp.py"\nhidden = ["holdout/**"]'),
+        "10: lab.hidden[0]",
+        ("'holdout/**' matches no file", "check the spelling"),
+    ),
     # names a lab, metric or knob cannot have
     "a lab name with a space": Broken(
         'name = "toy"',

@@ -74,6 +74,29 @@ def test_trial_lifecycle_writes_events_and_moves_the_ratchet(store: SqlStore) ->
     ]
 
 
+def test_a_runs_noise_floor_and_a_keeps_holdout_verdict_are_kept(store: SqlStore) -> None:
+    _run(store)
+    floor = {"runs": [1.0, 1.2, 1.1], "sigma": 0.1, "min_delta": 0.2}
+    assert store.set_noise_floor("r1", floor).noise_floor == floor
+    again = store.get_run("r1")
+    assert again is not None and again.noise_floor == floor
+    event = store.events("r1")[-1]
+    assert (event.kind, event.payload) == ("lab.noise_floor", floor)
+    flagged, rejected = (store.add_trial("r1", "a1", "base", d, {}) for d in ("f", "r"))
+    for t, commit in ((flagged, "c1"), (rejected, "c2")):
+        store.update_trial(t.id, S.applied, candidate_commit=commit)
+        store.update_trial(t.id, S.checked)
+        store.update_trial(t.id, S.running)
+        store.update_trial(t.id, S.measured, metric=0.1, metrics=[0.1])
+        store.update_trial(t.id, S.measured, holdout_metric=0.7, flag="holdout did not move")
+    kept = store.update_trial(flagged.id, S.kept)
+    assert (kept.holdout_metric, kept.flag) == (0.7, "holdout did not move")
+    # the holdout may reject a measured trial outright
+    assert (
+        store.update_trial(rejected.id, S.rejected, reason="holdout: gaming").status is S.rejected
+    )
+
+
 def test_illegal_transitions_are_refused_and_change_nothing(store: SqlStore) -> None:
     _run(store)
     t = store.add_trial("r1", "a1", "base", "d", {})
@@ -257,6 +280,8 @@ def test_databases_saved_by_released_schemas_upgrade_in_place(dump: Path, tmp_pa
     trials = store.trials(run.id)
     assert [(t.number, t.status) for t in trials] == [(1, S.kept), (2, S.crashed)]
     assert trials[0].metric == 2.5 and trials[1].reason == "bad"
+    # what a later schema added reads as "not measured" in an older ledger
+    assert run.noise_floor is None and (trials[0].holdout_metric, trials[0].flag) == (None, None)
     assert store.agents(run.id)[0].name == "t"
     assert store.add_trial(run.id, "t", "b" * 40, "next", {}).number == 3
     assert store.key_hashes("toy") == {"d" * 64: "t"}

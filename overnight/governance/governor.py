@@ -121,8 +121,15 @@ class Governor:
         )
         return decision
 
-    def _verdict(self, actions: Sequence[Action], correlation: str | None, what: str) -> Verdict:
-        """One verdict for actions judged together (a trial's edits): the strictest."""
+    def _verdict(
+        self,
+        actions: Sequence[Action],
+        correlation: str | None,
+        what: str,
+        concern: str | None = None,
+    ) -> Verdict:
+        """One verdict for actions judged together (a trial's edits): the strictest. With a
+        `concern` of the lab's own, what policy allows goes to a human too."""
         try:
             decisions = [self.decide(a, correlation) for a in actions]
         except Exception as exc:  # fail closed: unrecorded means not allowed
@@ -130,6 +137,9 @@ class Governor:
             return Verdict(Effect.deny, f"governance could not record its decision ({exc})")
         effect = strictest(d.effect for d in decisions)
         reason = "; ".join(dict.fromkeys(d.reason for d in decisions if d.effect is effect))
+        if concern is not None and effect is not Effect.deny:
+            reason = concern if effect is Effect.allow else f"{concern}; {reason}"
+            effect = Effect.review
         if effect is not Effect.review:
             return Verdict(effect, reason)
         first = actions[0]
@@ -165,18 +175,28 @@ class Governor:
         return self._settle(self.edits(agent, trial.number, paths), stop)
 
     def approve_keep(
-        self, agent: str, trial: Trial, metric: float, gain: float, stop: threading.Event
+        self,
+        agent: str,
+        trial: Trial,
+        metric: float,
+        gain: float,
+        stop: threading.Event,
+        *,
+        concern: str | None = None,
     ) -> str | None:
-        return self._settle(self.keep(agent, trial.number, metric, gain), stop)
+        return self._settle(self.keep(agent, trial.number, metric, gain, concern), stop)
 
     def edits(self, agent: str, trial: int, paths: Sequence[str]) -> Verdict:
         context = self._context(agent, trial)
         actions = [Action.edit(p, **context) for p in paths] or [Action.edit("", **context)]
         return self._verdict(actions, correlation_id(self.run_id, trial), f"trial {trial}")
 
-    def keep(self, agent: str, trial: int, metric: float, gain: float) -> Verdict:
+    def keep(
+        self, agent: str, trial: int, metric: float, gain: float, concern: str | None = None
+    ) -> Verdict:
         action = Action.keep(metric, gain, **self._context(agent, trial))
-        return self._verdict([action], correlation_id(self.run_id, trial), f"trial {trial}")
+        correlation = correlation_id(self.run_id, trial)
+        return self._verdict([action], correlation, f"trial {trial}", concern)
 
     # -- agents in their own processes (served by the gateway) --------------------------
 
@@ -209,7 +229,10 @@ class Governor:
             metric, gain = request.get("metric"), request.get("gain")
             if not isinstance(metric, int | float) or not isinstance(gain, int | float):
                 raise ValueError("`metric` and `gain` must be numbers")
-            verdict = self.keep(agent, trial, float(metric), float(gain))
+            concern = request.get("concern")
+            if concern is not None and not isinstance(concern, str):
+                raise ValueError("`concern` must be a string")
+            verdict = self.keep(agent, trial, float(metric), float(gain), concern)
         else:
             raise ValueError(f"`check` must be edits or keep, not {check!r}")
         if verdict.approval is not None:

@@ -42,9 +42,20 @@ class RemoteJudge:
         return self._ask({"check": "edits", "trial": trial.number, "paths": list(paths)}, stop)
 
     def approve_keep(
-        self, agent: str, trial: Trial, metric: float, gain: float, stop: threading.Event
+        self,
+        agent: str,
+        trial: Trial,
+        metric: float,
+        gain: float,
+        stop: threading.Event,
+        *,
+        concern: str | None = None,
     ) -> str | None:
-        request = {"check": "keep", "trial": trial.number, "metric": metric, "gain": gain}
+        request: dict[str, Any] = {
+            "check": "keep", "trial": trial.number, "metric": metric, "gain": gain,
+        }  # fmt: skip
+        if concern is not None:
+            request["concern"] = concern
         return self._ask(request, stop)
 
     def _ask(self, request: dict[str, Any], stop: threading.Event) -> str | None:

@@ -129,6 +129,31 @@ class Git:
             self.run("worktree", "add", "--detach", "-f", str(path), commit)
         return Git(path)
 
+    def remove_worktree(self, path: Path) -> None:
+        """Unregister the worktree at `path` and delete it, whatever is in it."""
+        self.run("worktree", "remove", "--force", "--force", str(path), check=False)
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        self.run("worktree", "prune")
+
+    def ever_committed(self) -> dict[str, str]:
+        """Every path any commit reachable from a ref or a reflog ever held -> the short id
+        of the newest such commit: what anyone with this repository can `git show`."""
+        out = self.run(
+            "-c", "core.quotePath=false", "log", "--all", "--reflog", "--no-renames",
+            "--diff-filter=d", "--format=%x00%h", "--name-only",
+        )  # fmt: skip
+        found: dict[str, str] = {}
+        commit = ""
+        for line in out.splitlines():
+            if line.startswith("\0"):
+                commit = line[1:]
+            elif line:
+                found.setdefault(line, commit)
+        return found
+
     def commit_all(self, message: str) -> str:
         """Commit everything in the working tree (even nothing); return the new commit."""
         self.run("add", "-A")

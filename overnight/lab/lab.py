@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,27 @@ from opentelemetry import trace
 
 from overnight import redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import integrity, privacy, sandbox
+from overnight.lab import holdout, integrity, privacy, sandbox
 from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
 from overnight.lab.judge import Judge
 from overnight.lab.lock import AgentLock, LabLock
-from overnight.lab.ratchet import better, combined, gain, improves
+from overnight.lab.ratchet import (
+    OUTLIER_FACTOR,
+    better,
+    combined,
+    gain,
+    improves,
+    noise_floor,
+    outlier,
+    step,
+)
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
 from overnight.lab.trial import BASELINE as BASELINE  # re-exported: the lab names its baseline
 from overnight.lab.trial import IN_FLIGHT, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
+from overnight.org.config import LabConfig, OnDivergence
 from overnight.org.load import line_of
 from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available, knobs
 from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_url
@@ -149,6 +160,12 @@ class Lab:
             self.state_dir, lab.min_free_disk,
             lambda kind, payload: store.append_event(run.id, kind, payload),
         )  # fmt: skip
+        self.holdout: holdout.Holdout | None = None
+        if lab.holdout:
+            where = self.state_dir / "holdout" / run.id
+            self.holdout = holdout.Holdout(
+                org.root, git, lab.holdout, lab.holdout_name, lab.hidden, where
+            )
         _register_secrets(self.config, self.state_dir)
 
     # -- walls around what we run but do not trust ---------------------------
@@ -166,7 +183,8 @@ class Lab:
 
     def hidden_paths(self) -> tuple[Path, ...]:
         _envs, files = credential_sources(self.config)
-        return sandbox.hidden_paths(self.state_dir, files)
+        found = holdout.paths_to_hide(self.org.root, self.config.lab.hidden)
+        return (*sandbox.hidden_paths(self.state_dir, files), *found)
 
     def experiment_wrap(self, worktree: Path, seconds: float) -> list[str]:
         """What an experiment's shell runs inside: the sandbox, which dies with us, or
@@ -226,7 +244,8 @@ class Lab:
         try:
             privacy.make_private(root / STATE_DIR)  # state an older version left readable
             git.exclude(f"/{STATE_DIR}/")
-            warnings = _preflight(org, git) + _sandbox_warnings(org)
+            holdout.ignore_hidden(git, org.config.lab.hidden)
+            warnings = _preflight(org, git) + _sandbox_warnings(org) + _keep_warnings(org)
             store = open_store(store_url(root))
             try:
                 lab = cls._open_run(org, git, store, lock, warnings, new_run)
@@ -253,10 +272,8 @@ class Lab:
         run = None if new_run else store.latest_run(lab_name)
         fingerprint = config_fingerprint(org)
         resumed = run is not None
-        if run is not None and dict(run.config) != fingerprint:
-            changed = sorted(
-                _diff_keys(dict(run.config), fingerprint),
-            )
+        changed = _diff_keys(dict(run.config), fingerprint) if run is not None else []
+        if run is not None and changed:
             raise ConfigError(
                 org.config_path,
                 f"changed since run {run.id} began ({', '.join(changed)}); a run keeps one "
@@ -336,6 +353,8 @@ class Lab:
             worktree = self.git.add_worktree(Path(agent.worktree), agent.best_commit)
             worktree.checkout_detached(agent.best_commit)
             worktree.reset_clean(agent.best_commit)
+        if self.holdout is not None:
+            self.holdout.sweep()  # a checkout with the hidden files in it, left by a crash
         self.requeued = self._to_requeue()
         self.store.append_event(
             run.id,
@@ -385,6 +404,15 @@ class Lab:
         for trial in self.store.trials(self.run.id, agent=BASELINE, statuses=[_S.kept]):
             return trial
         return None
+
+    @property
+    def min_delta(self) -> float:
+        """What a keep must beat the best by: `[lab] min_delta` when it is a number, else
+        the noise floor measured at the run's start (0 until it is, and when it is not)."""
+        wanted = self.config.lab.min_delta
+        if isinstance(wanted, int | float):
+            return float(wanted)
+        return float(self.run.noise_floor["min_delta"]) if self.run.noise_floor else 0.0
 
     # -- trials ---------------------------------------------------------------
 
@@ -587,9 +615,12 @@ class Lab:
                         trial.id, _S.rejected, reason=f"policy: {refusal}", finished_at=time.time()
                     )
             trial = store.update_trial(trial.id, _S.checked)
-            # -- run and measure, re-confirming a candidate improvement if asked
+            # -- run and measure: the baseline again to measure the noise floor, a candidate
+            # improvement again for `confirm_runs`, or once more when it is an outlier
             metrics: list[float] = []
             duration = 0.0
+            runs = self._baseline_runs() if agent_name == BASELINE else 1 + lab.confirm_runs
+            rerun_outlier = False
             while True:
                 measured = self._measure(trial, wt.path, stop)
                 duration += measured.duration_s
@@ -608,14 +639,41 @@ class Lab:
                 trial = store.update_trial(
                     trial.id, _S.measured, metric=value, metrics=metrics, duration_s=duration
                 )
-                better = improves(value, best_metric, lab.goal, lab.min_delta)
-                if not better or len(metrics) > lab.confirm_runs or agent_name == BASELINE:
+                better = improves(value, best_metric, lab.goal, self.min_delta)
+                if better and len(metrics) == 1 and agent_name != BASELINE:
+                    rerun_outlier = self._outlier(trial, value, best_metric)
+                    runs = max(runs, 2) if rerun_outlier else runs
+                if not better or len(metrics) >= runs:
                     break
+            if agent_name == BASELINE and len(metrics) > 1:
+                self._record_noise_floor(metrics)
+            unconfirmed = [
+                m for m in metrics[1:] if not improves(m, best_metric, lab.goal, self.min_delta)
+            ]
+            if better and rerun_outlier and unconfirmed:
+                why = _discard_reason(unconfirmed[0], best_metric, self.min_delta, 1, lab)
+                return store.update_trial(
+                    trial.id,
+                    _S.discarded,
+                    reason=f"an outlier (far beyond every improvement so far) that its re-run "
+                    f"did not confirm: {why}",
+                    finished_at=time.time(),
+                )
+            # -- the hidden holdout: on the baseline (every later verdict's reference) and
+            # on a candidate that would become the lab's best, before the ratchet moves
+            concern = None
+            if better and self._holdout_due(agent_name, value):
+                trial, concern, refused = self._holdout_verdict(trial, candidate, value, stop)
+                if refused is not None:
+                    status, why = refused
+                    return store.update_trial(trial.id, status, reason=why, finished_at=time.time())
             # -- keep or discard: the store first, then the branch follows
             if better and self.judge is not None and agent_name != BASELINE:
+                review = concern if lab.on_divergence is OnDivergence.review else None
                 refusal = self.judge.approve_keep(
-                    agent_name, trial, value, gain(value, best_metric, lab.goal), stop
-                )
+                    agent_name, trial, value, gain(value, best_metric, lab.goal), stop,
+                    concern=review,
+                )  # fmt: skip
                 if refusal is not None:
                     return store.update_trial(
                         trial.id, _S.discarded, reason=f"policy: {refusal}", finished_at=time.time()
@@ -629,7 +687,7 @@ class Lab:
             return store.update_trial(
                 trial.id,
                 _S.discarded,
-                reason=_discard_reason(value, best_metric, lab.min_delta, len(metrics)),
+                reason=_discard_reason(value, best_metric, self.min_delta, len(metrics), lab),
                 finished_at=finished,
             )
         finally:
@@ -674,14 +732,7 @@ class Lab:
                 env=env, wrap=wrap, max_log=lab.max_log, on_start=record_pid, stop=stop,
             )  # fmt: skip
             if result.timed_out or stop.is_set():
-                # its process group is gone; anything of this trial's still alive left it
-                # (setsid, a daemon) or outlived the kill: it carries the trial's markers
-                def others(found: dict[str, str]) -> bool:
-                    return found.get("OVERNIGHT_TRIAL") != env["OVERNIGHT_TRIAL"] or (
-                        found.get("OVERNIGHT_AGENT") != trial.agent
-                    )
-
-                kill_marked(RUN_MARKER, self.run.id, spare=others)
+                self._kill_leftovers(trial)
             step = "run"
             if result.ok and lab.evaluate and not stop.is_set():
                 step = "evaluate"
@@ -702,6 +753,159 @@ class Lab:
                 )
         tampered = integrity.check_protected(root, self.run.protected)
         return _judge(result, step, lab.metric, timeout, stop.is_set(), tampered)
+
+    def _kill_leftovers(self, trial: Trial) -> None:
+        """Kill what is left of a trial's experiment (or holdout) once its process group is
+        gone: what left the group (setsid, a daemon) or outlived the kill carries the
+        trial's markers."""
+
+        def others(found: dict[str, str]) -> bool:
+            return found.get("OVERNIGHT_TRIAL") != str(trial.number) or (
+                found.get("OVERNIGHT_AGENT") != trial.agent
+            )
+
+        kill_marked(RUN_MARKER, self.run.id, spare=others)
+
+    # -- keeps that can be trusted: the noise floor, outliers, the hidden holdout --------
+
+    def _baseline_runs(self) -> int:
+        """How often the baseline runs: `noise_runs` while the noise floor is still to be
+        measured (once per run: a resumed run keeps the one it measured), else once."""
+        lab = self.config.lab
+        return lab.noise_runs if lab.measures_noise and self.run.noise_floor is None else 1
+
+    def _record_noise_floor(self, runs: list[float]) -> None:
+        sigma, floor = noise_floor(runs)
+        self.run = self.store.set_noise_floor(
+            self.run.id, {"runs": runs, "sigma": sigma, "min_delta": floor}
+        )
+
+    def _outlier(self, trial: Trial, value: float, best: float | None) -> bool:
+        """Whether an improvement is far beyond every one kept so far in the run (see
+        `ratchet.outlier`); if so an `outlier.rerun` event says so before the re-run."""
+        goal = self.config.lab.goal
+        kept = self.store.trials(self.run.id, statuses=[_S.kept])
+        metric_of = {t.candidate_commit: t.metric for t in kept}
+        largest = max(
+            (
+                step(t.metric, metric_of.get(t.parent_commit), goal)
+                for t in kept
+                if t.agent != BASELINE and t.metric is not None
+            ),
+            default=0.0,
+        )
+        improvement = step(value, best, goal)
+        if not outlier(improvement, largest, self.min_delta):
+            return False
+        self.store.append_event(
+            self.run.id,
+            "outlier.rerun",
+            {
+                "metric": value, "best": best, "improvement": improvement,
+                "largest": largest, "floor": self.min_delta, "factor": OUTLIER_FACTOR,
+            },
+            agent=trial.agent,
+            trial=trial.number,
+        )  # fmt: skip
+        return True
+
+    def _holdout_due(self, agent_name: str, value: float) -> bool:
+        """The holdout measures the baseline, and every candidate that would become the
+        lab's best (not one that only beats its own agent's best)."""
+        if self.holdout is None:
+            return False
+        lab_best = self.best()
+        if agent_name == BASELINE or lab_best is None or lab_best.metric is None:
+            return True
+        return better(value, lab_best.metric, self.config.lab.goal)
+
+    def _holdout_reference(self) -> tuple[float | None, float | None]:
+        """(metric, holdout metric) of the best kept trial the holdout measured."""
+        found: Trial | None = None
+        for t in self.store.trials(self.run.id, statuses=[_S.kept]):
+            if t.holdout_metric is None or t.metric is None:
+                continue
+            if found is None or better(t.metric, found.metric or 0.0, self.config.lab.goal):
+                found = t
+        return (found.metric, found.holdout_metric) if found else (None, None)
+
+    def _holdout_verdict(
+        self, trial: Trial, commit: str, value: float, stop: threading.Event
+    ) -> tuple[Trial, str | None, tuple[TrialStatus, str] | None]:
+        """Run the holdout; returns the trial as it now stands, why its keep looks suspect
+        (None: it does not), and the status and reason that end it here (None: go on to
+        the judge and the keep, flagged or not)."""
+        trial, concern = self._run_holdout(trial, commit, value, stop)
+        lab = self.config.lab
+        no_reviewer = lab.on_divergence is OnDivergence.review and self.judge is None
+        if stop.is_set():
+            return trial, concern, (_S.interrupted, "stopped while the holdout ran")
+        if trial.agent == BASELINE and concern:
+            return trial, concern, (_S.rejected, f"holdout: {concern}")
+        if concern and (lab.on_divergence is OnDivergence.reject or no_reviewer):
+            return trial, concern, (_S.rejected, f"holdout: {holdout.AGENT_REASON}")
+        return trial, concern, None
+
+    def _run_holdout(
+        self, trial: Trial, commit: str, value: float, stop: threading.Event
+    ) -> tuple[Trial, str | None]:
+        """Run the holdout on `commit` and record what it says: the trial with its holdout
+        metric (and flag), and why the keep looks suspect (None when it does not)."""
+        assert self.holdout is not None
+        lab = self.config.lab
+        before, reference = self._holdout_reference()
+        log_path = self.state_dir / "logs" / self.run.id / f"trial-{trial.number:05d}-holdout.log"
+        timeout = lab.budget + lab.grace
+        with self.executor.slot(stop) as slot_env:
+            if slot_env is None:
+                return trial, None  # stopped
+            self.store.append_event(
+                self.run.id, "holdout.started", {"commit": commit, "log": str(log_path)},
+                agent=trial.agent, trial=trial.number,
+            )  # fmt: skip
+            env = self.untrusted_env(
+                {
+                    **slot_env,
+                    RUN_MARKER: self.run.id,
+                    "OVERNIGHT_TRIAL": str(trial.number),
+                    "OVERNIGHT_AGENT": trial.agent,
+                }
+            )
+            measured = self.holdout.measure(
+                commit, f"trial-{trial.number:05d}", log_path=log_path, env=env,
+                wrap=lambda checkout: self.experiment_wrap(checkout, timeout),
+                timeout_s=timeout, max_log=lab.max_log, stop=stop,
+            )  # fmt: skip
+            if measured.problem:
+                self._kill_leftovers(trial)
+        if stop.is_set():
+            return trial, None
+        self.store.append_event(
+            self.run.id,
+            "holdout.measured",
+            {
+                "holdout_metric": measured.metric, "reference": reference,
+                "problem": measured.problem, "duration_s": measured.duration_s,
+            },
+            agent=trial.agent,
+            trial=trial.number,
+        )  # fmt: skip
+        if trial.agent == BASELINE:  # the reference: no verdict, but it must measure
+            trial = self.store.update_trial(trial.id, _S.measured, holdout_metric=measured.metric)
+            return trial, measured.problem and f"{measured.problem}; its log: {log_path}"
+        concern = holdout.divergence(
+            lab.metric, before, value, lab.holdout_name, reference, measured, lab.goal
+        )
+        trial = self.store.update_trial(
+            trial.id, _S.measured, holdout_metric=measured.metric, flag=concern
+        )
+        if concern is not None:
+            self.store.append_event(
+                self.run.id, "holdout.diverged",
+                {"flag": concern, "on_divergence": lab.on_divergence.value},
+                agent=trial.agent, trial=trial.number,
+            )  # fmt: skip
+        return trial, concern
 
     def _disk_room(self, stop: threading.Event) -> bool:
         """Room on disk for one more trial: older logs trimmed to fit `max_logs`, then
@@ -759,14 +963,30 @@ def _judge(
     return _Measured(result.metric, None, None, result.tail, result.duration_s)
 
 
-def _discard_reason(value: float, best: float | None, min_delta: float, runs: int) -> str:
+def _discard_reason(
+    value: float, best: float | None, min_delta: float, runs: int, lab: LabConfig
+) -> str:
     confirm = f" (mean of {runs} runs)" if runs > 1 else ""
+    ahead = step(value, best, lab.goal)
+    if ahead > 0 and not isinstance(lab.min_delta, int | float):
+        return (
+            f"within noise (±{min_delta:.3g}): {value:.6g}{confirm} beats the best {best:.6g} "
+            f"by only {ahead:.3g}"
+        )
     delta = f" by more than {min_delta:g}" if min_delta else ""
     return f"{value:.6g}{confirm} does not beat the best {best:.6g}{delta}"
 
 
 def _baseline_message(lab: Lab, trial: Trial) -> str:
     cfg = lab.config.lab
+    if (trial.reason or "").startswith("holdout: "):
+        return (
+            f"the hidden holdout could not be measured on your unchanged code: "
+            f"{(trial.reason or '').removeprefix('holdout: ')}.\n"
+            f"  holdout: {cfg.holdout}\n"
+            f"  fix: make `{cfg.holdout}` print a line `{cfg.holdout_name}: <number>` when "
+            "run in a clean checkout with the hidden files beside it, and run again."
+        )
     tail = "\n".join("    " + line for line in (trial.log_tail or "").splitlines()[-15:])
     return (
         f"the baseline (your code, unchanged) could not be measured: {trial.reason}.\n"
@@ -835,9 +1055,19 @@ def _diff_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> li
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out.extend(_diff_keys(a, b, f"{prefix}{key}."))
-        elif a != b:
+        elif a != b and not (key not in old and prefix == "lab." and b == _lab_default(key)):
+            # (a [lab] field a later overnight added, at its default, redefines nothing of
+            # a run that began before it: that run resumes)
             out.append(prefix + key)
     return out
+
+
+def _lab_default(name: str) -> Any:
+    field = LabConfig.model_fields.get(name)
+    if field is None or field.is_required():
+        return ...
+    default = field.get_default(call_default_factory=True)
+    return default.value if isinstance(default, StrEnum) else default
 
 
 def _preflight(org: Org, git: Git) -> list[str]:
@@ -881,6 +1111,9 @@ def _preflight(org: Org, git: Git) -> list[str]:
                     fix="check the spelling; globs are relative to overnight.toml "
                     "(`*` stays within a folder, `**` crosses folders); commit the file if it is new",
                 )
+    if cfg.lab.hidden:
+        at = line_of(text, ("lab", "hidden"))
+        holdout.refuse_exposed(git, org.root, cfg.lab.hidden, path, at)
     # Two globs can only be seen to overlap on the files they both match.
     both = [f for f in files if integrity.matches(f, cfg.lab.protected)]
     both = [f for f in both if integrity.matches(f, cfg.lab.editable)]
@@ -912,7 +1145,7 @@ def _preflight(org: Org, git: Git) -> list[str]:
                 fix=f"add {knob.file!r} to lab.editable, or move the knob",
             )
     knobs.validate(org.root, cfg.knobs, path)
-    for key in ("run", "evaluate"):
+    for key in ("run", "evaluate", "holdout"):
         command = getattr(cfg.lab, key)
         if command:
             problem = _command_problem(command, org.root)
@@ -1028,6 +1261,25 @@ def _sandbox_warnings(org: Org) -> list[str]:
         '.overnight/ (virtual keys, the database); install bubblewrap, or set [lab] sandbox = "none" '
         "to say you accept that"
     ]
+
+
+def _keep_warnings(org: Org) -> list[str]:
+    """What makes keeps less trustworthy than the user may think, said once at start."""
+    lab = org.config.lab
+    warnings = []
+    if lab.min_delta is None and not lab.measures_noise:
+        cost = (lab.noise_runs - 1) * lab.budget / 60
+        warnings.append(
+            f"min_delta is 0: measuring the noise floor would take {lab.noise_runs - 1} more "
+            f"baseline runs (up to {cost:.0f} min at budget = {lab.budget / 60:g} min); set "
+            'min_delta = "auto" to measure it anyway, or a number of your own'
+        )
+    if lab.hidden and (lab.sandbox == "none" or sandbox.bwrap_problem() is not None):
+        warnings.append(
+            "the hidden files are in no worktree and no commit, but without a sandbox an "
+            f"experiment or an agent's CLI can still read them in {org.root}"
+        )
+    return warnings
 
 
 def _command_problem(command: str, root: Path) -> str | None:

@@ -172,13 +172,17 @@ def trial_costs(store: Store, run_id: str) -> dict[int, TrialCost]:
 
 
 def tsv(view: LabView) -> str:
-    """autoresearch's results.tsv columns first (commit, metric, status, description), then ours."""
-    metric = view.config.lab.metric
+    """autoresearch's results.tsv columns first (commit, metric, status, description), then
+    ours; with a hidden holdout, its metric and the keep's flag last."""
+    lab = view.config.lab
+    metric = lab.metric
     out = io.StringIO()
     columns = [
         "commit", metric, "status", "description", "trial", "agent", "outcome",
         "parent", "duration_s", "tokens", "cost_usd", "reason", "log",
     ]  # fmt: skip
+    if lab.holdout:
+        columns += [holdout_column(view), "flag"]
     out.write("\t".join(columns) + "\n")
     costs = trial_costs(view.store, view.run.id)
     for t in view.store.trials(view.run.id):
@@ -200,8 +204,16 @@ def tsv(view: LabView) -> str:
             t.reason or "",
             t.log_path or "",
         ]
+        if lab.holdout:
+            row += [f"{t.holdout_metric:.6f}" if t.holdout_metric is not None else "", t.flag or ""]
         out.write("\t".join(_cell(c) for c in row) + "\n")
     return out.getvalue()
+
+
+def holdout_column(view: LabView) -> str:
+    """The holdout metric's column: `holdout_<name>`, never the metric's own name (by
+    default the holdout prints the same name, and a table cannot have it twice)."""
+    return f"holdout_{view.config.lab.holdout_name}"
 
 
 def _cell(value: str) -> str:
@@ -237,6 +249,7 @@ def status(view: LabView) -> dict[str, Any]:
     lab_name = cfg.lab.name
     spenders = sorted({a.name for a in agents} | set(store.key_hashes(lab_name).values()))
     return {
+        **_keeps(view, trials, baseline),
         "lab": cfg.lab.name,
         "run": run.id,
         "base_commit": run.base_commit,
@@ -256,6 +269,8 @@ def status(view: LabView) -> dict[str, Any]:
                 "agent": best.agent,
                 "branch": best_branch,
                 "description": best.description,
+                "holdout_metric": best.holdout_metric,
+                "flag": best.flag,
             }
             if best
             else None
@@ -347,6 +362,36 @@ def _requeue_why(trial: Trial, requeued: bool) -> str:
         return f"not re-queued: {trial.agent} tries its own changes (`overnight try`)"
     times = "once" if MAX_REQUEUES == 1 else f"{MAX_REQUEUES} times"
     return f"not re-queued: its proposal was re-queued {times} already"
+
+
+def _keeps(view: LabView, trials: list[Trial], baseline: Trial | None) -> dict[str, Any]:
+    """How far keeps can be trusted: the bar a keep must clear (the noise floor measured
+    at the run's start, or the number set), the hidden holdout, and the flagged keeps."""
+    lab = view.config.lab
+    floor = view.run.noise_floor
+    if isinstance(lab.min_delta, int | float):
+        min_delta: float | None = float(lab.min_delta)
+    else:
+        min_delta = float(floor["min_delta"]) if floor else (None if lab.measures_noise else 0.0)
+    return {
+        "min_delta": min_delta,
+        "noise_floor": dict(floor) if floor else None,
+        "holdout": (
+            {
+                "command": lab.holdout,
+                "metric": lab.holdout_name,
+                "on_divergence": lab.on_divergence.value,
+                "baseline": baseline.holdout_metric if baseline else None,
+            }
+            if lab.holdout
+            else None
+        ),
+        "flagged": [
+            {"trial": t.number, "agent": t.agent, "status": t.status.value, "flag": t.flag}
+            for t in trials
+            if t.flag and t.status.final
+        ],
+    }
 
 
 def best_so_far(trials: list[Trial], goal: Any) -> list[tuple[int, float]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 from pathlib import Path
+from typing import Any
 
 from overnight.lab.lab import BASELINE
 from overnight.lab.ledger import LabView, best_so_far, status
@@ -112,17 +113,41 @@ def write(view: LabView, out: Path | None = None) -> Path:
             if best
             else ""
         ),
+        f"- {_keep_bar(s)}",
     ]
+    holdout = s["holdout"]
+    if holdout:
+        lines.append(
+            f"- hidden holdout `{holdout['metric']}`: baseline {_fmt(holdout['baseline'])}, "
+            f"best {_fmt(best['holdout_metric'] if best else None)} "
+            f"(on divergence: {holdout['on_divergence']})"
+        )
     if s["improvement_pct"] is not None:
         lines.append(f"- change vs baseline: {s['improvement_pct']:+.2f}%")
     if best and best["branch"]:
         lines.append(f"- best branch: `{best['branch']}` (`git checkout {best['branch']}`)")
     lines += ["", f"![progress]({png.name})", "", "## Kept changes", ""]
-    if kept:
+    if kept and holdout:
+        lines += [
+            f"| trial | agent | {cfg.metric} | holdout {holdout['metric']} | change |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t.number} | {t.agent} | {_fmt(t.metric)} | {_fmt(t.holdout_metric)} | "
+            f"{t.description}{' ⚑ flagged' if t.flag else ''} |"
+            for t in kept
+        ]
+    elif kept:
         lines += [f"| trial | agent | {cfg.metric} | change |", "|---|---|---|---|"]
         lines += [f"| {t.number} | {t.agent} | {_fmt(t.metric)} | {t.description} |" for t in kept]
     else:
         lines.append("No change beat the baseline yet.")
+    if s["flagged"]:
+        lines += ["", "## Flagged: suspected overfitting or gaming", ""]
+        lines += ["| trial | agent | status | why |", "|---|---|---|---|"]
+        lines += [
+            f"| {f['trial']} | {f['agent']} | {f['status']} | {f['flag']} |" for f in s["flagged"]
+        ]
     failures = [t for t in trials if t.status not in (TrialStatus.kept, TrialStatus.discarded)]
     if failures:
         lines += ["", "## Failed trials", "", "| trial | status | reason |", "|---|---|---|"]
@@ -134,6 +159,18 @@ def write(view: LabView, out: Path | None = None) -> Path:
     else:
         out.write_text(markdown, encoding="utf-8")
     return out
+
+
+def _keep_bar(s: dict[str, Any]) -> str:
+    floor = s["noise_floor"]
+    if floor:
+        return (
+            f"noise floor: ±{floor['min_delta']:.3g} (2σ; σ = {floor['sigma']:.3g} from "
+            f"{len(floor['runs'])} baseline runs)"
+        )
+    if s["min_delta"] is None:
+        return "noise floor: not measured yet"
+    return f"min_delta: {s['min_delta']:g}"
 
 
 def _fmt(value: float | None) -> str:

@@ -44,9 +44,8 @@ _S = TrialStatus
 
 def noise(lab: Lab) -> float:
     """How far apart two metrics must be before one is better beyond the noise: the
-    margin a keep must clear (`min_delta`)."""
-    value = lab.config.lab.min_delta
-    return float(value) if isinstance(value, int | float) else 0.0
+    margin a keep must clear (`min_delta`, or the noise floor the run measured)."""
+    return lab.min_delta
 
 
 def enabled(lab: Lab) -> bool:

@@ -1,6 +1,6 @@
 """The trial's state machine: which statuses exist and which moves between them are legal.
 
-    proposed -> applied -> checked -> running -> measured -> kept | discarded
+    proposed -> applied -> checked -> running -> measured -> kept | discarded | rejected (holdout)
                         \\-> rejected (integrity or policy)  \\-> crashed | timed_out
     (any non-final state found on restart -> interrupted, and the proposal is re-queued)
 
@@ -54,8 +54,9 @@ TRANSITIONS: dict[TrialStatus, frozenset[TrialStatus]] = {
     _S.applied: frozenset({_S.checked, _S.rejected, _S.interrupted}),
     _S.checked: frozenset({_S.running, _S.interrupted}),
     _S.running: frozenset({_S.measured, _S.crashed, _S.timed_out, _S.rejected, _S.interrupted}),
-    # measured -> running again while `confirm_runs` re-measures a candidate improvement
-    _S.measured: frozenset({_S.kept, _S.discarded, _S.running, _S.interrupted}),
+    # measured -> running again while `confirm_runs` (or an outlier's re-run) re-measures a
+    # candidate improvement; -> rejected when the hidden holdout says it games the metric
+    _S.measured: frozenset({_S.kept, _S.discarded, _S.rejected, _S.running, _S.interrupted}),
 }
 
 # What autoresearch's results.tsv calls each final status.

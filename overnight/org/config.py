@@ -13,7 +13,7 @@ import difflib
 import json
 import re
 from enum import StrEnum
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -26,6 +26,14 @@ from overnight.units import Duration, PositiveDuration, Size, _shown, parse_dura
 class Goal(StrEnum):
     minimize = "minimize"
     maximize = "maximize"
+
+
+class OnDivergence(StrEnum):
+    """What happens to a keep whose metric improved while the hidden holdout did not."""
+
+    flag = "flag"
+    reject = "reject"
+    review = "review"
 
 
 class Autonomy(StrEnum):
@@ -128,7 +136,10 @@ class LabConfig(_Model):
     grace: Duration = 60.0
     metric: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_./-]*$")
     goal: Goal = Goal.minimize
-    min_delta: float = Field(default=0.0, ge=0)
+    min_delta: float | Literal["auto"] | None = None
+    """A keep must beat the best by more than this; "auto" measures it (the noise
+    floor, 2σ of `noise_runs` baseline runs); None: "auto" where that is cheap
+    (see `measures_noise`), else 0."""
     confirm_runs: int = Field(default=0, ge=0, le=10)
     parallel: int = Field(default=1, ge=1, le=64)
     gpus_per_trial: int = Field(default=0, ge=0)
@@ -158,6 +169,94 @@ class LabConfig(_Model):
     moves there."""
     stop: StopConfig = StopConfig()
     """When a run stops by itself (`[lab.stop]`)."""
+    # -- keeps that can be trusted: the noise floor and the hidden holdout
+    noise_runs: int = Field(default=3, ge=2, le=20)
+    """Runs of the baseline at a run's start when the noise floor is measured."""
+    holdout: str | None = Field(default=None, min_length=1)
+    """A command run on each candidate that would become the lab's best, in a clean
+    checkout of it with the `hidden` files restored; prints `holdout_metric`."""
+    hidden: list[str] = []
+    """Globs of files in the lab that no agent's worktree contains (never committed)."""
+    holdout_metric: str | None = Field(
+        default=None, min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_./-]*$"
+    )
+    """The name in the holdout's `name: value` line; None: the lab's `metric`."""
+    on_divergence: OnDivergence = OnDivergence.flag
+    """A keep whose metric improved and whose holdout did not: flag it, reject it, or
+    ask a human (review, through the approvals inbox)."""
+
+    @property
+    def measures_noise(self) -> bool:
+        """Whether a run starts by measuring the noise floor: `min_delta = "auto"`, or
+        unset while the extra baseline runs cost at most AUTO_NOISE_COST."""
+        if self.min_delta is None:
+            return (self.noise_runs - 1) * self.budget <= AUTO_NOISE_COST
+        return self.min_delta == "auto"
+
+    @property
+    def holdout_name(self) -> str:
+        return self.holdout_metric or self.metric
+
+    @field_validator("min_delta", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        fix = 'write a number of the metric\'s units (e.g. min_delta = 0.01), or "auto" to measure the noise'
+        if value is None:  # unset (TOML cannot say None; a run's record of its config can)
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise Invalid(f'{_shown(value)} is neither a number nor "auto"', fix=fix)
+        if isinstance(value, str) and value != "auto":
+            raise Invalid(f'{value!r} is neither a number nor "auto"', fix=fix)
+        if not isinstance(value, str) and value < 0:
+            raise Invalid(
+                f"must be at least 0 (got {value!r})",
+                fix='set min_delta = 0 or more, or "auto" to measure the noise',
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _holdout_needs_hidden(self) -> Self:
+        if self.holdout is not None and not self.hidden:
+            raise Invalid(
+                "holdout is set and hidden is empty: the holdout would judge with files every "
+                "agent can read",
+                fix='list its files in hidden, e.g. hidden = ["holdout_eval.py", "holdout/**"] '
+                "(kept out of git and out of every agent's reach)",
+                at=("holdout",),
+            )
+        for key in ("hidden", "holdout_metric", "on_divergence"):
+            if self.holdout is None and getattr(self, key) not in (None, [], OnDivergence.flag):
+                raise Invalid(
+                    f"{key} is set, and there is no holdout for it to serve",
+                    fix=f'add holdout = "python holdout_eval.py" (the command that measures '
+                    f"on the hidden files), or remove {key}",
+                    at=(key,),
+                )
+        for i, glob in enumerate(self.hidden):
+            parts = glob.replace("\\", "/").split("/")
+            if glob.startswith(("/", "~")) or ".." in parts or parts[0] in (".git", ".overnight"):
+                raise Invalid(
+                    f"{glob!r} is not a path inside the lab",
+                    fix='write it relative to overnight.toml, e.g. "holdout/**"',
+                    at=("hidden", i),
+                )
+            for key in ("editable", "protected"):
+                globs = getattr(self, key)
+                both = glob if glob in globs else None
+                both = both or next(
+                    (g for g in globs if not _is_glob(g) and matches(g, [glob])), None
+                )
+                if both is None and not _is_glob(glob):
+                    both = next((g for g in globs if matches(glob, [g])), None)
+                if both is not None:
+                    raise Invalid(
+                        f"{glob!r} is hidden, and {key} has {both!r} too: agents see every "
+                        f"{key} file, and no agent may see a hidden one",
+                        fix=f"keep the holdout's files apart: remove {glob!r} from hidden or "
+                        f"{both!r} from {key}",
+                        at=("hidden", i),
+                    )
+        return self
 
     @model_validator(mode="after")
     def _editable_not_protected(self) -> Self:
@@ -222,6 +321,11 @@ class LabConfig(_Model):
 
 
 _ENV_ITEM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(=.*)?$", re.DOTALL)
+
+
+AUTO_NOISE_COST = 1800.0
+"""Seconds of extra baseline runs ((noise_runs - 1) x budget) an unset min_delta spends
+to measure the noise floor; beyond it min_delta is 0 unless set to "auto"."""
 
 
 def _is_glob(path: str) -> bool:

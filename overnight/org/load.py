@@ -335,7 +335,8 @@ def _unknown_field(p: _Problem, root: type[BaseModel], loc: tuple[Any, ...]) -> 
         header = f"[[{names}]]" if isinstance(full[-1], int) else f"[{names}]"
         table = f"a {header} table" if header.startswith("[[") else header
         return problem, f"{name} belongs in {table}; move it below the {header} line"
-    close = difflib.get_close_matches(name, allowed, n=1)
+    # a typo is close (editabel, metirc); at difflib's default 0.6, 'colour' is 'holdout'
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.7)
     if close:
         return problem, f"did you mean {close[0]!r}? rename it"
     table = _table(loc[:-1])

@@ -48,6 +48,8 @@ class Run:
     protected: Mapping[str, str]
     config: Mapping[str, Any]
     created_at: float
+    noise_floor: Mapping[str, Any] | None = None
+    """Measured at the run's start: {"runs": [...], "sigma": σ, "min_delta": 2σ}."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class Trial:
     started_at: float | None = None
     finished_at: float | None = None
     duration_s: float | None = None
+    holdout_metric: float | None = None
+    """The hidden holdout's metric (a candidate that would become the lab's best)."""
+    flag: str | None = None
+    """Why a keep looks suspect: its metric improved and its holdout did not."""
     # (ov_trials.tokens and .cost_usd are unused: a trial's cost is read from the gateway's
     # attempts, see overnight.lab.ledger.trial_costs)
 
@@ -201,6 +207,8 @@ TRIAL_FIELDS = frozenset(
         "started_at",
         "finished_at",
         "duration_s",
+        "holdout_metric",
+        "flag",
     }
 )
 
@@ -242,6 +250,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def labs(self) -> list[str]:
         """The name of every lab with a run here, sorted."""
+
+    @abc.abstractmethod
+    def set_noise_floor(self, run_id: str, floor: Mapping[str, Any]) -> Run:
+        """Keep the noise floor measured at the run's start, with its `lab.noise_floor`
+        event, in one transaction; returns the run as it now stands."""
 
     @abc.abstractmethod
     def put_agent(self, agent: AgentRecord) -> None:

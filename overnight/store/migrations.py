@@ -183,6 +183,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "CREATE INDEX ov_approvals_lab ON ov_approvals (lab, status, created_at)",
         ],
     ),
+    (
+        "0004_trusted_keeps",
+        [
+            # the noise floor measured at the run's start (JSON), so a resume keeps it
+            "ALTER TABLE ov_runs ADD COLUMN noise_floor TEXT",
+            # the hidden holdout's metric of a candidate that became the lab's best, and
+            # why a keep looks suspect (metric up, holdout not)
+            "ALTER TABLE ov_trials ADD COLUMN holdout_metric DOUBLE PRECISION",
+            "ALTER TABLE ov_trials ADD COLUMN flag TEXT",
+        ],
+    ),
 ]
 
 

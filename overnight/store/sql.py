@@ -66,7 +66,7 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-_TEXT_FIELDS = {"description", "reason", "log_tail", "diff"}
+_TEXT_FIELDS = {"description", "reason", "log_tail", "diff", "flag"}
 """Trial fields that carry what agents and experiments wrote: redacted before they are
 stored, as event payloads are (overnight.redaction)."""
 
@@ -174,6 +174,16 @@ class SqlStore(Store):
         with self.engine.begin() as conn:
             rows = conn.execute(text("SELECT DISTINCT lab FROM ov_runs ORDER BY lab")).all()
         return [str(row.lab) for row in rows]
+
+    def set_noise_floor(self, run_id: str, floor: Mapping[str, Any]) -> Run:
+        with self.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE ov_runs SET noise_floor = :f WHERE id = :id"),
+                {"f": _dumps(dict(floor)), "id": run_id},
+            )
+            self._event(conn, run_id, "lab.noise_floor", dict(floor))
+            row = conn.execute(text("SELECT * FROM ov_runs WHERE id = :id"), {"id": run_id}).one()
+        return _run(row)
 
     # agents ---------------------------------------------------------------
 
@@ -846,6 +856,7 @@ def _run(row: Row[Any]) -> Run:
         protected=json.loads(row.protected),
         config=json.loads(row.config),
         created_at=float(row.created_at),
+        noise_floor=json.loads(row.noise_floor) if row.noise_floor else None,
     )
 
 
@@ -889,4 +900,6 @@ def _trial(row: Row[Any]) -> Trial:
         started_at=row.started_at,
         finished_at=row.finished_at,
         duration_s=row.duration_s,
+        holdout_metric=row.holdout_metric,
+        flag=row.flag,
     )

@@ -51,6 +51,9 @@ class TrialRow:
     tokens: int = 0
     cost_usd: float | None = None
     unpriced: bool = False
+    holdout_metric: float | None = None
+    flag: str | None = None
+    """Why a keep looks suspect (the hidden holdout did not improve with the metric)."""
 
     @property
     def final(self) -> bool:
@@ -148,6 +151,8 @@ class LiveRun:
         self.stopped: dict[str, Any] | None = None
         """The stop rule that ended (or is ending) the run: its `run.stopping` or
         `run.stopped` payload; None while it runs on."""
+        self.noise_floor: dict[str, Any] | None = None
+        """The run's measured noise floor (the `lab.noise_floor` event), once there is one."""
         self.lock = threading.RLock()
 
     # -- loading ------------------------------------------------------------------------
@@ -168,6 +173,8 @@ class LiveRun:
                 metric=t.metric,
                 reason=t.reason,
                 duration_s=t.duration_s,
+                holdout_metric=t.holdout_metric,
+                flag=t.flag,
             )
         self._recount()
 
@@ -291,6 +298,17 @@ class LiveRun:
                 row.best_metric = event.payload.get("to_metric", row.best_metric)
                 row.best_trial = event.payload.get("to_trial", row.best_trial)
                 changes.agents.add(row.name)
+            elif kind in ("holdout.measured", "holdout.diverged") and event.trial in self.trials:
+                row_ = self.trials[event.trial]
+                if kind == "holdout.measured":
+                    row_.holdout_metric = event.payload.get("holdout_metric")
+                else:
+                    row_.flag = event.payload.get("flag")
+                changes.trials.add(row_.number)
+                changes.kept = changes.kept or row_.status == TrialStatus.kept.value
+            elif kind == "lab.noise_floor":
+                self.noise_floor = dict(event.payload)
+                changes.kept = True  # the best card shows the floor
             elif kind.startswith("gateway."):
                 changes.gateway = True
             elif kind.startswith("approval."):

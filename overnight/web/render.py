@@ -172,11 +172,18 @@ class PageRenderer:
         change = None
         if best and base and best.metric is not None and base.metric:
             change = (best.metric - base.metric) / abs(base.metric) * 100
+        lab = self.sources.config.lab
         return {
             "best": best,
             "baseline": base,
             "change": change,
             "base_commit": self.live.base_commit,
+            "noise_floor": self.live.noise_floor,
+            # a number set, 0 where the floor is not measured, None while it is to be
+            "min_delta": lab.min_delta
+            if isinstance(lab.min_delta, int | float)
+            else (None if lab.measures_noise else 0.0),
+            "holdout": lab.holdout_name if lab.holdout else None,
         }
 
     def providers_context(self, health: dict[str, Any] | None) -> dict[str, Any]:
