@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from opentelemetry import trace
 
 from overnight import redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import integrity, privacy, sandbox
+from overnight.lab import constraints, integrity, privacy, sandbox
 from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
@@ -37,6 +37,7 @@ from overnight.lab.ratchet import better, combined, gain, improves
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
 from overnight.lab.trial import IN_FLIGHT, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
+from overnight.org.config import MEMORY, VRAM
 from overnight.org.load import line_of
 from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available, knobs
 from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_url
@@ -49,6 +50,9 @@ RUN_MARKER = "OVERNIGHT_RUN_ID"
 SESSION_MARKER = "OVERNIGHT_SESSION"
 """Set in an external agent's terminal session: its processes outlive `overnight run`."""
 BASELINE = "baseline"
+IMPORTED = "imported"
+"""The agent of trials that ran before overnight (a hand-run autoresearch results.tsv):
+history to learn from, never a ratchet to move (see overnight.lab.history)."""
 MAX_REQUEUES = 1
 """How many times an interrupted proposal is tried again. Once: one that was in flight
 at two stops in a row is more likely their cause (an experiment that takes the machine
@@ -107,6 +111,27 @@ class _Measured:
     reason: str | None
     tail: str
     duration_s: float
+    recorded: Mapping[str, float] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
+
+
+def memory_fields(runs: Sequence[_Measured]) -> dict[str, Any]:
+    """What a trial's runs printed besides the metric (the mean of each value over the runs
+    that printed it, as the metric is their mean) and its peak memory (the largest): a
+    printed peak_vram_mb / 1024, as autoresearch's memory_gb, else the measured peak RSS."""
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for name, value in run.recorded.items():
+            values.setdefault(name, []).append(value)
+    rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
+    peak_rss = max(rss) if rss else None
+    vram = values.get(VRAM)
+    memory = max(vram) / 1024 if vram else (peak_rss / 1024 if peak_rss is not None else None)
+    return {
+        "recorded": {name: sum(v) / len(v) for name, v in values.items()},
+        "memory_gb": memory,
+        "peak_rss_mb": peak_rss,
+    }
 
 
 class Lab:
@@ -208,8 +233,14 @@ class Lab:
         return lab, agent
 
     @classmethod
-    def start(cls, root: Path, *, new_run: bool = False) -> Lab:
-        """Validate everything, take the lab's lock, and start or resume its run."""
+    def start(cls, root: Path, *, new_run: bool = False, base_ref: str | None = None) -> Lab:
+        """Validate everything, take the lab's lock, and start or resume its run.
+
+        A new run starts from HEAD, or from `base_ref` (any commit or branch, e.g. an
+        autoresearch run's `autoresearch/<tag>`); the lab's definition (overnight.toml,
+        program.md) is always the checkout's. Without `new_run`, `base_ref` must be where
+        the latest run started: that run is resumed.
+        """
         root = root.resolve()
         org = load_org(root)
         git = Git.open(root)
@@ -224,10 +255,13 @@ class Lab:
         try:
             privacy.make_private(root / STATE_DIR)  # state an older version left readable
             git.exclude(f"/{STATE_DIR}/")
-            warnings = _preflight(org, git) + _sandbox_warnings(org)
+            base = _resolve(git, base_ref) if base_ref is not None else None
+            warnings = _preflight(org, git, base) + _sandbox_warnings(org)
+            if base is not None:
+                warnings += _from_warnings(git, base_ref or base, base)
             store = open_store(store_url(root))
             try:
-                lab = cls._open_run(org, git, store, lock, warnings, new_run)
+                lab = cls._open_run(org, git, store, lock, warnings, new_run, base_ref, base)
                 lab._recover()
             except BaseException:
                 store.close()
@@ -246,9 +280,18 @@ class Lab:
         lock: LabLock,
         warnings: list[str],
         new_run: bool,
+        base_ref: str | None = None,
+        base: str | None = None,
     ) -> Lab:
         lab_name = org.config.lab.name
         run = None if new_run else store.latest_run(lab_name)
+        if run is not None and base is not None and run.base_commit != base:
+            raise UserError(
+                f"the latest run ({run.id}) started from {run.base_commit[:10]}, not from "
+                f"{base_ref} ({base[:10]}), so there is nothing of it to resume.\n"
+                f"  fix: `overnight run --new --from {base_ref} {org.root}` starts a new run "
+                "from it."
+            )
         fingerprint = config_fingerprint(org)
         resumed = run is not None
         if run is not None and dict(run.config) != fingerprint:
@@ -263,7 +306,7 @@ class Lab:
                 "or restore the old values to resume",
             )
         if run is None:
-            base = git.head()
+            base = base or git.head()
             files = git.tracked_files(base)
             protected = {
                 path: blob
@@ -586,10 +629,13 @@ class Lab:
             trial = store.update_trial(trial.id, _S.checked)
             # -- run and measure, re-confirming a candidate improvement if asked
             metrics: list[float] = []
+            runs: list[_Measured] = []
             duration = 0.0
             while True:
                 measured = self._measure(trial, wt.path, stop)
                 duration += measured.duration_s
+                runs.append(measured)
+                memory = memory_fields(runs)
                 if measured.failure is not None:
                     return store.update_trial(
                         trial.id,
@@ -598,16 +644,33 @@ class Lab:
                         log_tail=measured.tail,
                         duration_s=duration,
                         finished_at=time.time(),
+                        **memory,
                     )
                 assert measured.metric is not None
                 metrics.append(measured.metric)
                 value = combined(metrics)
                 trial = store.update_trial(
-                    trial.id, _S.measured, metric=value, metrics=metrics, duration_s=duration
-                )
+                    trial.id, _S.measured, metric=value, metrics=metrics, duration_s=duration,
+                    **memory,
+                )  # fmt: skip
+                broken = self._broken_constraint(value, memory)
                 better = improves(value, best_metric, lab.goal, lab.min_delta)
-                if not better or len(metrics) > lab.confirm_runs or agent_name == BASELINE:
+                if broken or not better or len(metrics) > lab.confirm_runs:
                     break
+                if agent_name == BASELINE:  # measured once: there is nothing to confirm
+                    break
+            if broken and agent_name == BASELINE:
+                # where every agent starts, whatever it holds: agents must keep the bound
+                return store.update_trial(
+                    trial.id,
+                    _S.kept,
+                    reason=f"{broken} (kept anyway: the baseline is where every agent starts)",
+                    finished_at=time.time(),
+                )
+            if broken:
+                return store.update_trial(
+                    trial.id, _S.discarded, reason=broken, finished_at=time.time()
+                )
             # -- keep or discard: the store first, then the branch follows
             if better and self.judge is not None and agent_name != BASELINE:
                 refusal = self.judge.approve_keep(
@@ -666,9 +729,11 @@ class Lab:
             def record_pid(pid: int) -> None:
                 self.store.update_trial(trial.id, _S.running, pid=pid)
 
+            watch = [*lab.record, *([VRAM] if VRAM not in (*lab.record, lab.metric) else [])]
             result = run_budgeted(
                 lab.run, cwd=root, log_path=log_path, timeout_s=timeout, metric=lab.metric,
                 env=env, wrap=wrap, max_log=lab.max_log, on_start=record_pid, stop=stop,
+                record=watch,
             )  # fmt: skip
             if result.timed_out or stop.is_set():
                 # its process group is gone; anything of this trial's still alive left it
@@ -687,7 +752,9 @@ class Lab:
                 evaluated = run_budgeted(
                     lab.evaluate, cwd=root, log_path=log_path, timeout_s=timeout,
                     metric=lab.metric, env=env, wrap=wrap, max_log=lab.max_log, stop=stop,
+                    record=watch,
                 )  # fmt: skip
+                peaks = [p for p in (result.peak_rss_mb, evaluated.peak_rss_mb) if p is not None]
                 result = RunResult(
                     exit_code=evaluated.exit_code,
                     timed_out=evaluated.timed_out,
@@ -696,9 +763,24 @@ class Lab:
                     truncated=result.truncated or evaluated.truncated,
                     metric=evaluated.metric,
                     tail=evaluated.tail,
+                    recorded={**result.recorded, **evaluated.recorded},
+                    peak_rss_mb=max(peaks) if peaks else None,
                 )
         tampered = integrity.check_protected(root, self.run.protected)
-        return _judge(result, step, lab.metric, timeout, stop.is_set(), tampered)
+        judged = _judge(result, step, lab.metric, timeout, stop.is_set(), tampered)
+        return replace(judged, recorded=result.recorded, peak_rss_mb=result.peak_rss_mb)
+
+    def _broken_constraint(self, metric: float, memory: Mapping[str, Any]) -> str | None:
+        """The first `[lab] constraints` the measured values break, said plainly, or None."""
+        lab = self.config.lab
+        values = {**memory["recorded"], lab.metric: metric}
+        if memory["memory_gb"] is not None:
+            values[MEMORY] = memory["memory_gb"]
+        for text in lab.constraints:
+            broken = constraints.parse(text).violation(values)
+            if broken:
+                return broken
+        return None
 
     def _disk_room(self, stop: threading.Event) -> bool:
         """Room on disk for one more trial: older logs trimmed to fit `max_logs`, then
@@ -776,8 +858,9 @@ def _baseline_message(lab: Lab, trial: Trial) -> str:
 
 
 def best_trial(store: Store, run: Run, config: OrgConfig) -> Trial | None:
-    """The best kept trial of a run (the baseline counts), or None."""
-    kept = store.trials(run.id, statuses=[_S.kept])
+    """The best kept trial of a run (the baseline counts; an imported history does not:
+    its numbers were measured elsewhere), or None."""
+    kept = [t for t in store.trials(run.id, statuses=[_S.kept]) if t.agent != IMPORTED]
     if not kept:
         return None
     best = kept[0]
@@ -837,8 +920,34 @@ def _diff_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> li
     return out
 
 
-def _preflight(org: Org, git: Git) -> list[str]:
-    """Everything that would otherwise fail at 3 a.m., checked before the first trial."""
+def _resolve(git: Git, ref: str) -> str:
+    """The commit `ref` (a branch, tag or commit) names, or a UserError with the fix."""
+    commit = git.rev(ref) if ref and not ref.startswith("-") else None
+    if commit is None:
+        raise UserError(
+            f"{git.path}: no commit or branch {ref!r} in this repository.\n"
+            "  fix: `git branch -a` lists the branches (an autoresearch run's is "
+            f"autoresearch/<tag>); fetch one that lives on a remote first (`git fetch origin "
+            f"{ref or 'BRANCH'}`), or name a commit `git log` shows."
+        )
+    return commit
+
+
+def _from_warnings(git: Git, ref: str, base: str) -> list[str]:
+    """A REF whose own overnight.toml says something else than the checkout's."""
+    theirs = git.tracked_files(base).get(CONFIG_FILE)
+    ours = git.tracked_files("HEAD").get(CONFIG_FILE)
+    if theirs is None or theirs == ours:
+        return []
+    return [
+        f"{ref}'s overnight.toml differs from the one checked out; the lab runs by the "
+        "checkout's (REF gives only the code the agents start from)"
+    ]
+
+
+def _preflight(org: Org, git: Git, base: str | None = None) -> list[str]:
+    """Everything that would otherwise fail at 3 a.m., checked before the first trial.
+    Files are checked as they are at `base` (HEAD when None), where the agents start."""
     cfg = org.config
     path = org.config_path
     text = path.read_text(encoding="utf-8")
@@ -866,7 +975,8 @@ def _preflight(org: Org, git: Git) -> list[str]:
             f"untracked files are not copied into the agents' worktrees: {', '.join(loose[:5])}"
             + (" ..." if len(loose) > 5 else "")
         )
-    files = list(git.tracked_files("HEAD"))
+    at = base or "HEAD"
+    files = list(git.tracked_files(at))
     for key in ("editable", "protected"):
         for i, (glob, hits) in enumerate(integrity.expand(getattr(cfg.lab, key), files).items()):
             if not hits:
@@ -908,7 +1018,9 @@ def _preflight(org: Org, git: Git) -> list[str]:
                 line=line_of(text, ("knobs", i, "file")),
                 fix=f"add {knob.file!r} to lab.editable, or move the knob",
             )
-    knobs.validate(org.root, cfg.knobs, path)
+    knobs.validate(
+        org.root, cfg.knobs, path, read=None if base is None else lambda rel: git.show(at, rel)
+    )
     for key in ("run", "evaluate"):
         command = getattr(cfg.lab, key)
         if command:

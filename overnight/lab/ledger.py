@@ -20,10 +20,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from overnight.errors import ConfigError, UserError
-from overnight.lab.lab import BASELINE, MAX_REQUEUES, best_trial, requeues
+from overnight.lab.lab import BASELINE, IMPORTED, MAX_REQUEUES, best_trial, requeues
 from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
-from overnight.lab.trial import AUTORESEARCH_STATUS, TrialStatus
+from overnight.lab.trial import (
+    AUTORESEARCH_COLUMNS,
+    AUTORESEARCH_STATUS,
+    LEDGER_COLUMNS,
+    TrialStatus,
+)
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.store import Run, Store, Trial, open_store, store_exists, store_url
 
@@ -169,36 +174,61 @@ def trial_costs(store: Store, run_id: str) -> dict[int, TrialCost]:
     return {n: TrialCost(tokens[n], cost.get(n), n in unpriced) for n in set(tokens) | unpriced}
 
 
-def tsv(view: LabView) -> str:
-    """autoresearch's results.tsv columns first (commit, metric, status, description), then ours."""
-    metric = view.config.lab.metric
-    out = io.StringIO()
-    columns = [
-        "commit", metric, "status", "description", "trial", "agent", "outcome",
-        "parent", "duration_s", "tokens", "cost_usd", "reason", "log",
-    ]  # fmt: skip
-    out.write("\t".join(columns) + "\n")
+def columns(config: OrgConfig) -> list[str]:
+    """The ledger's columns: autoresearch's five (its analysis reads them by name), then
+    overnight's, then each `[lab] record` value."""
+    lab = config.lab
+    return [
+        *(c.format(metric=lab.metric) for c in AUTORESEARCH_COLUMNS),
+        *LEDGER_COLUMNS,
+        *lab.record,
+    ]
+
+
+def rows(view: LabView) -> list[dict[str, str]]:
+    """Every finished trial of the run, a cell per column, as `overnight ledger` shows it.
+
+    A row autoresearch would call a crash says `0.000000` and `0.0` in its metric and
+    memory_gb, as autoresearch writes them; its real figures, if any, stay in the store."""
+    cfg = view.config.lab
     costs = trial_costs(view.store, view.run.id)
+    out = []
     for t in view.store.trials(view.run.id):
         if not t.status.final:
             continue
         spent = costs.get(t.number, TrialCost(0, None, False))
-        row = [
-            (t.candidate_commit or "")[:7],
-            f"{t.metric:.6f}" if t.metric is not None else "0.000000",
-            AUTORESEARCH_STATUS[t.status],
-            t.description,
-            str(t.number),
-            t.agent,
-            t.status.value,
-            t.parent_commit[:7],
-            f"{t.duration_s:.1f}" if t.duration_s is not None else "",
-            str(spent.tokens),
-            f"{spent.cost_usd:.6f}" if spent.cost_usd is not None else "",
-            t.reason or "",
-            t.log_path or "",
-        ]
-        out.write("\t".join(_cell(c) for c in row) + "\n")
+        status = AUTORESEARCH_STATUS[t.status]
+        crash = status == "crash"
+        row = {
+            "commit": (t.candidate_commit or "")[:7],
+            cfg.metric: "0.000000" if crash or t.metric is None else f"{t.metric:.6f}",
+            "memory_gb": "0.0" if crash or t.memory_gb is None else f"{t.memory_gb:.1f}",
+            "status": status,
+            "description": t.description,
+            "trial": str(t.number),
+            "agent": t.agent,
+            "outcome": t.status.value,
+            "parent": t.parent_commit[:7],
+            "duration_s": f"{t.duration_s:.1f}" if t.duration_s is not None else "",
+            "tokens": str(spent.tokens),
+            "cost_usd": f"{spent.cost_usd:.6f}" if spent.cost_usd is not None else "",
+            "reason": t.reason or "",
+            "log": t.log_path or "",
+        }
+        for name in cfg.record:
+            value = t.recorded.get(name)
+            row[name] = "" if value is None else f"{value:.10g}"
+        out.append({k: _cell(v) for k, v in row.items()})
+    return out
+
+
+def tsv(view: LabView) -> str:
+    """The ledger as autoresearch's results.tsv (its five columns first), then ours."""
+    names = columns(view.config)
+    out = io.StringIO()
+    out.write("\t".join(names) + "\n")
+    for row in rows(view):
+        out.write("\t".join(row[name] for name in names) + "\n")
     return out.getvalue()
 
 
@@ -296,7 +326,31 @@ def status(view: LabView) -> dict[str, Any]:
             if t.number in stopped
         ],
         "config_error": str(view.lab.config_error) if view.lab.config_error else None,
+        "imported": imported_history(trials, cfg),
     }
+
+
+def imported_history(trials: list[Trial], config: OrgConfig) -> dict[str, Any] | None:
+    """The history a run was started with (`overnight import`), summed up; None if none."""
+    imported = [t for t in trials if t.agent == IMPORTED]
+    if not imported:
+        return None
+    kept = [t for t in imported if t.status is TrialStatus.kept and t.metric is not None]
+    best = kept[0] if kept else None
+    for t in kept[1:]:
+        if better(t.metric, best.metric, config.lab.goal):  # type: ignore[arg-type,union-attr]
+            best = t
+    return {
+        "trials": len(imported),
+        "file": imported[0].proposal.get("imported"),
+        "baseline": imported[0].metric,
+        "best": (
+            {"trial": best.number, "metric": best.metric, "commit": best.candidate_commit,
+             "description": best.description}
+            if best
+            else None
+        ),
+    }  # fmt: skip
 
 
 def _requeue_why(trial: Trial, requeued: bool) -> str:

@@ -68,3 +68,11 @@ AUTORESEARCH_STATUS: dict[TrialStatus, str] = {
 
 def can_move(current: TrialStatus, new: TrialStatus) -> bool:
     return new in TRANSITIONS.get(current, frozenset())
+
+
+# The ledger TSV's columns before the recorded values: autoresearch's five (the metric's
+# own name second), then overnight's. A recorded value may not take one of these names.
+AUTORESEARCH_COLUMNS = ("commit", "{metric}", "memory_gb", "status", "description")
+LEDGER_COLUMNS = (
+    "trial", "agent", "outcome", "parent", "duration_s", "tokens", "cost_usd", "reason", "log",
+)  # fmt: skip
