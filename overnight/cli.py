@@ -365,7 +365,7 @@ def ledger(
         values = "".join(f" {r[name]:>12}" for name in record)
         # a plain discard's reason ("does not beat the best") says nothing the metric does not
         telling = r["outcome"] != "discarded" or r["reason"].startswith(("constraint ", "policy:"))
-        why = f" — {r['reason']}" if r["reason"] and r["outcome"] != "kept" and telling else ""
+        why = f" — {r['reason']}" if r["reason"] and telling else ""
         out.print(
             f"{r['trial']:>5}  {r['agent']:<12} [{color}]{r['outcome']:<11}[/] {r[metric]:>12}"
             f" {r['memory_gb']:>9}{values}  {escape(r['description'])}[dim]{escape(why)}[/]"
