@@ -24,26 +24,34 @@ import threading
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _MB = 1024 * 1024
-SAMPLE_S = (0.05, 0.1, 0.2, 0.4, 0.5)
+SAMPLE_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0)
 """Seconds between samples: often at the start, so a short run is seen at all, then
-every half second (cheap: see benchmarks/peak_memory.py)."""
+every second (a sample reads every process's stat: ~1.6 ms for 120 processes, ~5 ms
+for 400, see benchmarks/peak_memory.py). A spike of one process between samples is
+still caught, by wait4's high-water mark."""
 
 
 def session_rss(session: int) -> int:
     """Bytes resident in every process of `session`, now."""
     total = 0
-    for entry in os.scandir("/proc"):
-        name = entry.name
+    for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
+        # os.open/os.read, not open(): a sample reads every process's stat, and a file
+        # object costs more than the read itself
         try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:  # gone between the listing and the read
+            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
+        except OSError:  # gone between the listing and the open
             continue
-        # the command's name is in parentheses and may hold spaces: split after it
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        # state ppid pgrp session ...; rss (pages) is field 24 of stat, 22 after the name
+        try:
+            stat = os.read(fd, 1024)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        # the command's name is in parentheses and may hold spaces: split after it;
+        # then state ppid pgrp session ..., and rss (in pages) is the 22nd field
+        fields = stat[stat.rfind(b")") + 2 :].split(None, 22)
         if len(fields) > 21 and int(fields[3]) == session:
             total += int(fields[21]) * _PAGE
     return total
