@@ -202,7 +202,7 @@ def rows(view: LabView) -> list[dict[str, str]]:
         row = {
             "commit": (t.candidate_commit or "")[:7],
             cfg.metric: "0.000000" if crash or t.metric is None else f"{t.metric:.6f}",
-            "memory_gb": "0.0" if crash or t.memory_gb is None else f"{t.memory_gb:.1f}",
+            "memory_gb": "0.0" if crash or t.memory_gb is None else _gigabytes(t.memory_gb),
             "status": status,
             "description": t.description,
             "trial": str(t.number),
@@ -220,6 +220,12 @@ def rows(view: LabView) -> list[dict[str, str]]:
             row[name] = "" if value is None else f"{value:.10g}"
         out.append({k: _cell(v) for k, v in row.items()})
     return out
+
+
+def _gigabytes(value: float) -> str:
+    # autoresearch's one decimal, unless that would say 0.0 (its crash rows' value) of a
+    # run that used a few MB: a CPU experiment's peak RSS is often under 0.1 GB
+    return f"{value:.1f}" if value >= 0.05 else f"{value:.3f}"
 
 
 def tsv(view: LabView) -> str:
