@@ -14,13 +14,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
 from overnight.lab.trial import TrialStatus
-from overnight.org import Goal, parse_config
+from overnight.org import Goal, load_org, parse_config
 from overnight.proposers.llm import history
 from overnight.store import open_store, store_url
+from overnight.web import Access, CommandCenter, Sources, serving
 from tests.conftest import AR_PROGRAM, git, make_autoresearch, run_cli, uv_on_path
 
 AUTORESEARCH_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description"]
@@ -309,5 +311,16 @@ def test_imported_trials_are_final_and_never_a_ratchet(
         statuses = {t.agent: t.status for t in store.trials(run.id)}
         assert statuses["imported"] is TrialStatus.kept
         assert all(a.best_metric and a.best_metric > 1.0 for a in store.agents(run.id))
+        # the command center says the same: the history is on the ledger, not the best
+        sources = Sources(store=store, run=run, config=load_org(repo).config, root=repo,
+                          state_dir=repo / ".overnight")  # fmt: skip
+        center = CommandCenter(sources, Access.for_lab(repo))
+        with serving(center) as served, httpx.Client(base_url=served.base, timeout=30) as client:
+            client.get(f"/?token={served.url.split('token=')[1]}")
+            best = client.get("/lab/best").text
+            imported = client.get("/trials/1").text
     finally:
         store.close()
+    assert f"· trial {status['best']['trial']} · {status['best']['agent']} ·" in best
+    assert "0.0001" not in best
+    assert "<dt>agent</dt><dd>imported</dd>" in imported and "too good" in imported
