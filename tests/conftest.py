@@ -302,14 +302,12 @@ def make_autoresearch(root: Path) -> Path:
 
 
 def uv_on_path(root: Path) -> dict[str, str]:
-    """An environment whose PATH has `uv`: the real one where installed, else a stand-in
-    that runs `uv run SCRIPT` with this Python. The stand-in lives inside the repository's
-    .git folder: the sandbox shows experiments a private /tmp, and the lab's own folder is
-    the one place under the test's temporary folder it shows (and .git is not tracked)."""
-    import shutil
-
-    if shutil.which("uv"):
-        return {}
+    """An environment whose PATH has a stand-in `uv` that runs `uv run SCRIPT` with this
+    Python: uv is not installed here, and where it is, a real one would need its cache
+    (or the network) to build the project's environment, which is not what is tested.
+    The stand-in lives inside the repository's .git folder: the sandbox shows experiments
+    a private /tmp, and the lab's own folder is the one place under the test's temporary
+    folder it shows (and .git is not tracked)."""
     bin_dir = root / ".git" / "test-bin"
     bin_dir.mkdir(exist_ok=True)
     shim = bin_dir / "uv"

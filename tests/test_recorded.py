@@ -14,7 +14,7 @@ import pandas as pd
 from overnight.org import load_org
 from overnight.store import open_store, store_url
 from overnight.web import Access, CommandCenter, Sources, serving
-from tests.conftest import TOY_CONFIG, make_lab, run_cli
+from tests.conftest import TOY_CONFIG, git, make_lab, run_cli
 
 # A toy whose memory (as a GPU run would print it) grows with Y, and which also prints a
 # throughput figure and a line the lab does not record.
@@ -161,3 +161,26 @@ def test_without_a_printed_peak_vram_memory_is_the_peak_rss_of_the_process_tree(
         assert first.recorded == {}
     finally:
         store.close()
+
+
+def test_a_run_goes_on_when_values_are_recorded_and_not_when_a_bound_is_added(
+    tmp_path: Path,
+) -> None:
+    lab = make_lab(tmp_path / "lab", script=SCRIPT)
+    assert run_cli("run", str(lab), "--trials", "1", "--no-ui").returncode == 0
+    path = lab / "overnight.toml"
+    path.write_text(
+        path.read_text().replace('grace = "5s"', 'grace = "5s"\nrecord = ["tok_per_s"]')
+    )
+    git(lab, "commit", "-qam", "record throughput")
+    resumed = run_cli("run", str(lab), "--trials", "1", "--no-ui")
+    assert resumed.returncode == 0 and "resuming run" in resumed.stdout, resumed.stderr
+    assert tsv(lab)["tok_per_s"].iloc[-1] == 1234.5
+    # a bound changes which trials are kept: the run's trials would not be comparable
+    path.write_text(
+        path.read_text().replace("record = [", 'constraints = ["score < 9"]\nrecord = [')
+    )
+    git(lab, "commit", "-qam", "bound the score")
+    refused = run_cli("run", str(lab), "--trials", "1", "--no-ui")
+    assert refused.returncode == 2 and "lab.constraints" in refused.stderr
+    assert "overnight run --new" in refused.stderr

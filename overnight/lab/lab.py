@@ -73,6 +73,10 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
     data.pop("governance", None)
     for key in ("max_logs", "min_free_disk"):  # the machine's disk, not the lab: a run
         data["lab"].pop(key, None)  # goes on with new values (and from older versions)
+    # what is shown besides the metric, not how trials are judged: a run goes on with more
+    data["lab"].pop("record", None)
+    if not data["lab"].get("constraints"):  # none: as a run from before they existed says
+        data["lab"].pop("constraints", None)
     return data
 
 

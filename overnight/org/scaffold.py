@@ -150,8 +150,8 @@ def _values(d: Draft, program_kept: bool) -> dict[str, str]:
             else ""
         ),
         "writable_block": (
-            f"writable = [{_quoted(d.writable)}]   # uv's cache: the sandbox leaves only the "
-            "worktree (and these) writable\n"
+            f"writable = [{_quoted(d.writable)}]   # uv's cache (there once you ran `uv sync`): "
+            "the sandbox leaves only the worktree and these writable\n"
             "# network = false              # `uv run` needs the network only for packages not "
             "in its cache (after one `uv sync`, false works)\n"
             if d.writable
