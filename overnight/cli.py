@@ -262,6 +262,43 @@ def _print_trial(result: dict[str, Any]) -> None:
     raise typer.Exit(130 if status == "interrupted" else 1)
 
 
+@app.command()
+def notes(
+    directory: Annotated[
+        Path, typer.Argument(help="The lab, or an agent's worktree in it (default: here).")
+    ] = Path("."),
+) -> None:
+    """The lab notebook: what every agent tried, kept, discarded or crashed, with deltas
+    against the best and the baseline; kept trials first, then the newest.
+
+    Agents: run it before choosing an experiment, so you do not repeat what failed. From
+    an agent's worktree (its sandbox too) it asks the command center, like `overnight try`.
+    """
+    from overnight.lab.desk import DeskClient, desk_address
+
+    address = desk_address(directory)
+    text = DeskClient(*address).notes() if address is not None else _notes_here(directory)
+    out.print(text, markup=False)
+
+
+def _notes_here(directory: Path) -> str:
+    """No command center runs the lab: read its store (a worktree reads its own run)."""
+    from overnight.lab import notebook
+    from overnight.lab.lab import worktree_of
+    from overnight.lab.ledger import open_view
+
+    reader: str | None = None
+    try:
+        root, _run, reader = worktree_of(directory)
+    except UserError:
+        root = directory
+    view = open_view(root)
+    try:
+        return notebook.read(view.store, view.run.id, view.config.lab, reader)
+    finally:
+        view.close()
+
+
 @app.command(hidden=True)
 def agent(
     worktree: Annotated[Path, typer.Argument(help="The agent's worktree.")],

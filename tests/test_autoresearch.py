@@ -225,6 +225,9 @@ def test_import_continues_a_hand_run_history_from_its_last_kept_commit(
         assert "#3 imported discarded val_bpb=" in told and "lower learning rate" in told
     finally:
         store.close()
+    notes = run_cli("notes", str(repo))  # the notebook CLI agents read
+    assert notes.returncode == 0, notes.stderr
+    assert "#3 imported discarded" in notes.stdout and "lower learning rate" in notes.stdout
 
     # resuming from elsewhere is refused; a new run from the branch is one flag away
     elsewhere = run_cli("run", str(repo), "--from", "master", "--trials", "1", "--no-ui", env=env)

@@ -291,6 +291,18 @@ CASES = {
         "18: agents[0].on_brownout",
         ("'stop' is not one of: pause, optimize",),
     ),
+    "fresh_every below 0": Broken(
+        'name = "t"\n',
+        'name = "t"\nfresh_every = -1\n',
+        "18: agents[0].fresh_every",
+        ("must be at least 0 (got -1)", "fresh_every = 0 or more"),
+    ),
+    "fresh_every in words": Broken(
+        'name = "t"\n',
+        'name = "t"\nfresh_every = "often"\n',
+        "18: agents[0].fresh_every",
+        ("must be a whole number (got 'often')", "e.g. fresh_every = 25"),
+    ),
     # governance
     "review_at above deny_at": Broken(
         "",

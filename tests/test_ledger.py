@@ -20,7 +20,7 @@ from tests.conftest import git, make_lab, run_cli
 
 GOOD = 'budget = "20s"'
 BROKEN = [
-    pytest.param('budget = "abc"', ["lab.budget", '"abc" is not a duration'], id="a bad value"),
+    pytest.param('budget = "abc"', ["lab.budget", "'abc' is not a duration"], id="a bad value"),
     pytest.param('budget = "abc', ["not valid TOML"], id="not even TOML"),
 ]
 

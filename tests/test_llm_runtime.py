@@ -128,7 +128,10 @@ def test_a_good_edit_is_kept_a_worse_one_discarded_and_the_model_sees_the_histor
     assert "Make score small." in one and "## exp.py" in files and "X = 0.5" in files
     assert "judge.py" not in files  # protected files are not offered
     assert "baseline (the unchanged code): score=22.25" in one
-    assert f"#{first.number} coder kept score=16: move X to 3" in two
+    assert (
+        f"#{first.number} coder (you) kept score=16 (NEW BEST, -6.25 vs the best then, "
+        "-28.1% vs baseline): move X to 3"
+    ) in two
     assert "X = 3" in two and "X = 0.5" not in two
 
     # every call is metered against the trial it was made for
@@ -292,10 +295,12 @@ def test_a_big_file_is_cut_and_a_long_history_keeps_the_recent_trials_and_the_be
     assert proposal.description == "move X to 3"
     prompt = _asks(fake)[0][-1]["content"]
     assert "[truncated: showing the first 23994 of 50014 characters" in prompt
-    assert "best so far: #1 alice kept score=1.5: the best idea" in prompt
-    assert "(71 earlier trials not listed)" in prompt
-    assert "#151 alice crashed: idea 149 [crash 149]" in prompt
-    assert "idea 69 " not in prompt and "#72 alice crashed: idea 70 [crash 70]" in prompt
+    # the notebook: the best first, then the newest trials, the older ones counted
+    assert "best so far: score=1.5 by alice (you) in #1: the best idea" in prompt
+    assert "#1 alice (you) kept score=1.5 (NEW BEST): the best idea" in prompt
+    assert "... 71 older trials not shown (71 crashed)" in prompt
+    assert prompt.index("#151 alice (you) crashed: idea 149 [crash 149]") < prompt.index("#73 ")
+    assert "idea 70 " not in prompt and "#73 alice (you) crashed: idea 71 [crash 71]" in prompt
     assert "traceback" not in prompt  # a reason is cut to its first line
 
 

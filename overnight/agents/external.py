@@ -9,19 +9,31 @@ is stored, so a restarted process resumes the conversation instead of starting
 over. The gateway's address is read from the lab's state directory before every
 turn, so an agent that outlived a restart of `overnight run` follows the new one.
 
+The agents learn from each other through the lab notebook: every conversation
+opens with a *brief* (the rules and program.md in the CLI's instructions; the
+notebook and the agent's best diff against the run's start in its first
+message), and every later turn's message ends with the other agents' results
+since the previous turn. A conversation ends after `fresh_every` of the agent's
+trials, or when the CLI reports its context nearly full; the next turn starts a
+new one from a fresh brief (an `agent.refreshed` event says why, with both
+conversation ids), so a long night does not end in context rot.
+
 Knows nothing about the supervisor or the web page; it is what runs in the terminal.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -29,7 +41,7 @@ from overnight import redaction
 from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S
 from overnight.agents.runtimes import RUNTIMES, TurnContext, instructions, key_of, missing_cli
 from overnight.errors import UserError
-from overnight.lab import integrity
+from overnight.lab import integrity, notebook
 from overnight.lab.desk import GATEWAY_URL_FILE, KEY_ENV, URL_ENV
 from overnight.lab.git import Git
 from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
@@ -40,11 +52,40 @@ FIRST_PROMPT = (
     "Start now: read the editable files, choose your first experiment, make the change and "
     'submit it with `overnight try "<what you changed>"`. Then keep going.'
 )
+REFRESHED = (
+    "This is a fresh conversation: overnight ended your previous one ({why}) so that your "
+    "context stays clear. What you need is here: the lab's rules and program in your "
+    "instructions, and below the lab notebook (every agent's trials so far) and your best "
+    "change. Your worktree is at your best commit (`git status` shows any change you had "
+    "not submitted yet)."
+)
+GO_ON = (
+    "Go on: choose your next experiment (not one the notebook shows was discarded or "
+    "crashed), make the change and submit it as your instructions say. Then keep going."
+)
+CONTEXT_FULL = 0.8
+"""The share of the model's context window past which a conversation ends after its turn
+(before the CLIs' own compaction, which summarizes what the brief would say exactly)."""
+MAX_BRIEF_DIFF = 12_000
+"""Characters of the agent's best diff in a brief; the agent can read the rest with git."""
+MEMORY_FILE = "conversation.json"
+"""In the agent's home: its conversation's id, the trials it had when it began, and the
+trials of the notebook it has been told of (so a restarted process goes on telling news)."""
 RESUME_PROMPT = (
     "overnight restarted you; your conversation is intact. Continue the research where you "
     "left off (check `git status`: an unsubmitted change may be waiting for `overnight try`)."
 )
 MAX_BACKOFF_S = 300.0
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """Why a conversation ends: `reason` for the record, `why` for the agent."""
+
+    reason: str
+    why: str
+    trials: int
+    context: tuple[int, int] | None
 
 
 def gateway_url(lab: Lab) -> str:
@@ -73,6 +114,14 @@ class ExternalAgent:
         self._child: subprocess.Popen[str] | None = None
         self.turns = 0
         self.description: str | None = None
+        self.told: set[int] = set()
+        """The finished trials this conversation has been told of (brief and news)."""
+        self.trials_at_start = 0
+        """The agent's finished trials when this conversation began."""
+        self.context: tuple[int, int] | None = None
+        """(tokens used, window) after the latest turn, when the CLI said."""
+        self._hearing: set[int] = set()
+        self._refreshed: tuple[Refresh, str | None] | None = None
 
     def _state(self, state: str, **detail: object) -> None:
         self.lab.store.set_agent_state(self.lab.run.id, self.name, state, **detail)
@@ -115,13 +164,17 @@ class ExternalAgent:
             raise UserError(missing_cli(self.runtime))
         record = self.lab.agent(self.name)
         session = record.session
-        prompt = FIRST_PROMPT if session is None else RESUME_PROMPT
+        self._recall(session)
+        prompt = RESUME_PROMPT
+        refresh: Refresh | None = None
         backoff = 5.0
         while not self.stop.is_set():
             if self._wait_while_paused():
                 prompt = RESUME_PROMPT
             if self.stop.is_set():
                 break
+            # a new conversation opens with the brief; a later turn hears the others' news
+            prompt = self._brief(refresh) if session is None else self._with_news(prompt)
             ok, retry_at = self._turn(prompt, session)
             session = self.lab.agent(self.name).session
             if self.stop.is_set():
@@ -138,11 +191,16 @@ class ExternalAgent:
                 prompt = RESUME_PROMPT
                 continue
             backoff = 5.0
-            if self.runtime.submits:
-                result = self._submit()
-                if result is not None:  # the next turn hears how its change did
-                    prompt = f"{result}\n\nContinue with your next experiment."
-                    continue
+            self._heard()
+            result = self._submit() if self.runtime.submits else None
+            refresh = self._due()
+            if refresh is not None:  # the next turn opens a new conversation at once
+                self._end_conversation(refresh, session)
+                session = None
+                continue
+            if result is not None:  # the next turn hears how its change did
+                prompt = f"{result}\n\nContinue with your next experiment."
+                continue
             self._state("idle", turn=self.turns)
             if self.stop.wait(self.config.idle_after):
                 break
@@ -177,7 +235,8 @@ class ExternalAgent:
         ctx = self._context()
         argv, new_session = self.runtime.turn(ctx, prompt, session)
         if new_session and new_session != session:
-            self.lab.store.set_agent_session(self.lab.run.id, self.name, new_session)
+            self._began(new_session)
+            session = new_session
         self.turns += 1
         self._state("working", turn=self.turns)
         self.write(f"[overnight] turn {self.turns}: {prompt[:100]}")
@@ -188,6 +247,8 @@ class ExternalAgent:
         retry_at: float | None = None
         done = False
         self.description = None
+        used: int | None = None
+        window: int | None = None
         with subprocess.Popen(
             argv,
             cwd=ctx.worktree,
@@ -208,8 +269,15 @@ class ExternalAgent:
                     for shown in event.show:
                         self.write(shown)
                     if event.session and event.session != session:
+                        if session is None:
+                            self._began(event.session)  # Codex names its new thread now
+                        else:
+                            self.lab.store.set_agent_session(
+                                self.lab.run.id, self.name, event.session
+                            )
                         session = event.session
-                        self.lab.store.set_agent_session(self.lab.run.id, self.name, session)
+                    used = event.context_used if event.context_used is not None else used
+                    window = event.context_window or window
                     if event.error:
                         error, retry_at = event.error, event.retry_at or retry_at
                     if event.description:
@@ -218,6 +286,10 @@ class ExternalAgent:
             finally:
                 self._child = None
         code = child.returncode
+        if used is None or window is None:
+            told = self.runtime.context(ctx, session) if session else None
+            used, window = told if told is not None else (used, window)
+        self.context = (used, window) if used is not None and window else None
         if code != 0 and error is None:
             error = f"{self.runtime.binary} exited with code {code}"
         if error is not None:
@@ -228,6 +300,151 @@ class ExternalAgent:
                 agent=self.name,
             )
         return error is None, retry_at
+
+    # -- the notebook and fresh conversations --------------------------------
+
+    def _finished(self) -> int:
+        return sum(
+            1 for t in self.lab.store.trials(self.lab.run.id, agent=self.name) if t.status.final
+        )
+
+    def _brief(self, refresh: Refresh | None) -> str:
+        """The first message of a conversation: the notebook and the agent's best change
+        (program.md and the rules are in the CLI's instructions, on every turn)."""
+        lab = self.lab
+        trials = lab.store.trials(lab.run.id)
+        self.told = notebook.finished(trials)
+        self._hearing = set()
+        self.trials_at_start = sum(1 for t in trials if t.agent == self.name and t.status.final)
+        cfg = lab.config.lab
+        opening = FIRST_PROMPT if refresh is None else REFRESHED.format(why=refresh.why)
+        notes = notebook.render(trials, cfg.metric, cfg.goal, reader=self.name)
+        parts = [
+            opening,
+            f"# The lab notebook (`overnight notes` shows it again)\n\n{notes}",
+            f"# Your best change so far\n\n{self._best_diff()}",
+        ]
+        if refresh is not None:
+            parts.append(GO_ON)
+        return "\n\n".join(parts)
+
+    def _best_diff(self) -> str:
+        """The agent's best commit against the run's start, capped."""
+        record = self.lab.agent(self.name)
+        base = self.lab.run.base_commit
+        if record.best_commit == base:
+            return "None yet: your branch is still at the run's start."
+        patch, _paths = self.lab.git.diff(base, record.best_commit)
+        if not patch.strip():
+            return "None: your best commit has the same files as the run's start."
+        note = ""
+        if len(patch) > MAX_BRIEF_DIFF:
+            cut = patch.rfind("\n", 0, MAX_BRIEF_DIFF) + 1 or MAX_BRIEF_DIFF
+            note = (
+                f"\n[cut: the first {cut} of {len(patch)} characters; "
+                f"`git diff {base[:12]}` in your worktree shows it all]"
+            )
+            patch = patch[:cut]
+        metric = self.lab.config.lab.metric
+        value = "?" if record.best_metric is None else f"{record.best_metric:.6g}"
+        fence = "`" * max(3, max(map(len, re.findall("`+", patch)), default=0) + 1)
+        return (
+            f"Your best commit ({metric}={value}, trial #{record.best_trial}) against the "
+            f"run's start:\n\n{fence}diff\n{patch.rstrip()}\n{fence}{note}"
+        )
+
+    def _with_news(self, prompt: str) -> str:
+        """The message, then what other agents found since this conversation last heard."""
+        lab = self.lab
+        trials = lab.store.trials(lab.run.id)
+        cfg = lab.config.lab
+        fresh = notebook.news(trials, self.told, cfg.metric, cfg.goal, reader=self.name)
+        self._hearing = notebook.finished(trials)
+        return prompt if fresh is None else f"{prompt}\n\n{fresh}"
+
+    def _heard(self) -> None:
+        """A turn went through: what its message said is told."""
+        if self._hearing:
+            self.told |= self._hearing
+            self._hearing = set()
+            self._remember(self.lab.agent(self.name).session)
+
+    def _due(self) -> Refresh | None:
+        """Whether this conversation has run its course, and why."""
+        trials = self._finished() - self.trials_at_start
+        every = self.config.fresh_every
+        if every and trials >= every:
+            return Refresh(
+                f"every {every} trials",
+                f"after {trials} of your trials in it",
+                trials,
+                self.context,
+            )
+        if self.context is not None and self.context[0] >= CONTEXT_FULL * self.context[1]:
+            used, window = self.context
+            return Refresh(
+                "context full",
+                f"its context was {used / window:.0%} full: {used} of {window} tokens",
+                trials,
+                self.context,
+            )
+        return None
+
+    def _end_conversation(self, refresh: Refresh, session: str | None) -> None:
+        """Forget the conversation: the next turn starts a new one (recorded once its id
+        is known, in `_began`)."""
+        self.lab.store.set_agent_session(self.lab.run.id, self.name, None)
+        self._refreshed = (refresh, session)
+        self.context = None
+        self.write(f"[overnight] a fresh conversation: {refresh.why}")
+
+    def _began(self, session: str) -> None:
+        """A new conversation has its id: store it, and record the refresh that led here."""
+        self.lab.store.set_agent_session(self.lab.run.id, self.name, session)
+        if self._refreshed is not None:
+            refresh, old = self._refreshed
+            self._refreshed = None
+            self.lab.store.append_event(
+                self.lab.run.id,
+                "agent.refreshed",
+                {
+                    "reason": refresh.reason,
+                    "trials": refresh.trials,
+                    "context_used": refresh.context[0] if refresh.context else None,
+                    "context_window": refresh.context[1] if refresh.context else None,
+                    "old": old,
+                    "new": session,
+                },
+                agent=self.name,
+            )
+        self._remember(session)
+
+    def _remember(self, session: str | None) -> None:
+        memory = {
+            "session": session,
+            "trials_at_start": self.trials_at_start,
+            "told": sorted(self.told),
+        }
+        path = self.home / MEMORY_FILE
+        path.with_suffix(".tmp").write_text(json.dumps(memory))
+        path.with_suffix(".tmp").replace(path)
+
+    def _recall(self, session: str | None) -> None:
+        """A restarted process goes on with its conversation's memory; without one (none
+        written yet) the conversation is taken to begin now, having heard everything."""
+        if session is None:
+            return
+        try:
+            memory = json.loads((self.home / MEMORY_FILE).read_text())
+            if memory.get("session") == session:
+                self.told = {int(n) for n in memory["told"]}
+                self.trials_at_start = int(memory["trials_at_start"])
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        trials = self.lab.store.trials(self.lab.run.id)
+        self.told = notebook.finished(trials)
+        self.trials_at_start = sum(1 for t in trials if t.agent == self.name and t.status.final)
 
     def _env(self, ctx: TurnContext) -> dict[str, str]:
         """The CLI's environment: no provider credential, no database URL; the gateway and

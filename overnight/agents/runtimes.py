@@ -1,11 +1,14 @@
 """External CLI runtimes: how to run Claude Code, Codex and aider headless, one turn at a time.
 
-A *turn* is one run of the CLI in the agent's worktree: the first turn gives it
-the lab's instructions, every later turn resumes the same conversation with a
-short message (a nudge to go on, or "continue" after a restart). Each CLI is run
-in its non-interactive JSON mode, so the agent process knows exactly when a turn
-starts and ends, which tools it calls, its conversation id and its errors, with
-no screen scraping. The CLI talks to the lab's gateway with the agent's virtual key.
+A *turn* is one run of the CLI in the agent's worktree: the first turn of a
+conversation gives it the lab's instructions, every later turn resumes the same
+conversation with a short message (a nudge to go on, or "continue" after a
+restart). Each CLI is run in its non-interactive JSON mode, so the agent process
+knows exactly when a turn starts and ends, which tools it calls, its conversation
+id and its errors, with no screen scraping; Claude Code and Codex also say how
+full the conversation's context is (Claude Code in its output, Codex in its
+session file), so a conversation can end before it rots. The CLI talks to the
+lab's gateway with the agent's virtual key.
 
 Owns the command lines, environments and the parsing of each CLI's JSON events.
 Knows nothing about the store, trials or sessions.
@@ -70,6 +73,10 @@ class TurnEvent:
     """When a rate limit says to come back (epoch seconds)."""
     description: str | None = None
     """What the agent says it changed (for runtimes whose turns overnight submits)."""
+    context_used: int | None = None
+    """Tokens of the conversation's context as of the model's latest reply (its prompt)."""
+    context_window: int | None = None
+    """The model's context window, as the CLI knows it."""
 
 
 class CliRuntime(Protocol):
@@ -91,6 +98,10 @@ class CliRuntime(Protocol):
 
     def parse(self, line: str) -> TurnEvent:
         """One line of the CLI's stdout."""
+
+    def context(self, ctx: TurnContext, session: str) -> tuple[int, int] | None:
+        """After a turn: (tokens in the conversation's context, the model's window), for a
+        CLI that records them outside its output; None when it does not say."""
 
 
 def _which(env_var: str, binary: str) -> str | None:
@@ -204,7 +215,10 @@ class ClaudeCode:
         if isinstance(data.get("session_id"), str):
             event.session = data["session_id"]
         if kind == "assistant":
-            for block in (data.get("message") or {}).get("content") or []:
+            message = data.get("message") or {}
+            if data.get("parent_tool_use_id") is None:  # a subagent's context is its own
+                event.context_used = _prompt_tokens(message.get("usage"))
+            for block in message.get("content") or []:
                 if block.get("type") == "text" and block.get("text", "").strip():
                     event.show.append("● " + _short(block["text"], 400))
                 elif block.get("type") == "tool_use":
@@ -219,6 +233,7 @@ class ClaudeCode:
                     event.show.append(f"  ← {_short(str(content))}")
         elif kind == "result":
             event.done = True
+            event.context_window = _context_window(data.get("modelUsage"))
             text = str(data.get("result") or "")
             if data.get("is_error") or data.get("subtype") != "success":
                 event.error = _short(text or str(data.get("subtype")), 400)
@@ -227,6 +242,42 @@ class ClaudeCode:
             else:
                 event.show.append("✓ turn done")
         return event
+
+    def context(self, ctx: TurnContext, session: str) -> tuple[int, int] | None:
+        return None  # it says so in its output: see `parse`
+
+
+def _prompt_tokens(usage: Any) -> int | None:
+    """The prompt of one Anthropic request, in tokens: what the conversation fills.
+
+    Claude Code's stream-json `assistant` events carry the request's `usage` (from the
+    stream's start, so `output_tokens` there is 1, not the reply's length)."""
+    if not isinstance(usage, dict):
+        return None
+    parts = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    counts = [usage.get(k) for k in parts]
+    if not all(isinstance(c, int) or c is None for c in counts) or counts[0] is None:
+        return None
+    return sum(c or 0 for c in counts)
+
+
+def _context_window(model_usage: Any) -> int | None:
+    """The main model's `contextWindow` in a `result` event's `modelUsage` (per model name:
+    the conversation's model is the one that read the most input). Claude Code knows
+    windows by model name: for a name it does not know (a gateway alias) it says 1000000."""
+    if not isinstance(model_usage, dict):
+        return None
+    best: tuple[int, int] | None = None
+    for usage in model_usage.values():
+        if not isinstance(usage, dict) or not isinstance(usage.get("contextWindow"), int):
+            continue
+        read = sum(
+            v for k in ("inputTokens", "cacheReadInputTokens", "cacheCreationInputTokens")
+            if isinstance(v := usage.get(k), int)
+        )  # fmt: skip
+        if best is None or read > best[0]:
+            best = (read, usage["contextWindow"])
+    return best[1] if best else None
 
 
 class Codex:
@@ -323,6 +374,40 @@ class Codex:
             event.show.append(f"✗ {event.error}")
         return event
 
+    def context(self, ctx: TurnContext, session: str) -> tuple[int, int] | None:
+        """From the thread's session file: `codex exec --json` reports only the turn's
+        summed usage, while `$CODEX_HOME/sessions/**/rollout-*-<thread>.jsonl` records a
+        `token_count` event after every request, with `last_token_usage` (the latest
+        request: its prompt and reply) and `model_context_window`."""
+        sessions = ctx.home / "codex" / "sessions"
+        files = sorted(sessions.glob(f"*/*/*/rollout-*-{session}.jsonl")) if session else []
+        if not files:
+            return None
+        try:
+            with files[-1].open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - _ROLLOUT_TAIL))
+                tail = fh.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return None
+        for line in reversed(tail):
+            if '"token_count"' not in line:
+                continue
+            try:
+                info = json.loads(line)["payload"]["info"]
+                last = info["last_token_usage"]
+                used = last.get("total_tokens") or last["input_tokens"] + last["output_tokens"]
+                window = info["model_context_window"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(used, int) and isinstance(window, int) and window > 0:
+                return used, window
+        return None
+
+
+_ROLLOUT_TAIL = 256 * 1024
+"""Bytes read from the end of a Codex session file to find its latest token count."""
+
 
 class Aider:
     """`aider --message FILES...` through the gateway's OpenAI-compatible endpoint, with
@@ -343,19 +428,23 @@ class Aider:
         history = ctx.home / "aider"
         history.mkdir(parents=True, exist_ok=True)
         full = prompt if session else f"{ctx.instructions}\n\n{prompt}"
+        # A conversation is a chat history file: a new one starts with an empty file.
+        session = session or f"aider-{uuid.uuid4().hex[:12]}"
+        # (the one file of a run begun before conversations had a file each)
+        chat = "chat.md" if session == "aider-chat-history" else f"{session}.md"
         argv = [
             exe, "--yes-always", "--no-git", "--no-gitignore",
             "--no-check-update", "--no-show-model-warnings", "--no-pretty", "--map-tokens", "0",
             "--no-analytics", "--no-auto-lint", "--edit-format", "diff",
             "--model", f"openai/{ctx.model}",
             "--openai-api-base", f"{ctx.gateway_url}/v1",
-            "--chat-history-file", str(history / "chat.md"),
+            "--chat-history-file", str(history / chat),
             "--input-history-file", str(history / "input"),
             "--restore-chat-history",
             "--message", full,
             *ctx.files,
         ]  # fmt: skip
-        return argv, "aider-chat-history"
+        return argv, session
 
     def env(self, ctx: TurnContext) -> dict[str, str]:
         # LiteLLM inside aider would fetch its price list from the internet otherwise.
@@ -367,6 +456,9 @@ class Aider:
         if text.startswith("DESCRIPTION:"):
             event.description = text.removeprefix("DESCRIPTION:").strip()
         return event
+
+    def context(self, ctx: TurnContext, session: str) -> tuple[int, int] | None:
+        return None  # aider summarizes a long chat history itself
 
 
 RUNTIMES: dict[str, CliRuntime] = {}
@@ -415,6 +507,15 @@ def instructions(
   printed lines: they say which). Do not run the experiment yourself to judge it; only
   `overnight try` counts.
 - One `overnight try` at a time."""
+    if submits:
+        notes = """- Other agents work on the same lab. Each message after your first lists their
+  results since your previous reply (the lab notebook)."""
+    else:
+        notes = """- Other agents work on the same lab. Before choosing an experiment, run
+      overnight notes
+  to read the lab notebook: what every agent tried, kept, discarded or crashed, with deltas
+  against the best and the baseline. Each message after your first also lists their
+  results since your previous turn."""
     return f"""You are {agent}, a research agent in an overnight lab. Your working directory is your
 own git worktree of the lab's repository.
 
@@ -422,8 +523,9 @@ How the lab works:
 - Change only these files: {files}. Any other change (including new files) gets the trial
   rejected, and the protected evaluator is checked before and after every run.
 {how}
+{notes}
 - Keep going: after each result, think about what to try next, using what the earlier
-  trials taught you. Do not repeat a change that was discarded.
+  trials taught you. Do not repeat a change that was discarded, yours or another agent's.
 
 The lab's program:
 

@@ -309,12 +309,12 @@ class Gateway:
         """The command center's answers to agents' own processes, by their virtual key:
         `POST hook` (Claude Code's PreToolUse hook), `POST judge` (`overnight try`
         asking about its trial), `GET approvals/ID` (how a human answered), and the
-        trial desk: `POST trials`, `GET trials/N?wait=S`, `POST trials/N/stop`."""
+        trial desk: `POST trials`, `GET trials/N?wait=S`, `POST trials/N/stop`, `GET notes`."""
         agent = self.keys.verify(_presented_key(_headers(scope)))
         if agent is None:
             await _reply(send, 401, _problem(_BAD_KEY))
             return
-        if path == "trials" or path.startswith("trials/"):
+        if path in ("trials", "notes") or path.startswith("trials/"):
             await self._desk(agent, path, method, scope, receive, send)
             return
         governor = self.governor
@@ -362,6 +362,8 @@ class Gateway:
                 if not isinstance(body, dict):
                     raise ValueError("the body must be a JSON object")
                 answer = await loop.run_in_executor(None, desk.submit, agent, body)
+            elif method == "GET" and parts == ["notes"]:
+                answer = await loop.run_in_executor(None, desk.notes, agent)
             elif len(parts) >= 2 and parts[1].isdigit() and method in ("GET", "POST"):
                 number = int(parts[1])
                 if method == "GET" and len(parts) == 2:
@@ -1101,6 +1103,7 @@ class Desk(Protocol):
     def submit(self, agent: str, request: dict[str, Any]) -> dict[str, Any]: ...
     def trial(self, agent: str, number: int, wait: float) -> dict[str, Any] | None: ...
     def stop(self, agent: str, number: int) -> bool: ...
+    def notes(self, agent: str) -> dict[str, Any]: ...
 
 
 def _problem(message: str) -> bytes:

@@ -7,7 +7,8 @@ agent's virtual key, which says whose worktree it is), and the command center â€
 which holds the store, the judge and the walls for experiments â€” runs the trial
 from that worktree as it stands, exactly as it runs a built-in agent's. The
 client then asks for the result until the trial is final; stopping the client
-stops the trial.
+stops the trial. `overnight notes` reads the lab notebook the same way
+(`/overnight/v1/notes`).
 
 Owns both sides: `TrialDesk` (in the command center) and `DeskClient` (in
 `overnight try`). Knows nothing about HTTP serving (the gateway does that) or
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from overnight.errors import UserError
+from overnight.lab import notebook
 from overnight.store import Trial
 
 if TYPE_CHECKING:
@@ -121,6 +123,10 @@ class TrialDesk:
             "best_before": entry.box.get("best_before") if entry else None,
         }
 
+    def notes(self, agent: str) -> dict[str, Any]:
+        """The lab notebook, for `overnight notes` in an agent's sandbox."""
+        return {"notes": notebook.read(self.lab.store, self.lab.run.id, self.lab.config.lab, agent)}
+
     def stop(self, agent: str, number: int) -> bool:
         with self._lock:
             entry = self._trials.get(number)
@@ -204,6 +210,10 @@ class DeskClient:
 
     def stop(self, number: int) -> None:
         self._call("POST", f"/overnight/v1/trials/{number}/stop", {})
+
+    def notes(self) -> str:
+        """The lab notebook, as the command center renders it for this agent."""
+        return str(self._call("GET", "/overnight/v1/notes", None)["notes"])
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         parts = urllib.parse.urlsplit(self.url)

@@ -35,6 +35,8 @@ from overnight.lab.judge import Judge
 from overnight.lab.lock import AgentLock, LabLock
 from overnight.lab.ratchet import better, combined, gain, improves
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
+from overnight.lab.trial import BASELINE as BASELINE  # re-exported: the lab names its baseline
+from overnight.lab.trial import IMPORTED as IMPORTED  # and the history it was started with
 from overnight.lab.trial import IN_FLIGHT, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.org.config import MEMORY, VRAM
@@ -49,10 +51,6 @@ _tracer = trace.get_tracer("overnight.lab")
 RUN_MARKER = "OVERNIGHT_RUN_ID"
 SESSION_MARKER = "OVERNIGHT_SESSION"
 """Set in an external agent's terminal session: its processes outlive `overnight run`."""
-BASELINE = "baseline"
-IMPORTED = "imported"
-"""The agent of trials that ran before overnight (a hand-run autoresearch results.tsv):
-history to learn from, never a ratchet to move (see overnight.lab.history)."""
 MAX_REQUEUES = 1
 """How many times an interrupted proposal is tried again. Once: one that was in flight
 at two stops in a row is more likely their cause (an experiment that takes the machine

@@ -44,6 +44,12 @@ FINAL = frozenset(
 
 IN_FLIGHT = frozenset(TrialStatus) - FINAL
 
+BASELINE = "baseline"
+"""The agent name of a run's first trial: the unchanged code, measured once."""
+IMPORTED = "imported"
+"""The agent name of trials that ran before overnight (a hand-run autoresearch results.tsv,
+see overnight.lab.history): history to learn from, never a ratchet to move."""
+
 _S = TrialStatus
 TRANSITIONS: dict[TrialStatus, frozenset[TrialStatus]] = {
     # a proposal that cannot even be applied (bad diff, bad reply) is the agent's crash

@@ -309,6 +309,12 @@ class AgentConfig(_Model):
     on_brownout: OnBrownout = OnBrownout.pause
     """When every candidate of its model route is down: pause, or keep the lab moving with
     the offline optimizer (`optimize`, needs [[knobs]])."""
+    # Fresh context for CLI agents (overnight.agents.external).
+    fresh_every: int = Field(default=25, ge=0)
+    """An external agent's conversation ends after this many of its trials (0: never; it
+    also ends when the CLI reports its context nearly full) and a new one starts from a
+    brief: program, rules, the lab notebook, the agent's best diff. 25 by default: long
+    conversations rot, and the brief carries everything a new one needs."""
 
 
 class GovernanceConfig(_Model):

@@ -1,10 +1,10 @@
 """The `llm` runtime: each trial, ask a model through the lab's gateway for one change.
 
 Every trial the model gets `program.md`, the lab's rules (metric, goal, editable
-and protected globs), a compact history of the run read from the store (every
-finished trial, discarded and crashed ones included, so it does not repeat
-itself; the baseline and the best so far) and the editable files as they stand
-at the agent's best commit. It answers in this format:
+and protected globs), the lab notebook (`overnight.lab.notebook`: every agent's
+finished trials, discarded and crashed ones included, with deltas against the
+best and the baseline, so it does not repeat itself or the others) and the
+editable files as they stand at the agent's best commit. It answers in this format:
 
     DESCRIPTION: <one line saying what changed and why>
     path/relative/to/lab.py
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import math
 import re
 from collections import deque
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry.propagate import inject
 
-from overnight.lab.ratchet import better
+from overnight.lab import notebook
 from overnight.lab.trial import TrialStatus
 from overnight.org.config import Goal
 from overnight.proposers import edits as edit_blocks
@@ -68,13 +67,8 @@ MAX_FILE_CHARS = 24_000
 """Characters of one editable file shown to the model; the rest is cut, and it is told so."""
 MAX_FILES_CHARS = 80_000
 """Characters of all editable files together; files past it are named but not shown."""
-MAX_HISTORY = 80
-"""Finished trials listed one per line, most recent first kept (the best is always named)."""
-MAX_REASON = 120
-"""Characters of a trial's reason kept in the history."""
 LOG_LINES = 12
 """Last lines of the agent's latest crash shown, so it can fix its own mistake."""
-_BASELINE = "baseline"  # how the lab names the trial of the unchanged code
 _TIMEOUT_MARGIN_S = 60.0
 """Our socket waits this much longer than the gateway's own first-byte timeout, so the
 gateway's explicit error arrives first."""
@@ -301,7 +295,7 @@ class LlmProposer:
         parts = []
         if self.program.strip():
             parts.append(f"# Program ({self.lab.program})\n\n{self.program.strip()}")
-        parts.append(f"# History of this run\n\n{self._history(trial)}")
+        parts.append(f"# The lab notebook: this run so far\n\n{self._history(trial)}")
         parts.append(
             f"# Editable files, as they are at your best commit\n\n{self._files(worktree)}"
         )
@@ -347,56 +341,16 @@ class LlmProposer:
 
 
 def history(trials: Sequence[Trial], current: int, agent: str, metric: str, goal: Goal) -> str:
-    """The run so far, a line per finished trial: what each tried and how it ended."""
-    finished = [t for t in trials if t.status.final and t.number != current]
-    baseline = next((t for t in finished if t.agent == _BASELINE and t.status is _S.kept), None)
-    best: Trial | None = None
-    for t in finished:
-        if t.status is not _S.kept or t.metric is None:
-            continue
-        if best is None or best.metric is None or better(t.metric, best.metric, goal):
-            best = t
-    direction = "lower is better" if goal is Goal.minimize else "higher is better"
-    out = [f"metric: {metric} ({direction})"]
-    out.append(f"baseline (the unchanged code): {_value(baseline, metric)}")
-    if best is not None:
-        out.append(f"best so far: {_line(best, metric)}")
-    listed = finished[-MAX_HISTORY:]
-    if len(finished) > len(listed):
-        out.append(f"({len(finished) - len(listed)} earlier trials not listed)")
-    out.append("")
-    out.extend(_line(t, metric) for t in listed if t.agent != _BASELINE)
-    if not any(t.agent != _BASELINE for t in listed):
-        out.append("(no trials yet besides the baseline)")
-    running = [t for t in trials if not t.status.final and t.number != current and t.description]
-    if running:
-        out.append("")
-        out.append("being tried right now by other agents (do not duplicate):")
-        out.extend(f"#{t.number} {t.agent}: {t.description}" for t in running)
-    mine = [t for t in finished if t.agent == agent]
+    """The run so far: the lab notebook (every agent's trials, kept, discarded and crashed
+    alike), then the last lines of the agent's own latest crash, so it can fix its mistake."""
+    out = [notebook.render(trials, metric, goal, reader=agent, exclude=current)]
+    mine = [t for t in trials if t.agent == agent and t.status.final and t.number != current]
     if mine and mine[-1].status in (_S.crashed, _S.timed_out) and mine[-1].log_tail:
         tail = mine[-1].log_tail.rstrip().splitlines()[-LOG_LINES:]
         out.append("")
         out.append(f"the last lines of your trial #{mine[-1].number}'s log:")
         out.extend("    " + line for line in tail)
     return "\n".join(out)
-
-
-def _value(trial: Trial | None, metric: str) -> str:
-    if trial is None or trial.metric is None:
-        return "not measured yet"
-    return f"{metric}={trial.metric:.6g} (trial #{trial.number})"
-
-
-def _line(t: Trial, metric: str) -> str:
-    value = f" {metric}={t.metric:.6g}" if t.metric is not None and math.isfinite(t.metric) else ""
-    text = f"#{t.number} {t.agent} {t.status.value}{value}: {t.description or '(no description)'}"
-    reason = (t.reason or "").strip().split("\n")[0]
-    if reason and t.status is not _S.kept:
-        if len(reason) > MAX_REASON:
-            reason = reason[: MAX_REASON - 1] + "…"
-        text += f" [{reason}]"
-    return text
 
 
 def _feedback(problems: Sequence[str]) -> str:

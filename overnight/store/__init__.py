@@ -6,6 +6,7 @@ Knows nothing about git, processes or the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -50,7 +51,11 @@ def open_store(url: str) -> Store:
         # -shm and -journal files the database's own mode).
         path = Path(url.removeprefix("sqlite:///").partition("?")[0])
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+        # Only a file that does not exist yet: closing any descriptor of a database this
+        # process already has open drops SQLite's POSIX locks on it, and another process
+        # may then take it for closed and delete its WAL under our feet.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     return SqlStore(url)
 
 
