@@ -119,8 +119,8 @@ def test_a_good_edit_is_kept_a_worse_one_discarded_and_the_model_sees_the_histor
     )  # fmt: skip
     ledger = run_cli("ledger", str(lab), "--tsv").stdout
     # (between the metric and the status: memory_gb, the run's peak RSS)
-    assert re.search(r"\t16\.000000\t\d+\.\d\tkeep\tmove X to 3\t", ledger)
-    assert re.search(r"\t64\.000000\t\d+\.\d\tdiscard\tpush Y up to 9\t", ledger)
+    assert re.search(r"\t16\.000000\t\d+\.\d+\tkeep\tmove X to 3\t", ledger)
+    assert re.search(r"\t64\.000000\t\d+\.\d+\tdiscard\tpush Y up to 9\t", ledger)
 
     # the program, the editable file at the best commit, and the run so far
     one, two = (conversation[-1]["content"] for conversation in _asks(fake))
