@@ -242,6 +242,13 @@ def test_import_continues_a_hand_run_history_from_its_last_kept_commit(
     assert again["run"] != status["run"] and again["base_commit"] == last_kept
     assert again["imported"] is None and again["baseline"] == pytest.approx(rows[1][1])
 
+    # our own TSV imports too (its extra columns are ignored): a night carried over
+    ours = repo / "ours.tsv"
+    ours.write_text(run_cli("ledger", str(repo), "--tsv").stdout)
+    carried = run_cli("import", str(ours), str(repo), env=env)
+    assert carried.returncode == 0, carried.stderr
+    assert "imported 2 trial(s)" in carried.stdout
+
 
 def test_run_from_a_ref_that_does_not_exist_says_how_to_find_one(
     adopted: tuple[Path, dict[str, str]],
