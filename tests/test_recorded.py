@@ -4,6 +4,7 @@ saying why, and memory_gb: a printed peak_vram_mb, else the peak RSS the runner 
 
 from __future__ import annotations
 
+import html
 import io
 import sys
 from pathlib import Path
@@ -39,9 +40,11 @@ def tsv(lab: Path) -> pd.DataFrame:
 
 
 def test_recorded_values_reach_the_ledger_the_web_page_and_the_report(tmp_path: Path) -> None:
+    # the unchanged code scores worst of all, so the first trial is a keep (and in the report)
+    worst_first = SCRIPT.replace("(Y - 1) ** 2}", "(Y - 1) ** 2 + 100 * (X == 0.5)}")
     lab = make_lab(
         tmp_path / "lab",
-        script=SCRIPT,
+        script=worst_first,
         config=config('record = ["peak_vram_mb", "tok_per_s"]'),
     )
     ran = run_cli("run", str(lab), "--trials", "2", "--no-ui")
@@ -76,20 +79,7 @@ def test_recorded_values_reach_the_ledger_the_web_page_and_the_report(tmp_path: 
         in report.read_text()
     )
 
-    # the command center's trial view, over HTTP
-    org = load_org(lab)
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        assert run is not None
-        sources = Sources(store=store, run=run, config=org.config, root=lab, state_dir=tmp_path)
-        with serving(CommandCenter(sources, Access.for_lab(lab))) as served:
-            token = served.url.split("token=")[1]
-            with httpx.Client(base_url=served.base, timeout=30) as client:
-                client.get(f"/?token={token}")
-                page = client.get("/trials/1").text
-    finally:
-        store.close()
+    page = _page(lab, tmp_path, "/trials/1")  # the command center's trial view
     assert "<dt>memory</dt><dd>1.5 GB (peak VRAM)</dd>" in page
     assert "<dt>peak_vram_mb</dt><dd>1500</dd>" in page and "<dt>tok_per_s</dt>" in page
 
@@ -117,6 +107,25 @@ def test_a_trial_that_breaks_a_constraint_is_discarded_saying_which(tmp_path: Pa
     report = tmp_path / "report.md"
     assert run_cli("report", str(lab), "--out", str(report)).returncode == 0
     assert "## Trials that broke a constraint" in report.read_text()
+    # the command center's ledger says why too (a plain discard's reason it leaves out)
+    assert html.escape(reason) in _page(lab, tmp_path, "/lab/ledger")
+
+
+def _page(lab: Path, tmp_path: Path, path: str) -> str:
+    """A page of the command center over the lab's store, fetched over HTTP."""
+    store = open_store(store_url(lab))
+    try:
+        run = store.latest_run("toy")
+        assert run is not None
+        sources = Sources(
+            store=store, run=run, config=load_org(lab).config, root=lab, state_dir=tmp_path
+        )
+        center = CommandCenter(sources, Access.for_lab(lab))
+        with serving(center) as served, httpx.Client(base_url=served.base, timeout=30) as client:
+            client.get(f"/?token={served.url.split('token=')[1]}")
+            return client.get(path).text
+    finally:
+        store.close()
 
 
 def test_a_constraint_on_a_value_the_run_does_not_print_discards_it(tmp_path: Path) -> None:
