@@ -92,6 +92,7 @@ bench: system-deps $(VENV)/.installed-dev $(VENDOR)/.installed
 	$(BIN)/python benchmarks/ui_scale.py           # needs chromium (system-deps) and web-assets
 	$(BIN)/python benchmarks/governance.py         # decisions, the hook's round trip, audit append/verify
 	$(BIN)/python benchmarks/sandbox.py            # what the sandbox and the watchdog cost a trial; redaction rate
+	$(BIN)/python benchmarks/peak_memory.py        # what measuring a trial's peak RSS costs, and how close it comes
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache $(VENDOR)

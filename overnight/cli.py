@@ -79,12 +79,21 @@ def run(
     new: Annotated[
         bool, typer.Option("--new", help="Start a new run from HEAD instead of resuming.")
     ] = False,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="REF",
+            help="With --new: start from this commit or branch (e.g. autoresearch/mar5) "
+            "instead of HEAD; overnight.toml stays the checkout's.",
+        ),
+    ] = None,
     host: UiHost = "127.0.0.1",
     port: UiPort = 0,
     no_ui: NoUi = False,
 ) -> None:
     """Run the lab in the foreground; run it again to resume where it stopped."""
-    _run_lab(directory, trials, for_, new, live=True, ui=(host, port, not no_ui))
+    _run_lab(directory, trials, for_, new, live=True, ui=(host, port, not no_ui), base_ref=from_)
 
 
 @app.command()
@@ -108,6 +117,7 @@ def _run_lab(
     new: bool,
     live: bool,
     ui: tuple[str, int, bool] = ("127.0.0.1", 0, True),
+    base_ref: str | None = None,
 ) -> None:
     from overnight.agents.supervisor import Supervisor
     from overnight.daemon import UiOptions, lab_services
@@ -117,7 +127,7 @@ def _run_lab(
 
     seconds = _duration("--for", for_) if for_ else None
     keep_private()
-    lab = Lab.start(directory, new_run=new)
+    lab = Lab.start(directory, new_run=new, base_ref=base_ref)
     for warning in lab.warnings:
         err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
     view = _Progress(lab, trials, seconds, live=live)
@@ -350,6 +360,15 @@ def status(
             out.print(f"{how} {ended['detail']}", markup=False)
     counts = ", ".join(f"{k} {v}" for k, v in data["trials"]["by_status"].items())
     out.print(f"trials: {data['trials']['total']} ({counts})")
+    history = data["imported"]
+    if history:
+        best = history["best"]
+        out.print(
+            f"imported: {history['trials']} trial(s) from {history['file']}, baseline "
+            f"{_num(history['baseline'])}"
+            + (f", best {_num(best['metric'])} (trial {best['trial']})" if best else ""),
+            markup=False,
+        )
     out.print(f"baseline {data['metric']}: {_num(data['baseline'])}")
     out.print(_keep_bar(data))
     holdout = data["holdout"]
@@ -408,28 +427,33 @@ def ledger(
 
     view = _open_view(ledger_mod.open_view, directory)
     try:
-        text = ledger_mod.tsv(view)
+        if tsv:
+            sys.stdout.write(ledger_mod.tsv(view))
+            return
+        rows = ledger_mod.rows(view)
+        metric, record = view.config.lab.metric, list(view.config.lab.record)
+        held = ledger_mod.holdout_column(view.config) if view.config.lab.holdout else None
     finally:
         view.close()
-    if tsv:
-        sys.stdout.write(text)
-        return
-    rows = [line.split("\t") for line in text.splitlines()]
-    header, body = rows[0], rows[1:]
-    # with a hidden holdout, its metric beside the metric and a keep's flag after it
-    held = next((i for i, name in enumerate(header) if name.startswith("holdout_")), None)
-    extra = f" {'holdout':>12}" if held is not None else ""
-    out.print(f"{'trial':>5}  {'agent':<12} {'status':<11} {header[1]:>12}{extra}  description")
-    for r in body:
-        color = {"kept": "green", "discarded": "dim"}.get(r[6], "red")
-        beside = f" {r[held]:>12}" if held is not None else ""
-        flag = (
-            f" [yellow]flagged: {escape(r[held + 1])}[/]"
-            if held is not None and r[held + 1]
-            else ""
-        )
+    extra = "".join(f" {name[:12]:>12}" for name in record)
+    if held is not None:  # with a hidden holdout, its metric beside the metric
+        extra = f" {'holdout':>12}" + extra
+    out.print(
+        f"{'trial':>5}  {'agent':<12} {'status':<11} {metric[:12]:>12} {'memory_gb':>9}"
+        f"{escape(extra)}  description"
+    )
+    for r in rows:
+        color = {"kept": "green", "discarded": "dim"}.get(r["outcome"], "red")
+        values = "".join(f" {r[name]:>12}" for name in record)
+        if held is not None:
+            values = f" {r[held]:>12}" + values
+        # a plain discard's reason ("does not beat the best") says nothing the metric does not
+        telling = r["outcome"] != "discarded" or r["reason"].startswith(("constraint ", "policy:"))
+        why = f" — {r['reason']}" if r["reason"] and telling else ""
+        flag = f" [yellow]flagged: {escape(r['flag'])}[/]" if held is not None and r["flag"] else ""
         out.print(
-            f"{r[4]:>5}  {r[5]:<12} [{color}]{r[6]:<11}[/] {r[1]:>12}{beside}  {escape(r[3])}{flag}"
+            f"{r['trial']:>5}  {r['agent']:<12} [{color}]{r['outcome']:<11}[/] {r[metric]:>12}"
+            f" {r['memory_gb']:>9}{values}  {escape(r['description'])}[dim]{escape(why)}[/]{flag}"
         )
 
 
@@ -457,14 +481,49 @@ def report(
 @app.command()
 def init(
     directory: Dir = Path("."),
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Draft overnight.toml again over an existing one."),
+    ] = False,
 ) -> None:
-    """Draft a commented overnight.toml and program.md in an existing git repository."""
+    """Draft a commented overnight.toml (and program.md, if there is none) in a git
+    repository; an existing program.md is never touched."""
     from overnight.org.scaffold import init as scaffold_init
 
-    for path in scaffold_init(directory, force=force):
-        out.print(f"wrote {path}")
-    out.print("next: review both files, commit them, then `overnight run`.")
+    done = scaffold_init(directory, force=force)
+    d = done.draft
+    out.print(f"wrote {done.config}", markup=False)
+    if done.program_kept:
+        out.print(
+            f"kept {done.program} as it is (the agents' instructions are yours)", markup=False
+        )
+    else:
+        out.print(f"wrote {done.program}", markup=False)
+    layout = "the autoresearch layout" if d.autoresearch else "a layout"
+    protected = f", {', '.join(d.protected)} protected" if d.protected else ""
+    out.print(f"found {layout}: {', '.join(d.editable)} edited{protected}", markup=False)
+    out.print(f"  run: {d.run}" + (f" ({d.uv})" if d.uv else ""), markup=False)
+    if d.uv_missing:
+        out.print("  uv is not on PATH here: install it before `overnight run`", markup=False)
+    metric = (
+        f"  metric: {d.metric}, {d.goal} ({d.goal_why})"
+        if d.metric_found
+        else f"  metric: none printed as `name: value` found; {d.metric!r} is a placeholder"
+    )
+    out.print(metric, markup=False)
+    if d.record:
+        out.print(f"  recorded too: {', '.join(d.record)}", markup=False)
+    budget = f"  budget: {d.budget_s:g}s" + (f" (from {d.budget_from})" if d.budget_from else "")
+    out.print(budget, markup=False)
+    if d.knobs:
+        out.print(f"  knobs: {len(d.knobs)} ({', '.join(k.name for k in d.knobs)})", markup=False)
+    else:
+        out.print("  knobs: none drafted (no top-level numbers in the editable files)")
+    out.print(
+        "next: review overnight.toml, commit it (`git add overnight.toml program.md && git "
+        "commit -m 'overnight lab'`), then `overnight run`.",
+        markup=False,
+    )
 
 
 @app.command()

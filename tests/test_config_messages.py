@@ -226,6 +226,35 @@ CASES = {
     'max_log = "lots"': Broken(
         *_lab_line('max_log = "lots"'), "9: lab.max_log", ("'lots' is not a size", '"50MB"')
     ),
+    # recorded values and constraints on them
+    "a recorded name with a space": Broken(
+        *_lab_line('record = ["peak vram"]'),
+        "9: lab.record[0]",
+        ("'peak vram' is not a name a run prints", 'e.g. "peak_vram"'),
+    ),
+    "the metric recorded again": Broken(
+        *_lab_line('record = ["score"]'), "9: lab.record[0]", ("'score' is the metric",)
+    ),
+    "a recorded name that is a ledger column": Broken(
+        *_lab_line('record = ["memory_gb"]'),
+        "9: lab.record[0]",
+        ("'memory_gb' is the name of a ledger column", "constraints may name memory_gb"),
+    ),
+    "a constraint written =<": Broken(
+        *_lab_line('record = ["vram"]\nconstraints = ["vram =< 5"]'),
+        "10: lab.constraints[0]",
+        ("'vram =< 5' uses '=<'", 'write "vram <= 5"'),
+    ),
+    "a constraint on what is not recorded": Broken(
+        *_lab_line('constraints = ["vram <= 5"]'),
+        "9: lab.constraints[0]",
+        ("on 'vram', which is not recorded", 'record = ["vram"]'),
+    ),
+    "a constraint that is no bound": Broken(
+        *_lab_line('constraints = ["score == 1"]'),
+        "9: lab.constraints[0]",
+        ("a constraint is a bound", "use <, <=, > or >="),
+    ),
     # editable and protected
     "a protected file inside an editable glob": Broken(
         'editable = ["exp.py"]',
@@ -458,8 +487,8 @@ def test_a_broken_lab_is_answered_with_where_what_and_the_fix(tmp_path: Path, ca
 EVERYTHING = (
     BASE.replace('name = "t"\n', 'name = "t"\ncount = 2\nbudget = 3.5\nmodel = "smart"\n').replace(
         'grace = "5s"\n',
-        'grace = "5s"\nshare = "best"\npatience = 3\n[lab.stop]\ntarget = 0.25\n'
-        'plateau = "40 trials"\ncrash_streak = 8\n',
+        'grace = "5s"\nrecord = ["mfu"]\nconstraints = ["mfu <= 50"]\nshare = "best"\npatience = 3\n'
+        '[lab.stop]\ntarget = 0.25\nplateau = "40 trials"\ncrash_streak = 8\n',
     )
     + """
 [governance]

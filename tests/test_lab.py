@@ -71,11 +71,12 @@ def test_ledger_tsv_starts_with_autoresearch_columns(tmp_path: Path) -> None:
     lab = make_lab(tmp_path / "lab")
     assert run_cli("run", str(lab), "--trials", "3").returncode == 0
     tsv = run_cli("ledger", str(lab), "--tsv").stdout.splitlines()
-    assert tsv[0].split("\t")[:4] == ["commit", "score", "status", "description"]
+    assert tsv[0].split("\t")[:5] == ["commit", "score", "memory_gb", "status", "description"]
     rows = [line.split("\t") for line in tsv[1:]]
     assert len(rows) == 4
-    assert rows[0][2:4] == ["keep", "baseline"]
-    assert {r[2] for r in rows} <= {"keep", "discard", "crash"}
+    assert rows[0][3:5] == ["keep", "baseline"]
+    assert {r[3] for r in rows} <= {"keep", "discard", "crash"}
+    assert all(float(r[2]) >= 0 for r in rows)  # the peak RSS of each run, in GB
     assert all(len(r[0]) == 7 for r in rows)
 
 

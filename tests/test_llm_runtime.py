@@ -118,8 +118,9 @@ def test_a_good_edit_is_kept_a_worse_one_discarded_and_the_model_sees_the_histor
         TrialStatus.discarded, 64.0, "push Y up to 9",
     )  # fmt: skip
     ledger = run_cli("ledger", str(lab), "--tsv").stdout
-    assert re.search(r"\t16\.000000\tkeep\tmove X to 3\t", ledger)
-    assert re.search(r"\t64\.000000\tdiscard\tpush Y up to 9\t", ledger)
+    # (between the metric and the status: memory_gb, the run's peak RSS)
+    assert re.search(r"\t16\.000000\t\d+\.\d+\tkeep\tmove X to 3\t", ledger)
+    assert re.search(r"\t64\.000000\t\d+\.\d+\tdiscard\tpush Y up to 9\t", ledger)
 
     # the program, the editable file at the best commit, and the run so far
     one, two = (conversation[-1]["content"] for conversation in _asks(fake))

@@ -20,6 +20,7 @@ from overnight.store import (
     Approval,
     AuditCheckpoint,
     AuditRecord,
+    ImportedTrial,
     SqlStore,
     TransitionError,
     open_store,
@@ -95,6 +96,49 @@ def test_a_runs_noise_floor_and_a_keeps_holdout_verdict_are_kept(store: SqlStore
     assert (
         store.update_trial(rejected.id, S.rejected, reason="holdout: gaming").status is S.rejected
     )
+
+
+def test_a_trial_keeps_its_recorded_values_and_peak_memory(store: SqlStore) -> None:
+    _run(store)
+    t = store.add_trial("r1", "a1", "base", "d", {})
+    assert (t.recorded, t.memory_gb, t.peak_rss_mb) == ({}, None, None)
+    for status in (S.applied, S.checked, S.running):
+        t = store.update_trial(t.id, status)
+    t = store.update_trial(
+        t.id, S.measured, metric=0.9, recorded={"peak_vram_mb": 45060.2, "mfu": 39.8},
+        memory_gb=44.0, peak_rss_mb=812.5,
+    )  # fmt: skip
+    again = store.get_trial(t.id)
+    assert again.recorded == {"peak_vram_mb": 45060.2, "mfu": 39.8}
+    assert (again.memory_gb, again.peak_rss_mb) == (44.0, 812.5)
+
+
+def test_an_imported_history_is_appended_whole_and_finished(store: SqlStore) -> None:
+    _run(store)
+    store.add_trial("r1", "a1", "base", "before", {})
+    rows = [
+        ImportedTrial("imported", S.kept, "c0", "c0", "baseline", {"line": 2}, 0.99, 44.0),
+        ImportedTrial("imported", S.discarded, "c0", "c1", "wider", {"line": 3}, 1.01, 44.2, "+x"),
+        ImportedTrial("imported", S.crashed, "c0", "c2", "oom", {"line": 4}),
+    ]
+    made = store.import_trials("r1", rows)
+    assert [(t.number, t.status, t.metric, t.memory_gb) for t in made] == [
+        (2, S.kept, 0.99, 44.0),
+        (3, S.discarded, 1.01, 44.2),
+        (4, S.crashed, None, None),
+    ]
+    assert made[1].diff == "+x" and made[1].proposal == {"line": 3} and made[1].finished_at
+    events = [e for e in store.events("r1") if e.trial in (2, 3, 4)]
+    assert [(e.kind, e.agent, e.payload["description"]) for e in events] == [
+        ("trial.kept", "imported", "baseline"),
+        ("trial.discarded", "imported", "wider"),
+        ("trial.crashed", "imported", "oom"),
+    ]
+    # the ratchet of the run's agents is not theirs to move
+    assert store.agents("r1")[0].best_trial is None
+    with pytest.raises(ValueError):  # all or nothing
+        store.import_trials("r1", [rows[0], ImportedTrial("imported", S.running, "c", "c", "", {})])
+    assert len(store.trials("r1")) == 4
 
 
 def test_illegal_transitions_are_refused_and_change_nothing(store: SqlStore) -> None:
@@ -283,6 +327,7 @@ def test_databases_saved_by_released_schemas_upgrade_in_place(dump: Path, tmp_pa
     # what a later schema added reads as "not measured" in an older ledger
     assert run.noise_floor is None and (trials[0].holdout_metric, trials[0].flag) == (None, None)
     assert store.agents(run.id)[0].name == "t"
+    assert (trials[0].recorded, trials[0].memory_gb, trials[0].peak_rss_mb) == ({}, None, None)
     assert store.add_trial(run.id, "t", "b" * 40, "next", {}).number == 3
     assert store.key_hashes("toy") == {"d" * 64: "t"}
     assert store.spend("toy", agent="t") == 0.25

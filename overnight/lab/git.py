@@ -89,6 +89,21 @@ class Git:
         out = self.run("rev-parse", "--verify", "-q", ref + "^{commit}", check=False).strip()
         return out or None
 
+    def commits(self, names: list[str]) -> list[str | None]:
+        """The full commit each name (a short hash, a branch) stands for, None where it names
+        no commit here (or several), in one git call however many there are."""
+        if not names:
+            return []
+        out = self.run(
+            "cat-file", "--batch-check=%(objectname) %(objecttype)",
+            input="".join(f"{name}^{{commit}}\n" for name in names),
+        ).splitlines()  # fmt: skip
+        found: list[str | None] = []
+        for line in out:
+            sha, _, kind = line.rpartition(" ")
+            found.append(sha if kind == "commit" else None)
+        return found
+
     def tracked_files(self, commit: str) -> dict[str, str]:
         """Path -> blob id of every file in `commit`."""
         out = self.run("ls-tree", "-r", "-z", "--full-tree", commit)
@@ -101,6 +116,14 @@ class Git:
             if kind == "blob":
                 files[path] = blob
         return files
+
+    def show(self, commit: str, path: str) -> str | None:
+        """The text of `path` as it is in `commit`, or None where it does not exist."""
+        proc = subprocess.run(
+            ["git", *_SAFE, "show", f"{commit}:{path}"],
+            cwd=self.path, env=_ENV, capture_output=True,
+        )  # fmt: skip
+        return proc.stdout.decode("utf-8", "replace") if proc.returncode == 0 else None
 
     def dirty(self) -> list[str]:
         """`git status --porcelain` lines of the working tree (ignored files excluded)."""

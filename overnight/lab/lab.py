@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from opentelemetry import trace
 
 from overnight import redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import holdout, integrity, privacy, sandbox
+from overnight.lab import constraints, holdout, integrity, privacy, sandbox
 from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git
@@ -46,9 +46,10 @@ from overnight.lab.ratchet import (
 )
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
 from overnight.lab.trial import BASELINE as BASELINE  # re-exported: the lab names its baseline
+from overnight.lab.trial import IMPORTED as IMPORTED  # and the history it was started with
 from overnight.lab.trial import IN_FLIGHT, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
-from overnight.org.config import LabConfig, OnDivergence
+from overnight.org.config import MEMORY, VRAM, LabConfig, OnDivergence
 from overnight.org.load import line_of
 from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available, knobs
 from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_url
@@ -82,6 +83,10 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
         data["lab"].pop(key, None)  # goes on with new values (and from older versions)
     for key in ("share", "patience", "stop"):  # how agents work together and when a run
         data["lab"].pop(key, None)  # ends: trials stay comparable whatever they say
+    # what is shown besides the metric, not how trials are judged: a run goes on with more
+    data["lab"].pop("record", None)
+    if not data["lab"].get("constraints"):  # none: as a run from before they existed says
+        data["lab"].pop("constraints", None)
     return data
 
 
@@ -120,6 +125,27 @@ class _Measured:
     reason: str | None
     tail: str
     duration_s: float
+    recorded: Mapping[str, float] = field(default_factory=dict)
+    peak_rss_mb: float | None = None
+
+
+def memory_fields(runs: Sequence[_Measured]) -> dict[str, Any]:
+    """What a trial's runs printed besides the metric (the mean of each value over the runs
+    that printed it, as the metric is their mean) and its peak memory (the largest): a
+    printed peak_vram_mb / 1024, as autoresearch's memory_gb, else the measured peak RSS."""
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for name, value in run.recorded.items():
+            values.setdefault(name, []).append(value)
+    rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
+    peak_rss = max(rss) if rss else None
+    vram = values.get(VRAM)
+    memory = max(vram) / 1024 if vram else (peak_rss / 1024 if peak_rss is not None else None)
+    return {
+        "recorded": {name: sum(v) / len(v) for name, v in values.items()},
+        "memory_gb": memory,
+        "peak_rss_mb": peak_rss,
+    }
 
 
 class Lab:
@@ -228,8 +254,14 @@ class Lab:
         return lab, agent
 
     @classmethod
-    def start(cls, root: Path, *, new_run: bool = False) -> Lab:
-        """Validate everything, take the lab's lock, and start or resume its run."""
+    def start(cls, root: Path, *, new_run: bool = False, base_ref: str | None = None) -> Lab:
+        """Validate everything, take the lab's lock, and start or resume its run.
+
+        A new run starts from HEAD, or from `base_ref` (any commit or branch, e.g. an
+        autoresearch run's `autoresearch/<tag>`); the lab's definition (overnight.toml,
+        program.md) is always the checkout's. Without `new_run`, `base_ref` must be where
+        the latest run started: that run is resumed.
+        """
         root = root.resolve()
         org = load_org(root)
         git = Git.open(root)
@@ -245,10 +277,13 @@ class Lab:
             privacy.make_private(root / STATE_DIR)  # state an older version left readable
             git.exclude(f"/{STATE_DIR}/")
             holdout.ignore_hidden(git, org.config.lab.hidden)
-            warnings = _preflight(org, git) + _sandbox_warnings(org) + _keep_warnings(org)
+            base = _resolve(git, base_ref) if base_ref is not None else None
+            warnings = _preflight(org, git, base) + _sandbox_warnings(org) + _keep_warnings(org)
+            if base is not None:
+                warnings += _from_warnings(git, base_ref or base, base)
             store = open_store(store_url(root))
             try:
-                lab = cls._open_run(org, git, store, lock, warnings, new_run)
+                lab = cls._open_run(org, git, store, lock, warnings, new_run, base_ref, base)
                 lab._recover()
             except BaseException:
                 store.close()
@@ -267,9 +302,18 @@ class Lab:
         lock: LabLock,
         warnings: list[str],
         new_run: bool,
+        base_ref: str | None = None,
+        base: str | None = None,
     ) -> Lab:
         lab_name = org.config.lab.name
         run = None if new_run else store.latest_run(lab_name)
+        if run is not None and base is not None and run.base_commit != base:
+            raise UserError(
+                f"the latest run ({run.id}) started from {run.base_commit[:10]}, not from "
+                f"{base_ref} ({base[:10]}), so there is nothing of it to resume.\n"
+                f"  fix: `overnight run --new --from {base_ref} {org.root}` starts a new run "
+                "from it."
+            )
         fingerprint = config_fingerprint(org)
         resumed = run is not None
         changed = _diff_keys(dict(run.config), fingerprint) if run is not None else []
@@ -282,7 +326,7 @@ class Lab:
                 "or restore the old values to resume",
             )
         if run is None:
-            base = git.head()
+            base = base or git.head()
             files = git.tracked_files(base)
             protected = {
                 path: blob
@@ -618,12 +662,15 @@ class Lab:
             # -- run and measure: the baseline again to measure the noise floor, a candidate
             # improvement again for `confirm_runs`, or once more when it is an outlier
             metrics: list[float] = []
+            measures: list[_Measured] = []
             duration = 0.0
             runs = self._baseline_runs() if agent_name == BASELINE else 1 + lab.confirm_runs
             rerun_outlier = False
             while True:
                 measured = self._measure(trial, wt.path, stop)
                 duration += measured.duration_s
+                measures.append(measured)
+                memory = memory_fields(measures)
                 if measured.failure is not None:
                     return store.update_trial(
                         trial.id,
@@ -632,14 +679,19 @@ class Lab:
                         log_tail=measured.tail,
                         duration_s=duration,
                         finished_at=time.time(),
+                        **memory,
                     )
                 assert measured.metric is not None
                 metrics.append(measured.metric)
                 value = combined(metrics)
                 trial = store.update_trial(
-                    trial.id, _S.measured, metric=value, metrics=metrics, duration_s=duration
-                )
+                    trial.id, _S.measured, metric=value, metrics=metrics, duration_s=duration,
+                    **memory,
+                )  # fmt: skip
+                broken = self._broken_constraint(value, memory)
                 better = improves(value, best_metric, lab.goal, self.min_delta)
+                if broken and agent_name != BASELINE:
+                    break
                 if better and len(metrics) == 1 and agent_name != BASELINE:
                     rerun_outlier = self._outlier(trial, value, best_metric)
                     runs = max(runs, 2) if rerun_outlier else runs
@@ -647,6 +699,17 @@ class Lab:
                     break
             if agent_name == BASELINE and len(metrics) > 1:
                 self._record_noise_floor(metrics)
+            # the baseline is where every agent starts, whatever it holds: it is kept with
+            # the reason, and agents must keep the bound
+            kept_why = (
+                f"{broken} (kept anyway: the baseline is where every agent starts)"
+                if broken and agent_name == BASELINE
+                else None
+            )
+            if broken and agent_name != BASELINE:
+                return store.update_trial(
+                    trial.id, _S.discarded, reason=broken, finished_at=time.time()
+                )
             unconfirmed = [
                 m for m in metrics[1:] if not improves(m, best_metric, lab.goal, self.min_delta)
             ]
@@ -680,7 +743,12 @@ class Lab:
                     )
             finished = time.time()
             if better:
-                trial = store.update_trial(trial.id, _S.kept, finished_at=finished)
+                trial = store.update_trial(
+                    trial.id,
+                    _S.kept,
+                    finished_at=finished,
+                    **({"reason": kept_why} if kept_why else {}),
+                )
                 if branch is not None:
                     self.git.update_ref(f"refs/heads/{branch}", candidate)
                 return trial
@@ -727,9 +795,11 @@ class Lab:
             def record_pid(pid: int) -> None:
                 self.store.update_trial(trial.id, _S.running, pid=pid)
 
+            watch = [*lab.record, *([VRAM] if VRAM not in (*lab.record, lab.metric) else [])]
             result = run_budgeted(
                 lab.run, cwd=root, log_path=log_path, timeout_s=timeout, metric=lab.metric,
                 env=env, wrap=wrap, max_log=lab.max_log, on_start=record_pid, stop=stop,
+                record=watch,
             )  # fmt: skip
             if result.timed_out or stop.is_set():
                 self._kill_leftovers(trial)
@@ -741,7 +811,9 @@ class Lab:
                 evaluated = run_budgeted(
                     lab.evaluate, cwd=root, log_path=log_path, timeout_s=timeout,
                     metric=lab.metric, env=env, wrap=wrap, max_log=lab.max_log, stop=stop,
+                    record=watch,
                 )  # fmt: skip
+                peaks = [p for p in (result.peak_rss_mb, evaluated.peak_rss_mb) if p is not None]
                 result = RunResult(
                     exit_code=evaluated.exit_code,
                     timed_out=evaluated.timed_out,
@@ -750,9 +822,24 @@ class Lab:
                     truncated=result.truncated or evaluated.truncated,
                     metric=evaluated.metric,
                     tail=evaluated.tail,
+                    recorded={**result.recorded, **evaluated.recorded},
+                    peak_rss_mb=max(peaks) if peaks else None,
                 )
         tampered = integrity.check_protected(root, self.run.protected)
-        return _judge(result, step, lab.metric, timeout, stop.is_set(), tampered)
+        judged = _judge(result, step, lab.metric, timeout, stop.is_set(), tampered)
+        return replace(judged, recorded=result.recorded, peak_rss_mb=result.peak_rss_mb)
+
+    def _broken_constraint(self, metric: float, memory: Mapping[str, Any]) -> str | None:
+        """The first `[lab] constraints` the measured values break, said plainly, or None."""
+        lab = self.config.lab
+        values = {**memory["recorded"], lab.metric: metric}
+        if memory["memory_gb"] is not None:
+            values[MEMORY] = memory["memory_gb"]
+        for text in lab.constraints:
+            broken = constraints.parse(text).violation(values)
+            if broken:
+                return broken
+        return None
 
     def _kill_leftovers(self, trial: Trial) -> None:
         """Kill what is left of a trial's experiment (or holdout) once its process group is
@@ -999,8 +1086,9 @@ def _baseline_message(lab: Lab, trial: Trial) -> str:
 
 
 def best_trial(store: Store, run: Run, config: OrgConfig) -> Trial | None:
-    """The best kept trial of a run (the baseline counts), or None."""
-    kept = store.trials(run.id, statuses=[_S.kept])
+    """The best kept trial of a run (the baseline counts; an imported history does not:
+    its numbers were measured elsewhere), or None."""
+    kept = [t for t in store.trials(run.id, statuses=[_S.kept]) if t.agent != IMPORTED]
     if not kept:
         return None
     best = kept[0]
@@ -1070,8 +1158,34 @@ def _lab_default(name: str) -> Any:
     return default.value if isinstance(default, StrEnum) else default
 
 
-def _preflight(org: Org, git: Git) -> list[str]:
-    """Everything that would otherwise fail at 3 a.m., checked before the first trial."""
+def _resolve(git: Git, ref: str) -> str:
+    """The commit `ref` (a branch, tag or commit) names, or a UserError with the fix."""
+    commit = git.rev(ref) if ref and not ref.startswith("-") else None
+    if commit is None:
+        raise UserError(
+            f"{git.path}: no commit or branch {ref!r} in this repository.\n"
+            "  fix: `git branch -a` lists the branches (an autoresearch run's is "
+            f"autoresearch/<tag>); fetch one that lives on a remote first (`git fetch origin "
+            f"{ref or 'BRANCH'}`), or name a commit `git log` shows."
+        )
+    return commit
+
+
+def _from_warnings(git: Git, ref: str, base: str) -> list[str]:
+    """A REF whose own overnight.toml says something else than the checkout's."""
+    theirs = git.tracked_files(base).get(CONFIG_FILE)
+    ours = git.tracked_files("HEAD").get(CONFIG_FILE)
+    if theirs is None or theirs == ours:
+        return []
+    return [
+        f"{ref}'s overnight.toml differs from the one checked out; the lab runs by the "
+        "checkout's (REF gives only the code the agents start from)"
+    ]
+
+
+def _preflight(org: Org, git: Git, base: str | None = None) -> list[str]:
+    """Everything that would otherwise fail at 3 a.m., checked before the first trial.
+    Files are checked as they are at `base` (HEAD when None), where the agents start."""
     cfg = org.config
     path = org.config_path
     text = path.read_text(encoding="utf-8")
@@ -1099,7 +1213,8 @@ def _preflight(org: Org, git: Git) -> list[str]:
             f"untracked files are not copied into the agents' worktrees: {', '.join(loose[:5])}"
             + (" ..." if len(loose) > 5 else "")
         )
-    files = list(git.tracked_files("HEAD"))
+    at = base or "HEAD"
+    files = list(git.tracked_files(at))
     for key in ("editable", "protected"):
         for i, (glob, hits) in enumerate(integrity.expand(getattr(cfg.lab, key), files).items()):
             if not hits:
@@ -1112,8 +1227,8 @@ def _preflight(org: Org, git: Git) -> list[str]:
                     "(`*` stays within a folder, `**` crosses folders); commit the file if it is new",
                 )
     if cfg.lab.hidden:
-        at = line_of(text, ("lab", "hidden"))
-        holdout.refuse_exposed(git, org.root, cfg.lab.hidden, path, at)
+        hidden_line = line_of(text, ("lab", "hidden"))
+        holdout.refuse_exposed(git, org.root, cfg.lab.hidden, path, hidden_line)
     # Two globs can only be seen to overlap on the files they both match.
     both = [f for f in files if integrity.matches(f, cfg.lab.protected)]
     both = [f for f in both if integrity.matches(f, cfg.lab.editable)]
@@ -1144,7 +1259,9 @@ def _preflight(org: Org, git: Git) -> list[str]:
                 line=line_of(text, ("knobs", i, "file")),
                 fix=f"add {knob.file!r} to lab.editable, or move the knob",
             )
-    knobs.validate(org.root, cfg.knobs, path)
+    knobs.validate(
+        org.root, cfg.knobs, path, read=None if base is None else lambda rel: git.show(at, rel)
+    )
     for key in ("run", "evaluate", "holdout"):
         command = getattr(cfg.lab, key)
         if command:

@@ -21,11 +21,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from overnight.errors import ConfigError, UserError
-from overnight.lab.lab import BASELINE, MAX_REQUEUES, best_trial, requeues
+from overnight.lab.lab import BASELINE, IMPORTED, MAX_REQUEUES, best_trial, requeues
 from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
 from overnight.lab.stop import STOPPING
-from overnight.lab.trial import AUTORESEARCH_STATUS, TrialStatus
+from overnight.lab.trial import (
+    AUTORESEARCH_COLUMNS,
+    AUTORESEARCH_STATUS,
+    LEDGER_COLUMNS,
+    TrialStatus,
+)
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_exists, store_url
 
@@ -171,49 +176,83 @@ def trial_costs(store: Store, run_id: str) -> dict[int, TrialCost]:
     return {n: TrialCost(tokens[n], cost.get(n), n in unpriced) for n in set(tokens) | unpriced}
 
 
-def tsv(view: LabView) -> str:
-    """autoresearch's results.tsv columns first (commit, metric, status, description), then
-    ours; with a hidden holdout, its metric and the keep's flag last."""
-    lab = view.config.lab
-    metric = lab.metric
-    out = io.StringIO()
-    columns = [
-        "commit", metric, "status", "description", "trial", "agent", "outcome",
-        "parent", "duration_s", "tokens", "cost_usd", "reason", "log",
-    ]  # fmt: skip
+def columns(config: OrgConfig) -> list[str]:
+    """The ledger's columns: autoresearch's five (its analysis reads them by name), then
+    overnight's, then each `[lab] record` value; with a hidden holdout, its metric and the
+    keep's flag last."""
+    lab = config.lab
+    names = [
+        *(c.format(metric=lab.metric) for c in AUTORESEARCH_COLUMNS),
+        *LEDGER_COLUMNS,
+        *lab.record,
+    ]
     if lab.holdout:
-        columns += [holdout_column(view), "flag"]
-    out.write("\t".join(columns) + "\n")
+        names += [holdout_column(config), "flag"]
+    return names
+
+
+def rows(view: LabView) -> list[dict[str, str]]:
+    """Every finished trial of the run, a cell per column, as `overnight ledger` shows it.
+
+    A row autoresearch would call a crash says `0.000000` and `0.0` in its metric and
+    memory_gb, as autoresearch writes them; its real figures, if any, stay in the store."""
+    cfg = view.config.lab
     costs = trial_costs(view.store, view.run.id)
+    out = []
     for t in view.store.trials(view.run.id):
         if not t.status.final:
             continue
         spent = costs.get(t.number, TrialCost(0, None, False))
-        row = [
-            (t.candidate_commit or "")[:7],
-            f"{t.metric:.6f}" if t.metric is not None else "0.000000",
-            AUTORESEARCH_STATUS[t.status],
-            t.description,
-            str(t.number),
-            t.agent,
-            t.status.value,
-            t.parent_commit[:7],
-            f"{t.duration_s:.1f}" if t.duration_s is not None else "",
-            str(spent.tokens),
-            f"{spent.cost_usd:.6f}" if spent.cost_usd is not None else "",
-            t.reason or "",
-            t.log_path or "",
-        ]
-        if lab.holdout:
-            row += [f"{t.holdout_metric:.6f}" if t.holdout_metric is not None else "", t.flag or ""]
-        out.write("\t".join(_cell(c) for c in row) + "\n")
+        status = AUTORESEARCH_STATUS[t.status]
+        crash = status == "crash"
+        row = {
+            "commit": (t.candidate_commit or "")[:7],
+            cfg.metric: "0.000000" if crash or t.metric is None else f"{t.metric:.6f}",
+            "memory_gb": "0.0" if crash or t.memory_gb is None else _gigabytes(t.memory_gb),
+            "status": status,
+            "description": t.description,
+            "trial": str(t.number),
+            "agent": t.agent,
+            "outcome": t.status.value,
+            "parent": t.parent_commit[:7],
+            "duration_s": f"{t.duration_s:.1f}" if t.duration_s is not None else "",
+            "tokens": str(spent.tokens),
+            "cost_usd": f"{spent.cost_usd:.6f}" if spent.cost_usd is not None else "",
+            "reason": t.reason or "",
+            "log": t.log_path or "",
+        }
+        for name in cfg.record:
+            value = t.recorded.get(name)
+            row[name] = "" if value is None else f"{value:.10g}"
+        if cfg.holdout:
+            row[holdout_column(view.config)] = (
+                f"{t.holdout_metric:.6f}" if t.holdout_metric is not None else ""
+            )
+            row["flag"] = t.flag or ""
+        out.append({k: _cell(v) for k, v in row.items()})
+    return out
+
+
+def _gigabytes(value: float) -> str:
+    # autoresearch's one decimal, unless that would say 0.0 (its crash rows' value) of a
+    # run that used a few MB: a CPU experiment's peak RSS is often under 0.1 GB
+    return f"{value:.1f}" if value >= 0.05 else f"{value:.3f}"
+
+
+def tsv(view: LabView) -> str:
+    """The ledger as autoresearch's results.tsv (its five columns first), then ours."""
+    names = columns(view.config)
+    out = io.StringIO()
+    out.write("\t".join(names) + "\n")
+    for row in rows(view):
+        out.write("\t".join(row[name] for name in names) + "\n")
     return out.getvalue()
 
 
-def holdout_column(view: LabView) -> str:
+def holdout_column(config: OrgConfig) -> str:
     """The holdout metric's column: `holdout_<name>`, never the metric's own name (by
     default the holdout prints the same name, and a table cannot have it twice)."""
-    return f"holdout_{view.config.lab.holdout_name}"
+    return f"holdout_{config.lab.holdout_name}"
 
 
 def _cell(value: str) -> str:
@@ -315,6 +354,7 @@ def status(view: LabView) -> dict[str, Any]:
             if t.number in stopped
         ],
         "config_error": str(view.lab.config_error) if view.lab.config_error else None,
+        "imported": imported_history(trials, cfg),
     }
 
 
@@ -349,6 +389,29 @@ def how_stopped(store: Store, run_id: str, pid: int | None) -> dict[str, Any] | 
         "at": last.at,
         "stopping": last.kind == STOPPING and pid is not None,
     }
+
+
+def imported_history(trials: list[Trial], config: OrgConfig) -> dict[str, Any] | None:
+    """The history a run was started with (`overnight import`), summed up; None if none."""
+    imported = [t for t in trials if t.agent == IMPORTED]
+    if not imported:
+        return None
+    kept = [t for t in imported if t.status is TrialStatus.kept and t.metric is not None]
+    best = kept[0] if kept else None
+    for t in kept[1:]:
+        if better(t.metric, best.metric, config.lab.goal):  # type: ignore[arg-type,union-attr]
+            best = t
+    return {
+        "trials": len(imported),
+        "file": imported[0].proposal.get("imported"),
+        "baseline": imported[0].metric,
+        "best": (
+            {"trial": best.number, "metric": best.metric, "commit": best.candidate_commit,
+             "description": best.description}
+            if best
+            else None
+        ),
+    }  # fmt: skip
 
 
 def _requeue_why(trial: Trial, requeued: bool) -> str:

@@ -122,24 +122,44 @@ def write(view: LabView, out: Path | None = None) -> Path:
             f"best {_fmt(best['holdout_metric'] if best else None)} "
             f"(on divergence: {holdout['on_divergence']})"
         )
+    history = s["imported"]
+    if history:
+        best_then = history["best"]
+        lines.append(
+            f"- imported: {history['trials']} trials from `{history['file']}` (baseline "
+            f"{_fmt(history['baseline'])}"
+            + (
+                f", best {_fmt(best_then['metric'])} in trial {best_then['trial']}"
+                if best_then
+                else ""
+            )
+            + "); the run's baseline is its starting commit measured again here"
+        )
     if s["improvement_pct"] is not None:
         lines.append(f"- change vs baseline: {s['improvement_pct']:+.2f}%")
     if best and best["branch"]:
         lines.append(f"- best branch: `{best['branch']}` (`git checkout {best['branch']}`)")
     lines += ["", f"![progress]({png.name})", "", "## Kept changes", ""]
-    if kept and holdout:
+    if kept:
+        names = ["memory_gb", *cfg.record]
+        held = [f"holdout {holdout['metric']}"] if holdout else []
         lines += [
-            f"| trial | agent | {cfg.metric} | holdout {holdout['metric']} | change |",
-            "|---|---|---|---|---|",
+            f"| trial | agent | {cfg.metric} | {' | '.join([*held, *names])} | change |",
+            "|---" * (4 + len(held) + len(names)) + "|",
         ]
         lines += [
-            f"| {t.number} | {t.agent} | {_fmt(t.metric)} | {_fmt(t.holdout_metric)} | "
-            f"{t.description}{' ⚑ flagged' if t.flag else ''} |"
+            f"| {t.number} | {t.agent} | {_fmt(t.metric)} | "
+            + " | ".join(
+                _fmt(v)
+                for v in (
+                    *((t.holdout_metric,) if holdout else ()),
+                    t.memory_gb,
+                    *(t.recorded.get(n) for n in cfg.record),
+                )
+            )
+            + f" | {t.description}{' ⚑ flagged' if t.flag else ''} |"
             for t in kept
         ]
-    elif kept:
-        lines += [f"| trial | agent | {cfg.metric} | change |", "|---|---|---|---|"]
-        lines += [f"| {t.number} | {t.agent} | {_fmt(t.metric)} | {t.description} |" for t in kept]
     else:
         lines.append("No change beat the baseline yet.")
     if s["flagged"]:
@@ -148,6 +168,10 @@ def write(view: LabView, out: Path | None = None) -> Path:
         lines += [
             f"| {f['trial']} | {f['agent']} | {f['status']} | {f['flag']} |" for f in s["flagged"]
         ]
+    bounded = [t for t in trials if t.reason and t.reason.startswith("constraint ")]
+    if bounded:
+        lines += ["", "## Trials that broke a constraint", "", "| trial | agent | reason |"]
+        lines += ["|---|---|---|"] + [f"| {t.number} | {t.agent} | {t.reason} |" for t in bounded]
     failures = [t for t in trials if t.status not in (TrialStatus.kept, TrialStatus.discarded)]
     if failures:
         lines += ["", "## Failed trials", "", "| trial | status | reason |", "|---|---|---|"]

@@ -10,6 +10,7 @@ git, trials or the store.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -19,10 +20,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from overnight import redaction
+from overnight.lab.memory import PeakMemory, megabytes, wait_with_peak
 from overnight.lab.privacy import user_umask
 from overnight.lab.sandbox import KILL_WAIT_S
 
@@ -39,6 +41,15 @@ def metric_pattern(name: str) -> re.Pattern[bytes]:
     )
 
 
+def values_pattern(names: Sequence[str]) -> re.Pattern[bytes]:
+    """`name: value` lines for any of `names` (secondary metrics), the name captured."""
+    either = b"|".join(re.escape(n.encode()) for n in sorted(names, key=len, reverse=True))
+    return re.compile(
+        rb"^[ \t]*(" + either + rb")[ \t]*[:=][ \t]*(" + _NUMBER + rb")[ \t]*\r?$",
+        re.MULTILINE | re.IGNORECASE,
+    )
+
+
 @dataclass(frozen=True)
 class RunResult:
     exit_code: int | None
@@ -48,6 +59,10 @@ class RunResult:
     truncated: bool
     metric: float | None
     tail: str
+    recorded: Mapping[str, float] = field(default_factory=dict)
+    """The last value printed for each name in `record` (none when it was nan or inf)."""
+    peak_rss_mb: float | None = None
+    """Peak resident memory of the process tree (see overnight.lab.memory)."""
 
     @property
     def ok(self) -> bool:
@@ -66,13 +81,15 @@ def run_budgeted(
     max_log: int = 50 * 10**6,
     on_start: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    record: Sequence[str] = (),
 ) -> RunResult:
     """Run `command` in a shell in `cwd`, appending its output to `log_path`.
 
     `env` is the whole environment it gets; `wrap` goes before the shell (a sandbox,
     a watchdog). The process and everything it starts share a new process group,
     killed (TERM, then KILL) at `timeout_s` or as soon as `stop` is set. Secrets
-    known to this process are redacted from the log and the tail.
+    known to this process are redacted from the log and the tail. Lines `name: value`
+    for the names in `record` are kept too, and the group's peak memory is measured.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -90,11 +107,12 @@ def run_budgeted(
     # must not leave the experiment running: it may land in any line below.
     done = threading.Event()
     timed_out = threading.Event()
+    memory = PeakMemory(proc.pid)  # start_new_session: the session's id is the leader's pid
     try:
         if on_start is not None:
             on_start(proc.pid)
         assert proc.stdout is not None
-        sink = _CappedLog(log_path, max_log, metric_pattern(metric))
+        sink = _CappedLog(log_path, max_log, metric_pattern(metric), record)
         reader = threading.Thread(target=sink.drain, args=(proc.stdout,), daemon=True)
         reader.start()
 
@@ -114,12 +132,14 @@ def run_budgeted(
 
         guard = threading.Thread(target=watchdog, daemon=True)
         guard.start()
-        proc.wait()
+        biggest = wait_with_peak(proc)
     except BaseException:
         done.set()
+        memory.stop()
         kill_group(proc.pid, leader=proc)
         raise
     done.set()
+    peak = max(memory.stop(), biggest)
     duration = time.monotonic() - started
     # Grandchildren that left the group could hold the pipe open; never wait on them forever.
     reader.join(timeout=5)
@@ -135,6 +155,8 @@ def run_budgeted(
         truncated=sink.dropped > 0,
         metric=sink.metric,
         tail=sink.tail_text(),
+        recorded=dict(sink.recorded),
+        peak_rss_mb=megabytes(peak) if peak else None,
     )
 
 
@@ -204,10 +226,19 @@ def kill_marked(
 class _CappedLog:
     """Writes output to a file up to a cap, keeps the last bytes, and watches for the metric."""
 
-    def __init__(self, path: Path, cap: int, pattern: re.Pattern[bytes]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        cap: int,
+        pattern: re.Pattern[bytes],
+        record: Sequence[str] = (),
+    ) -> None:
         self.fh = path.open("ab")
         self.cap = cap
         self.pattern = pattern
+        self.values = values_pattern(record) if record else None
+        self._names = {name.lower(): name for name in record}  # matched case-insensitively
+        self.recorded: dict[str, float] = {}
         self.written = 0
         self.total = 0
         self.dropped = 0
@@ -261,6 +292,13 @@ class _CappedLog:
                 self.metric = float(found.group(1))
             except ValueError:
                 self.metric = None
+        if self.values is not None:
+            for line in self.values.finditer(data):
+                name, value = self._names[line.group(1).decode().lower()], float(line.group(2))
+                if math.isfinite(value):  # the last one wins; nan or inf is no value
+                    self.recorded[name] = value
+                else:
+                    self.recorded.pop(name, None)
 
     def tail_bytes(self) -> bytes:
         return b"".join(self._tail)[-_TAIL_BYTES:]

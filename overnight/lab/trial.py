@@ -46,6 +46,9 @@ IN_FLIGHT = frozenset(TrialStatus) - FINAL
 
 BASELINE = "baseline"
 """The agent name of a run's first trial: the unchanged code, measured once."""
+IMPORTED = "imported"
+"""The agent name of trials that ran before overnight (a hand-run autoresearch results.tsv,
+see overnight.lab.history): history to learn from, never a ratchet to move."""
 
 _S = TrialStatus
 TRANSITIONS: dict[TrialStatus, frozenset[TrialStatus]] = {
@@ -72,3 +75,11 @@ AUTORESEARCH_STATUS: dict[TrialStatus, str] = {
 
 def can_move(current: TrialStatus, new: TrialStatus) -> bool:
     return new in TRANSITIONS.get(current, frozenset())
+
+
+# The ledger TSV's columns before the recorded values: autoresearch's five (the metric's
+# own name second), then overnight's. A recorded value may not take one of these names.
+AUTORESEARCH_COLUMNS = ("commit", "{metric}", "memory_gb", "status", "description")
+LEDGER_COLUMNS = (
+    "trial", "agent", "outcome", "parent", "duration_s", "tokens", "cost_usd", "reason", "log",
+)  # fmt: skip

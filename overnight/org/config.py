@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from overnight.errors import Invalid
 from overnight.gateway.config import GatewayConfig
+from overnight.lab import constraints as constraint
 from overnight.lab.integrity import matches
+from overnight.lab.trial import AUTORESEARCH_COLUMNS, LEDGER_COLUMNS
 from overnight.units import Duration, PositiveDuration, Size, _shown, parse_duration
 
 
@@ -123,6 +125,13 @@ class StopConfig(_Model):
         return plateau_limit(self.plateau)[1] if self.plateau else None
 
 
+_VALUE_NAME = r"^[A-Za-z_][A-Za-z0-9_./-]*$"
+MEMORY = "memory_gb"
+"""The peak-memory column every trial has (a printed peak_vram_mb / 1024, else peak RSS)."""
+VRAM = "peak_vram_mb"
+"""Watched in every run's output, as autoresearch's train.py prints it."""
+
+
 class LabConfig(_Model):
     """The research target: what may change, how it runs, what it is judged by."""
 
@@ -134,7 +143,7 @@ class LabConfig(_Model):
     evaluate: str | None = None
     budget: Duration = 300.0
     grace: Duration = 60.0
-    metric: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+    metric: str = Field(min_length=1, pattern=_VALUE_NAME)
     goal: Goal = Goal.minimize
     min_delta: float | Literal["auto"] | None = None
     """A keep must beat the best by more than this; "auto" measures it (the noise
@@ -144,6 +153,11 @@ class LabConfig(_Model):
     parallel: int = Field(default=1, ge=1, le=64)
     gpus_per_trial: int = Field(default=0, ge=0)
     max_log: Size = 50 * 10**6
+    record: list[str] = []
+    """Other `name: value` lines of a run kept with each trial (secondary metrics)."""
+    constraints: list[str] = []
+    """Bounds on the metric, memory_gb or a recorded value, e.g. "peak_vram_mb <= 70000";
+    a trial that breaks one (or does not print the value) is discarded, saying which."""
     sandbox: Literal["bwrap", "none"] | None = None
     """Walls around experiments and agents' CLIs; None: bwrap where it works (a warning
     where it does not), "none": no sandbox, said on purpose."""
@@ -303,7 +317,59 @@ class LabConfig(_Model):
                 fix='give it time, e.g. budget = "5m"',
                 at=("budget",),
             )
+        self._recorded_values()
         return self
+
+    def _recorded_values(self) -> None:
+        taken = {c.lower() for c in (*AUTORESEARCH_COLUMNS, *LEDGER_COLUMNS) if "{" not in c}
+        first: dict[str, int] = {}
+        for i, name in enumerate(self.record):
+            if not re.match(_VALUE_NAME, name):
+                suggestion = re.sub(r"[^A-Za-z0-9_./-]+", "_", name).strip("_")
+                raise Invalid(
+                    f"{name!r} is not a name a run prints before its colon: a letter or _, "
+                    "then letters, digits and _ . / -",
+                    fix=f'write it as the run prints it, e.g. "{suggestion or "peak_vram_mb"}"',
+                    at=("record", i),
+                )
+            if name.lower() == self.metric.lower():
+                raise Invalid(
+                    f"{name!r} is the metric, which every trial records already",
+                    fix=f"remove {name!r} from record",
+                    at=("record", i),
+                )
+            if name.lower() in taken:
+                raise Invalid(
+                    f"{name!r} is the name of a ledger column"
+                    + (" (overnight measures it)" if name == MEMORY else ""),
+                    fix=f"remove {name!r} from record"
+                    + ("; constraints may name memory_gb as it is" if name == MEMORY else ""),
+                    at=("record", i),
+                )
+            if name.lower() in first:  # output lines are matched whatever their case
+                raise Invalid(
+                    f"{name!r} is recorded twice",
+                    fix="list each name once (names match output lines whatever their case)",
+                    at=("record", i),
+                    first=("record", first[name.lower()]),
+                )
+            first[name.lower()] = i
+        known = [self.metric, MEMORY, *self.record]
+        for i, text in enumerate(self.constraints):
+            try:
+                parsed = constraint.parse(text)
+            except constraint.ConstraintSyntax as exc:
+                raise Invalid(exc.problem, fix=exc.fix, at=("constraints", i)) from None
+            if parsed.name not in known:
+                close = difflib.get_close_matches(parsed.name, known, n=1)
+                raise Invalid(
+                    f"constraint {text!r} is on {parsed.name!r}, which is not recorded",
+                    fix=f'did you mean {close[0]!r}? write "{close[0]} {parsed.op} {text.split(parsed.op, 1)[1].strip()}"'
+                    if close
+                    else f'add "{parsed.name}" to record (record = ["{parsed.name}"]), or bound '
+                    f"the metric ({self.metric}) or memory_gb",
+                    at=("constraints", i),
+                )
 
     @field_validator("max_logs")
     @classmethod

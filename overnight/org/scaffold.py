@@ -1,23 +1,22 @@
 """Writing org code for a user: `overnight init` drafts, `overnight example` copies.
 
-Owns the commented templates, the guesses they are filled with, and the
-shipped example labs. Knows nothing about running a lab.
+Owns the commented templates, filling them with the guesses `overnight.org.draft`
+makes, never overwriting what a user wrote, and the shipped example labs. Knows
+nothing about running a lab.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
 
 from overnight.errors import RepoError, UserError
+from overnight.org.draft import Draft, duration_text, survey
 from overnight.org.load import CONFIG_FILE
-
-_EVALUATOR_NAMES = ("prepare.py", "evaluate.py", "eval.py", "evaluation.py", "metric.py")
-_METRIC_LINE = re.compile(r"""print\(\s*f?["']([A-Za-z_][A-Za-z0-9_]*):""")
 
 
 def examples_dir() -> Path:
@@ -63,8 +62,23 @@ def copy_example(name: str, dest: Path) -> Path:
     return dest
 
 
-def init(root: Path, *, force: bool = False) -> list[Path]:
-    """Draft overnight.toml and program.md in an existing git repository."""
+@dataclass(frozen=True)
+class Initialized:
+    """What `overnight init` did: the files it wrote or kept, and what it found."""
+
+    config: Path
+    program: Path
+    program_kept: bool
+    draft: Draft
+
+
+def init(root: Path, *, force: bool = False) -> Initialized:
+    """Draft overnight.toml (and program.md, when there is none) in an existing git repository.
+
+    Never overwrites the agents' instructions: a `program.md` already there (every
+    autoresearch fork has one) is kept as it is. An existing overnight.toml is redrafted
+    only with `force`.
+    """
     root = root.resolve()
     if not (root / ".git").exists():
         raise RepoError(
@@ -72,49 +86,131 @@ def init(root: Path, *, force: bool = False) -> list[Path]:
             "  fix: run `git init` there first (overnight keeps every attempt as a commit), "
             "or point `overnight init` at the repository's top folder."
         )
-    targets = [root / CONFIG_FILE, root / "program.md"]
-    existing = [p for p in targets if p.exists()]
-    if existing and not force:
-        them = "it" if len(existing) == 1 else "them"
+    config, program = root / CONFIG_FILE, root / "program.md"
+    if config.exists() and not force:
         raise UserError(
-            f"{' and '.join(str(p) for p in existing)} already "
-            f"{'exists' if len(existing) == 1 else 'exist'}.\n"
-            f"  fix: edit {them}, or pass --force to overwrite {them}."
+            f"{config} already exists.\n"
+            "  fix: edit it, or pass --force to draft it again over it (program.md is never "
+            "overwritten)."
         )
-    values = _guess(root)
-    for target in targets:
-        template = (resources.files("overnight") / "org" / "templates" / target.name).read_text()
-        target.write_text(Template(template).safe_substitute(values), encoding="utf-8")
-    return targets
+    draft = survey(root)
+    kept = program.exists()
+    values = _values(draft, kept)
+    config.write_text(_fill("overnight.toml", values), encoding="utf-8")
+    if not kept:
+        program.write_text(_fill("program.md", values), encoding="utf-8")
+    return Initialized(config, program, kept, draft)
 
 
-def _guess(root: Path) -> dict[str, str]:
-    py = sorted(p.relative_to(root).as_posix() for p in root.glob("*.py"))
-    protected = [p for p in py if p in _EVALUATOR_NAMES]
-    editable = [p for p in py if p not in protected]
-    preferred = [p for p in editable if p in ("train.py", "main.py", "model.py")]
-    editable = preferred[:1] or editable[:1] or ["train.py"]
-    run = f"python {editable[0]}" if editable[0].endswith(".py") else "./run.sh"
-    metric = "score"
-    for path in [*editable, *protected]:
-        match = _METRIC_LINE.findall((root / path).read_text(encoding="utf-8", errors="replace"))
-        for name in match:
-            if any(word in name for word in ("loss", "bpb", "acc", "score", "error", "val")):
-                metric = name
-                break
-    goal = "maximize" if any(w in metric for w in ("acc", "score", "reward", "f1")) else "minimize"
-    return {
-        "name": re.sub(r"[^A-Za-z0-9_.-]", "-", root.name).strip("-.") or "lab",
-        "editable": _quoted(editable),
-        "protected": _quoted(protected),
-        "first_editable": editable[0],
-        "run": run,
-        "metric": metric,
-        "goal": goal,
-        "goal_word": "low" if goal == "minimize" else "high",
-        "editable_list": _bullets(editable),
-        "protected_list": _bullets(protected),
+def _fill(template: str, values: dict[str, str]) -> str:
+    text = (resources.files("overnight") / "org" / "templates" / template).read_text()
+    return Template(text).safe_substitute(values)
+
+
+def _values(d: Draft, program_kept: bool) -> dict[str, str]:
+    others = [n for n in d.printed if n != d.metric and n not in d.record]
+    notes = {
+        "program_note": (
+            "\n# kept as you wrote it; CLI agents read overnight's rules first (a change is "
+            "submitted with `overnight try`, which commits, runs, keeps or resets it)"
+            if program_kept
+            else ""
+        ),
+        "run_note": (
+            f"\n# uv: the repository has {d.uv}"
+            + (
+                "; uv is not on PATH here: install it before `overnight run`"
+                if d.uv_missing
+                else ""
+            )
+            if d.uv
+            else ""
+        ),
+        "budget_note": (
+            f"\n# from {d.budget_from}; killed at budget + grace" if d.budget_from else ""
+        ),
+        "metric_note": (
+            ""
+            if d.metric_found
+            else "\n# no `name: value` line found in the code: write the name your run prints"
+        ),
+        "goal_note": d.goal_why,
+        "record_line": (
+            f"record = [{_quoted(d.record)}]" if d.record else '# record = ["peak_vram_mb"]'
+        )
+        + "   # other `name: value` lines kept with each trial (ledger, report)"
+        + (f"\n# (the code also prints: {', '.join(others)})" if others else ""),
+        "constraint_example": (
+            '"peak_vram_mb <= 70000"' if "peak_vram_mb" in d.record else '"memory_gb <= 16"'
+        ),
+        "gpu_note": (
+            "\n# autoresearch trains on a GPU: with several, set parallel to their number and "
+            "gpus_per_trial = 1"
+            if d.autoresearch
+            else ""
+        ),
+        "writable_block": (
+            f"writable = [{_quoted(d.writable)}]   # uv's cache (there once you ran `uv sync`): "
+            "the sandbox leaves only the worktree and these writable\n"
+            "# network = false              # `uv run` needs the network only for packages not "
+            "in its cache (after one `uv sync`, false works)\n"
+            if d.writable
+            else ""
+        ),
+        "knobs_block": _knobs_block(d),
     }
+    return {
+        "name": d.name,
+        "editable": _quoted(d.editable),
+        "protected": _quoted(d.protected),
+        "first_editable": d.editable[0],
+        "run": d.run,
+        "budget": duration_text(d.budget_s),
+        "grace": duration_text(d.grace_s),
+        "metric": d.metric,
+        "goal": d.goal,
+        "goal_word": "low" if d.goal == "minimize" else "high",
+        "editable_list": _bullets(d.editable),
+        "protected_list": _bullets(d.protected),
+        **notes,
+    }
+
+
+def _knobs_block(d: Draft) -> str:
+    if not d.knobs:
+        return (
+            "#\n# [[knobs]]\n"
+            '# name = "LEARNING_RATE"\n'
+            f'# file = "{d.editable[0]}"\n'
+            "# low = 1e-4\n# high = 1e-1\n# log = true\n"
+        )
+    out = [f"# Drafted from the numbers at the top of {', '.join(d.editable)}:", ""]
+    for k in d.knobs:
+        out.append(
+            f"[[knobs]]                      # {k.name} = {k.source} (line {k.line}): {k.why}"
+        )
+        out.append(f'name = "{k.name}"')
+        out.append(f'file = "{k.file}"')
+        if k.choices:
+            out.append(f"choices = [{', '.join(str(c) for c in k.choices)}]")
+        else:
+            out.append(f"low = {_toml_number(k.low)}")
+            out.append(f"high = {_toml_number(k.high)}")
+            if k.log:
+                out.append("log = true")
+            if k.int_:
+                out.append("int = true")
+        out.append("")
+    if d.skipped_knobs:
+        out.append("# not drafted: " + "; ".join(d.skipped_knobs))
+    return "\n".join(out) + "\n"
+
+
+def _toml_number(value: float | None) -> str:
+    assert value is not None
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value)) if isinstance(value, int) else f"{float(value):.1f}"
+    return repr(float(value))
 
 
 def _quoted(items: list[str]) -> str:

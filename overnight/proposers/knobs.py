@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,11 @@ def _pattern(name: str) -> re.Pattern[str]:
     value = "(?P<value>(?:" + _STRING + r"""|[^#\n"'])*?)"""
     tail = r"(?P<tail>[ \t]*(?:#.*)?)$"
     return re.compile(head + value + tail, re.MULTILINE)
+
+
+def assignment_lines(text: str, name: str) -> list[int]:
+    """The line numbers of every top-level assignment to `name` a knob could rewrite."""
+    return [text.count("\n", 0, m.start()) + 1 for m in _pattern(name).finditer(text)]
 
 
 def literal(value: Any) -> str:
@@ -81,20 +86,32 @@ def current_values(root: Path, knobs: Iterable[KnobConfig]) -> dict[str, Any]:
     return {k.name: read_value((root / k.file).read_text(encoding="utf-8"), k.name) for k in knobs}
 
 
-def validate(root: Path, knobs: Iterable[KnobConfig], config_path: Path) -> None:
-    """Every knob's file exists and holds exactly one top-level assignment of it."""
+def validate(
+    root: Path,
+    knobs: Iterable[KnobConfig],
+    config_path: Path,
+    read: Callable[[str], str | None] | None = None,
+) -> None:
+    """Every knob's file exists and holds exactly one top-level assignment of it; files
+    are read under `root`, or by `read` (a commit's, where a run starts elsewhere)."""
     for i, knob in enumerate(knobs):
         path = root / knob.file
         field = f"knobs[{i}]"
-        if not path.is_file():
+        text = (
+            read(knob.file)
+            if read
+            else path.read_text(encoding="utf-8")
+            if path.is_file()
+            else None
+        )
+        if text is None:
             raise ConfigError(
                 config_path,
                 f"knob {knob.name!r}: file {knob.file!r} does not exist",
                 field=f"{field}.file",
                 fix="name a file of the repository, relative to overnight.toml",
             )
-        text = path.read_text(encoding="utf-8")
-        found = [text.count("\n", 0, m.start()) + 1 for m in _pattern(knob.name).finditer(text)]
+        found = assignment_lines(text, knob.name)
         if not found:
             raise ConfigError(
                 config_path,

@@ -15,6 +15,10 @@ check them against SQLite and PostgreSQL alike):
   `trial.<status>` event in the same transaction as the change.
 - **Append-only history.** Events are never updated or deleted; trial numbers
   are unique and gapless within a run.
+- **Imported history enters finished.** `import_trials` appends trials that ran
+  elsewhere (a hand-run autoresearch `results.tsv`) already in their final status,
+  numbered after the run's last, each with its `trial.<status>` event, in one
+  transaction: a history is imported whole or not at all.
 - **Ids become visible in order.** Event ids and attempt ids are committed in
   id order, so a reader that has seen id N never later sees a new id below N:
   a follower may remember the last id it read and miss nothing.
@@ -100,6 +104,13 @@ class Trial:
     """The hidden holdout's metric (a candidate that would become the lab's best)."""
     flag: str | None = None
     """Why a keep looks suspect: its metric improved and its holdout did not."""
+    recorded: Mapping[str, float] = field(default_factory=dict)
+    """Secondary `name: value` lines of the run (`[lab] record`, and `peak_vram_mb`)."""
+    memory_gb: float | None = None
+    """Peak memory: a printed `peak_vram_mb` / 1024 (autoresearch's `memory_gb`), else the
+    peak RSS of the run's process tree in GiB."""
+    peak_rss_mb: float | None = None
+    """Peak resident memory of the run's process tree as the runner measured it, in MiB."""
     # (ov_trials.tokens and .cost_usd are unused: a trial's cost is read from the gateway's
     # attempts, see overnight.lab.ledger.trial_costs)
 
@@ -209,8 +220,28 @@ TRIAL_FIELDS = frozenset(
         "duration_s",
         "holdout_metric",
         "flag",
+        "recorded",
+        "memory_gb",
+        "peak_rss_mb",
     }
 )
+
+
+@dataclass(frozen=True)
+class ImportedTrial:
+    """A trial that ran elsewhere (a hand-run autoresearch loop), as `import_trials` takes it."""
+
+    agent: str
+    status: TrialStatus
+    """Final: kept, discarded or crashed."""
+    parent_commit: str
+    candidate_commit: str
+    description: str
+    proposal: Mapping[str, Any]
+    """Where it came from, e.g. {"imported": "results.tsv", "line": 7}."""
+    metric: float | None = None
+    memory_gb: float | None = None
+    diff: str | None = None
 
 
 # The columns of one metered gateway attempt (see overnight.gateway.meter.Attempt).
@@ -305,6 +336,11 @@ class Store(abc.ABC):
         Moving to `kept` also advances the agent's ratchet to the trial's
         candidate commit and metric, in the same transaction.
         """
+
+    @abc.abstractmethod
+    def import_trials(self, run_id: str, trials: Sequence[ImportedTrial]) -> list[Trial]:
+        """Append trials that ran elsewhere, already final, numbered after the run's last,
+        each with a `trial.<status>` event whose payload says `imported`; all or nothing."""
 
     @abc.abstractmethod
     def get_trial(self, trial_id: int) -> Trial: ...

@@ -194,6 +194,16 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE ov_trials ADD COLUMN flag TEXT",
         ],
     ),
+    (
+        "0005_recorded_metrics",
+        [
+            # secondary `name: value` lines of a trial's run ([lab] record), as JSON
+            "ALTER TABLE ov_trials ADD COLUMN recorded TEXT NOT NULL DEFAULT '{}'",
+            # peak memory: autoresearch's memory_gb, and the runner's own RSS measurement
+            "ALTER TABLE ov_trials ADD COLUMN memory_gb DOUBLE PRECISION",
+            "ALTER TABLE ov_trials ADD COLUMN peak_rss_mb DOUBLE PRECISION",
+        ],
+    ),
 ]
 
 

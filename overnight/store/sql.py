@@ -27,6 +27,7 @@ from overnight.store.base import (
     AuditCheckpoint,
     AuditRecord,
     Event,
+    ImportedTrial,
     Run,
     Store,
     TransitionError,
@@ -35,7 +36,7 @@ from overnight.store.base import (
 )
 from overnight.store.migrations import migrate
 
-_JSON_FIELDS = {"proposal", "metrics"}
+_JSON_FIELDS = {"proposal", "metrics", "recorded"}
 
 # PostgreSQL advisory locks (SQLite needs none: BEGIN IMMEDIATE serializes every writer).
 _MIGRATE_LOCK = 727100
@@ -388,6 +389,73 @@ class SqlStore(Store):
                 now=now,
             )
         return trial
+
+    def import_trials(self, run_id: str, trials: Sequence[ImportedTrial]) -> list[Trial]:
+        for imported in trials:
+            if not imported.status.final or imported.status is TrialStatus.interrupted:
+                raise ValueError(
+                    f"an imported trial is kept, discarded or crashed, not {imported.status}"
+                )
+        now = time.time()
+        ids = []
+        with self.engine.begin() as conn:
+            for imported in trials:
+                number = conn.execute(
+                    text(
+                        "UPDATE ov_runs SET trial_seq = trial_seq + 1 WHERE id = :r"
+                        " RETURNING trial_seq"
+                    ),
+                    {"r": run_id},
+                ).scalar_one()
+                metric = imported.metric
+                if metric is not None and not math.isfinite(metric):
+                    metric = None
+                ids.append(
+                    conn.execute(
+                        text(
+                            "INSERT INTO ov_trials (run_id, number, agent, status, parent_commit,"
+                            " candidate_commit, description, proposal, metric, metrics, diff,"
+                            " memory_gb, created_at, updated_at, finished_at)"
+                            " VALUES (:r, :num, :a, :s, :p, :c, :d, :prop, :m, :ms, :diff, :mem,"
+                            " :t, :t, :t) RETURNING id"
+                        ),
+                        {
+                            "r": run_id,
+                            "num": number,
+                            "a": imported.agent,
+                            "s": imported.status.value,
+                            "p": imported.parent_commit,
+                            "c": imported.candidate_commit,
+                            "d": redaction.redact(imported.description),
+                            "prop": redaction.redact(_dumps(dict(imported.proposal))),
+                            "m": metric,
+                            "ms": _dumps([] if metric is None else [metric]),
+                            "diff": _redacted(imported.diff),
+                            "mem": imported.memory_gb,
+                            "t": now,
+                        },
+                    ).scalar_one()
+                )
+                # the event a live view builds the row from, as a trial that ran here has
+                self._event(
+                    conn,
+                    run_id,
+                    f"trial.{imported.status.value}",
+                    {
+                        **dict(imported.proposal),
+                        "description": imported.description,
+                        "metric": metric,
+                        "candidate_commit": imported.candidate_commit,
+                    },
+                    agent=imported.agent,
+                    trial=number,
+                    now=now,
+                )
+            rows = [
+                conn.execute(text("SELECT * FROM ov_trials WHERE id = :id"), {"id": i}).one()
+                for i in ids
+            ]
+        return [_trial(row) for row in rows]
 
     def get_trial(self, trial_id: int) -> Trial:
         with self.engine.begin() as conn:
@@ -902,4 +970,7 @@ def _trial(row: Row[Any]) -> Trial:
         duration_s=row.duration_s,
         holdout_metric=row.holdout_metric,
         flag=row.flag,
+        recorded=json.loads(row.recorded),
+        memory_gb=row.memory_gb,
+        peak_rss_mb=row.peak_rss_mb,
     )

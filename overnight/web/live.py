@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from overnight.lab.lab import BASELINE
+from overnight.lab.lab import BASELINE, IMPORTED
 from overnight.lab.ratchet import better
 from overnight.lab.trial import TrialStatus
 from overnight.org.config import Goal
@@ -428,12 +428,13 @@ class LiveRun:
         return [self.trials[n] for n in sorted(self.trials)]
 
     def best(self, goal: str) -> TrialRow | None:
-        """The lab's best kept trial (the baseline included), by the goal."""
+        """The lab's best kept trial (the baseline included; an imported history not, as in
+        `overnight status`: its figures were measured elsewhere), by the goal."""
         if not self._best_dirty:
             return self._best
         best: TrialRow | None = None
         for t in self.trials.values():
-            if t.status != TrialStatus.kept.value or t.metric is None:
+            if t.status != TrialStatus.kept.value or t.metric is None or t.agent == IMPORTED:
                 continue
             if best is None or best.metric is None or better(t.metric, best.metric, Goal(goal)):
                 best = t
