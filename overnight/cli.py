@@ -457,6 +457,50 @@ def ledger(
         )
 
 
+@app.command("import")
+def import_(
+    results: Annotated[
+        Path, typer.Argument(help="autoresearch's results.tsv (commit, metric, memory_gb, ...).")
+    ],
+    directory: Dir = Path("."),
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from", metavar="REF", help="Start from this commit or branch, not the last kept."
+        ),
+    ] = None,
+) -> None:
+    """Bring a hand-run autoresearch history into a new run's ledger; `overnight run` then
+    goes on from its last kept commit."""
+    from overnight.lab.history import import_history
+
+    keep_private()
+    done = import_history(directory, results, from_)
+    for warning in done.warnings:
+        err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
+    rows = done.rows
+    counts = {word: sum(1 for r in rows if r.status.value == status) for word, status in
+              (("keep", "kept"), ("discard", "discarded"), ("crash", "crashed"))}  # fmt: skip
+    out.print(
+        f"imported {len(rows)} trial(s) from {results} into run {done.run_id}: "
+        + ", ".join(f"{word} {n}" for word, n in counts.items()),
+        markup=False,
+    )
+    first = rows[0]
+    if first.metric is not None:
+        out.print(f"baseline (line {first.line}): {_num(first.metric)}", markup=False)
+    where = (
+        f"the last kept commit (line {done.start_row.line}: {done.start_row.description})"
+        if done.start_row
+        else f"--from {from_}"
+    )
+    out.print(f"the run starts from {done.start[:10]}, {where}", markup=False)
+    out.print(
+        "next: `overnight run` measures that commit again (its own baseline), then the "
+        "agents go on from it; they see the imported trials in the ledger"
+    )
+
+
 @app.command()
 def report(
     directory: Dir = Path("."),
