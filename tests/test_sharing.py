@@ -101,8 +101,9 @@ def test_a_trailing_optuna_agent_moves_to_the_labs_best_and_builds_on_it(tmp_pat
     adoptions = [e for e in events if e.kind == "agent.adopted"]
     assert adoptions, done.stdout
     by_number = {t.number: t for t in trials}
-    rows = [r.split("\t") for r in run_cli("ledger", str(lab), "--tsv").stdout.splitlines()[1:]]
-    parents = {int(r[4]): r[7] for r in rows}  # the ledger's parent column
+    header, *lines = run_cli("ledger", str(lab), "--tsv").stdout.splitlines()
+    rows = [dict(zip(header.split("\t"), line.split("\t"), strict=True)) for line in lines]
+    parents = {int(r["trial"]): r["parent"] for r in rows}  # the ledger's parent column
     for event in adoptions:
         p, mover = event.payload, event.agent
         best = by_number[p["to_trial"]]
