@@ -31,12 +31,19 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 ## demo: install, then run the example lab end to end, offline, on the CPU
+# The demo lab is made afresh each time, so it signs its audit chain with a key of its own
+# (beside the lab, not in it): a signed head left by the last demo would otherwise say the
+# new lab's empty chain had its records deleted.
+DEMO_AUDIT_KEY := $(abspath $(DEMO_DIR)-audit/audit.key)
+
 demo: $(VENV)/.installed $(VENDOR)/.installed
-	rm -rf $(DEMO_DIR)
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-audit
 	$(BIN)/overnight example spirals $(DEMO_DIR)
 	# the lab's `run = "python train.py"` must find the venv's python (numpy is there)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/overnight run $(DEMO_DIR) --trials $(DEMO_TRIALS)
-	$(BIN)/overnight report $(DEMO_DIR)
+	PATH="$(abspath $(BIN)):$$PATH" OVERNIGHT_AUDIT_KEY=$(DEMO_AUDIT_KEY) \
+		$(BIN)/overnight run $(DEMO_DIR) --trials $(DEMO_TRIALS)
+	OVERNIGHT_AUDIT_KEY=$(DEMO_AUDIT_KEY) $(BIN)/overnight report $(DEMO_DIR)
+	@echo "audit: OVERNIGHT_AUDIT_KEY=$(DEMO_AUDIT_KEY) $(BIN)/overnight audit verify $(DEMO_DIR)"
 
 ## system-deps: Debian packages the tests drive for real (tmux for terminal sessions,
 ## chromium for the command center's browser tests, bubblewrap for the sandbox)
