@@ -12,9 +12,8 @@ AIDER := build/aider
 AIDER_VERSION := 0.86.2
 WEB := build/web
 VENDOR := overnight/web/static/vendor
-XTERM_VERSION := 6.0.0
-XTERM_FIT_VERSION := 0.11.0
-HTMX_VERSION := 2.0.11
+# the command center's front-end files, committed in $(VENDOR) and credited in its THIRD_PARTY.toml
+WEB_PACKAGES := @xterm/xterm@6.0.0 @xterm/addon-fit@0.11.0 htmx.org@2.0.11
 
 .PHONY: demo test lint typecheck bench clean clis system-deps web-assets
 
@@ -36,7 +35,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 # new lab's empty chain had its records deleted.
 DEMO_AUDIT_KEY := $(abspath $(DEMO_DIR)-audit/audit.key)
 
-demo: $(VENV)/.installed $(VENDOR)/.installed
+demo: $(VENV)/.installed
 	rm -rf $(DEMO_DIR) $(DEMO_DIR)-audit
 	$(BIN)/overnight example spirals $(DEMO_DIR)
 	# the lab's `run = "python train.py"` must find the venv's python (numpy is there)
@@ -52,17 +51,19 @@ system-deps:
 	@test -x /usr/bin/chromium || { apt-get update -qq && apt-get install -y -qq chromium; }
 	@command -v bwrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap; }
 
-## web-assets: the command center's front-end files (xterm.js, htmx) from npm, served locally
-$(VENDOR)/.installed:
-	mkdir -p $(WEB) $(VENDOR)
-	npm install --prefix $(WEB) --no-audit --no-fund --loglevel=error \
-		@xterm/xterm@$(XTERM_VERSION) @xterm/addon-fit@$(XTERM_FIT_VERSION) htmx.org@$(HTMX_VERSION)
+## web-assets: refresh the committed front-end files (xterm.js, htmx) from npm at the pinned
+## versions, with their licenses; then the checksums in $(VENDOR)/THIRD_PARTY.toml are checked.
+## Only needed to change a version: every install serves the committed files.
+web-assets: $(VENV)/.installed-dev
+	rm -rf $(WEB) && mkdir -p $(WEB)
+	npm install --prefix $(WEB) --no-audit --no-fund --loglevel=error $(WEB_PACKAGES)
 	cp $(WEB)/node_modules/@xterm/xterm/lib/xterm.js $(WEB)/node_modules/@xterm/xterm/css/xterm.css \
 		$(WEB)/node_modules/@xterm/addon-fit/lib/addon-fit.js $(WEB)/node_modules/htmx.org/dist/htmx.min.js \
 		$(VENDOR)/
-	touch $@
-
-web-assets: $(VENDOR)/.installed
+	cp $(WEB)/node_modules/@xterm/xterm/LICENSE $(VENDOR)/LICENSE.xterm
+	cp $(WEB)/node_modules/@xterm/addon-fit/LICENSE $(VENDOR)/LICENSE.addon-fit
+	cp $(WEB)/node_modules/htmx.org/LICENSE $(VENDOR)/LICENSE.htmx
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_wheel.py -k "not wheel_from"
 
 ## clis: the real Claude Code and Codex CLIs, for end-to-end tests against our gateway
 $(CLIS)/.installed:
@@ -80,7 +81,7 @@ $(AIDER)/.installed:
 clis: $(CLIS)/.installed $(AIDER)/.installed
 
 ## test: install with dev tools, lint, type-check, and run the whole suite
-test: system-deps $(VENV)/.installed-dev $(CLIS)/.installed $(AIDER)/.installed $(VENDOR)/.installed lint typecheck
+test: system-deps $(VENV)/.installed-dev $(CLIS)/.installed $(AIDER)/.installed lint typecheck
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-dev
@@ -91,15 +92,15 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 ## bench: every benchmark, each printing its figures
-bench: system-deps $(VENV)/.installed-dev $(VENDOR)/.installed
+bench: system-deps $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/lab_overhead.py
 	$(BIN)/python benchmarks/failover.py
 	$(BIN)/python benchmarks/agents_scale.py       # needs tmux; ~3 min
 	$(BIN)/python benchmarks/gateway_overhead.py   # installs a pinned LiteLLM into build/bench on first use
-	$(BIN)/python benchmarks/ui_scale.py           # needs chromium (system-deps) and web-assets
+	$(BIN)/python benchmarks/ui_scale.py           # needs chromium (system-deps)
 	$(BIN)/python benchmarks/governance.py         # decisions, the hook's round trip, audit append/verify
 	$(BIN)/python benchmarks/sandbox.py            # what the sandbox and the watchdog cost a trial; redaction rate
 	$(BIN)/python benchmarks/peak_memory.py        # what measuring a trial's peak RSS costs, and how close it comes
 
 clean:
-	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache $(VENDOR)
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

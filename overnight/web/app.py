@@ -56,7 +56,8 @@ class Refused(Exception):
 
 
 def missing_assets() -> list[str]:
-    """Front-end files (from npm, see `make web-assets`) that are not in static/vendor."""
+    """Front-end files missing from static/vendor (committed there, credited in its
+    THIRD_PARTY.toml): only a broken install or checkout lacks them."""
     return [name for name in VENDOR_FILES if not (STATIC / "vendor" / name).is_file()]
 
 
