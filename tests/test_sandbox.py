@@ -437,3 +437,20 @@ def test_a_sandboxed_claude_code_agent_reaches_no_secret(tmp_path: Path) -> None
     tuner_key = (lab / ".overnight" / "keys" / "tuner").read_text().strip()
     assert secret not in everything and tuner_key not in everything
     assert secret not in conversation
+
+
+def test_a_lab_run_by_an_interpreter_under_tmp_still_finds_it(tmp_path: Path) -> None:
+    """The sandbox's /tmp is a private one: a venv the lab's `run` names from under the
+    machine's /tmp (as here, pytest's folders) is shown again inside it."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    lab = make_lab(tmp_path / "lab", config=BUDGET_CONFIG.format(python=python, lab_extra=""))
+    (lab / "exp.py").write_text("X = 0.5\nprint('score: 1')\n")
+    subprocess.run(["git", "commit", "-qam", "quick"], cwd=lab, check=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})  # fmt: skip
+    done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the baseline measured (not `command not found`, 127), and the trial after it too
+    assert [t.status.value in ("kept", "discarded") for t in _trials(lab)] == [True, True]

@@ -222,10 +222,25 @@ class Lab:
             cwd=worktree,
             writable=(worktree, *(Path(p).expanduser() for p in lab.writable)),
             hidden=self.hidden_paths(),
-            visible=(self.org.root, Path(sys.prefix)),
+            visible=(self.org.root, Path(sys.prefix), *self._command_homes()),
             network=lab.network,
         )
         return walls.argv()
+
+    def _command_homes(self) -> list[Path]:
+        """Where the lab's commands' programs live (a venv's folder for `venv/bin/python`),
+        shown again in the sandbox should they be under the /tmp it replaces."""
+        lab, homes = self.config.lab, []
+        for command in (lab.run, lab.evaluate, lab.holdout):
+            try:
+                words = shlex.split(command or "")
+            except ValueError:
+                continue
+            found = shutil.which(words[0]) if words else None
+            if found:
+                program = Path(found).absolute().parent
+                homes.append(program.parent if program.name == "bin" else program)
+        return homes
 
     # -- start / resume -----------------------------------------------------
 
