@@ -164,7 +164,9 @@ class Relay:
                 failure = str(exc)
             except UpstreamStreamError as exc:
                 failure = f"upstream error in stream: {exc}"
-            if failure is None and (watch.done or (translation is not None and translation.ended)):
+            if failure is None and (
+                watch.done or (translation is not None and translation.ended())
+            ):
                 # `out` goes with the end of the stream, in one write. A translated
                 # stream ends when the client's last event is out, not at the upstream's
                 # end marker: a client that hangs up on that event has its whole answer.
@@ -217,7 +219,7 @@ class _Translation:
     chunks (none to do when the upstream speaks Chat), those to the client's events
     (none when the client does), encoded as server-sent events."""
 
-    __slots__ = ("_encode", "_facts", "_from_chat", "_to_chat")
+    __slots__ = ("_encode", "_facts", "_from_chat", "_last", "_to_chat")
 
     def __init__(self, call: Call, wire: WireProtocol, model: str, facts: StreamFacts) -> None:
         client = call.protocol
@@ -225,14 +227,15 @@ class _Translation:
             model, client.wants_usage_chunk(call.body)
         )
         self._from_chat: FromChat | None = client.stream_from_chat(model, call.body)
+        last = self._from_chat or self._to_chat
+        assert last is not None, "a stream between two protocols with nothing to translate"
+        self._last: ToChat | FromChat = last
         self._encode = client.encode_events
         self._facts = facts
 
-    @property
     def ended(self) -> bool:
         """The client's stream has its last event: nothing the upstream sends later counts."""
-        last = self._from_chat or self._to_chat
-        return last is not None and last.ended
+        return self._last.ended
 
     def feed(self, name: str | None, obj: Json) -> list[bytes]:
         to_chat, from_chat = self._to_chat, self._from_chat

@@ -49,8 +49,8 @@ _VERSION = "2023-06-01"
 """The `anthropic-version` an upstream gets when the client named none."""
 
 
-def tokens_from_anthropic(u: Json) -> Tokens:
-    return tokens_of(usage_from_anthropic(u))
+def tokens_from_anthropic(usage: Json) -> Tokens:
+    return tokens_of(usage_from_anthropic(usage))
 
 
 class AnthropicWatch(StreamWatch):
@@ -106,29 +106,22 @@ class AnthropicMessages(WireProtocol):
         if client.vendor == self.vendor and "anthropic-beta" in request:
             headers["anthropic-beta"] = request["anthropic-beta"]
 
-    def tokens(self, usage: Json) -> Tokens:
-        return tokens_from_anthropic(usage)
+    tokens = staticmethod(tokens_from_anthropic)
 
     def watch(self, drop_usage_chunk: bool = False) -> StreamWatch:
         return AnthropicWatch(self, drop_usage_chunk)
 
-    def strip_vendor_state(self, body: Json) -> Json:
-        return strip_anthropic(body)
+    strip_vendor_state = staticmethod(strip_anthropic)
 
     def encode_events(self, items: list[Any], facts: StreamFacts) -> list[bytes]:
         return [sse(data, name) for name, data in items]
 
-    def request_to_chat(self, body: Json, model: str) -> Json:
-        return anthropic_to_openai_request(body, model)
+    request_to_chat = staticmethod(anthropic_to_openai_request)
+    request_from_chat = staticmethod(openai_to_anthropic_request)
+    answer_to_chat = staticmethod(anthropic_to_openai_response)
 
-    def request_from_chat(self, chat: Json, model: str) -> Json:
-        return openai_to_anthropic_request(chat, model)
-
-    def answer_to_chat(self, answer: Json, model: str) -> Json:
-        return anthropic_to_openai_response(answer, model)
-
-    def answer_from_chat(self, chat: Json, model: str, request: Json) -> Json:
-        return openai_to_anthropic_response(chat, model)
+    def answer_from_chat(self, resp: Json, model: str, request: Json) -> Json:
+        return openai_to_anthropic_response(resp, model)
 
     def stream_to_chat(self, model: str, include_usage: bool) -> AnthropicStreamToOpenAI:
         return AnthropicStreamToOpenAI(model, include_usage)

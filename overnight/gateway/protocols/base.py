@@ -268,17 +268,24 @@ class WireProtocol:
 
     # --- through Chat Completions --------------------------------------------------------
 
+    # Built-ins assign their converters as static methods (a call less per request),
+    # so these keep the converters' parameter names.
+
     def request_to_chat(self, body: Json, model: str) -> Json:
+        """A request in this protocol as a Chat Completions request for `model`."""
         raise NotImplementedError
 
-    def request_from_chat(self, chat: Json, model: str) -> Json:
+    def request_from_chat(self, body: Json, model: str) -> Json:
+        """A Chat Completions request as one in this protocol for `model`."""
         raise NotImplementedError
 
-    def answer_to_chat(self, answer: Json, model: str) -> Json:
+    def answer_to_chat(self, resp: Json, model: str) -> Json:
+        """An answer in this protocol as a chat.completion."""
         raise NotImplementedError
 
-    def answer_from_chat(self, chat: Json, model: str, request: Json) -> Json:
-        """`request`: the client's, for what the answer must echo (its tools)."""
+    def answer_from_chat(self, resp: Json, model: str, request: Json) -> Json:
+        """A chat.completion as an answer in this protocol; `request`: the client's,
+        for what the answer must echo (its tools)."""
         raise NotImplementedError
 
     def stream_to_chat(self, model: str, include_usage: bool) -> ToChat | None:

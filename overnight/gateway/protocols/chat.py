@@ -27,8 +27,8 @@ from overnight.gateway.translate.usage import usage_from_openai
 from overnight.gateway.translate.vendor_state import strip_chat
 
 
-def tokens_from_chat(u: Json) -> Tokens:
-    return tokens_of(usage_from_openai(u))
+def tokens_from_chat(usage: Json) -> Tokens:
+    return tokens_of(usage_from_openai(usage))
 
 
 class ChatWatch(StreamWatch):
@@ -75,11 +75,6 @@ class ChatWatch(StreamWatch):
         return self.done or (self.finished and bool(self.usage))
 
 
-def _include_usage(request: Json) -> bool:
-    options = request.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
-
-
 class ChatCompletions(OpenAIProtocol):
     name = "chat"
     path = "/v1/chat/completions"
@@ -90,20 +85,20 @@ class ChatCompletions(OpenAIProtocol):
         # No [DONE] after it: the stream did not complete.
         return sse(self.error_object(kind, message))
 
-    def tokens(self, usage: Json) -> Tokens:
-        return tokens_from_chat(usage)
+    tokens = staticmethod(tokens_from_chat)
 
     def watch(self, drop_usage_chunk: bool = False) -> StreamWatch:
         return ChatWatch(self, drop_usage_chunk)
 
-    def strip_vendor_state(self, body: Json) -> Json:
-        return strip_chat(body)
+    strip_vendor_state = staticmethod(strip_chat)
 
     def injects_usage(self, request: Json) -> bool:
-        return not _include_usage(request)
+        options = request.get("stream_options")
+        return not (isinstance(options, dict) and options.get("include_usage") is True)
 
     def wants_usage_chunk(self, request: Json) -> bool:
-        return _include_usage(request)
+        options = request.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
 
     def encode_events(self, items: list[Any], facts: StreamFacts) -> list[bytes]:
         return [b"data: %b\n\n" % dumps(chunk) for chunk in items]  # sse(), inlined
@@ -111,14 +106,14 @@ class ChatCompletions(OpenAIProtocol):
     def request_to_chat(self, body: Json, model: str) -> Json:
         return body
 
-    def request_from_chat(self, chat: Json, model: str) -> Json:
-        return chat
+    def request_from_chat(self, body: Json, model: str) -> Json:
+        return body
 
-    def answer_to_chat(self, answer: Json, model: str) -> Json:
-        return answer
+    def answer_to_chat(self, resp: Json, model: str) -> Json:
+        return resp
 
-    def answer_from_chat(self, chat: Json, model: str, request: Json) -> Json:
-        return chat
+    def answer_from_chat(self, resp: Json, model: str, request: Json) -> Json:
+        return resp
 
     def stream_to_chat(self, model: str, include_usage: bool) -> None:
         return None

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     from overnight.gateway.config import UpstreamConfig
 
 
-def tokens_from_responses(u: Json) -> Tokens:
-    return tokens_of(usage_from_responses(u))
+def tokens_from_responses(usage: Json) -> Tokens:
+    return tokens_of(usage_from_responses(usage))
 
 
 class ResponsesWatch(StreamWatch):
@@ -108,14 +108,12 @@ class Responses(OpenAIProtocol):
             "response.failed",
         )
 
-    def tokens(self, usage: Json) -> Tokens:
-        return tokens_from_responses(usage)
+    tokens = staticmethod(tokens_from_responses)
 
     def watch(self, drop_usage_chunk: bool = False) -> StreamWatch:
         return ResponsesWatch(self, drop_usage_chunk)
 
-    def strip_vendor_state(self, body: Json) -> Json:
-        return strip_responses(body)
+    strip_vendor_state = staticmethod(strip_responses)
 
     def encode_events(self, items: list[Any], facts: StreamFacts) -> list[bytes]:
         out = []
@@ -129,13 +127,12 @@ class Responses(OpenAIProtocol):
             out.append(sse(data, name))
         return out
 
-    def request_to_chat(self, body: Json, model: str) -> Json:
-        return responses_to_chat_request(body, model)
+    request_to_chat = staticmethod(responses_to_chat_request)
 
-    def answer_from_chat(self, chat: Json, model: str, request: Json) -> Json:
+    def answer_from_chat(self, resp: Json, model: str, request: Json) -> Json:
         # The client's tool declarations: a call of a namespaced or freeform tool goes
         # back in the shape the client declared the tool in.
-        return chat_to_responses_response(chat, model, responses_tools(request))
+        return chat_to_responses_response(resp, model, responses_tools(request))
 
     def stream_from_chat(self, model: str, request: Json) -> ChatStreamToResponses:
         return ChatStreamToResponses(model, responses_tools(request))
