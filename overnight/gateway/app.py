@@ -264,7 +264,7 @@ class Gateway:
             return
         stream = body.get("stream") is True
         trial = headers.get("x-overnight-trial") or None
-        operation = "chat"
+        operation = "chat"  # gen_ai.operation.name: what every call is, whatever its protocol
         call = Call(
             request_id=f"{_random_bits(64):016x}",
             protocol=protocol,

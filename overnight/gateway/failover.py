@@ -187,8 +187,8 @@ class Failover:
             else attempt_span(
                 self._tracer,
                 call.span,
-                "chat",
-                cand.upstream.protocol,
+                "chat",  # gen_ai.operation.name
+                cand.upstream.protocol,  # gen_ai.provider.name: the upstream's kind
                 cand.model,
                 cand.upstream.name,
             )

@@ -10,7 +10,7 @@ Knows nothing about routing, budgets or the other protocols.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overnight.gateway.codec import sse
 from overnight.gateway.protocols.base import (
@@ -22,7 +22,6 @@ from overnight.gateway.protocols.base import (
     WireProtocol,
     tokens_of,
 )
-from overnight.gateway.protocols.registry import Register
 from overnight.gateway.translate.anthropic import (
     AnthropicStreamToOpenAI,
     OpenAIStreamToAnthropic,
@@ -47,6 +46,9 @@ _ERROR_TYPES: dict[ErrorKind, str] = {
 }
 _VERSION = "2023-06-01"
 """The `anthropic-version` an upstream gets when the client named none."""
+
+if TYPE_CHECKING:
+    from overnight.gateway.protocols.registry import Register
 
 
 def tokens_from_anthropic(usage: Json) -> Tokens:

@@ -10,7 +10,7 @@ none at all. Knows nothing about routing, budgets or the other protocols.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overnight.gateway.codec import Event, dumps, sse
 from overnight.gateway.protocols.base import (
@@ -22,9 +22,11 @@ from overnight.gateway.protocols.base import (
     tokens_of,
 )
 from overnight.gateway.protocols.openai import OpenAIProtocol
-from overnight.gateway.protocols.registry import Register
 from overnight.gateway.translate.usage import usage_from_openai
 from overnight.gateway.translate.vendor_state import strip_chat
+
+if TYPE_CHECKING:
+    from overnight.gateway.protocols.registry import Register
 
 
 def tokens_from_chat(usage: Json) -> Tokens:

@@ -2,7 +2,7 @@
 
 Owns the registry: `register()` adds a protocol, and the built-ins register the
 way a plugin would, from their module's `register_protocols(register)` hook, run
-when the registry is first read; `get()` finds a protocol by name, `for_path()`
+when this module is imported; `get()` finds a protocol by name, `for_path()`
 by its endpoint, `for_upstream()` lists those an upstream speaks, and which one a
 request to no protocol's endpoint hears its error in. Knows no protocol itself.
 """
@@ -28,7 +28,6 @@ BUILTINS = (
 """Modules whose `register_protocols(register)` hook adds the built-in protocols."""
 
 _protocols: dict[str, WireProtocol] = {}
-_loaded = False
 
 
 def register(protocol: WireProtocol) -> None:
@@ -39,22 +38,13 @@ def register(protocol: WireProtocol) -> None:
     _protocols[protocol.name] = protocol
 
 
-def _registered() -> dict[str, WireProtocol]:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTINS:
-            importlib.import_module(module).register_protocols(register)
-    return _protocols
-
-
 def protocols() -> list[WireProtocol]:
     """Every protocol, in the order they were registered."""
-    return list(_registered().values())
+    return list(_protocols.values())
 
 
 def get(name: str) -> WireProtocol:
-    found = _registered().get(name)
+    found = _protocols.get(name)
     if found is None:
         known = ", ".join(_protocols)
         raise ValueError(f"unknown wire protocol {name!r}: expected one of {known}")
@@ -91,3 +81,11 @@ def by_key_header(headers: dict[str, str]) -> WireProtocol:
     (`x-api-key`: Anthropic), else the hub: how a request to an endpoint every
     protocol shares (`/v1/models`) hears its error."""
     return next((p for p in protocols() if p.key_header in headers), None) or hub()
+
+
+def _register_builtins() -> None:
+    for module in BUILTINS:
+        importlib.import_module(module).register_protocols(register)
+
+
+_register_builtins()

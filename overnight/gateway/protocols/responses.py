@@ -26,7 +26,6 @@ from overnight.gateway.protocols.base import (
     tokens_of,
 )
 from overnight.gateway.protocols.openai import ERRORS, OpenAIProtocol
-from overnight.gateway.protocols.registry import Register
 from overnight.gateway.translate.responses import (
     ChatStreamToResponses,
     chat_to_responses_response,
@@ -38,6 +37,7 @@ from overnight.gateway.translate.vendor_state import strip_responses
 
 if TYPE_CHECKING:
     from overnight.gateway.config import UpstreamConfig
+    from overnight.gateway.protocols.registry import Register
 
 
 def tokens_from_responses(usage: Json) -> Tokens:
