@@ -22,6 +22,7 @@ import openai
 import pytest
 
 from overnight.errors import ConfigError
+from overnight.gateway import protocols
 from overnight.testing import FakeProvider, Reply, ToolCall, Usage, load_script
 
 TEXT = "the quick brown fox jumps over the lazy dog"
@@ -263,6 +264,13 @@ def test_models_lists(
 ) -> None:
     assert [m.id for m in claude[1].models.list()] == ["claude-fake-1"]
     assert [m.id for m in gpt[1].models.list()] == ["gpt-fake-1"]
+
+
+def test_the_fake_serves_every_protocol_the_gateway_speaks() -> None:
+    for protocol in protocols.protocols():
+        with FakeProvider(protocol=protocol.vendor) as fp:
+            answer = httpx.post(fp.url + protocol.path, json={"model": "m"}, timeout=5)
+        assert answer.status_code == 200, protocol
 
 
 def test_an_empty_queue_answers_ok(claude: tuple[FakeProvider, anthropic.Anthropic]) -> None:

@@ -1,7 +1,7 @@
 """Failover across vendors: a client keeps speaking its protocol while another vendor answers.
 
 Official SDKs -> gateway -> fake providers of the other protocol, through
-`translate.py`; streaming and not, tools included, with usage metered from
+`translate/`; streaming and not, tools included, with usage metered from
 the upstream's own report.
 """
 

@@ -10,7 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from overnight.errors import ConfigError
+from overnight.gateway import protocols
 from overnight.gateway.breaker import Breaker, BreakerState
+from overnight.gateway.codec import SSEReader
 from overnight.gateway.config import (
     BudgetsConfig,
     GatewayConfig,
@@ -22,7 +24,7 @@ from overnight.gateway.config import (
 from overnight.gateway.keys import KeyRing, key_hash
 from overnight.gateway.meter import BudgetExhausted, Budgets
 from overnight.gateway.prices import PriceTable
-from overnight.gateway.protocols import SSEReader, StreamWatch, tokens_from_chat
+from overnight.gateway.protocols.chat import tokens_from_chat
 from tests.test_gateway_support import Clock
 
 BASE = {
@@ -206,7 +208,7 @@ def test_chat_usage_and_completion_without_done() -> None:
     tokens = tokens_from_chat(usage)
     assert (tokens.input, tokens.cache_read, tokens.cache_write) == (30, 60, 10)
     assert (tokens.output, tokens.reasoning, tokens.total_input) == (20, 5, 100)
-    watch = StreamWatch("chat", drop_usage_chunk=True)
+    watch = protocols.get("chat").watch(drop_usage_chunk=True)
     reader = SSEReader()
     chunks = (
         b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}\n\n'

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from overnight.gateway.breaker import Breaker, BreakerState
 from overnight.gateway.config import CredentialConfig, GatewayConfig, Secret, UpstreamConfig
+from overnight.gateway.protocols import for_upstream
 
 Events = Callable[[str, dict[str, Any]], None]
 
@@ -51,9 +52,7 @@ class Credential:
         self.last_error: str | None = None
         self._file_mtime = self._mtime()
         self._checked_at = 0.0
-        auth = (config.auth if config else None) or (
-            "x-api-key" if upstream.protocol == "anthropic" else "bearer"
-        )
+        auth = (config.auth if config else None) or for_upstream(upstream)[0].upstream_auth
         self._auth_headers: dict[str, str] = {}
         if secret is not None:
             self._set_secret(secret, auth)

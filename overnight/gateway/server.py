@@ -34,7 +34,8 @@ from urllib.parse import unquote
 
 import httptools
 
-from overnight.gateway.app import Gateway, Message
+from overnight.gateway.app import Gateway
+from overnight.gateway.asgi import Message
 from overnight.gateway.config import GatewayConfig, Secret
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import Budgets, MeterSink

@@ -53,6 +53,14 @@ class UpstreamError(Exception):
     """The connection failed: refused, reset, closed early, or not HTTP."""
 
 
+def describe(exc: BaseException) -> str:
+    """What failed in a request to an upstream, for an attempt's error."""
+    if isinstance(exc, UpstreamError):
+        return str(exc)  # says what failed in its own words
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
 @dataclass(frozen=True)
 class Origin:
     """Where requests for one upstream go, and how: TLS settings, proxy."""

@@ -2,8 +2,9 @@
 
 Owns the fake LLM provider (scripted replies, injected faults, Anthropic and
 OpenAI wire formats over HTTP on 127.0.0.1) used by the gateway's tests and
-benchmarks and by users rehearsing an outage. Knows nothing about the gateway,
-the store or the lab: it is a stand-in for someone else's server.
+benchmarks and by users rehearsing an outage. Knows the gateway only by its wire
+protocol objects (which endpoints there are), nothing about the store or the lab:
+it is a stand-in for someone else's server.
 """
 
 from overnight.testing.fake_provider import FakeProvider, Fault, serve

@@ -6,7 +6,8 @@ the fault queue (status codes, delays, resets, stalls, cuts, malformed chunks,
 in-stream errors, an expired credential), the record of received requests, the
 admin endpoints that drive all of that from another process, and `serve()` for
 the `overnight fake-provider` command. Knows nothing about the gateway or any
-other client: wire formats live in `wire.py`, sockets in `server.py`.
+other client: wire formats live in `wire.py` (named by the gateway's protocol
+objects, rendered by the fake itself), sockets in `server.py`.
 
     with FakeProvider(protocol="anthropic") as fp:
         fp.enqueue(Reply(tool_calls=[ToolCall(name="Bash", arguments={"command": "ls"})]))
@@ -196,8 +197,7 @@ class FakeProvider:
         self.mode = mode
         self._vendor: Vendor = VENDORS[protocol]
         self._api_keys = None if api_keys is None else frozenset(api_keys)
-        default_model = "claude-fake-1" if protocol == "anthropic" else "gpt-fake-1"
-        self._models = list(models) if models is not None else [default_model]
+        self._models = list(models) if models is not None else [self._vendor.default_model]
         self._state = _State()
         if mode == "queue":
             self._state.replies.extend(script)
@@ -559,10 +559,7 @@ def serve(
             f"cannot listen on 127.0.0.1:{port} ({exc.strerror}); pick another --port, or 0 for any"
         ) from None
     url = fp.url
-    if protocol == "anthropic":
-        client = f"ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=anything"
-    else:
-        client = f"OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=anything"
+    client = VENDORS[protocol].client_env(url)
     trust = (
         f"  tls:     clients must trust the CA that signed {tls_cert} (SSL_CERT_FILE, or an\n"
         f"           upstream's ca_file in [gateway.upstreams]); curl: --cacert CA_FILE\n"

@@ -8,7 +8,10 @@ tool results. Field names and event order follow the official SDKs' types
 
 Knows nothing about sockets, faults or which reply comes next: the fake
 provider picks a `Reply`, `make_turn` makes it concrete for one request, and a
-`Dialect` renders it.
+`Dialect` renders it. Each dialect is one of the gateway's wire protocol objects
+(`overnight.gateway.protocols`), which name its endpoint and vendor, so the fake
+serves what the gateway speaks; everything it sends it renders itself, so the
+gateway is tested against a reading of the formats that is not its own.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Any, ClassVar
 
 import orjson
 
+from overnight.gateway import protocols
+from overnight.gateway.protocols import WireProtocol
 from overnight.testing.replies import Reply, StopReason, estimate_tokens, output_text
 
 # Ids need to be unique, not secret: no system call (os.urandom) per id.
@@ -157,9 +162,13 @@ def json_pieces(text: str, parts: int = 3) -> list[str]:
 
 
 class Dialect:
-    """One API (endpoint path + JSON shapes) of one vendor."""
+    """One API of one vendor: the JSON shapes of the wire protocol it renders."""
 
-    path: ClassVar[str]
+    protocol: ClassVar[WireProtocol]
+
+    @property
+    def path(self) -> str:
+        return self.protocol.path
 
     def new_message_id(self) -> str:
         raise NotImplementedError
@@ -189,7 +198,7 @@ class Dialect:
 
 
 class AnthropicMessages(Dialect):
-    path = "/v1/messages"
+    protocol = protocols.get("anthropic")
 
     def new_message_id(self) -> str:
         return new_id("msg_")
@@ -311,7 +320,7 @@ _FINISH_REASONS: dict[StopReason, str] = {
 
 
 class OpenAIChat(Dialect):
-    path = "/v1/chat/completions"
+    protocol = protocols.get("chat")
 
     def new_message_id(self) -> str:
         return new_id("chatcmpl-")
@@ -432,7 +441,7 @@ class OpenAIChat(Dialect):
 
 
 class OpenAIResponses(Dialect):
-    path = "/v1/responses"
+    protocol = protocols.get("responses")
 
     def new_message_id(self) -> str:
         return new_id("resp_")
@@ -582,6 +591,10 @@ class OpenAIResponses(Dialect):
         )
 
 
+DIALECTS: tuple[Dialect, ...] = (AnthropicMessages(), OpenAIChat(), OpenAIResponses())
+"""One for each protocol of the gateway's registry."""
+
+
 # --- vendors ---------------------------------------------------------------------------
 
 
@@ -589,8 +602,16 @@ class Vendor:
     """A provider: its APIs, credentials, error bodies and model list."""
 
     name: ClassVar[str]
-    dialects: ClassVar[tuple[Dialect, ...]]
     request_id_header: ClassVar[str]
+    default_model: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.dialects = tuple(d for d in DIALECTS if d.protocol.vendor == self.name)
+        """The APIs of the gateway's protocols this vendor's upstreams speak."""
+
+    def client_env(self, url: str) -> str:
+        """How a client of this vendor's SDK is pointed at a server at `url`."""
+        raise NotImplementedError
 
     def dialect_for(self, path: str) -> Dialect | None:
         return next((d for d in self.dialects if d.path == path), None)
@@ -632,8 +653,11 @@ _ANTHROPIC_ERRORS = {
 
 class Anthropic(Vendor):
     name = "anthropic"
-    dialects = (AnthropicMessages(),)
     request_id_header = "request-id"
+    default_model = "claude-fake-1"
+
+    def client_env(self, url: str) -> str:
+        return f"ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY=anything"
 
     def api_key(self, headers: Mapping[str, str]) -> str | None:
         # The SDK sends x-api-key; OAuth clients (Claude Code logged in) send a bearer token.
@@ -700,8 +724,11 @@ _OPENAI_ERRORS: dict[int, tuple[str, str | None, str]] = {
 
 class OpenAI(Vendor):
     name = "openai"
-    dialects = (OpenAIChat(), OpenAIResponses())
     request_id_header = "x-request-id"
+    default_model = "gpt-fake-1"
+
+    def client_env(self, url: str) -> str:
+        return f"OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=anything"
 
     def error(self, status: int, message: str | None = None) -> dict[str, Any]:
         default = _OPENAI_ERRORS[500] if status >= 500 else _OPENAI_ERRORS[400]
