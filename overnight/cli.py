@@ -26,7 +26,7 @@ from rich.text import Text
 from overnight import __version__
 from overnight.errors import BaselineFailed, UserError
 from overnight.lab.privacy import keep_private
-from overnight.lab.trial import IN_FLIGHT
+from overnight.records import IN_FLIGHT
 from overnight.units import parse_duration
 
 app = typer.Typer(
@@ -949,7 +949,7 @@ class _Progress:
         return Live(get_renderable=self.render, console=out, refresh_per_second=4, transient=True)
 
     def finished(self, trial: Any) -> None:
-        from overnight.lab.lab import BASELINE
+        from overnight.records import BASELINE
 
         with self._lock:
             if trial.agent != BASELINE:

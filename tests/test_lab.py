@@ -11,9 +11,9 @@ import optuna
 
 from overnight.lab.git import Git
 from overnight.lab.lab import Lab
-from overnight.lab.trial import TrialStatus as S
 from overnight.proposers import Proposal
 from overnight.proposers.optuna import study_name
+from overnight.records import TrialStatus as S
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from tests.conftest import TOY_SCRIPT, git, make_lab, run_cli

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overnight.store import Store, Trial
+from overnight.records import Trial
+from overnight.store import Store
 
 PROBE_EVERY_S = 1.0
 PAUSE_FILE = "paused"

@@ -28,11 +28,10 @@ from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
 from overnight.lab.runner import kill_marked
 from overnight.lab.sharing import Sharing
 from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
-from overnight.lab.trial import TrialStatus
 from overnight.proposers import Proposal, Proposer, ProposerSetup, ProposerUnavailable, create
+from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.sessions import default_backend
 from overnight.sessions.base import Session
-from overnight.store import AgentRecord, Trial
 
 
 @dataclass(frozen=True)

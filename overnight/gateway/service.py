@@ -32,8 +32,8 @@ from overnight.gateway.config import BudgetsConfig, GatewayConfig, LimitConfig
 from overnight.gateway.keys import KeyRing, key_hash
 from overnight.gateway.meter import Attempt, Budgets
 from overnight.gateway.server import RunningGateway, running_gateway
+from overnight.records import ATTEMPT_FIELDS
 from overnight.store import SqlStore, Store, open_store
-from overnight.store.base import ATTEMPT_FIELDS
 
 KEYS_DIR = Path(".overnight") / "keys"
 _STOP = object()

@@ -30,7 +30,8 @@ from typing import Any
 
 from overnight.errors import UserError
 from overnight.governance.audit import Auditor
-from overnight.store import Approval, Store
+from overnight.records import Approval
+from overnight.store import Store
 from overnight.units import parse_duration
 
 log = logging.getLogger("overnight.approvals")

@@ -34,7 +34,8 @@ from overnight.governance.audit import Auditor, Entry, correlation_id
 from overnight.governance.decision import Decision, Effect, strictest
 from overnight.governance.policy import Policy
 from overnight.lab.lab import Lab
-from overnight.store import Store, Trial
+from overnight.records import Trial
+from overnight.store import Store
 
 log = logging.getLogger("overnight.governance")
 _tracer = trace.get_tracer("overnight.governance")

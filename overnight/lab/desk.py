@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from overnight.errors import UserError
 from overnight.lab import notebook
 from overnight.lab.sharing import Sharing
-from overnight.store import Trial
+from overnight.records import Trial
 
 if TYPE_CHECKING:
     from overnight.lab.lab import Lab

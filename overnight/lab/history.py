@@ -20,9 +20,8 @@ from pathlib import Path
 
 from overnight.errors import UserError
 from overnight.lab.git import Git
-from overnight.lab.lab import IMPORTED, Lab
-from overnight.lab.trial import TrialStatus
-from overnight.store import ImportedTrial
+from overnight.lab.lab import Lab
+from overnight.records import IMPORTED, ImportedTrial, TrialStatus
 
 _STATUS = {"keep": TrialStatus.kept, "discard": TrialStatus.discarded, "crash": TrialStatus.crashed}
 _HASH = re.compile(r"^[0-9a-fA-F]{4,64}$")

@@ -45,14 +45,12 @@ from overnight.lab.ratchet import (
     step,
 )
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
-from overnight.lab.trial import BASELINE as BASELINE  # re-exported: the lab names its baseline
-from overnight.lab.trial import IMPORTED as IMPORTED  # and the history it was started with
-from overnight.lab.trial import IN_FLIGHT, TrialStatus
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.org.config import MEMORY, VRAM, LabConfig, OnDivergence
 from overnight.org.load import line_of
 from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available, knobs
-from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_url
+from overnight.records import BASELINE, IMPORTED, IN_FLIGHT, AgentRecord, Run, Trial, TrialStatus
+from overnight.store import Store, open_store, store_url
 
 STATE_DIR = ".overnight"
 LOCK_WAIT = 2.0

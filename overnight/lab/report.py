@@ -11,9 +11,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from overnight.lab.lab import BASELINE
 from overnight.lab.ledger import LabView, best_so_far, status
-from overnight.lab.trial import TrialStatus
+from overnight.records import BASELINE, TrialStatus
 
 
 def plot(view: LabView, out: Path) -> Path:

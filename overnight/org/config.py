@@ -21,7 +21,7 @@ from overnight.errors import Invalid
 from overnight.gateway.config import GatewayConfig
 from overnight.lab import constraints as constraint
 from overnight.lab.integrity import matches
-from overnight.lab.trial import AUTORESEARCH_COLUMNS, LEDGER_COLUMNS
+from overnight.records import AUTORESEARCH_COLUMNS, LEDGER_COLUMNS
 from overnight.units import Duration, PositiveDuration, Size, _shown, parse_duration
 
 

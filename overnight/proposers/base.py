@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from overnight.org.config import OrgConfig
-from overnight.store.base import Trial
+from overnight.records import Trial
 
 
 class ProposalError(Exception):

@@ -46,7 +46,6 @@ from urllib.parse import urlsplit
 from opentelemetry.propagate import inject
 
 from overnight.lab import notebook
-from overnight.lab.trial import TrialStatus
 from overnight.org.config import Goal
 from overnight.proposers import edits as edit_blocks
 from overnight.proposers.base import (
@@ -57,7 +56,8 @@ from overnight.proposers.base import (
     register,
 )
 from overnight.proposers.edits import Edit, EditError
-from overnight.store import Store, Trial, open_store
+from overnight.records import Trial, TrialStatus
+from overnight.store import Store, open_store
 
 MAX_REASKS = 2
 """How many times a malformed or inapplicable reply is answered with its problems."""

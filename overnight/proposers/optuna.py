@@ -29,11 +29,10 @@ from optuna.distributions import (
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from overnight.lab.trial import TrialStatus
 from overnight.org.config import Goal, KnobConfig
 from overnight.proposers import knobs as knob_files
 from overnight.proposers.base import Proposal, ProposerSetup, register
-from overnight.store.base import Trial
+from overnight.records import Trial, TrialStatus
 from overnight.store.sql import sqlalchemy_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -10,20 +10,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from overnight.store.base import (
-    AgentRecord,
-    Approval,
-    ApprovalStatus,
-    AuditCheckpoint,
-    AuditRecord,
-    Event,
-    ImportedTrial,
-    Run,
-    Store,
-    TransitionError,
-    Trial,
-    UsageRow,
-)
+from overnight.store.base import Store, TransitionError
 from overnight.store.sql import SqlStore, sqlalchemy_url
 
 ENV_URL = "OVERNIGHT_DB"
@@ -61,19 +48,9 @@ def open_store(url: str) -> Store:
 
 __all__ = [
     "ENV_URL",
-    "AgentRecord",
-    "Approval",
-    "ApprovalStatus",
-    "AuditCheckpoint",
-    "AuditRecord",
-    "Event",
-    "ImportedTrial",
-    "Run",
     "SqlStore",
     "Store",
     "TransitionError",
-    "Trial",
-    "UsageRow",
     "open_store",
     "sqlalchemy_url",
     "store_exists",

@@ -17,10 +17,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.pool import NullPool
 
 from overnight import redaction
-from overnight.lab.trial import TrialStatus, can_move
-from overnight.store.base import (
+from overnight.records import (
     ATTEMPT_FIELDS,
-    TRIAL_FIELDS,
     AgentRecord,
     Approval,
     ApprovalStatus,
@@ -29,11 +27,12 @@ from overnight.store.base import (
     Event,
     ImportedTrial,
     Run,
-    Store,
-    TransitionError,
     Trial,
+    TrialStatus,
     UsageRow,
+    can_move,
 )
+from overnight.store.base import TRIAL_FIELDS, Store, TransitionError
 from overnight.store.migrations import migrate
 
 _JSON_FIELDS = {"proposal", "metrics", "recorded"}
