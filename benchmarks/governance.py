@@ -163,7 +163,7 @@ def rust_cel(sources: Sequence[str]) -> Callable[[Action], Any] | None:
         import cel as rust  # common-expression-language
     except ImportError:
         return None
-    from overnight.lab.integrity import matches as glob_matches
+    from overnight.globs import matches as glob_matches
 
     programs = [rust.compile(s) for s in sources]
 

@@ -215,7 +215,7 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
         from overnight.agents.runtimes import key_of
         from overnight.governance.remote import RemoteJudge
 
-        lab.judge = RemoteJudge(gateway_url(lab), key_of(lab.state_dir / "keys" / agent))
+        lab.judge = RemoteJudge(gateway_url(lab), key_of(lab.paths.key(agent)))
     stop = threading.Event()
     try:
         before = lab.agent(agent)
@@ -305,7 +305,7 @@ def notes(
 def _notes_here(directory: Path) -> str:
     """No command center runs the lab: read its store (a worktree reads its own run)."""
     from overnight.lab import notebook
-    from overnight.lab.lab import worktree_of
+    from overnight.lab.git import worktree_of
     from overnight.lab.ledger import open_view
 
     reader: str | None = None

@@ -20,7 +20,7 @@ from opentelemetry import trace
 from overnight.agents.runtimes import RUNTIMES
 from overnight.agents.supervisor import AgentControl, Services, session_name
 from overnight.errors import UserError
-from overnight.lab.desk import GATEWAY_URL_FILE, TrialDesk
+from overnight.lab.desk import TrialDesk
 from overnight.lab.lab import Lab
 
 
@@ -88,7 +88,7 @@ def lab_services(
             url.gateway.desk = desk
             stack.callback(desk.close)
             # External agents read it before every turn: they may outlive this process.
-            url_file = lab.state_dir / GATEWAY_URL_FILE
+            url_file = lab.paths.gateway_url
             url_file.write_text(f"{url}\n")
             services = Services(str(url), dict(keys), url.gateway, control, governor)
         if ui.enabled:

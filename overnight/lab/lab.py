@@ -26,12 +26,12 @@ from typing import Any
 
 from opentelemetry import trace
 
-from overnight import redaction
+from overnight import globs, redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
 from overnight.lab import constraints, holdout, integrity, privacy, sandbox
 from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor, visible_gpus
-from overnight.lab.git import Git
+from overnight.lab.git import Git, worktree_of
 from overnight.lab.judge import Judge
 from overnight.lab.lock import AgentLock, LabLock
 from overnight.lab.ratchet import (
@@ -45,20 +45,18 @@ from overnight.lab.ratchet import (
     step,
 )
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, TRIAL_MARKER
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.org.config import MEMORY, VRAM, LabConfig, OnDivergence
 from overnight.org.load import line_of
+from overnight.paths import STATE_DIR, StateDir
 from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available, knobs
 from overnight.records import BASELINE, IMPORTED, IN_FLIGHT, AgentRecord, Run, Trial, TrialStatus
 from overnight.store import Store, open_store, store_url
 
-STATE_DIR = ".overnight"
 LOCK_WAIT = 2.0
 """Seconds a trial waits for its agent's lock before saying another trial holds it."""
 _tracer = trace.get_tracer("overnight.lab")
-RUN_MARKER = "OVERNIGHT_RUN_ID"
-SESSION_MARKER = "OVERNIGHT_SESSION"
-"""Set in an external agent's terminal session: its processes outlive `overnight run`."""
 MAX_REQUEUES = 1
 """How many times an interrupted proposal is tried again. Once: one that was in flight
 at two stops in a row is more likely their cause (an experiment that takes the machine
@@ -169,28 +167,27 @@ class Lab:
         self.warnings = list(warnings)
         self.resumed = resumed
         lab = org.config.lab
-        self.executor = LocalExecutor(
-            lab.parallel, org.root / STATE_DIR / "slots", lab.gpus_per_trial
-        )
-        self.state_dir = org.root / STATE_DIR
+        self.paths = StateDir.of(org.root)
+        self.state_dir = self.paths.path
+        self.executor = LocalExecutor(lab.parallel, self.paths.slots, lab.gpus_per_trial)
         self.requeued: list[Trial] = []
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
         self.deadline: float | None = None
         """When this run stops starting trials (time.monotonic(), the `--for` rule): a trial
         waiting for free disk space gives up then."""
-        self.trial_logs = TrialLogs(self.state_dir / "logs", lab.max_logs)
+        self.trial_logs = TrialLogs(self.paths.logs, lab.max_logs)
         self.free_space = FreeSpace(
             self.state_dir, lab.min_free_disk,
             lambda kind, payload: store.append_event(run.id, kind, payload),
         )  # fmt: skip
         self.holdout: holdout.Holdout | None = None
         if lab.holdout:
-            where = self.state_dir / "holdout" / run.id
+            where = self.paths.holdout(run.id)
             self.holdout = holdout.Holdout(
                 org.root, git, lab.holdout, lab.holdout_name, lab.hidden, where
             )
-        _register_secrets(self.config, self.state_dir)
+        _register_secrets(self.config, self.paths)
 
     # -- walls around what we run but do not trust ---------------------------
 
@@ -233,7 +230,7 @@ class Lab:
         `overnight try`: the run's store and git, without the lab's lock, so it
         works beside `overnight run` (or after it stopped). Returns (lab, agent)."""
         root, run_id, agent = worktree_of(path)
-        top = root / STATE_DIR / "worktrees" / run_id / agent
+        top = StateDir.of(root).worktree(run_id, agent)
         org = load_org(root)
         store = open_store(store_url(root))
         try:
@@ -272,7 +269,7 @@ class Lab:
         lock = LabLock(root)
         lock.acquire()
         try:
-            privacy.make_private(root / STATE_DIR)  # state an older version left readable
+            privacy.make_private(StateDir.of(root).path)  # state an older version left readable
             git.exclude(f"/{STATE_DIR}/")
             holdout.ignore_hidden(git, org.config.lab.hidden)
             base = _resolve(git, base_ref) if base_ref is not None else None
@@ -329,7 +326,7 @@ class Lab:
             protected = {
                 path: blob
                 for path, blob in files.items()
-                if integrity.matches(path, org.config.lab.protected)
+                if globs.matches(path, org.config.lab.protected)
             }
             run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             while store.get_run(run_id) is not None:
@@ -349,16 +346,16 @@ class Lab:
         # session, which outlives us on purpose: the supervisor re-attaches to it, and
         # its worktree (perhaps holding unsubmitted work) is left as it is.
         def in_session(env: dict[str, str]) -> bool:
-            return SESSION_MARKER in env and "OVERNIGHT_TRIAL" not in env
+            return SESSION_MARKER in env and TRIAL_MARKER not in env
 
         live = {
-            env.get("OVERNIGHT_AGENT") for _pid, env in find_marked(RUN_MARKER, run.id)
+            env.get(AGENT_MARKER) for _pid, env in find_marked(RUN_MARKER, run.id)
             if in_session(env)
         }  # fmt: skip
         kill_marked(
             RUN_MARKER,
             run.id,
-            spare=lambda env: env.get("OVERNIGHT_AGENT") in busy or in_session(env),
+            spare=lambda env: env.get(AGENT_MARKER) in busy or in_session(env),
         )
         for trial in self.store.trials(run.id, statuses=IN_FLIGHT):
             if trial.agent in busy:
@@ -380,7 +377,7 @@ class Lab:
                         name=name,
                         runtime=agent_cfg.runtime,
                         branch=f"overnight/{run.id}/{name}",
-                        worktree=str(self.state_dir / "worktrees" / run.id / name),
+                        worktree=str(self.paths.worktree(run.id, name)),
                         best_commit=start_commit or run.base_commit,
                         best_metric=lab_best.metric if lab_best else None,
                         best_trial=lab_best.number if lab_best else None,
@@ -772,7 +769,7 @@ class Lab:
 
     def _measure(self, trial: Trial, root: Path, stop: threading.Event) -> _Measured:
         lab = self.config.lab
-        log_path = self.state_dir / "logs" / self.run.id / f"trial-{trial.number:05d}.log"
+        log_path = self.paths.trial_log(self.run.id, trial.number)
         timeout = lab.budget + lab.grace
         with self.executor.slot(stop) as slot_env:
             if slot_env is None or not self._disk_room(stop):
@@ -784,8 +781,8 @@ class Lab:
                 {
                     **slot_env,
                     RUN_MARKER: self.run.id,
-                    "OVERNIGHT_TRIAL": str(trial.number),
-                    "OVERNIGHT_AGENT": trial.agent,
+                    TRIAL_MARKER: str(trial.number),
+                    AGENT_MARKER: trial.agent,
                 }
             )
             wrap = self.experiment_wrap(root, timeout)
@@ -845,8 +842,8 @@ class Lab:
         trial's markers."""
 
         def others(found: dict[str, str]) -> bool:
-            return found.get("OVERNIGHT_TRIAL") != str(trial.number) or (
-                found.get("OVERNIGHT_AGENT") != trial.agent
+            return found.get(TRIAL_MARKER) != str(trial.number) or (
+                found.get(AGENT_MARKER) != trial.agent
             )
 
         kill_marked(RUN_MARKER, self.run.id, spare=others)
@@ -939,7 +936,7 @@ class Lab:
         assert self.holdout is not None
         lab = self.config.lab
         before, reference = self._holdout_reference()
-        log_path = self.state_dir / "logs" / self.run.id / f"trial-{trial.number:05d}-holdout.log"
+        log_path = self.paths.trial_log(self.run.id, trial.number, holdout=True)
         timeout = lab.budget + lab.grace
         with self.executor.slot(stop) as slot_env:
             if slot_env is None:
@@ -952,8 +949,8 @@ class Lab:
                 {
                     **slot_env,
                     RUN_MARKER: self.run.id,
-                    "OVERNIGHT_TRIAL": str(trial.number),
-                    "OVERNIGHT_AGENT": trial.agent,
+                    TRIAL_MARKER: str(trial.number),
+                    AGENT_MARKER: trial.agent,
                 }
             )
             measured = self.holdout.measure(
@@ -1098,21 +1095,6 @@ def best_trial(store: Store, run: Run, config: OrgConfig) -> Trial | None:
     return best
 
 
-def worktree_of(path: Path) -> tuple[Path, str, str]:
-    """(lab root, run id, agent) of the agent's worktree that `path` is in."""
-    try:
-        top = Path(Git(path).run("rev-parse", "--show-toplevel").strip()).resolve()
-    except Exception:
-        top = path.resolve()
-    if not (top.parent.parent.name == "worktrees" and top.parents[2].name == STATE_DIR):
-        raise UserError(
-            f"{path}: not an agent's worktree.\n"
-            "  fix: run `overnight try` from the worktree overnight gave the agent "
-            f"({STATE_DIR}/worktrees/<run>/<agent> in the lab)."
-        )
-    return top.parents[3], top.parent.name, top.name
-
-
 def credential_sources(config: OrgConfig) -> tuple[list[str], list[str]]:
     """The environment variables and files the gateway's credentials are read from."""
     gateway = config.gateway
@@ -1120,13 +1102,13 @@ def credential_sources(config: OrgConfig) -> tuple[list[str], list[str]]:
     return [c.env for c in creds if c.env], [c.file for c in creds if c.file]
 
 
-def _register_secrets(config: OrgConfig, state_dir: Path) -> None:
+def _register_secrets(config: OrgConfig, state: StateDir) -> None:
     """Every secret this lab's processes may come across, for `redaction.redact`."""
     envs, files = credential_sources(config)
     redaction.register(*(os.environ.get(name) for name in envs))
     # an unreadable one is the gateway's to report when it starts, naming the credential
     paths = [Path(name).expanduser() for name in files]
-    keys = state_dir / "keys"
+    keys = state.keys
     if keys.is_dir():
         paths += keys.iterdir()
     for path in paths:
@@ -1194,7 +1176,7 @@ def _preflight(org: Org, git: Git, base: str | None = None) -> list[str]:
     watched = [*cfg.lab.editable, *cfg.lab.protected, CONFIG_FILE, cfg.lab.program]
     for line in git.dirty():
         status, name = line[:2], line[3:]
-        if status == "??" and not integrity.matches(name, watched):
+        if status == "??" and not globs.matches(name, watched):
             loose.append(name)
         else:
             blocking.append(line.strip())
@@ -1214,7 +1196,7 @@ def _preflight(org: Org, git: Git, base: str | None = None) -> list[str]:
     at = base or "HEAD"
     files = list(git.tracked_files(at))
     for key in ("editable", "protected"):
-        for i, (glob, hits) in enumerate(integrity.expand(getattr(cfg.lab, key), files).items()):
+        for i, (glob, hits) in enumerate(globs.expand(getattr(cfg.lab, key), files).items()):
             if not hits:
                 raise ConfigError(
                     path,
@@ -1228,13 +1210,13 @@ def _preflight(org: Org, git: Git, base: str | None = None) -> list[str]:
         hidden_line = line_of(text, ("lab", "hidden"))
         holdout.refuse_exposed(git, org.root, cfg.lab.hidden, path, hidden_line)
     # Two globs can only be seen to overlap on the files they both match.
-    both = [f for f in files if integrity.matches(f, cfg.lab.protected)]
-    both = [f for f in both if integrity.matches(f, cfg.lab.editable)]
+    both = [f for f in files if globs.matches(f, cfg.lab.protected)]
+    both = [f for f in both if globs.matches(f, cfg.lab.editable)]
     if both:
         from overnight.org.config import overlap_fix
 
-        glob = next(g for g in cfg.lab.editable if integrity.matches(both[0], [g]))
-        guard = next(g for g in cfg.lab.protected if integrity.matches(both[0], [g]))
+        glob = next(g for g in cfg.lab.editable if globs.matches(both[0], [g]))
+        guard = next(g for g in cfg.lab.protected if globs.matches(both[0], [g]))
         shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
         raise ConfigError(
             path,
@@ -1245,11 +1227,11 @@ def _preflight(org: Org, git: Git, base: str | None = None) -> list[str]:
             fix=overlap_fix(
                 glob,
                 both[:5],
-                [f for f in files if integrity.matches(f, [glob]) and f not in both],
+                [f for f in files if globs.matches(f, [glob]) and f not in both],
             ),
         )
     for i, knob in enumerate(cfg.knobs):
-        if not integrity.matches(knob.file, cfg.lab.editable):
+        if not globs.matches(knob.file, cfg.lab.editable):
             raise ConfigError(
                 path,
                 f"knob {knob.name!r} lives in {knob.file!r}, which is not editable",

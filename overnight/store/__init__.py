@@ -10,6 +10,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from overnight.paths import StateDir
 from overnight.store.base import Store, TransitionError
 from overnight.store.sql import SqlStore, sqlalchemy_url
 
@@ -21,7 +22,7 @@ def store_url(lab_dir: Path) -> str:
     url = os.environ.get(ENV_URL)
     if url:
         return url
-    return f"sqlite:///{(lab_dir / '.overnight' / 'overnight.db').resolve()}"
+    return f"sqlite:///{StateDir.of(lab_dir).database.resolve()}"
 
 
 def store_exists(url: str) -> bool:
