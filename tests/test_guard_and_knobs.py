@@ -12,8 +12,8 @@ from overnight import globs
 from overnight.errors import ConfigError
 from overnight.lab import integrity
 from overnight.lab.git import Git, blob_hash
+from overnight.org import knobs
 from overnight.org.config import KnobConfig
-from overnight.proposers import knobs
 from tests.conftest import git
 
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from overnight.gateway.config import BudgetsConfig, LimitConfig
 from overnight.gateway.meter import Budgets
 from overnight.org.config import OrgConfig
+from overnight.org.gateway import BudgetsConfig, LimitConfig
 from overnight.proposers import ProposerSetup, ProposerUnavailable, available, create
 from overnight.proposers.edits import Edit, EditError, apply, parse, render
 from overnight.proposers.llm import MAX_REASKS, LlmProposer

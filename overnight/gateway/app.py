@@ -37,7 +37,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, TracerProvider
 
 from overnight.errors import ConfigError, UserError
 from overnight.gateway import translate
-from overnight.gateway.config import GatewayConfig, Secret, read_secrets
+from overnight.gateway.config import Secret, read_secrets
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import (
     Attempt,
@@ -84,6 +84,7 @@ from overnight.gateway.upstream import (
     origin_of,
     tls_context,
 )
+from overnight.org.gateway import GatewayConfig
 
 log = logging.getLogger("overnight.gateway")
 # Request ids need to be unique, not secret: no system call (os.urandom) per request.

@@ -28,10 +28,10 @@ from typing import Any
 
 from overnight import redaction
 from overnight.errors import UserError
-from overnight.gateway.config import BudgetsConfig, GatewayConfig, LimitConfig
 from overnight.gateway.keys import KeyRing, key_hash
 from overnight.gateway.meter import Attempt, Budgets
 from overnight.gateway.server import RunningGateway, running_gateway
+from overnight.org.gateway import BudgetsConfig, GatewayConfig, LimitConfig
 from overnight.paths import StateDir
 from overnight.records import ATTEMPT_FIELDS
 from overnight.store import SqlStore, Store, open_store

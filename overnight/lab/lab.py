@@ -28,7 +28,7 @@ from opentelemetry import trace
 
 from overnight import globs, redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import constraints, holdout, integrity, privacy, sandbox
+from overnight.lab import holdout, integrity, privacy, sandbox
 from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor, visible_gpus
 from overnight.lab.git import Git, worktree_of
@@ -46,11 +46,11 @@ from overnight.lab.ratchet import (
 )
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
 from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, TRIAL_MARKER
-from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
+from overnight.org import CONFIG_FILE, Org, OrgConfig, constraints, knobs, load_org
 from overnight.org.config import MEMORY, VRAM, LabConfig, OnDivergence
 from overnight.org.load import line_of
 from overnight.paths import STATE_DIR, StateDir
-from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available, knobs
+from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available
 from overnight.records import BASELINE, IMPORTED, IN_FLIGHT, AgentRecord, Run, Trial, TrialStatus
 from overnight.store import Store, open_store, store_url
 

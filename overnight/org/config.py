@@ -18,9 +18,9 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from overnight.errors import Invalid
-from overnight.gateway.config import GatewayConfig
 from overnight.globs import matches
-from overnight.lab import constraints as constraint
+from overnight.org import constraints as constraint
+from overnight.org.gateway import GatewayConfig
 from overnight.paths import STATE_DIR
 from overnight.records import AUTORESEARCH_COLUMNS, LEDGER_COLUMNS
 from overnight.units import Duration, PositiveDuration, Size, _shown, parse_duration

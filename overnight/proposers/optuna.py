@@ -29,8 +29,8 @@ from optuna.distributions import (
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from overnight.org import knobs as knob_files
 from overnight.org.config import Goal, KnobConfig
-from overnight.proposers import knobs as knob_files
 from overnight.proposers.base import Proposal, ProposerSetup, register
 from overnight.records import Trial, TrialStatus
 from overnight.store.sql import sqlalchemy_url
