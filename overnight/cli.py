@@ -124,10 +124,11 @@ def _run_lab(
     from overnight.lab.lab import Lab
     from overnight.lab.stop import Stop
     from overnight.lab.stop import interrupted as by_interrupt
+    from overnight.wiring import Checks
 
     seconds = _duration("--for", for_) if for_ else None
     keep_private()
-    lab = Lab.start(directory, new_run=new, base_ref=base_ref)
+    lab = Lab.start(directory, checks=Checks(), new_run=new, base_ref=base_ref)
     for warning in lab.warnings:
         err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
     view = _Progress(lab, trials, seconds, live=live)
@@ -473,9 +474,10 @@ def import_(
     """Bring a hand-run autoresearch history into a new run's ledger; `overnight run` then
     goes on from its last kept commit."""
     from overnight.lab.history import import_history
+    from overnight.wiring import Checks
 
     keep_private()
-    done = import_history(directory, results, from_)
+    done = import_history(directory, results, from_, checks=Checks())
     for warning in done.warnings:
         err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
     rows = done.rows

@@ -22,6 +22,7 @@ from overnight.agents.supervisor import AgentControl, Services, session_name
 from overnight.errors import UserError
 from overnight.lab.desk import TrialDesk
 from overnight.lab.lab import Lab
+from overnight.wiring import lab_governance
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,6 @@ def lab_services(
         announce(f"warning: agent {name} is paused (from the command center); {where}")
     with contextlib.ExitStack() as stack:
         from overnight.gateway.service import otlp_tracer_provider
-        from overnight.governance.governor import lab_governance
 
         # with OTEL_EXPORTER_OTLP_ENDPOINT set, one provider exports every span of the run:
         # trial -> proposal -> LLM request (the gateway's) -> attempt, and each decision

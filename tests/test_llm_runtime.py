@@ -21,9 +21,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from overnight.gateway.meter import Budgets
+from overnight.lab.proposal import ProposerUnavailable
 from overnight.org.config import OrgConfig
 from overnight.org.gateway import BudgetsConfig, LimitConfig
-from overnight.proposers import ProposerSetup, ProposerUnavailable, available, create
+from overnight.proposers import ProposerSetup, available, create
 from overnight.proposers.edits import Edit, EditError, apply, parse, render
 from overnight.proposers.llm import MAX_REASKS, LlmProposer
 from overnight.records import AgentRecord, Trial, TrialStatus

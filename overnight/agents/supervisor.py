@@ -18,18 +18,25 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S, Brownout, RouteWatch
+from overnight.agents.brownout import (
+    PAUSE_FILE,
+    PROBE_EVERY_S,
+    Brownout,
+    GatewayRoutes,
+    RouteWatch,
+)
 from overnight.agents.runtimes import RUNTIMES
 from overnight.errors import UserError
+from overnight.governance.governor import Governor
 from overnight.lab.git import Git
 from overnight.lab.lab import Lab
+from overnight.lab.proposal import Proposal, ProposerUnavailable
 from overnight.lab.runner import kill_marked
 from overnight.lab.sharing import Sharing
 from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
 from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER
-from overnight.proposers import Proposal, Proposer, ProposerSetup, ProposerUnavailable, create
+from overnight.proposers import Proposer, ProposerSetup, create
 from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.sessions import default_backend
 from overnight.sessions.base import Session
@@ -42,12 +49,12 @@ class Services:
     gateway_url: str | None = None
     key_files: dict[str, Path] = field(default_factory=dict)
     """Each agent's virtual-key file for the gateway."""
-    gateway: Any = None
-    """The running gateway app (overnight.gateway.app.Gateway), to watch route health."""
+    gateway: GatewayRoutes | None = None
+    """The running gateway app, to watch route health."""
     control: AgentControl | None = None
     """Pause / resume / restart requests from the command center (see AgentControl)."""
-    governor: Any = None
-    """The lab's governance (overnight.governance.governor.Governor), for the web app."""
+    governor: Governor | None = None
+    """The lab's governance, for the web app."""
 
 
 class Allowance:

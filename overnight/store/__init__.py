@@ -12,7 +12,7 @@ from pathlib import Path
 
 from overnight.paths import StateDir
 from overnight.store.base import Store, TransitionError
-from overnight.store.sql import SqlStore, sqlalchemy_url
+from overnight.store.sql import SqlStore
 
 ENV_URL = "OVERNIGHT_DB"
 
@@ -53,7 +53,6 @@ __all__ = [
     "Store",
     "TransitionError",
     "open_store",
-    "sqlalchemy_url",
     "store_exists",
     "store_url",
 ]

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from overnight.records import (
     ATTEMPT_FIELDS,
@@ -54,6 +54,9 @@ from overnight.records import (
     TrialStatus,
     UsageRow,
 )
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 # The trial fields `update_trial` may set alongside a status change.
 TRIAL_FIELDS = frozenset(
@@ -331,6 +334,14 @@ class Store(abc.ABC):
     def expire_approvals(self, lab: str, now: float) -> list[Approval]:
         """Move every pending approval of `lab` with expires_at <= `now` to `expired`
         (answered_at = expires_at), each with its event; returns those moved."""
+
+    # the optimizer ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def optuna_storage(self) -> BaseStorage:
+        """Where the Optuna proposers keep their studies: this store's database, through one
+        storage per database and process (creating one runs Optuna's own migrations), which
+        outlives this Store's `close()`."""
 
     @abc.abstractmethod
     def close(self) -> None: ...
