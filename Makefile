@@ -84,9 +84,12 @@ clis: $(CLIS)/.installed $(AIDER)/.installed
 test: system-deps $(VENV)/.installed-dev $(CLIS)/.installed $(AIDER)/.installed lint typecheck
 	$(BIN)/python -m pytest -q
 
+## lint: ruff, and the import contract (pyproject.toml's [tool.importlinter]): the layers
+## read bottom-up, no cycles, SQL only in the store
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check overnight tests benchmarks
 	$(BIN)/ruff format --check overnight tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

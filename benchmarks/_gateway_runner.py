@@ -22,10 +22,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from overnight.gateway.config import GatewayConfig
 from overnight.gateway.keys import KeyRing, key_hash
 from overnight.gateway.server import quiet_gc, running_gateway
 from overnight.gateway.service import StoreSink
+from overnight.org.gateway import GatewayConfig
 from overnight.store import open_store
 
 

@@ -163,7 +163,7 @@ def rust_cel(sources: Sequence[str]) -> Callable[[Action], Any] | None:
         import cel as rust  # common-expression-language
     except ImportError:
         return None
-    from overnight.lab.integrity import matches as glob_matches
+    from overnight.globs import matches as glob_matches
 
     programs = [rust.compile(s) for s in sources]
 
@@ -261,6 +261,7 @@ def hook_round_trip(n: int) -> None:
     from overnight.agents.runtimes import HOOK_SCRIPT
     from overnight.daemon import UiOptions, lab_services
     from overnight.lab.lab import Lab
+    from overnight.wiring import Checks
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _bench import commit_lab
@@ -274,7 +275,7 @@ def hook_round_trip(n: int) -> None:
             Path(tmp) / "lab",
             {"overnight.toml": HOOK_LAB, "exp.py": "print('score: 1')\n", "program.md": "x\n"},
         )
-        lab = Lab.start(root)
+        lab = Lab.start(root, checks=Checks())
         try:
             with lab_services(lab, lambda _line: None, UiOptions(enabled=False)) as services:
                 key = Path(services.key_files["claude"]).read_text().strip()

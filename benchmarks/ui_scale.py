@@ -48,8 +48,9 @@ from pathlib import Path
 import httpx
 from _bench import commit_lab, exit_on_sigterm, machine_line, percentile
 
-from overnight.lab.trial import TrialStatus as S
-from overnight.store import AgentRecord, SqlStore, open_store
+from overnight.records import AgentRecord
+from overnight.records import TrialStatus as S
+from overnight.store import SqlStore, open_store
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -26,7 +26,7 @@ from rich.text import Text
 from overnight import __version__
 from overnight.errors import BaselineFailed, UserError
 from overnight.lab.privacy import keep_private
-from overnight.lab.trial import IN_FLIGHT
+from overnight.records import IN_FLIGHT
 from overnight.units import parse_duration
 
 app = typer.Typer(
@@ -124,10 +124,11 @@ def _run_lab(
     from overnight.lab.lab import Lab
     from overnight.lab.stop import Stop
     from overnight.lab.stop import interrupted as by_interrupt
+    from overnight.wiring import Checks
 
     seconds = _duration("--for", for_) if for_ else None
     keep_private()
-    lab = Lab.start(directory, new_run=new, base_ref=base_ref)
+    lab = Lab.start(directory, checks=Checks(), new_run=new, base_ref=base_ref)
     for warning in lab.warnings:
         err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
     view = _Progress(lab, trials, seconds, live=live)
@@ -215,7 +216,7 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
         from overnight.agents.runtimes import key_of
         from overnight.governance.remote import RemoteJudge
 
-        lab.judge = RemoteJudge(gateway_url(lab), key_of(lab.state_dir / "keys" / agent))
+        lab.judge = RemoteJudge(gateway_url(lab), key_of(lab.paths.key(agent)))
     stop = threading.Event()
     try:
         before = lab.agent(agent)
@@ -305,7 +306,7 @@ def notes(
 def _notes_here(directory: Path) -> str:
     """No command center runs the lab: read its store (a worktree reads its own run)."""
     from overnight.lab import notebook
-    from overnight.lab.lab import worktree_of
+    from overnight.lab.git import worktree_of
     from overnight.lab.ledger import open_view
 
     reader: str | None = None
@@ -473,9 +474,10 @@ def import_(
     """Bring a hand-run autoresearch history into a new run's ledger; `overnight run` then
     goes on from its last kept commit."""
     from overnight.lab.history import import_history
+    from overnight.wiring import Checks
 
     keep_private()
-    done = import_history(directory, results, from_)
+    done = import_history(directory, results, from_, checks=Checks())
     for warning in done.warnings:
         err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
     rows = done.rows
@@ -949,7 +951,7 @@ class _Progress:
         return Live(get_renderable=self.render, console=out, refresh_per_second=4, transient=True)
 
     def finished(self, trial: Any) -> None:
-        from overnight.lab.lab import BASELINE
+        from overnight.records import BASELINE
 
         with self._lock:
             if trial.agent != BASELINE:

@@ -20,8 +20,9 @@ from opentelemetry import trace
 from overnight.agents.runtimes import RUNTIMES
 from overnight.agents.supervisor import AgentControl, Services, session_name
 from overnight.errors import UserError
-from overnight.lab.desk import GATEWAY_URL_FILE, TrialDesk
+from overnight.lab.desk import TrialDesk
 from overnight.lab.lab import Lab
+from overnight.wiring import lab_governance
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,6 @@ def lab_services(
         announce(f"warning: agent {name} is paused (from the command center); {where}")
     with contextlib.ExitStack() as stack:
         from overnight.gateway.service import otlp_tracer_provider
-        from overnight.governance.governor import lab_governance
 
         # with OTEL_EXPORTER_OTLP_ENDPOINT set, one provider exports every span of the run:
         # trial -> proposal -> LLM request (the gateway's) -> attempt, and each decision
@@ -88,7 +88,7 @@ def lab_services(
             url.gateway.desk = desk
             stack.callback(desk.close)
             # External agents read it before every turn: they may outlive this process.
-            url_file = lab.state_dir / GATEWAY_URL_FILE
+            url_file = lab.paths.gateway_url
             url_file.write_text(f"{url}\n")
             services = Services(str(url), dict(keys), url.gateway, control, governor)
         if ui.enabled:

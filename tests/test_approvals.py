@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from overnight.errors import UserError
-from overnight.governance.approvals import Approval, ApprovalError, Approvals
+from overnight.governance.approvals import ApprovalError, Approvals
 from overnight.governance.audit import ENV_KEY, AuditKey, Auditor, load_key, verify
 from overnight.org import load_org
+from overnight.records import Approval
 from overnight.sessions import wait_until
 from overnight.store import SqlStore, open_store, store_url
 from tests.conftest import OVERNIGHT, make_lab, run_cli

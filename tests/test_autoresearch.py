@@ -18,9 +18,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from overnight.lab.trial import TrialStatus
 from overnight.org import Goal, load_org, parse_config
 from overnight.proposers.llm import history
+from overnight.records import TrialStatus
 from overnight.store import open_store, store_url
 from overnight.web import Access, CommandCenter, Sources, serving
 from tests.conftest import AR_PROGRAM, git, make_autoresearch, run_cli, uv_on_path

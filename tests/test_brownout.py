@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from overnight.lab.trial import TrialStatus
 from overnight.proposers.edits import Edit, render
+from overnight.records import Event, Trial, TrialStatus
 from overnight.sessions import wait_until
-from overnight.store import Event, Trial, open_store, store_url
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.conftest import OVERNIGHT, run_cli
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import optuna
 
-from overnight.lab.lab import RUN_MARKER
 from overnight.lab.runner import kill_marked
+from overnight.markers import RUN_MARKER
 from overnight.proposers.optuna import study_name
 from overnight.sessions import wait_until
 from overnight.store import store_url

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from overnight.lab.disk import TrialLogs
+from overnight.records import Event, Trial
 from overnight.sessions import wait_until
-from overnight.store import Event, Trial, open_store, store_url
+from overnight.store import open_store, store_url
 from tests.conftest import OVERNIGHT, git, make_lab, run_cli
 
 LOUD = """\

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from overnight.records import Event
 from overnight.sessions import wait_until
-from overnight.store import Event, open_store, store_url
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.conftest import OVERNIGHT, TOY_SCRIPT, git, make_lab, run_cli
 from tests.test_gateway_clis import REPO, claude_cli, codex_cli

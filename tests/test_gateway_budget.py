@@ -16,8 +16,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from overnight.gateway.config import BudgetsConfig
 from overnight.gateway.meter import Budgets
+from overnight.org.gateway import BudgetsConfig
 from overnight.testing.fake_provider import FakeProvider
 from overnight.testing.replies import Reply, Usage
 from tests.test_gateway_support import HELLO, gateway, upstream

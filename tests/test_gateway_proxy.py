@@ -24,11 +24,11 @@ import trustme
 from pydantic import ValidationError
 
 from overnight.errors import UserError
-from overnight.gateway.config import GatewayConfig
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import MemorySink
 from overnight.gateway.proxies import bypassed
 from overnight.gateway.server import running_gateway
+from overnight.org.gateway import GatewayConfig
 from overnight.testing.fake_provider import FakeProvider
 from tests.test_gateway_support import HELLO, Env, LoopbackServer, gateway, upstream
 

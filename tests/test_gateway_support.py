@@ -23,10 +23,11 @@ import openai
 import uvicorn
 
 from overnight.gateway.app import Gateway
-from overnight.gateway.config import GatewayConfig, Secret
+from overnight.gateway.config import Secret
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import Attempt, Budgets, MemorySink
 from overnight.gateway.server import RunningGateway, running_gateway
+from overnight.org.gateway import GatewayConfig
 from overnight.sessions import wait_until
 
 

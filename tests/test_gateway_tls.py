@@ -18,10 +18,10 @@ import trustme
 from pydantic import ValidationError
 
 from overnight.errors import ConfigError
-from overnight.gateway.config import GatewayConfig
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import MemorySink
 from overnight.gateway.server import running_gateway
+from overnight.org.gateway import GatewayConfig
 from overnight.testing.fake_provider import FakeProvider
 from tests.conftest import OVERNIGHT, run_cli
 from tests.test_gateway_support import HELLO, gateway, upstream

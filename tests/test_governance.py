@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from overnight.agents.runtimes import HOOK_SCRIPT
-from overnight.lab.trial import TrialStatus
 from overnight.proposers.edits import Edit, render
+from overnight.records import Approval, TrialStatus
 from overnight.sessions import wait_until
-from overnight.store import Approval, open_store, store_url
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.conftest import OVERNIGHT, make_lab, run_cli
 from tests.test_external_agents import claude_lab, running, states

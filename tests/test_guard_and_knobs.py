@@ -8,11 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from overnight import globs
 from overnight.errors import ConfigError
 from overnight.lab import integrity
 from overnight.lab.git import Git, blob_hash
+from overnight.org import knobs
 from overnight.org.config import KnobConfig
-from overnight.proposers import knobs
 from tests.conftest import git
 
 
@@ -34,7 +35,7 @@ from tests.conftest import git
     ],
 )
 def test_globs(path: str, glob: str, hit: bool) -> None:
-    assert integrity.matches(path, [glob]) is hit
+    assert globs.matches(path, [glob]) is hit
 
 
 def test_diff_names_every_touched_path_even_odd_ones(tmp_path: Path) -> None:

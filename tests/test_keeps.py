@@ -15,8 +15,9 @@ import pytest
 
 from overnight.lab.sandbox import bwrap_problem
 from overnight.proposers.edits import Edit, render
+from overnight.records import Approval, Event, Trial
 from overnight.sessions import wait_until
-from overnight.store import Approval, Event, Trial, open_store, store_url
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.conftest import OVERNIGHT, TOY_CONFIG, git, make_lab, run_cli
 

@@ -11,11 +11,12 @@ import optuna
 
 from overnight.lab.git import Git
 from overnight.lab.lab import Lab
-from overnight.lab.trial import TrialStatus as S
-from overnight.proposers import Proposal
+from overnight.lab.proposal import Proposal
 from overnight.proposers.optuna import study_name
+from overnight.records import TrialStatus as S
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
+from overnight.wiring import Checks
 from tests.conftest import TOY_SCRIPT, git, make_lab, run_cli
 
 FINAL_STATUSES = {"kept", "discarded", "rejected", "crashed", "timed_out", "interrupted"}
@@ -245,7 +246,7 @@ def test_min_delta_and_confirm_runs(tmp_path: Path) -> None:
 
 def test_proposals_outside_editable_are_rejected_by_the_guard(tmp_path: Path) -> None:
     lab = make_lab(tmp_path / "lab", files={"notes/other.txt": "hello\n"})
-    started = Lab.start(lab)
+    started = Lab.start(lab, checks=Checks())
     try:
         stop = threading.Event()
         assert started.ensure_baseline(stop) is not None

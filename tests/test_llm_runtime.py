@@ -20,14 +20,15 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from overnight.gateway.config import BudgetsConfig, LimitConfig
 from overnight.gateway.meter import Budgets
-from overnight.lab.trial import TrialStatus
+from overnight.lab.proposal import ProposerUnavailable
 from overnight.org.config import OrgConfig
-from overnight.proposers import ProposerSetup, ProposerUnavailable, available, create
+from overnight.org.gateway import BudgetsConfig, LimitConfig
+from overnight.proposers import ProposerSetup, available, create
 from overnight.proposers.edits import Edit, EditError, apply, parse, render
 from overnight.proposers.llm import MAX_REASKS, LlmProposer
-from overnight.store import AgentRecord, Trial, open_store, store_url
+from overnight.records import AgentRecord, Trial, TrialStatus
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.conftest import make_lab, run_cli
 from tests.test_gateway_support import gateway, upstream

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from overnight.lab.trial import TrialStatus
+from overnight.records import Trial, TrialStatus
 from overnight.sessions import wait_until
-from overnight.store import Store, Trial, open_store, store_url
+from overnight.store import Store, open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from overnight.testing.replies import Usage
 from tests.conftest import make_lab, run_cli

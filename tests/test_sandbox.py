@@ -24,8 +24,9 @@ import pytest
 
 from overnight.lab.runner import find_marked
 from overnight.lab.sandbox import bwrap_problem
+from overnight.records import Trial
 from overnight.sessions import wait_until
-from overnight.store import Trial, open_store, store_url
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.conftest import OVERNIGHT, make_lab, run_cli
 

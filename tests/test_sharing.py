@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from overnight.records import Event, Trial
 from overnight.sessions import wait_until
-from overnight.store import Event, Trial, open_store, store_url
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.conftest import OVERNIGHT, TOY_SCRIPT, git, make_lab, run_cli
 from tests.test_gateway_clis import claude_cli

@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from overnight.org import load_org
-from overnight.store import Event, open_store, store_url
+from overnight.records import Event
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from overnight.web import Access, CommandCenter, Sources, serving
 from tests.conftest import git, make_lab, run_cli

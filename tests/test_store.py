@@ -14,18 +14,16 @@ from typing import Literal
 import pytest
 
 from overnight.governance.audit import Auditor, load_key, verify
-from overnight.lab.trial import TrialStatus as S
-from overnight.store import (
+from overnight.records import (
+    ATTEMPT_FIELDS,
     AgentRecord,
     Approval,
     AuditCheckpoint,
     AuditRecord,
     ImportedTrial,
-    SqlStore,
-    TransitionError,
-    open_store,
 )
-from overnight.store.base import ATTEMPT_FIELDS
+from overnight.records import TrialStatus as S
+from overnight.store import SqlStore, TransitionError, open_store
 from overnight.store.migrations import MIGRATIONS
 
 

@@ -31,8 +31,9 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 
 from overnight.org import load_org
+from overnight.records import Event
 from overnight.sessions import wait_until
-from overnight.store import Event, open_store, store_url
+from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider
 from overnight.web import Access, CommandCenter, Sources, missing_assets, serving
 from tests.conftest import OVERNIGHT, make_lab

@@ -29,8 +29,9 @@ import pytest
 from playwright.sync_api import Page
 
 from overnight.governance.approvals import Approvals
+from overnight.records import Approval
 from overnight.sessions import wait_until
-from overnight.store import Approval, open_store, store_url
+from overnight.store import open_store, store_url
 from tests.conftest import OVERNIGHT, make_lab
 from tests.test_web import CONFIG, SCRIPT, WebLab, front_end_files
 from tests.test_web_browser import browser, page, shot

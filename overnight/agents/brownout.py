@@ -19,11 +19,13 @@ import http.client
 import json
 import time
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-from overnight.store import Store, Trial
+from overnight.records import Trial
+from overnight.store import Store
 
 PROBE_EVERY_S = 1.0
 PAUSE_FILE = "paused"
@@ -31,12 +33,31 @@ PAUSE_FILE = "paused"
 says why); the agent process waits while it exists."""
 
 
+class RouteState(Protocol):
+    @property
+    def brownout(self) -> bool:
+        """Every candidate of the route is down."""
+        ...
+
+
+class Router(Protocol):
+    @property
+    def routes(self) -> Mapping[str, RouteState]: ...
+
+
+class GatewayRoutes(Protocol):
+    """What an agent watches of the in-process gateway (`overnight.gateway.app.Gateway`):
+    its router, whose routes say whether they are in brownout."""
+
+    @property
+    def router(self) -> Router: ...
+
+
 @dataclass
 class RouteWatch:
     """One agent's view of its model route at the in-process gateway."""
 
-    gateway: Any
-    """overnight.gateway.app.Gateway (its router holds the routes' health)."""
+    gateway: GatewayRoutes
     url: str
     alias: str
     key_file: Path

@@ -42,17 +42,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from overnight import redaction
+from overnight import globs, redaction
 from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S
 from overnight.agents.runtimes import RUNTIMES, TurnContext, instructions, key_of, missing_cli
 from overnight.errors import UserError
-from overnight.lab import integrity, notebook
-from overnight.lab.desk import GATEWAY_URL_FILE, KEY_ENV, URL_ENV
+from overnight.lab import notebook
+from overnight.lab.desk import KEY_ENV, URL_ENV
 from overnight.lab.git import Git
-from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
+from overnight.lab.lab import Lab
 from overnight.lab.privacy import user_umask
 from overnight.lab.sandbox import Walls
 from overnight.lab.sharing import Sharing
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER
 
 FIRST_PROMPT = (
     "Start now: read the editable files, choose your first experiment, make the change and "
@@ -95,7 +96,7 @@ class Refresh:
 
 
 def gateway_url(lab: Lab) -> str:
-    path = lab.state_dir / GATEWAY_URL_FILE
+    path = lab.paths.gateway_url
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -115,7 +116,7 @@ class ExternalAgent:
         self.stop = threading.Event()
         self.config = dict(lab.config.agent_names())[name]
         self.runtime = RUNTIMES[self.config.runtime]
-        self.home = lab.state_dir / "agents" / lab.run.id / name
+        self.home = lab.paths.agent_home(lab.run.id, name)
         self.home.mkdir(parents=True, exist_ok=True)
         self._child: subprocess.Popen[str] | None = None
         self.turns = 0
@@ -144,14 +145,14 @@ class ExternalAgent:
         files = tuple(
             path
             for path in worktree.run("ls-files", "-z").split("\0")
-            if path and integrity.matches(path, cfg.lab.editable)
+            if path and globs.matches(path, cfg.lab.editable)
         )
         return TurnContext(
             agent=self.name,
             worktree=worktree.path,
             home=self.home,
             gateway_url=gateway_url(self.lab),
-            key=key_of(self.lab.state_dir / "keys" / self.name),
+            key=key_of(self.lab.paths.key(self.name)),
             model=self.config.model,
             instructions=instructions(
                 self.lab.org.program,
@@ -485,7 +486,7 @@ class ExternalAgent:
                 "PATH": os.pathsep.join(
                     [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
                 ),
-                "OVERNIGHT_AGENT": self.name,
+                AGENT_MARKER: self.name,
                 URL_ENV: ctx.gateway_url,
                 KEY_ENV: ctx.key,
             }

@@ -18,21 +18,28 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S, Brownout, RouteWatch
+from overnight.agents.brownout import (
+    PAUSE_FILE,
+    PROBE_EVERY_S,
+    Brownout,
+    GatewayRoutes,
+    RouteWatch,
+)
 from overnight.agents.runtimes import RUNTIMES
 from overnight.errors import UserError
+from overnight.governance.governor import Governor
 from overnight.lab.git import Git
-from overnight.lab.lab import RUN_MARKER, SESSION_MARKER, Lab
+from overnight.lab.lab import Lab
+from overnight.lab.proposal import Proposal, ProposerUnavailable
 from overnight.lab.runner import kill_marked
 from overnight.lab.sharing import Sharing
 from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
-from overnight.lab.trial import TrialStatus
-from overnight.proposers import Proposal, Proposer, ProposerSetup, ProposerUnavailable, create
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER
+from overnight.proposers import Proposer, ProposerSetup, create
+from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.sessions import default_backend
 from overnight.sessions.base import Session
-from overnight.store import AgentRecord, Trial
 
 
 @dataclass(frozen=True)
@@ -42,12 +49,12 @@ class Services:
     gateway_url: str | None = None
     key_files: dict[str, Path] = field(default_factory=dict)
     """Each agent's virtual-key file for the gateway."""
-    gateway: Any = None
-    """The running gateway app (overnight.gateway.app.Gateway), to watch route health."""
+    gateway: GatewayRoutes | None = None
+    """The running gateway app, to watch route health."""
     control: AgentControl | None = None
     """Pause / resume / restart requests from the command center (see AgentControl)."""
-    governor: Any = None
-    """The lab's governance (overnight.governance.governor.Governor), for the web app."""
+    governor: Governor | None = None
+    """The lab's governance, for the web app."""
 
 
 class Allowance:
@@ -434,7 +441,7 @@ class Supervisor:
         verdict = self.rules.after(trial)
         if verdict.pause is not None and self.lab.agent(trial.agent).runtime in RUNTIMES:
             # an agent in a terminal holds at its next turn (its own process reads this)
-            pause = self.lab.state_dir / "agents" / self.lab.run.id / trial.agent / PAUSE_FILE
+            pause = self.lab.paths.agent_home(self.lab.run.id, trial.agent) / PAUSE_FILE
             pause.parent.mkdir(parents=True, exist_ok=True)
             pause.write_text(verdict.pause + "\n")
         if verdict.stop is not None:
@@ -483,7 +490,7 @@ class ExternalSupervision:
         self.name = name
         self.backend = default_backend()
         self.session_name = session_name(self.lab.org.root, self.lab.run.id, name)
-        self.home = self.lab.state_dir / "agents" / self.lab.run.id / name
+        self.home = self.lab.paths.agent_home(self.lab.run.id, name)
         self.home.mkdir(parents=True, exist_ok=True)
         self.watch, self.optimizer = supervisor._brownout_policy(name)
         self.seen: set[int] = set()
@@ -561,10 +568,10 @@ class ExternalSupervision:
             **{k: v for k, v in os.environ.items() if k.startswith("OVERNIGHT_")},
             RUN_MARKER: lab.run.id,
             SESSION_MARKER: self.session_name,
-            "OVERNIGHT_AGENT": self.name,
+            AGENT_MARKER: self.name,
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         }
-        log = lab.state_dir / "agents" / lab.run.id / self.name / "terminal.log"
+        log = lab.paths.agent_home(lab.run.id, self.name) / "terminal.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         return self.backend.start(
             self.session_name,
@@ -629,9 +636,7 @@ class ExternalSupervision:
                                    agent=self.name)  # fmt: skip
         finally:
             session.kill()
-            kill_marked(
-                RUN_MARKER, run_id, spare=lambda env: env.get("OVERNIGHT_AGENT") != self.name
-            )
+            kill_marked(RUN_MARKER, run_id, spare=lambda env: env.get(AGENT_MARKER) != self.name)
             store.set_agent_state(run_id, self.name, "paused", reason="the run stopped")
 
 
@@ -672,7 +677,7 @@ class AgentControl:
     def __init__(self, lab: Lab) -> None:
         self.store = lab.store
         self.run_id = lab.run.id
-        self.homes = lab.state_dir / "agents" / lab.run.id
+        self.homes = lab.paths.agent_homes(lab.run.id)
         self.runtimes = {a.name: a.runtime for a in lab.agents()}
         self._cond = threading.Condition()
         self._restart: set[str] = set()

@@ -45,7 +45,7 @@ from overnight.gateway.asgi import (
 )
 from overnight.gateway.call import Call, fail
 from overnight.gateway.codec import loads
-from overnight.gateway.config import GatewayConfig, Secret, read_secrets
+from overnight.gateway.config import Secret, read_secrets
 from overnight.gateway.failover import Failover
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import BudgetExhausted, Budgets, MeterSink
@@ -53,6 +53,7 @@ from overnight.gateway.prices import PriceTable
 from overnight.gateway.protocols import WireProtocol
 from overnight.gateway.router import Events, Router
 from overnight.gateway.telemetry import Metrics, end_request_span, request_span, tracer
+from overnight.org.gateway import GatewayConfig
 
 log = logging.getLogger("overnight.gateway")
 # Request ids need to be unique, not secret: no system call (os.urandom) per request.

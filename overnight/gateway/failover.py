@@ -31,7 +31,6 @@ from overnight.gateway import protocols
 from overnight.gateway.asgi import Send, reply
 from overnight.gateway.call import Call, Meter, Result, fail, failed
 from overnight.gateway.codec import dumps
-from overnight.gateway.config import GatewayConfig
 from overnight.gateway.meter import Attempt, MeterSink, Outcome
 from overnight.gateway.prices import PriceTable
 from overnight.gateway.protocols import (
@@ -54,6 +53,7 @@ from overnight.gateway.upstream import (
     origin_of,
     tls_context,
 )
+from overnight.org.gateway import GatewayConfig
 
 log = logging.getLogger("overnight.gateway")
 

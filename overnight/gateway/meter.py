@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Literal, Protocol
 
-from overnight.gateway.config import BudgetsConfig, LimitConfig
+from overnight.org.gateway import BudgetsConfig, LimitConfig
 
 Outcome = Literal[
     "ok",  # the answer reached the client whole

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from overnight.gateway.config import PriceConfig
+from overnight.org.gateway import PriceConfig
 
 
 @dataclass(frozen=True)

@@ -12,61 +12,14 @@ requests (for http://) through the proxy chosen here.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass
 
 from overnight.errors import UserError
-
-
-@dataclass(frozen=True)
-class Proxy:
-    """An HTTP proxy; `str()` is its URL without credentials (safe to log)."""
-
-    host: str
-    port: int
-    authorization: str | None = field(default=None, repr=False)
-    """The `Proxy-Authorization` header's value, from `user:password@` in the URL."""
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-
-def parse_proxy(url: str) -> Proxy:
-    """A proxy from `http://[user:password@]host[:port]` (`host:port` alone is accepted).
-
-    ValueError says what is wrong; only plain-HTTP proxies are supported (an https
-    origin is still end-to-end TLS through one, by CONNECT).
-    """
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    if parts.scheme.lower() != "http":
-        raise ValueError(
-            f"{parts.scheme}:// proxies are not supported ({_safe(url)}); use an http:// proxy"
-        )
-    try:
-        port = parts.port or 80
-    except ValueError:
-        raise ValueError(f"bad port in proxy URL {_safe(url)}") from None
-    if not parts.hostname:
-        raise ValueError(f"no host in proxy URL {_safe(url)}")
-    authorization = None
-    if parts.username is not None:
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = "Basic " + base64.b64encode(pair.encode()).decode()
-    return Proxy(parts.hostname, port, authorization)
-
-
-def _safe(url: str) -> str:
-    """A proxy URL with any password hidden."""
-    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+from overnight.org.gateway import Proxy, parse_proxy
 
 
 @dataclass(frozen=True)

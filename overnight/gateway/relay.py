@@ -20,7 +20,6 @@ from typing import Any
 from overnight.gateway.asgi import Send, reply
 from overnight.gateway.call import Call, Meter, Result, failed
 from overnight.gateway.codec import SSEReader, dumps, loads
-from overnight.gateway.config import TimeoutsConfig
 from overnight.gateway.meter import Outcome
 from overnight.gateway.protocols import (
     ErrorKind,
@@ -34,6 +33,7 @@ from overnight.gateway.protocols.base import FromChat, Json, ToChat
 from overnight.gateway.router import Candidate, Credential, Router
 from overnight.gateway.translate import UpstreamStreamError
 from overnight.gateway.upstream import Response, UpstreamError, describe
+from overnight.org.gateway import TimeoutsConfig
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from overnight.gateway.breaker import Breaker, BreakerState
-from overnight.gateway.config import CredentialConfig, GatewayConfig, Secret, UpstreamConfig
+from overnight.gateway.config import Secret
 from overnight.gateway.protocols import for_upstream
+from overnight.org.gateway import CredentialConfig, GatewayConfig, UpstreamConfig
 
 Events = Callable[[str, dict[str, Any]], None]
 

@@ -36,11 +36,12 @@ import httptools
 
 from overnight.gateway.app import Gateway
 from overnight.gateway.asgi import Message
-from overnight.gateway.config import GatewayConfig, Secret
+from overnight.gateway.config import Secret
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import Budgets, MeterSink
 from overnight.gateway.prices import PriceTable
 from overnight.gateway.router import Events
+from overnight.org.gateway import GatewayConfig
 
 log = logging.getLogger("overnight.gateway")
 

@@ -28,14 +28,14 @@ from typing import Any
 
 from overnight import redaction
 from overnight.errors import UserError
-from overnight.gateway.config import BudgetsConfig, GatewayConfig, LimitConfig
 from overnight.gateway.keys import KeyRing, key_hash
 from overnight.gateway.meter import Attempt, Budgets
 from overnight.gateway.server import RunningGateway, running_gateway
+from overnight.org.gateway import BudgetsConfig, GatewayConfig, LimitConfig
+from overnight.paths import StateDir
+from overnight.records import ATTEMPT_FIELDS
 from overnight.store import SqlStore, Store, open_store
-from overnight.store.base import ATTEMPT_FIELDS
 
-KEYS_DIR = Path(".overnight") / "keys"
 _STOP = object()
 log = logging.getLogger("overnight.gateway")
 
@@ -46,7 +46,7 @@ def agent_keys(
     """A key ring holding every agent's key; issues (and saves) a key for an agent without one."""
     ring = KeyRing(store.key_hashes(lab))
     files: dict[str, Path] = {}
-    folder = root / KEYS_DIR
+    folder = StateDir.of(root).keys
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     for agent in agents:

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from overnight.gateway.proxies import Proxy
+from overnight.org.gateway import Proxy
 
 _HIGH_WATER = 1 << 20  # bytes buffered from an upstream before reading pauses
 _MAX_IDLE = 256  # idle connections kept per origin

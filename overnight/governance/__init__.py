@@ -7,8 +7,8 @@ their own tests, versioned by content hash, failing closed), risk scores and
 autonomy levels (`risk`), the decision record (`decision`), the CEL dialect
 policies are written in (`expressions`), approvals and the hash-chained audit.
 
-Knows nothing about the CLI, the web page, the daemon or how an agent runs: the
-command center builds an `Action`, asks `Policy.decide`, and acts on the
+Knows nothing about the CLI, the web page, the daemon, the lab or how an agent
+runs (`overnight.wiring` hands a lab its governance): the command center builds an `Action`, asks `Policy.decide`, and acts on the
 `Decision`. Importing this package is deliberately free: the Claude Code hook
 starts a fresh interpreter on every tool call, so nothing heavy (CEL, YAML,
 pydantic) is imported until a module that needs it is.

@@ -30,7 +30,10 @@ from typing import Any
 
 from overnight.errors import UserError
 from overnight.governance.audit import Auditor
-from overnight.store import Approval, Store
+from overnight.markers import AGENT_MARKER, SESSION_MARKER, TRIAL_MARKER
+from overnight.paths import in_worktrees
+from overnight.records import Approval
+from overnight.store import Store
 from overnight.units import parse_duration
 
 log = logging.getLogger("overnight.approvals")
@@ -66,21 +69,17 @@ def agent_context(
     clears its own variables still runs under the session that set them), and
     whether any of `paths` lies in an agent's worktree.
     """
-    from overnight.lab.lab import SESSION_MARKER, STATE_DIR  # not at import: lab may use us
-
     env = os.environ if env is None else env
     # set in every process overnight starts for an agent: its session, its experiments
-    for name in (SESSION_MARKER, "OVERNIGHT_AGENT", "OVERNIGHT_TRIAL"):
+    for name in (SESSION_MARKER, AGENT_MARKER, TRIAL_MARKER):
         if env.get(name):
             return f"{name} is set: this runs in an agent's session or experiment"
     ancestor = _marked_ancestor(os.getpid() if pid is None else pid, SESSION_MARKER)
     if ancestor is not None:
         return f"it runs under process {ancestor}, which belongs to an agent's session"
     for path in paths:
-        parts = path.resolve().parts
-        for i in range(len(parts) - 1):
-            if parts[i] == STATE_DIR and parts[i + 1] == "worktrees":
-                return f"{path} is inside an agent's worktree"
+        if in_worktrees(path.resolve()):
+            return f"{path} is inside an agent's worktree"
     return None
 
 

@@ -67,7 +67,8 @@ from pathlib import Path
 from typing import Any
 
 from overnight.errors import UserError
-from overnight.store import AuditCheckpoint, AuditRecord, Event, Store
+from overnight.records import AuditCheckpoint, AuditRecord, Event
+from overnight.store import Store
 
 log = logging.getLogger("overnight.audit")
 

@@ -47,7 +47,7 @@ from typing import Any
 import re2
 from cel_expr_python import cel
 
-from overnight.lab.integrity import matches as glob_matches
+from overnight.globs import matches as glob_matches
 
 _CHUNK = 64
 """Programs per batch: one evaluation per chunk instead of one per program."""

@@ -18,11 +18,10 @@ agent's. Knows nothing about HTTP: the gateway serves its endpoints.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +32,8 @@ from overnight.governance.approvals import Approvals
 from overnight.governance.audit import Auditor, Entry, correlation_id
 from overnight.governance.decision import Decision, Effect, strictest
 from overnight.governance.policy import Policy
-from overnight.lab.lab import Lab
-from overnight.store import Store, Trial
+from overnight.records import Trial
+from overnight.store import Store
 
 log = logging.getLogger("overnight.governance")
 _tracer = trace.get_tracer("overnight.governance")
@@ -341,52 +340,3 @@ def _trim(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_trim(v) for v in value]
     return value
-
-
-@contextlib.contextmanager
-def lab_governance(lab: Lab, sweep_every: float = 5.0) -> Iterator[Governor]:
-    """The governance of a started lab for the length of the block: its policy loaded,
-    the audit chain followed (trial transitions, agent states, approvals, gateway
-    attempts), lapsed approvals swept, and the lab's trials judged."""
-    config = lab.config
-    policy = Policy.load(lab.org.root, config.governance)
-    auditor = Auditor(lab.store, config.lab.name, lab_root=lab.org.root)
-    approvals = Approvals.for_lab(lab.store, config, auditor=auditor)
-    governor = Governor(
-        policy,
-        lab.store,
-        lab.run.id,
-        auditor,
-        approvals,
-        autonomy={name: str(agent.autonomy) for name, agent in config.agent_names()},
-        protected=config.lab.protected,
-    )
-    auditor.start()
-    auditor.append(
-        "policy.loaded",
-        "overnight",
-        f"policy {policy.version[:12]}",
-        {"version": policy.version, "sources": list(policy.sources)},
-        lab.run.id,
-    )
-    stop = threading.Event()
-
-    def sweep() -> None:
-        while not stop.wait(sweep_every):
-            try:
-                approvals.sweep()
-            except Exception:
-                log.exception("could not sweep lapsed approvals")
-
-    sweeper = threading.Thread(target=sweep, name="overnight-approvals", daemon=True)
-    sweeper.start()
-    lab.judge = governor
-    try:
-        yield governor
-    finally:
-        lab.judge = None
-        stop.set()
-        sweeper.join()
-        governor.close()
-        approvals.close()
-        auditor.close()

@@ -21,7 +21,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from overnight.store import Trial
+from overnight.records import Trial
 
 POLL_EVERY = 0.5
 TIMEOUT = 30.0

@@ -2,5 +2,7 @@
 
 Owns how one attempt becomes a measured, kept or discarded commit, and how a
 run resumes after any stop. Pure core: knows nothing about the CLI, the web
-page or the daemon.
+page, the daemon, the agents or governance; it asks what it needs of the last
+two through small protocols (`judge.Judge`, `preflight.StartChecks`), which
+`overnight.wiring` fills.
 """

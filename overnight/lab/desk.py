@@ -34,14 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 from overnight.errors import UserError
 from overnight.lab import notebook
+from overnight.lab.git import worktree_of
+from overnight.lab.lock import holder
 from overnight.lab.sharing import Sharing
-from overnight.store import Trial
+from overnight.paths import StateDir
+from overnight.records import Trial
 
 if TYPE_CHECKING:
     from overnight.lab.lab import Lab
 
-GATEWAY_URL_FILE = "gateway.url"
-"""In the lab's state directory while `overnight run` serves the gateway (and the desk)."""
 URL_ENV = "OVERNIGHT_URL"
 KEY_ENV = "OVERNIGHT_KEY"
 """Set for an agent's CLI: where its desk is, and the key that says whose trials they are."""
@@ -166,17 +167,14 @@ def desk_address(path: Path) -> tuple[str, str] | None:
     url, key = os.environ.get(URL_ENV), os.environ.get(KEY_ENV)
     if url and key:
         return url, key
-    from overnight.lab.lab import STATE_DIR, worktree_of
-    from overnight.lab.lock import holder
-
     try:
         root, _run, agent = worktree_of(path)
     except UserError:
         return None
-    state = root / STATE_DIR
+    state = StateDir.of(root)
     try:
-        url = (state / GATEWAY_URL_FILE).read_text().strip()
-        key = (state / "keys" / agent).read_text().strip()
+        url = state.gateway_url.read_text().strip()
+        key = state.key(agent).read_text().strip()
     except OSError:
         return None
     return (url, key) if holder(root) is not None else None

@@ -13,7 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from overnight.errors import RepoError
+from overnight.errors import RepoError, UserError
+from overnight.paths import STATE_DIR, WORKTREES, worktree_owner
 
 _ENV = {
     **os.environ,
@@ -214,3 +215,19 @@ class Git:
 
     def checkout_detached(self, commit: str) -> None:
         self.run("checkout", "-q", "--detach", "-f", commit)
+
+
+def worktree_of(path: Path) -> tuple[Path, str, str]:
+    """(lab root, run id, agent) of the agent's worktree that `path` is in."""
+    try:
+        top = Path(Git(path).run("rev-parse", "--show-toplevel").strip()).resolve()
+    except Exception:
+        top = path.resolve()
+    owner = worktree_owner(top)
+    if owner is None:
+        raise UserError(
+            f"{path}: not an agent's worktree.\n"
+            "  fix: run `overnight try` from the worktree overnight gave the agent "
+            f"({STATE_DIR}/{WORKTREES}/<run>/<agent> in the lab)."
+        )
+    return owner

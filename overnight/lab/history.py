@@ -20,9 +20,9 @@ from pathlib import Path
 
 from overnight.errors import UserError
 from overnight.lab.git import Git
-from overnight.lab.lab import IMPORTED, Lab
-from overnight.lab.trial import TrialStatus
-from overnight.store import ImportedTrial
+from overnight.lab.lab import Lab
+from overnight.lab.preflight import StartChecks
+from overnight.records import IMPORTED, ImportedTrial, TrialStatus
 
 _STATUS = {"keep": TrialStatus.kept, "discard": TrialStatus.discarded, "crash": TrialStatus.crashed}
 _HASH = re.compile(r"^[0-9a-fA-F]{4,64}$")
@@ -197,9 +197,11 @@ def _error(path: Path, line: int, problem: str, fix: str) -> UserError:
     return UserError(f"{path}:{line}: {problem}.\n  fix: {fix}.")
 
 
-def import_history(root: Path, path: Path, base_ref: str | None = None) -> Imported:
+def import_history(
+    root: Path, path: Path, base_ref: str | None = None, *, checks: StartChecks
+) -> Imported:
     """Start a new run of the lab at `root` with the history in `path`: from `base_ref`,
-    else from the last kept row's commit."""
+    else from the last kept row's commit (`checks` as `Lab.start` takes them)."""
     from overnight.org import load_org  # the lab's own checks come first, in Lab.start
 
     root = root.resolve()
@@ -221,7 +223,7 @@ def import_history(root: Path, path: Path, base_ref: str | None = None) -> Impor
             )
         base_ref = full[start_row.line]
     missing = [r for r in rows if full[r.line] is None]
-    lab = Lab.start(root, new_run=True, base_ref=base_ref)
+    lab = Lab.start(root, checks=checks, new_run=True, base_ref=base_ref)
     try:
         trials = []
         parent: str | None = None  # the last kept commit so far: where autoresearch stood

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from overnight.errors import ConfigError
-from overnight.lab import integrity
+from overnight.globs import matches
 from overnight.lab.git import Git
 from overnight.lab.ratchet import better
 from overnight.lab.runner import run_budgeted
 from overnight.org.config import Goal
+from overnight.paths import STATE_DIR
 
-SKIPPED = (".git", ".overnight")
+SKIPPED = (".git", STATE_DIR)
 """Folders of the lab never searched for hidden files (git's and overnight's own)."""
 AGENT_REASON = "suspected overfitting or gaming: the metric improved and the hidden holdout did not"
 """What a trial rejected by the holdout says where agents read it: no holdout figure,
@@ -68,7 +69,7 @@ def hidden_files(root: Path, globs: Sequence[str]) -> list[str]:
                 dirs[:] = [d for d in dirs if d not in SKIPPED]
             for name in files:
                 rel = (Path(top) / name).relative_to(root).as_posix()
-                if integrity.matches(rel, [glob]):
+                if matches(rel, [glob]):
                     found.add(rel)
     return sorted(found)
 
@@ -99,7 +100,7 @@ def refuse_exposed(
     head = git.tracked_files("HEAD")
     on_disk = hidden_files(root, globs)
     for i, glob in enumerate(globs):
-        committed = sorted(p for p in head if integrity.matches(p, [glob]))
+        committed = sorted(p for p in head if matches(p, [glob]))
         if committed:
             shown = " ".join(committed[:5]) + (" ..." if len(committed) > 5 else "")
             raise ConfigError(
@@ -115,7 +116,7 @@ def refuse_exposed(
             )
     history = git.ever_committed()
     for i, glob in enumerate(globs):
-        held = sorted(p for p in history if integrity.matches(p, [glob]))
+        held = sorted(p for p in history if matches(p, [glob]))
         if held:
             raise ConfigError(
                 config_path,
@@ -129,7 +130,7 @@ def refuse_exposed(
                 "git reflog expire --expire=now --all && git gc --prune=now",
             )
     for i, glob in enumerate(globs):
-        if not any(integrity.matches(p, [glob]) for p in on_disk):
+        if not any(matches(p, [glob]) for p in on_disk):
             raise ConfigError(
                 config_path,
                 f"{glob!r} matches no file in {root}",

@@ -4,60 +4,17 @@ Before a run, a candidate's diff against its parent may touch only `editable`
 globs, and every `protected` file in the worktree must hash as recorded when
 the run started; after the run, the protected files must still hash the same.
 Whatever route an agent took (an edit tool, `cat >`, a script), a trial that
-breaks either rule is rejected. Knows nothing about the store or the runner.
+breaks either rule is rejected. Knows nothing about the store or the runner; what
+a glob matches is `overnight.globs`'s to say.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 from pathlib import Path
 
+from overnight.globs import matches
 from overnight.lab.git import blob_hash
-
-
-@lru_cache(maxsize=256)
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """gitignore-like globs: `*` and `?` stay within a path segment, `**` crosses them."""
-    out, i = "", 0
-    pattern = pattern.removeprefix("./")
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out += "(?:.*/)?"
-            i += 3
-        elif pattern.startswith("**", i):
-            out += ".*"
-            i += 2
-        elif pattern[i] == "*":
-            out += "[^/]*"
-            i += 1
-        elif pattern[i] == "?":
-            out += "[^/]"
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out += re.escape(pattern[i])
-                i += 1
-            else:
-                out += "[" + pattern[i + 1 : end].replace("\\", "\\\\") + "]"
-                i = end + 1
-        else:
-            out += re.escape(pattern[i])
-            i += 1
-    # a directory pattern ("src/" or "src") covers everything below it
-    return re.compile(out.rstrip("/") + "(?:/.*)?")
-
-
-def matches(path: str, globs: Iterable[str]) -> bool:
-    return any(_glob_regex(g).fullmatch(path) for g in globs)
-
-
-def expand(globs: Iterable[str], files: Iterable[str]) -> dict[str, list[str]]:
-    """Glob -> the files it matches (an empty list is a glob that matches nothing)."""
-    files = list(files)
-    return {g: [f for f in files if _glob_regex(g).fullmatch(f)] for g in globs}
 
 
 def hash_files(root: Path, paths: Iterable[str]) -> dict[str, str]:

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
-from overnight.store import Trial
+from overnight.records import Trial
 
 
 class Judge(Protocol):

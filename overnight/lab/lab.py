@@ -26,14 +26,16 @@ from typing import Any
 
 from opentelemetry import trace
 
-from overnight import redaction
+from overnight import globs, redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import constraints, holdout, integrity, privacy, sandbox
+from overnight.lab import holdout, integrity, preflight, privacy, sandbox
 from overnight.lab.disk import FreeSpace, TrialLogs, log_room
-from overnight.lab.executor import LocalExecutor, visible_gpus
-from overnight.lab.git import Git
+from overnight.lab.executor import LocalExecutor
+from overnight.lab.git import Git, worktree_of
 from overnight.lab.judge import Judge
 from overnight.lab.lock import AgentLock, LabLock
+from overnight.lab.preflight import StartChecks
+from overnight.lab.proposal import Proposal, ProposalError, ProposerUnavailable
 from overnight.lab.ratchet import (
     OUTLIER_FACTOR,
     better,
@@ -45,31 +47,21 @@ from overnight.lab.ratchet import (
     step,
 )
 from overnight.lab.runner import RunResult, find_marked, kill_marked, run_budgeted
-from overnight.lab.trial import BASELINE as BASELINE  # re-exported: the lab names its baseline
-from overnight.lab.trial import IMPORTED as IMPORTED  # and the history it was started with
-from overnight.lab.trial import IN_FLIGHT, TrialStatus
-from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, TRIAL_MARKER
+from overnight.org import Org, OrgConfig, constraints, load_org
 from overnight.org.config import MEMORY, VRAM, LabConfig, OnDivergence
-from overnight.org.load import line_of
-from overnight.proposers import Proposal, ProposalError, ProposerUnavailable, available, knobs
-from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_url
+from overnight.paths import STATE_DIR, StateDir
+from overnight.records import BASELINE, IMPORTED, IN_FLIGHT, AgentRecord, Run, Trial, TrialStatus
+from overnight.store import Store, open_store, store_url
 
-STATE_DIR = ".overnight"
 LOCK_WAIT = 2.0
 """Seconds a trial waits for its agent's lock before saying another trial holds it."""
 _tracer = trace.get_tracer("overnight.lab")
-RUN_MARKER = "OVERNIGHT_RUN_ID"
-SESSION_MARKER = "OVERNIGHT_SESSION"
-"""Set in an external agent's terminal session: its processes outlive `overnight run`."""
 MAX_REQUEUES = 1
 """How many times an interrupted proposal is tried again. Once: one that was in flight
 at two stops in a row is more likely their cause (an experiment that takes the machine
 down) than their victim."""
 _S = TrialStatus
-_SHELL_WORDS = {
-    "cd", "source", ".", "export", "exec", "env", "time", "nice", "nohup", "set",
-    "if", "for", "while", "case", "(", "{", "!", "[", "test", "true", "eval", "ulimit",
-}  # fmt: skip
 
 
 def config_fingerprint(org: Org) -> dict[str, Any]:
@@ -171,28 +163,27 @@ class Lab:
         self.warnings = list(warnings)
         self.resumed = resumed
         lab = org.config.lab
-        self.executor = LocalExecutor(
-            lab.parallel, org.root / STATE_DIR / "slots", lab.gpus_per_trial
-        )
-        self.state_dir = org.root / STATE_DIR
+        self.paths = StateDir.of(org.root)
+        self.state_dir = self.paths.path
+        self.executor = LocalExecutor(lab.parallel, self.paths.slots, lab.gpus_per_trial)
         self.requeued: list[Trial] = []
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
         self.deadline: float | None = None
         """When this run stops starting trials (time.monotonic(), the `--for` rule): a trial
         waiting for free disk space gives up then."""
-        self.trial_logs = TrialLogs(self.state_dir / "logs", lab.max_logs)
+        self.trial_logs = TrialLogs(self.paths.logs, lab.max_logs)
         self.free_space = FreeSpace(
             self.state_dir, lab.min_free_disk,
             lambda kind, payload: store.append_event(run.id, kind, payload),
         )  # fmt: skip
         self.holdout: holdout.Holdout | None = None
         if lab.holdout:
-            where = self.state_dir / "holdout" / run.id
+            where = self.paths.holdout(run.id)
             self.holdout = holdout.Holdout(
                 org.root, git, lab.holdout, lab.holdout_name, lab.hidden, where
             )
-        _register_secrets(self.config, self.state_dir)
+        _register_secrets(self.config, self.paths)
 
     # -- walls around what we run but do not trust ---------------------------
 
@@ -250,7 +241,7 @@ class Lab:
         `overnight try`: the run's store and git, without the lab's lock, so it
         works beside `overnight run` (or after it stopped). Returns (lab, agent)."""
         root, run_id, agent = worktree_of(path)
-        top = root / STATE_DIR / "worktrees" / run_id / agent
+        top = StateDir.of(root).worktree(run_id, agent)
         org = load_org(root)
         store = open_store(store_url(root))
         try:
@@ -269,8 +260,16 @@ class Lab:
         return lab, agent
 
     @classmethod
-    def start(cls, root: Path, *, new_run: bool = False, base_ref: str | None = None) -> Lab:
-        """Validate everything, take the lab's lock, and start or resume its run.
+    def start(
+        cls,
+        root: Path,
+        *,
+        checks: StartChecks,
+        new_run: bool = False,
+        base_ref: str | None = None,
+    ) -> Lab:
+        """Validate everything (`checks` asks what the lab cannot know itself, see
+        `overnight.lab.preflight`), take the lab's lock, and start or resume its run.
 
         A new run starts from HEAD, or from `base_ref` (any commit or branch, e.g. an
         autoresearch run's `autoresearch/<tag>`); the lab's definition (overnight.toml,
@@ -289,13 +288,17 @@ class Lab:
         lock = LabLock(root)
         lock.acquire()
         try:
-            privacy.make_private(root / STATE_DIR)  # state an older version left readable
+            privacy.make_private(StateDir.of(root).path)  # state an older version left readable
             git.exclude(f"/{STATE_DIR}/")
             holdout.ignore_hidden(git, org.config.lab.hidden)
-            base = _resolve(git, base_ref) if base_ref is not None else None
-            warnings = _preflight(org, git, base) + _sandbox_warnings(org) + _keep_warnings(org)
+            base = preflight.resolve(git, base_ref) if base_ref is not None else None
+            warnings = (
+                preflight.check(org, git, base, checks)
+                + preflight.sandbox_warnings(org)
+                + preflight.keep_warnings(org)
+            )
             if base is not None:
-                warnings += _from_warnings(git, base_ref or base, base)
+                warnings += preflight.from_warnings(git, base_ref or base, base)
             store = open_store(store_url(root))
             try:
                 lab = cls._open_run(org, git, store, lock, warnings, new_run, base_ref, base)
@@ -346,7 +349,7 @@ class Lab:
             protected = {
                 path: blob
                 for path, blob in files.items()
-                if integrity.matches(path, org.config.lab.protected)
+                if globs.matches(path, org.config.lab.protected)
             }
             run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             while store.get_run(run_id) is not None:
@@ -366,16 +369,16 @@ class Lab:
         # session, which outlives us on purpose: the supervisor re-attaches to it, and
         # its worktree (perhaps holding unsubmitted work) is left as it is.
         def in_session(env: dict[str, str]) -> bool:
-            return SESSION_MARKER in env and "OVERNIGHT_TRIAL" not in env
+            return SESSION_MARKER in env and TRIAL_MARKER not in env
 
         live = {
-            env.get("OVERNIGHT_AGENT") for _pid, env in find_marked(RUN_MARKER, run.id)
+            env.get(AGENT_MARKER) for _pid, env in find_marked(RUN_MARKER, run.id)
             if in_session(env)
         }  # fmt: skip
         kill_marked(
             RUN_MARKER,
             run.id,
-            spare=lambda env: env.get("OVERNIGHT_AGENT") in busy or in_session(env),
+            spare=lambda env: env.get(AGENT_MARKER) in busy or in_session(env),
         )
         for trial in self.store.trials(run.id, statuses=IN_FLIGHT):
             if trial.agent in busy:
@@ -397,7 +400,7 @@ class Lab:
                         name=name,
                         runtime=agent_cfg.runtime,
                         branch=f"overnight/{run.id}/{name}",
-                        worktree=str(self.state_dir / "worktrees" / run.id / name),
+                        worktree=str(self.paths.worktree(run.id, name)),
                         best_commit=start_commit or run.base_commit,
                         best_metric=lab_best.metric if lab_best else None,
                         best_trial=lab_best.number if lab_best else None,
@@ -789,7 +792,7 @@ class Lab:
 
     def _measure(self, trial: Trial, root: Path, stop: threading.Event) -> _Measured:
         lab = self.config.lab
-        log_path = self.state_dir / "logs" / self.run.id / f"trial-{trial.number:05d}.log"
+        log_path = self.paths.trial_log(self.run.id, trial.number)
         timeout = lab.budget + lab.grace
         with self.executor.slot(stop) as slot_env:
             if slot_env is None or not self._disk_room(stop):
@@ -801,8 +804,8 @@ class Lab:
                 {
                     **slot_env,
                     RUN_MARKER: self.run.id,
-                    "OVERNIGHT_TRIAL": str(trial.number),
-                    "OVERNIGHT_AGENT": trial.agent,
+                    TRIAL_MARKER: str(trial.number),
+                    AGENT_MARKER: trial.agent,
                 }
             )
             wrap = self.experiment_wrap(root, timeout)
@@ -862,8 +865,8 @@ class Lab:
         trial's markers."""
 
         def others(found: dict[str, str]) -> bool:
-            return found.get("OVERNIGHT_TRIAL") != str(trial.number) or (
-                found.get("OVERNIGHT_AGENT") != trial.agent
+            return found.get(TRIAL_MARKER) != str(trial.number) or (
+                found.get(AGENT_MARKER) != trial.agent
             )
 
         kill_marked(RUN_MARKER, self.run.id, spare=others)
@@ -956,7 +959,7 @@ class Lab:
         assert self.holdout is not None
         lab = self.config.lab
         before, reference = self._holdout_reference()
-        log_path = self.state_dir / "logs" / self.run.id / f"trial-{trial.number:05d}-holdout.log"
+        log_path = self.paths.trial_log(self.run.id, trial.number, holdout=True)
         timeout = lab.budget + lab.grace
         with self.executor.slot(stop) as slot_env:
             if slot_env is None:
@@ -969,8 +972,8 @@ class Lab:
                 {
                     **slot_env,
                     RUN_MARKER: self.run.id,
-                    "OVERNIGHT_TRIAL": str(trial.number),
-                    "OVERNIGHT_AGENT": trial.agent,
+                    TRIAL_MARKER: str(trial.number),
+                    AGENT_MARKER: trial.agent,
                 }
             )
             measured = self.holdout.measure(
@@ -1115,21 +1118,6 @@ def best_trial(store: Store, run: Run, config: OrgConfig) -> Trial | None:
     return best
 
 
-def worktree_of(path: Path) -> tuple[Path, str, str]:
-    """(lab root, run id, agent) of the agent's worktree that `path` is in."""
-    try:
-        top = Path(Git(path).run("rev-parse", "--show-toplevel").strip()).resolve()
-    except Exception:
-        top = path.resolve()
-    if not (top.parent.parent.name == "worktrees" and top.parents[2].name == STATE_DIR):
-        raise UserError(
-            f"{path}: not an agent's worktree.\n"
-            "  fix: run `overnight try` from the worktree overnight gave the agent "
-            f"({STATE_DIR}/worktrees/<run>/<agent> in the lab)."
-        )
-    return top.parents[3], top.parent.name, top.name
-
-
 def credential_sources(config: OrgConfig) -> tuple[list[str], list[str]]:
     """The environment variables and files the gateway's credentials are read from."""
     gateway = config.gateway
@@ -1137,13 +1125,13 @@ def credential_sources(config: OrgConfig) -> tuple[list[str], list[str]]:
     return [c.env for c in creds if c.env], [c.file for c in creds if c.file]
 
 
-def _register_secrets(config: OrgConfig, state_dir: Path) -> None:
+def _register_secrets(config: OrgConfig, state: StateDir) -> None:
     """Every secret this lab's processes may come across, for `redaction.redact`."""
     envs, files = credential_sources(config)
     redaction.register(*(os.environ.get(name) for name in envs))
     # an unreadable one is the gateway's to report when it starts, naming the credential
     paths = [Path(name).expanduser() for name in files]
-    keys = state_dir / "keys"
+    keys = state.keys
     if keys.is_dir():
         paths += keys.iterdir()
     for path in paths:
@@ -1171,259 +1159,3 @@ def _lab_default(name: str) -> Any:
         return ...
     default = field.get_default(call_default_factory=True)
     return default.value if isinstance(default, StrEnum) else default
-
-
-def _resolve(git: Git, ref: str) -> str:
-    """The commit `ref` (a branch, tag or commit) names, or a UserError with the fix."""
-    commit = git.rev(ref) if ref and not ref.startswith("-") else None
-    if commit is None:
-        raise UserError(
-            f"{git.path}: no commit or branch {ref!r} in this repository.\n"
-            "  fix: `git branch -a` lists the branches (an autoresearch run's is "
-            f"autoresearch/<tag>); fetch one that lives on a remote first (`git fetch origin "
-            f"{ref or 'BRANCH'}`), or name a commit `git log` shows."
-        )
-    return commit
-
-
-def _from_warnings(git: Git, ref: str, base: str) -> list[str]:
-    """A REF whose own overnight.toml says something else than the checkout's."""
-    theirs = git.tracked_files(base).get(CONFIG_FILE)
-    ours = git.tracked_files("HEAD").get(CONFIG_FILE)
-    if theirs is None or theirs == ours:
-        return []
-    return [
-        f"{ref}'s overnight.toml differs from the one checked out; the lab runs by the "
-        "checkout's (REF gives only the code the agents start from)"
-    ]
-
-
-def _preflight(org: Org, git: Git, base: str | None = None) -> list[str]:
-    """Everything that would otherwise fail at 3 a.m., checked before the first trial.
-    Files are checked as they are at `base` (HEAD when None), where the agents start."""
-    cfg = org.config
-    path = org.config_path
-    text = path.read_text(encoding="utf-8")
-
-    warnings: list[str] = []
-    # the working tree must be what HEAD says, at least for what the lab depends on
-    blocking, loose = [], []
-    watched = [*cfg.lab.editable, *cfg.lab.protected, CONFIG_FILE, cfg.lab.program]
-    for line in git.dirty():
-        status, name = line[:2], line[3:]
-        if status == "??" and not integrity.matches(name, watched):
-            loose.append(name)
-        else:
-            blocking.append(line.strip())
-    if blocking:
-        shown = "\n".join("    " + b for b in blocking[:10])
-        more = f"\n    ... and {len(blocking) - 10} more" if len(blocking) > 10 else ""
-        raise RepoError(
-            f"{org.root}: uncommitted changes:\n{shown}{more}\n"
-            "  fix: overnight starts every agent from your last commit, so commit these "
-            "(`git add -A && git commit`) or set them aside (`git stash -u`), then run again."
-        )
-    if loose:
-        warnings.append(
-            f"untracked files are not copied into the agents' worktrees: {', '.join(loose[:5])}"
-            + (" ..." if len(loose) > 5 else "")
-        )
-    at = base or "HEAD"
-    files = list(git.tracked_files(at))
-    for key in ("editable", "protected"):
-        for i, (glob, hits) in enumerate(integrity.expand(getattr(cfg.lab, key), files).items()):
-            if not hits:
-                raise ConfigError(
-                    path,
-                    f"{glob!r} matches no file committed in the repository",
-                    field=f"lab.{key}[{i}]",
-                    line=line_of(text, ("lab", key)),
-                    fix="check the spelling; globs are relative to overnight.toml "
-                    "(`*` stays within a folder, `**` crosses folders); commit the file if it is new",
-                )
-    if cfg.lab.hidden:
-        hidden_line = line_of(text, ("lab", "hidden"))
-        holdout.refuse_exposed(git, org.root, cfg.lab.hidden, path, hidden_line)
-    # Two globs can only be seen to overlap on the files they both match.
-    both = [f for f in files if integrity.matches(f, cfg.lab.protected)]
-    both = [f for f in both if integrity.matches(f, cfg.lab.editable)]
-    if both:
-        from overnight.org.config import overlap_fix
-
-        glob = next(g for g in cfg.lab.editable if integrity.matches(both[0], [g]))
-        guard = next(g for g in cfg.lab.protected if integrity.matches(both[0], [g]))
-        shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
-        raise ConfigError(
-            path,
-            f"{shown} {'is' if len(both) == 1 else 'are'} both editable (by {glob!r}) and "
-            f"protected (by {guard!r}); a file can be only one of them",
-            field=f"lab.protected[{cfg.lab.protected.index(guard)}]",
-            line=line_of(text, ("lab", "protected")),
-            fix=overlap_fix(
-                glob,
-                both[:5],
-                [f for f in files if integrity.matches(f, [glob]) and f not in both],
-            ),
-        )
-    for i, knob in enumerate(cfg.knobs):
-        if not integrity.matches(knob.file, cfg.lab.editable):
-            raise ConfigError(
-                path,
-                f"knob {knob.name!r} lives in {knob.file!r}, which is not editable",
-                field=f"knobs[{i}].file",
-                line=line_of(text, ("knobs", i, "file")),
-                fix=f"add {knob.file!r} to lab.editable, or move the knob",
-            )
-    knobs.validate(
-        org.root, cfg.knobs, path, read=None if base is None else lambda rel: git.show(at, rel)
-    )
-    for key in ("run", "evaluate", "holdout"):
-        command = getattr(cfg.lab, key)
-        if command:
-            problem = _command_problem(command, org.root)
-            if problem:
-                raise ConfigError(
-                    path,
-                    problem,
-                    field=f"lab.{key}",
-                    line=line_of(text, ("lab", key)),
-                    fix="check the spelling, or run overnight from the environment that has it "
-                    "(e.g. activate your virtualenv first)",
-                )
-    from overnight.agents.runtimes import RUNTIMES, missing_cli
-
-    runtimes = sorted({*available(), *RUNTIMES})
-    for i, agent in enumerate(cfg.agents):
-        if agent.runtime not in runtimes:
-            raise ConfigError(
-                path,
-                f"unknown runtime {agent.runtime!r}",
-                field=f"agents[{i}].runtime",
-                line=line_of(text, ("agents", i, "runtime")),
-                fix=f"use one of: {', '.join(runtimes)}",
-            )
-    for i, agent in enumerate(cfg.agents):
-        if agent.runtime == "optuna":
-            continue
-        routes = sorted(cfg.gateway.models) if cfg.gateway else []
-        if agent.model is None or agent.model not in routes:
-            given = "has no model" if agent.model is None else f"model {agent.model!r}"
-            raise ConfigError(
-                path,
-                f"agent {agent.name!r} (runtime {agent.runtime!r}) thinks with an LLM through "
-                f"the gateway, but {given}"
-                + ("" if agent.model is None else " is not a [gateway.models] route"),
-                field=f"agents[{i}].model",
-                line=line_of(text, ("agents", i, "model"))
-                if agent.model is not None
-                else line_of(text, ("agents", i)),
-                fix=(
-                    f"set model to one of: {', '.join(routes)}"
-                    if routes
-                    else "add a [gateway] with [[gateway.upstreams]] and a [gateway.models] "
-                    "route, and set model to that route's name"
-                ),
-            )
-        if agent.on_brownout == "optimize" and not cfg.knobs:
-            raise ConfigError(
-                path,
-                f'agent {agent.name!r} has on_brownout = "optimize", which tunes [[knobs]], '
-                "and none are defined",
-                field=f"agents[{i}].on_brownout",
-                line=line_of(text, ("agents", i, "on_brownout")),
-                fix='add [[knobs]], or set on_brownout = "pause"',
-            )
-    for i, agent in enumerate(cfg.agents):  # the environment, once the file is right
-        cli = RUNTIMES.get(agent.runtime)
-        if cli is not None and cli.executable() is None:
-            problem, _, fix = missing_cli(cli).partition("\n  fix: ")
-            raise ConfigError(
-                path,
-                problem,
-                field=f"agents[{i}].runtime",
-                line=line_of(text, ("agents", i, "runtime")),
-                fix=fix,
-            )
-    if any(a.runtime == "optuna" for _, a in cfg.agent_names()) and not cfg.knobs:
-        raise ConfigError(
-            path,
-            "the optuna runtime needs [[knobs]] to tune, and none are defined",
-            field="knobs",
-            fix="add a [[knobs]] table (name, file, low/high or choices) per setting to tune",
-        )
-    if cfg.lab.gpus_per_trial:
-        gpus = visible_gpus()
-        if len(gpus) < cfg.lab.gpus_per_trial:
-            raise ConfigError(
-                path,
-                f"gpus_per_trial = {cfg.lab.gpus_per_trial} but this machine has {len(gpus)} GPU(s)",
-                field="lab.gpus_per_trial",
-                line=line_of(text, ("lab", "gpus_per_trial")),
-                fix="set gpus_per_trial = 0 to run on the CPU, or check CUDA_VISIBLE_DEVICES / nvidia-smi",
-            )
-    # governance fails closed: a policy that does not load stops the start
-    from overnight.governance.policy import Policy
-
-    failing = [o for o in Policy.load(org.root, cfg.governance).run_tests() if o.problem]
-    if failing:
-        warnings.append(
-            f"{len(failing)} policy test(s) fail, e.g. {failing[0].describe()}; "
-            f"see `overnight policy test {org.root}`"
-        )
-    return warnings
-
-
-def _sandbox_warnings(org: Org) -> list[str]:
-    """A sandbox asked for must work; the default one says so when it cannot."""
-    mode = org.config.lab.sandbox
-    problem = None if mode == "none" else sandbox.bwrap_problem()
-    if problem is None:
-        return []
-    if mode == "bwrap":
-        raise ConfigError(
-            org.config_path,
-            f'sandbox = "bwrap", but {problem}',
-            field="lab.sandbox",
-            line=line_of(org.config_path.read_text(encoding="utf-8"), ("lab", "sandbox")),
-            fix="install bubblewrap (Debian/Ubuntu: apt install bubblewrap) and allow user "
-            'namespaces, or set sandbox = "none" to run without one',
-        )
-    return [
-        f"no sandbox: {problem}, so experiments and agents' CLIs can read the lab's "
-        '.overnight/ (virtual keys, the database); install bubblewrap, or set [lab] sandbox = "none" '
-        "to say you accept that"
-    ]
-
-
-def _keep_warnings(org: Org) -> list[str]:
-    """What makes keeps less trustworthy than the user may think, said once at start."""
-    lab = org.config.lab
-    warnings = []
-    if lab.min_delta is None and not lab.measures_noise:
-        cost = (lab.noise_runs - 1) * lab.budget / 60
-        warnings.append(
-            f"min_delta is 0: measuring the noise floor would take {lab.noise_runs - 1} more "
-            f"baseline runs (up to {cost:.0f} min at budget = {lab.budget / 60:g} min); set "
-            'min_delta = "auto" to measure it anyway, or a number of your own'
-        )
-    if lab.hidden and (lab.sandbox == "none" or sandbox.bwrap_problem() is not None):
-        warnings.append(
-            "the hidden files are in no worktree and no commit, but without a sandbox an "
-            f"experiment or an agent's CLI can still read them in {org.root}"
-        )
-    return warnings
-
-
-def _command_problem(command: str, root: Path) -> str | None:
-    try:
-        words = shlex.split(command)
-    except ValueError as exc:
-        return f"cannot parse the command ({exc})"
-    words = [w for w in words if not ("=" in w and w.split("=", 1)[0].isidentifier())]
-    if not words or words[0] in _SHELL_WORDS or any(c in words[0] for c in "$`;|&<>"):
-        return None
-    exe = words[0]
-    if "/" in exe:
-        target = Path(exe) if os.path.isabs(exe) else root / exe
-        return None if target.exists() else f"{exe!r} does not exist"
-    return None if shutil.which(exe) else f"command {exe!r} not found on PATH"

@@ -21,18 +21,23 @@ from typing import Any
 from pydantic import ValidationError
 
 from overnight.errors import ConfigError, UserError
-from overnight.lab.lab import BASELINE, IMPORTED, MAX_REQUEUES, best_trial, requeues
+from overnight.lab.lab import MAX_REQUEUES, best_trial, requeues
 from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
 from overnight.lab.stop import STOPPING
-from overnight.lab.trial import (
+from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
+from overnight.records import (
     AUTORESEARCH_COLUMNS,
     AUTORESEARCH_STATUS,
+    BASELINE,
+    IMPORTED,
     LEDGER_COLUMNS,
+    AgentRecord,
+    Run,
+    Trial,
     TrialStatus,
 )
-from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
-from overnight.store import AgentRecord, Run, Store, Trial, open_store, store_exists, store_url
+from overnight.store import Store, open_store, store_exists, store_url
 
 
 @dataclass

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from overnight.errors import LabBusy
+from overnight.paths import StateDir
 
 
 def _take(path: Path, wait: float = 0.0) -> int | None:
@@ -39,7 +40,7 @@ def _take(path: Path, wait: float = 0.0) -> int | None:
 class LabLock:
     def __init__(self, lab_dir: Path) -> None:
         self.lab_dir = lab_dir
-        self.path = lab_dir / ".overnight" / "lock"
+        self.path = StateDir.of(lab_dir).lock
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -57,7 +58,7 @@ class LabLock:
 
 def holder(lab_dir: Path) -> int | None:
     """The pid of the process running this lab, or None if nobody is."""
-    path = lab_dir / ".overnight" / "lock"
+    path = StateDir.of(lab_dir).lock
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -82,7 +83,7 @@ class AgentLock:
     """
 
     def __init__(self, lab_dir: Path, run_id: str, agent: str) -> None:
-        self.path = lab_dir / ".overnight" / "locks" / f"{run_id}.{agent}"
+        self.path = StateDir.of(lab_dir).agent_lock(run_id, agent)
         self._fd: int | None = None
 
     def acquire(self, wait: float = 0.0) -> bool:

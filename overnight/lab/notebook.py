@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from overnight.lab.ratchet import better
-from overnight.lab.trial import BASELINE, TrialStatus
 from overnight.org.config import Goal, LabConfig
-from overnight.store import Store, Trial
+from overnight.records import BASELINE, Trial, TrialStatus
+from overnight.store import Store
 
 MAX_LINES = 80
 """Trial lines in one rendering of the notebook."""

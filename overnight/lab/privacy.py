@@ -16,6 +16,8 @@ import os
 import stat
 from pathlib import Path
 
+from overnight.paths import WORKTREES
+
 PRIVATE_UMASK = 0o077
 USER_UMASK_ENV = "OVERNIGHT_USER_UMASK"
 """The umask the user started overnight with, for overnight's own child processes
@@ -50,7 +52,7 @@ def make_private(state_dir: Path) -> int:
     opened by anyone else); the rest is for a folder someone opens up again later.
     """
     changed = 0
-    worktrees = state_dir / "worktrees"
+    worktrees = state_dir / WORKTREES
     for folder, dirs, files in os.walk(state_dir):
         here = Path(folder)
         if here.parent == worktrees:

@@ -11,9 +11,9 @@ import html
 from pathlib import Path
 from typing import Any
 
-from overnight.lab.lab import BASELINE
 from overnight.lab.ledger import LabView, best_so_far, status
-from overnight.lab.trial import TrialStatus
+from overnight.paths import StateDir
+from overnight.records import BASELINE, TrialStatus
 
 
 def plot(view: LabView, out: Path) -> Path:
@@ -93,7 +93,7 @@ def plot(view: LabView, out: Path) -> Path:
 
 def write(view: LabView, out: Path | None = None) -> Path:
     """Write the report (Markdown, or HTML if `out` ends in .html) and its plot; return its path."""
-    default_dir = view.root / ".overnight" / "reports" / view.run.id
+    default_dir = StateDir.of(view.root).reports(view.run.id)
     out = out or default_dir / "report.md"
     png = plot(view, out.with_name(out.stem + "-progress.png"))
     s = status(view)

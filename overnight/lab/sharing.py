@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from overnight.lab.git import Git
 from overnight.lab.ratchet import better, improves
-from overnight.lab.trial import TrialStatus
 from overnight.org.config import Goal
-from overnight.store import Event, Trial
+from overnight.records import Event, Trial, TrialStatus
 
 if TYPE_CHECKING:
     from overnight.lab.lab import Lab

@@ -27,11 +27,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from overnight.lab.lab import BASELINE, Lab
+from overnight.lab.lab import Lab
 from overnight.lab.ratchet import better
-from overnight.lab.trial import TrialStatus
 from overnight.org.config import Goal
-from overnight.store import Trial
+from overnight.records import BASELINE, Trial, TrialStatus
 
 STOPPING = "run.stopping"
 PAUSED = "agent.paused"

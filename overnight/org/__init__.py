@@ -1,7 +1,8 @@
 """Org code: `overnight.toml` + `program.md`, loaded and validated.
 
-Owns the configuration's shape and its error messages. Knows nothing about git,
-the store, or how trials run.
+Owns the configuration's shape (the `[gateway]` table's included), the little
+languages inside it (constraints, knob assignments) and its error messages. Knows
+nothing about git, the store, or how trials run.
 """
 
 from overnight.org.config import AgentConfig, Autonomy, Goal, KnobConfig, LabConfig, OrgConfig

@@ -18,10 +18,11 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from overnight.errors import Invalid
-from overnight.gateway.config import GatewayConfig
-from overnight.lab import constraints as constraint
-from overnight.lab.integrity import matches
-from overnight.lab.trial import AUTORESEARCH_COLUMNS, LEDGER_COLUMNS
+from overnight.globs import matches
+from overnight.org import constraints as constraint
+from overnight.org.gateway import GatewayConfig
+from overnight.paths import STATE_DIR
+from overnight.records import AUTORESEARCH_COLUMNS, LEDGER_COLUMNS
 from overnight.units import Duration, PositiveDuration, Size, _shown, parse_duration
 
 
@@ -248,7 +249,7 @@ class LabConfig(_Model):
                 )
         for i, glob in enumerate(self.hidden):
             parts = glob.replace("\\", "/").split("/")
-            if glob.startswith(("/", "~")) or ".." in parts or parts[0] in (".git", ".overnight"):
+            if glob.startswith(("/", "~")) or ".." in parts or parts[0] in (".git", STATE_DIR):
                 raise Invalid(
                     f"{glob!r} is not a path inside the lab",
                     fix='write it relative to overnight.toml, e.g. "holdout/**"',

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overnight.proposers.knobs import assignment_lines
+from overnight.org.knobs import assignment_lines
 
 EVALUATOR_NAMES = ("prepare.py", "evaluate.py", "eval.py", "evaluation.py", "metric.py")
 _ENTRY_NAMES = ("train.py", "main.py", "model.py")

@@ -17,6 +17,7 @@ from string import Template
 from overnight.errors import RepoError, UserError
 from overnight.org.draft import Draft, duration_text, survey
 from overnight.org.load import CONFIG_FILE
+from overnight.paths import STATE_DIR
 
 
 def examples_dir() -> Path:
@@ -49,7 +50,7 @@ def copy_example(name: str, dest: Path) -> Path:
     shutil.copytree(
         examples_dir() / name,
         dest,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".overnight", "model.npz"),
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", STATE_DIR, "model.npz"),
         dirs_exist_ok=True,
     )
     for cmd in (

@@ -1,8 +1,9 @@
 """The Proposer protocol and its registry: how an agent comes up with its next change.
 
 A proposer turns the lab's state into a `Proposal` (a description, the data
-stored on the trial, and a function that writes the change into a worktree),
-and learns from each finished trial. Built-ins register here exactly as a
+stored on the trial, and a function that writes the change into a worktree:
+`overnight.lab.proposal`, the lab's own word for what it tries), and learns
+from each finished trial. Built-ins register here exactly as a
 plugin would. Knows nothing about git, runners or the store's tables.
 """
 
@@ -13,40 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from overnight.lab.proposal import Proposal
 from overnight.org.config import OrgConfig
-from overnight.store.base import Trial
-
-
-class ProposalError(Exception):
-    """No usable proposal (a reply that cannot be parsed, an edit that does not apply):
-    the agent's mistake, recorded on the trial as `crashed` with `data` (e.g. the raw
-    reply) kept as its proposal."""
-
-    def __init__(self, message: str, data: Mapping[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.data: Mapping[str, Any] = data or {}
-
-
-class ProposerUnavailable(Exception):
-    """The proposer cannot think right now (its model route is down, its budget spent):
-    not the agent's mistake. The trial is recorded `interrupted` with this reason and
-    nothing to retry; the supervisor decides whether to wait, pause or optimize.
-    `retry_after` (seconds), when known, says how long to wait."""
-
-    def __init__(
-        self, message: str, *, brownout: bool = False, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.brownout = brownout
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class Proposal:
-    description: str
-    data: Mapping[str, Any]
-    apply: Callable[[Path], None]
-    requeued_from: int | None = None
+from overnight.records import Trial
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from overnight.lab.integrity import matches
+from overnight.globs import matches
 
 MAX_DESCRIPTION = 200
 """Characters of a description kept (it becomes a commit subject and a ledger cell)."""

@@ -46,18 +46,13 @@ from urllib.parse import urlsplit
 from opentelemetry.propagate import inject
 
 from overnight.lab import notebook
-from overnight.lab.trial import TrialStatus
+from overnight.lab.proposal import Proposal, ProposalError, ProposerUnavailable
 from overnight.org.config import Goal
 from overnight.proposers import edits as edit_blocks
-from overnight.proposers.base import (
-    Proposal,
-    ProposalError,
-    ProposerSetup,
-    ProposerUnavailable,
-    register,
-)
+from overnight.proposers.base import ProposerSetup, register
 from overnight.proposers.edits import Edit, EditError
-from overnight.store import Store, Trial, open_store
+from overnight.records import Trial, TrialStatus
+from overnight.store import Store, open_store
 
 MAX_REASKS = 2
 """How many times a malformed or inapplicable reply is answered with its problems."""

@@ -29,12 +29,12 @@ from optuna.distributions import (
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from overnight.lab.trial import TrialStatus
+from overnight.lab.proposal import Proposal
+from overnight.org import knobs as knob_files
 from overnight.org.config import Goal, KnobConfig
-from overnight.proposers import knobs as knob_files
-from overnight.proposers.base import Proposal, ProposerSetup, register
-from overnight.store.base import Trial
-from overnight.store.sql import sqlalchemy_url
+from overnight.proposers.base import ProposerSetup, register
+from overnight.records import Trial, TrialStatus
+from overnight.store import open_store
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -45,22 +45,9 @@ SWITCH_CHOICE = 0.25
 """The chance an explore step switches a choice knob to another of its values."""
 STEP = 0.1
 """An explore step moves a linear knob by this share of its range (a log knob: x0.8 or x1.25)."""
-_storages: dict[str, optuna.storages.RDBStorage] = {}
-_storages_lock = threading.Lock()
 # Optuna pops a WAITING (re-queued) trial with a read-then-write that two threads
 # on SQLite can both win; one ask at a time per process keeps every point unique.
 _ask_lock = threading.Lock()
-
-
-def _storage(url: str) -> optuna.storages.RDBStorage:
-    """One RDBStorage per database per process (creating one runs Optuna's migrations)."""
-    with _storages_lock:
-        if url not in _storages:
-            kwargs: dict[str, Any] = {}
-            if url.startswith("sqlite"):
-                kwargs = {"connect_args": {"timeout": 60}}
-            _storages[url] = optuna.storages.RDBStorage(sqlalchemy_url(url), engine_kwargs=kwargs)
-        return _storages[url]
 
 
 def distribution(knob: KnobConfig) -> BaseDistribution:
@@ -91,9 +78,14 @@ class OptunaProposer:
             sampler = optuna.samplers.TPESampler(
                 n_startup_trials=5, multivariate=True, constant_liar=True
             )
+        store = open_store(setup.store_url)  # the study lives in the lab's database
+        try:
+            storage = store.optuna_storage()
+        finally:
+            store.close()  # (the storage outlives it: one per database and process)
         self.study = optuna.create_study(
             study_name=study_name(setup.run_id),
-            storage=_storage(setup.store_url),
+            storage=storage,
             direction=direction,
             sampler=sampler,
             load_if_exists=True,

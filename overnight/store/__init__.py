@@ -10,21 +10,9 @@ import contextlib
 import os
 from pathlib import Path
 
-from overnight.store.base import (
-    AgentRecord,
-    Approval,
-    ApprovalStatus,
-    AuditCheckpoint,
-    AuditRecord,
-    Event,
-    ImportedTrial,
-    Run,
-    Store,
-    TransitionError,
-    Trial,
-    UsageRow,
-)
-from overnight.store.sql import SqlStore, sqlalchemy_url
+from overnight.paths import StateDir
+from overnight.store.base import Store, TransitionError
+from overnight.store.sql import SqlStore
 
 ENV_URL = "OVERNIGHT_DB"
 
@@ -34,7 +22,7 @@ def store_url(lab_dir: Path) -> str:
     url = os.environ.get(ENV_URL)
     if url:
         return url
-    return f"sqlite:///{(lab_dir / '.overnight' / 'overnight.db').resolve()}"
+    return f"sqlite:///{StateDir.of(lab_dir).database.resolve()}"
 
 
 def store_exists(url: str) -> bool:
@@ -61,21 +49,10 @@ def open_store(url: str) -> Store:
 
 __all__ = [
     "ENV_URL",
-    "AgentRecord",
-    "Approval",
-    "ApprovalStatus",
-    "AuditCheckpoint",
-    "AuditRecord",
-    "Event",
-    "ImportedTrial",
-    "Run",
     "SqlStore",
     "Store",
     "TransitionError",
-    "Trial",
-    "UsageRow",
     "open_store",
-    "sqlalchemy_url",
     "store_exists",
     "store_url",
 ]

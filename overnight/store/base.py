@@ -1,4 +1,7 @@
-"""The Store contract and the frozen records it hands out.
+"""The Store contract: what every backend keeps, and the rules it keeps them by.
+
+The records it hands out (`Trial`, `Run`, `Event`, ...) are plain frozen types of
+`overnight.records`, which knows nothing of the store.
 
 Rules every implementation keeps (the contract tests in tests/test_store.py
 check them against SQLite and PostgreSQL alike):
@@ -11,7 +14,7 @@ check them against SQLite and PostgreSQL alike):
   crash of the calling process, so the caller may then start the side effect
   the write announces.
 - **Transitions are enforced.** `update_trial` refuses a move the trial state
-  machine (`overnight.lab.trial`) does not allow, and writes the matching
+  machine (`overnight.records`) does not allow, and writes the matching
   `trial.<status>` event in the same transaction as the change.
 - **Append-only history.** Events are never updated or deleted; trial numbers
   are unique and gapless within a run.
@@ -34,172 +37,26 @@ check them against SQLite and PostgreSQL alike):
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from overnight.lab.trial import TrialStatus
+from overnight.records import (
+    ATTEMPT_FIELDS,
+    AgentRecord,
+    Approval,
+    ApprovalStatus,
+    AuditCheckpoint,
+    AuditRecord,
+    Event,
+    ImportedTrial,
+    Run,
+    Trial,
+    TrialStatus,
+    UsageRow,
+)
 
-
-@dataclass(frozen=True)
-class Run:
-    """One unattended session of a lab: from a base commit, resumable after any stop."""
-
-    id: str
-    lab: str
-    base_commit: str
-    protected: Mapping[str, str]
-    config: Mapping[str, Any]
-    created_at: float
-    noise_floor: Mapping[str, Any] | None = None
-    """Measured at the run's start: {"runs": [...], "sigma": σ, "min_delta": 2σ}."""
-
-
-@dataclass(frozen=True)
-class AgentRecord:
-    """An agent of a run, with where its ratchet stands."""
-
-    run_id: str
-    name: str
-    runtime: str
-    branch: str
-    worktree: str
-    best_commit: str
-    best_metric: float | None = None
-    best_trial: int | None = None
-    state: str = "idle"
-    state_since: float | None = None
-    session: str | None = None
-    """An external CLI agent's conversation id, to resume it after a restart."""
-
-
-@dataclass(frozen=True)
-class Trial:
-    """One attempt, as last written."""
-
-    id: int
-    run_id: str
-    number: int
-    agent: str
-    status: TrialStatus
-    parent_commit: str
-    description: str
-    proposal: Mapping[str, Any]
-    created_at: float
-    updated_at: float
-    candidate_commit: str | None = None
-    metric: float | None = None
-    metrics: tuple[float, ...] = ()
-    diff: str | None = None
-    reason: str | None = None
-    log_path: str | None = None
-    log_tail: str | None = None
-    pid: int | None = None
-    requeued_from: int | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    duration_s: float | None = None
-    holdout_metric: float | None = None
-    """The hidden holdout's metric (a candidate that would become the lab's best)."""
-    flag: str | None = None
-    """Why a keep looks suspect: its metric improved and its holdout did not."""
-    recorded: Mapping[str, float] = field(default_factory=dict)
-    """Secondary `name: value` lines of the run (`[lab] record`, and `peak_vram_mb`)."""
-    memory_gb: float | None = None
-    """Peak memory: a printed `peak_vram_mb` / 1024 (autoresearch's `memory_gb`), else the
-    peak RSS of the run's process tree in GiB."""
-    peak_rss_mb: float | None = None
-    """Peak resident memory of the run's process tree as the runner measured it, in MiB."""
-    # (ov_trials.tokens and .cost_usd are unused: a trial's cost is read from the gateway's
-    # attempts, see overnight.lab.ledger.trial_costs)
-
-
-@dataclass(frozen=True)
-class UsageRow:
-    """One gateway attempt's share of the bill."""
-
-    agent: str
-    trial: str | None
-    started_at: float
-    tokens: int
-    """input + cache read + cache write + output."""
-    cost_usd: float | None
-    """None when unpriced."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """A frozen, typed record of something that happened, in the order it was written."""
-
-    id: int
-    run_id: str
-    at: float
-    kind: str
-    agent: str | None = None
-    trial: int | None = None
-    payload: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One link of a lab's audit chain, exactly as stored (see overnight.governance.audit)."""
-
-    lab: str
-    seq: int
-    """1, 2, 3, ... within the lab's chain, without gaps."""
-    at: float
-    kind: str
-    actor: str
-    subject: str
-    payload: str
-    """Canonical JSON text, hashed as it is stored."""
-    correlation: str | None
-    prev_hash: str
-    hash: str
-
-    def data(self) -> Any:
-        """The payload, parsed."""
-        return json.loads(self.payload)
-
-
-@dataclass(frozen=True)
-class AuditCheckpoint:
-    """A signed statement that the chain held `hash` at `seq` (HMAC-SHA256 with key `key_id`)."""
-
-    lab: str
-    seq: int
-    hash: str
-    at: float
-    key_id: str
-    mac: str
-
-
-ApprovalStatus = Literal["pending", "approved", "denied", "expired"]
-
-
-@dataclass(frozen=True)
-class Approval:
-    """A request for a human's yes or no on one action of one agent."""
-
-    id: str
-    """Short and typable: `overnight approve k7q2mx`."""
-    lab: str
-    run_id: str
-    agent: str
-    action: Mapping[str, Any]
-    reason: str
-    """Why it needs a human (the rule or risk that asked)."""
-    risk: float | None
-    correlation: str | None
-    created_at: float
-    expires_at: float
-    status: ApprovalStatus = "pending"
-    answered_by: str | None = None
-    note: str | None = None
-    answered_at: float | None = None
-    """For `expired`, the moment it expired."""
-
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 # The trial fields `update_trial` may set alongside a status change.
 TRIAL_FIELDS = frozenset(
@@ -225,32 +82,6 @@ TRIAL_FIELDS = frozenset(
         "peak_rss_mb",
     }
 )
-
-
-@dataclass(frozen=True)
-class ImportedTrial:
-    """A trial that ran elsewhere (a hand-run autoresearch loop), as `import_trials` takes it."""
-
-    agent: str
-    status: TrialStatus
-    """Final: kept, discarded or crashed."""
-    parent_commit: str
-    candidate_commit: str
-    description: str
-    proposal: Mapping[str, Any]
-    """Where it came from, e.g. {"imported": "results.tsv", "line": 7}."""
-    metric: float | None = None
-    memory_gb: float | None = None
-    diff: str | None = None
-
-
-# The columns of one metered gateway attempt (see overnight.gateway.meter.Attempt).
-ATTEMPT_FIELDS = (
-    "request_id", "attempt", "agent", "trial", "route", "upstream", "model", "credential",
-    "client_protocol", "upstream_protocol", "stream", "outcome", "status", "error",
-    "started_at", "latency_s", "ttft_s", "input_tokens", "output_tokens", "cache_read_tokens",
-    "cache_write_tokens", "reasoning_tokens", "usage_estimated", "cost_usd", "unpriced",
-)  # fmt: skip
 
 
 class TransitionError(Exception):
@@ -503,6 +334,14 @@ class Store(abc.ABC):
     def expire_approvals(self, lab: str, now: float) -> list[Approval]:
         """Move every pending approval of `lab` with expires_at <= `now` to `expired`
         (answered_at = expires_at), each with its event; returns those moved."""
+
+    # the optimizer ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def optuna_storage(self) -> BaseStorage:
+        """Where the Optuna proposers keep their studies: this store's database, through one
+        storage per database and process (creating one runs Optuna's own migrations), which
+        outlives this Store's `close()`."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import Row
 from sqlalchemy.pool import NullPool
 
 from overnight import redaction
-from overnight.lab.trial import TrialStatus, can_move
-from overnight.store.base import (
+from overnight.records import (
     ATTEMPT_FIELDS,
-    TRIAL_FIELDS,
     AgentRecord,
     Approval,
     ApprovalStatus,
@@ -29,12 +28,16 @@ from overnight.store.base import (
     Event,
     ImportedTrial,
     Run,
-    Store,
-    TransitionError,
     Trial,
+    TrialStatus,
     UsageRow,
+    can_move,
 )
+from overnight.store.base import TRIAL_FIELDS, Store, TransitionError
 from overnight.store.migrations import migrate
+
+if TYPE_CHECKING:
+    from optuna.storages import RDBStorage
 
 _JSON_FIELDS = {"proposal", "metrics", "recorded"}
 
@@ -45,6 +48,8 @@ _AUDIT_LOCK = 727101
 # order: a sequence hands out ids at once, but concurrent transactions commit in any order,
 # and a follower that remembered id 11 would never see a late-committing id 10.
 _ID_ORDER_LOCK = 727102
+_optuna_storages: dict[str, RDBStorage] = {}
+_optuna_lock = threading.Lock()
 _FLAG_AT = tuple(
     i + 2 for i, c in enumerate(ATTEMPT_FIELDS) if c in ("stream", "usage_estimated", "unpriced")
 )
@@ -881,6 +886,22 @@ class SqlStore(Store):
             agent=approval.agent,
             now=approval.answered_at,
         )
+
+    # the optimizer ------------------------------------------------------------
+
+    def optuna_storage(self) -> RDBStorage:
+        # Optuna is imported by the optimizer's processes only: it takes a while.
+        import optuna
+
+        with _optuna_lock:
+            if self.url not in _optuna_storages:
+                kwargs: dict[str, Any] = {}
+                if self.url.startswith("sqlite"):
+                    kwargs = {"connect_args": {"timeout": 60}}
+                _optuna_storages[self.url] = optuna.storages.RDBStorage(
+                    sqlalchemy_url(self.url), engine_kwargs=kwargs
+                )
+            return _optuna_storages[self.url]
 
     def close(self) -> None:
         self.engine.dispose()

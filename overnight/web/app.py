@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from markupsafe import Markup
 
 from overnight.agents.supervisor import ControlRefused, UnknownAgent
-from overnight.lab.trial import TrialStatus
+from overnight.records import TrialStatus
 from overnight.web.auth import Access, AuthMiddleware
 from overnight.web.events import TOPICS, Hub
 from overnight.web.live import LiveRun, ago

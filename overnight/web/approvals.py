@@ -26,8 +26,7 @@ from markupsafe import Markup
 from overnight.governance.action import Action
 from overnight.governance.approvals import ApprovalError, Approvals
 from overnight.governance.governor import Governor
-from overnight.store import Approval
-from overnight.store.base import ApprovalStatus
+from overnight.records import Approval, ApprovalStatus
 from overnight.web.events import Message
 from overnight.web.live import Changes
 from overnight.web.peers import agent_peer

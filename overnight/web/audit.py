@@ -26,7 +26,8 @@ from fastapi.responses import HTMLResponse
 from overnight.errors import UserError
 from overnight.governance.audit import verify
 from overnight.governance.governor import Governor
-from overnight.store import AuditRecord, Store
+from overnight.records import AuditRecord
+from overnight.store import Store
 from overnight.web.app import Refused
 
 if TYPE_CHECKING:

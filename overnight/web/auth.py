@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from overnight import redaction
+from overnight.paths import StateDir
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -32,7 +33,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-URL_FILE = "web.url"
 CSRF_HEADER = "x-csrf-token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -125,7 +125,7 @@ class Access:
 def write_url_file(state_dir: Path, url: str) -> Path:
     """`.overnight/web.url`, readable by the user only: the way back in for a service."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / URL_FILE
+    path = StateDir(state_dir).web_url
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

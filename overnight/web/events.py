@@ -27,8 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from overnight.lab.trial import IN_FLIGHT
-from overnight.store import Event
+from overnight.records import IN_FLIGHT, Event
 from overnight.web.live import Changes, LiveRun
 from overnight.web.sources import Sources
 from overnight.web.terminals import Mirror

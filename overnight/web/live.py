@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from overnight.lab.lab import BASELINE, IMPORTED
 from overnight.lab.ratchet import better
-from overnight.lab.trial import TrialStatus
 from overnight.org.config import Goal
-from overnight.store import AgentRecord, Event, Trial, UsageRow
+from overnight.records import BASELINE, IMPORTED, AgentRecord, Event, Trial, TrialStatus, UsageRow
 
 RECENT_TRIALS = 5
 """Finished trials a built-in agent's tile lists (it has no terminal to mirror)."""

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import uvicorn
 
+from overnight.paths import StateDir
 from overnight.web.app import CommandCenter
 from overnight.web.auth import write_url_file
 from overnight.web.shield import Shield
@@ -93,4 +94,4 @@ def serving(center: CommandCenter, host: str = "127.0.0.1", port: int = 0) -> It
             thread.join(timeout=5)
         sock.close()
         with contextlib.suppress(OSError):
-            (center.sources.state_dir / "web.url").unlink()
+            StateDir(center.sources.state_dir).web_url.unlink()

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from overnight.agents.supervisor import AgentControl
-from overnight.gateway.config import GatewayConfig, LimitConfig
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git, GitError
 from overnight.org.config import OrgConfig
+from overnight.org.gateway import GatewayConfig, LimitConfig
+from overnight.records import Run, Trial, UsageRow
 from overnight.sessions.tmux import TmuxBackend
-from overnight.store import Run, Store, Trial, UsageRow
+from overnight.store import Store
 
 MAX_DIFF = 400_000
 """Characters of a diff a page shows; the rest is cut with a note."""

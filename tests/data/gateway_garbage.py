@@ -12,9 +12,9 @@ import json
 import os
 import sys
 
-from overnight.gateway.config import GatewayConfig
 from overnight.gateway.keys import KeyRing, key_hash
 from overnight.gateway.server import running_gateway
+from overnight.org.gateway import GatewayConfig
 from overnight.testing.fake_provider import FakeProvider
 
 

@@ -18,7 +18,7 @@ from overnight.gateway.codec import Event, loads
 from overnight.gateway.translate.usage import Usage
 
 if TYPE_CHECKING:
-    from overnight.gateway.config import UpstreamConfig
+    from overnight.org.gateway import UpstreamConfig
 
 Json = dict[str, Any]
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from overnight.gateway.protocols.base import WireProtocol
 
 if TYPE_CHECKING:
-    from overnight.gateway.config import UpstreamConfig
+    from overnight.org.gateway import UpstreamConfig
 
 Register = Callable[[WireProtocol], None]
 

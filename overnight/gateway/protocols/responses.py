@@ -36,8 +36,8 @@ from overnight.gateway.translate.usage import usage_from_responses
 from overnight.gateway.translate.vendor_state import strip_responses
 
 if TYPE_CHECKING:
-    from overnight.gateway.config import UpstreamConfig
     from overnight.gateway.protocols.registry import Register
+    from overnight.org.gateway import UpstreamConfig
 
 
 def tokens_from_responses(usage: Json) -> Tokens:

@@ -3,7 +3,9 @@
 Owns the textual contract between the optimizer and the user's code: a knob is
 exactly one assignment at column 0 (`LR = 0.01`, `LR: float = 0.01`,
 `HIDDEN = 64  # comment`), rewritten in place with the rest of the line kept.
-Knows nothing about Optuna, trials or the store.
+Part of org code, as `[[knobs]]` are: `overnight init` finds them, a lab's start
+checks them, the Optuna proposer rewrites them. Knows nothing about Optuna, trials
+or the store.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Owns the little language of `[lab] constraints`: a name, one of `<`, `<=`, `>`, `>=`,
 and a finite number, nothing else, so a typo is an error when the file is read rather
-than a rule that silently never fires. Knows nothing about trials, the store or where
+than a rule that silently never fires. Part of org code (checked when the file is
+read); the lab judges trials by it. Knows nothing about trials, the store or where
 the values come from.
 """
 
