@@ -137,10 +137,14 @@ class Registry(Generic[T]):
                 taken = next((k for k in items.values() if self._same(item, k)), None)
                 if taken is not None:
                     owner = owners[taken.name]
+                    clash = (
+                        "a name taken by"
+                        if taken.name == item.name
+                        else f"which clashes with {taken.name!r} of"
+                    )
                     raise PluginError(
-                        f"{plugin.describe()} registers {item.name!r}, which clashes with "
-                        f"{taken.name!r} of {owner.describe()}.\n"
-                        f"  fix: {(plugin if plugin.package else owner).fix()}"
+                        f"{plugin.describe()} registers {item.name!r}, {clash} "
+                        f"{owner.describe()}.\n  fix: {(plugin if plugin.package else owner).fix()}"
                     )
                 items[item.name] = item
                 owners[item.name] = plugin
@@ -195,7 +199,7 @@ def _load(ep: metadata.EntryPoint) -> Plugin:
     if not any(callable(getattr(hooks, hook, None)) for hook in BUILTINS):
         raise PluginError(
             f"{plugin.describe()} defines none of overnight's hooks ({', '.join(BUILTINS)}).\n"
-            f"  fix: name its function after one of them; or {plugin.fix()}"
+            f"  fix: {plugin.fix()}; if you wrote it, name its hook function after one of them"
         )
     return Plugin(ep.name, hooks, package, plugin.entry_point)
 
