@@ -187,8 +187,8 @@ def third_party() -> list[Plugin]:
 
 
 def _load(ep: metadata.EntryPoint) -> Plugin:
-    dist = ep.dist
-    package = f"{dist.name} {dist.version}" if dist is not None else "(unknown)"
+    dist = ep.dist  # None only for an entry point made by hand, not found installed
+    package = f"{dist.name} {dist.version}" if dist is not None else ep.module.split(".")[0]
     plugin = Plugin(ep.name, None, package, f"{ep.name} = {ep.value}")
     try:
         hooks = ep.load()

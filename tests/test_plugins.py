@@ -169,3 +169,16 @@ def test_a_plugin_that_does_not_load_is_one_clear_error(tmp_path: Path) -> None:
     assert "No module named 'overnight_helpers_that_do_not_exist'" in err
     assert "broken_plugin/__init__.py:1" in err  # where, for its author
     assert "pip uninstall broken_plugin" in err
+
+
+def test_a_plugin_cannot_take_a_built_in_runtime_s_name(tmp_path: Path) -> None:
+    made = wheel(tmp_path, "codex_again", "codex2 = codex_again", {
+        "codex_again/__init__.py": HALVER.replace('"halver"', '"codex"'),
+    })  # fmt: skip
+    lab = plug_lab(tmp_path / "lab", "optuna")
+    result = run_cli("run", str(lab), env=install(made, tmp_path / "site"))
+    assert result.returncode == 2
+    err = " ".join(result.stderr.split())
+    assert "plugin 'codex2' (entry point `codex2 = codex_again`" in err
+    assert "registers 'codex', a name taken by built-in plugin overnight.agents.runtimes" in err
+    assert "pip uninstall codex_again" in err
