@@ -1,6 +1,6 @@
 """Wiring: where the core packages that must not know each other meet.
 
-The lab does not import the agents, the proposers' registry or governance, and
+The lab does not import the agents, the runtimes' registry or governance, and
 governance does not import the lab; the commands that run a lab (`overnight run`,
 `up`, `import`) join them here, above them all:
 
