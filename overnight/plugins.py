@@ -114,7 +114,7 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         """Every extension, in the order registered."""
-        return iter(list(self._table().values()))
+        return iter(self._table().values())  # never changes once filled
 
     def _table(self) -> dict[str, T]:
         if not self._loaded:
