@@ -32,7 +32,7 @@ from overnight.agents.supervisor import ControlRefused, UnknownAgent
 from overnight.records import TrialStatus
 from overnight.web.auth import Access, AuthMiddleware
 from overnight.web.events import TOPICS, Hub
-from overnight.web.live import LiveRun, ago
+from overnight.web.live import LiveRun
 from overnight.web.peers import agent_peer
 from overnight.web.render import LiveExtra, PageRenderer, environment
 from overnight.web.sources import Sources
@@ -431,4 +431,4 @@ class CommandCenter:
             await asyncio.to_thread(attachment.close)
 
 
-__all__ = ["CommandCenter", "Refused", "ago", "missing_assets"]
+__all__ = ["CommandCenter", "Refused", "missing_assets"]
