@@ -23,6 +23,9 @@ from overnight.units import parse_duration
 
 commands = typer.Typer()
 
+For = Annotated[
+    str | None, typer.Option("--for", help='Stop starting trials after this long, e.g. "8h".')
+]
 UiHost = Annotated[
     str, typer.Option("--host", help="Where the command center listens (default loopback only).")
 ]
@@ -38,9 +41,7 @@ def run(
     trials: Annotated[
         int | None, typer.Option("--trials", min=1, help="Stop after N more trials.")
     ] = None,
-    for_: Annotated[
-        str | None, typer.Option("--for", help='Stop starting trials after this long, e.g. "8h".')
-    ] = None,
+    for_: For = None,
     new: Annotated[
         bool, typer.Option("--new", help="Start a new run from HEAD instead of resuming.")
     ] = False,
@@ -64,9 +65,7 @@ def run(
 @commands.command()
 def up(
     directory: Dir = Path("."),
-    for_: Annotated[
-        str | None, typer.Option("--for", help='Stop starting trials after this long, e.g. "8h".')
-    ] = None,
+    for_: For = None,
     host: UiHost = "127.0.0.1",
     port: UiPort = 0,
     no_ui: NoUi = False,

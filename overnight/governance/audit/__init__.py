@@ -1,6 +1,6 @@
 """The audit chain: append-only, hash-chained records of what the lab and its agents did.
 
-One module a job: the record format and its hash (`record`), the signing key and
+One module per job: the record format and its hash (`record`), the signing key and
 the signed heads kept beside it (`keys`), the `Auditor` the command center runs,
 which appends, signs and follows the store's events into the chain (`auditor`),
 checking a chain (`verify`) and exporting it (`export`). Knows nothing about
