@@ -53,11 +53,11 @@ def status(
     out.print(f"trials: {data['trials']['total']} ({counts})")
     history = data["imported"]
     if history:
-        best = history["best"]
+        top = history["best"]
         out.print(
             f"imported: {history['trials']} trial(s) from {history['file']}, baseline "
             f"{figure(history['baseline'])}"
-            + (f", best {figure(best['metric'])} (trial {best['trial']})" if best else ""),
+            + (f", best {figure(top['metric'])} (trial {top['trial']})" if top else ""),
             markup=False,
         )
     out.print(f"baseline {data['metric']}: {figure(data['baseline'])}")
