@@ -26,6 +26,7 @@ from rich.text import Text
 from overnight import __version__
 from overnight.errors import BaselineFailed, UserError
 from overnight.lab.privacy import keep_private
+from overnight.notify_cli import app as notify_app
 from overnight.records import IN_FLIGHT
 from overnight.units import parse_duration
 
@@ -776,6 +777,8 @@ def policy_check(
 
 
 # -- audit and approvals -----------------------------------------------------------------------
+
+app.add_typer(notify_app, name="notify")  # overnight/notify_cli.py
 
 audit_app = typer.Typer(
     no_args_is_help=True, help="The lab's hash-chained audit record: verify it, export it."
