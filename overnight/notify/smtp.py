@@ -12,6 +12,7 @@ import mimetypes
 import smtplib
 import ssl
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 
 from overnight.notify.base import DeliveryError, Message, Sink, sink
@@ -76,7 +77,8 @@ class EmailSink(Sink):
                     code, said = smtp.rcpt(to)
                     if code not in (250, 251):
                         raise DeliveryError(f"{to} refused: {code} {_text(said)}")
-                code, said = smtp.data(mail.as_bytes())
+                # SMTP's line ends (smtplib sends bytes as they are)
+                code, said = smtp.data(mail.as_bytes(policy=SMTP))
                 if code != 250:
                     raise DeliveryError(f"message refused: {code} {_text(said)}")
                 return f"{code} {_text(said)}"
