@@ -11,9 +11,11 @@ import base64
 import email
 import email.policy
 import json
+import signal
 import socket
 import sqlite3
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -688,3 +690,83 @@ def test_budgets_tell_each_threshold_once_and_not_what_was_spent_before_a_restar
     with pytest.raises(BudgetExhausted):
         budgets.reserve("a", 2.0)
     assert told == [(None, "daily", 80), (None, "daily", 100)]
+
+
+# -- the browser ---------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CAPTURE = """
+window.__notes = [];
+const Real = window.Notification;
+window.Notification = class {
+  constructor(title, options) { window.__notes.push({ title, body: (options || {}).body }); }
+  static get permission() { return Real.permission; }
+  static requestPermission() { return Real.requestPermission(); }
+};
+"""
+"""Keeps what the page raises: headless Chromium shows no desktop to look at."""
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """`overnight up` on a lab with a browser sink, for the test; its root and URL."""
+    lab = notify_lab(tmp_path / "lab", '[[notify]]\nkind = "browser"\nevents = ["stopped"]\n')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "overnight", "up", str(lab)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    url_file = lab / ".overnight" / "web.url"
+    try:
+        wait_until(lambda: url_file.is_file() or proc.poll() is not None, 60)
+        assert proc.poll() is None, proc.communicate()
+        yield lab, url_file.read_text().strip()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert proc.returncode == 0, out + err
+
+
+def test_an_open_command_center_raises_the_browser_sinks_notifications(
+    served: tuple[Path, str],
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.is_file():
+        pytest.fail("Debian's chromium is missing: run `make system-deps`", pytrace=False)
+    lab, url = served
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"],
+        )  # fmt: skip
+        try:
+            context = browser.new_context(permissions=["notifications"])
+            context.add_init_script(CAPTURE)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url)
+            page.goto(url.split("/?", 1)[0] + "/notifications")
+            page.wait_for_function("() => document.getElementById('conn').dataset.state === 'live'")
+            assert page.locator("#notify-state").inner_text() == "allowed: this tab raises them"
+            assert page.locator("[data-sink=browser] td").nth(3).inner_text() == "stopped"
+            said = run_cli("notify", "test", str(lab))
+            assert said.returncode == 0, said.stdout + said.stderr
+            assert "browser (browser, the command center): delivered" in said.stdout
+            page.wait_for_function("() => window.__notes.length > 0", timeout=30_000)
+            (note,) = page.evaluate("window.__notes")
+            assert note["title"] == "overnight · toy: a test message to sink 'browser'"
+            assert "sink 'browser' (browser) reaches you" in note["body"]
+            # the page lists it, delivered, within its refresh
+            row = page.locator("table.notifications tr[data-sink=browser]").first
+            row.wait_for(timeout=15_000)
+            assert row.get_attribute("data-status") == "delivered"
+            assert not errors, errors
+        finally:
+            browser.close()
