@@ -66,6 +66,8 @@ class Courier:
         self.min_interval = config.min_interval
         self.gather = min(GATHER_S, config.min_interval)
         self._last = -math.inf
+        self.failing = False
+        """Its last try failed: a stopping run does not wait long for it."""
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(
@@ -136,8 +138,10 @@ class Courier:
                 log.exception("notify: sink %s failed unexpectedly", sink.name)
                 error = f"{type(exc).__name__}: {exc}"
             else:
+                self.failing = False
                 self.store.settle_notifications(ids, "delivered", tries=attempt, answer=answer)
                 return True
+            self.failing = True
             final = attempt >= config.tries or last_chance
             if final and attempt < config.tries:
                 error += "; overnight stopped before the next try"

@@ -38,7 +38,10 @@ from overnight.store import Store
 log = logging.getLogger("overnight.notify")
 
 CLOSE_S = 15.0
-"""How long a stopping run waits for its last notifications (a dead sink: one try)."""
+"""How long a stopping run waits for its last notifications (one try each)."""
+FAILING_CLOSE_S = 2.0
+"""... and for a sink whose last try failed: what it could not take stays queued for the
+next start, rather than holding up the end of the run."""
 CURSOR_EVERY_S = 10.0
 """Without notices, the cursor is written at most this often (one write, not one a poll)."""
 PAGE = 5000
@@ -87,7 +90,7 @@ def web_base(state: StateDir) -> Callable[[], str | None]:
 class Notifier:
     """Follows a run's events and hands notices to its sinks' couriers. Thread-safe."""
 
-    POLL_S = 0.5
+    POLL_S = 0.25
 
     def __init__(
         self,
@@ -218,11 +221,14 @@ class Notifier:
             self.follow_once()
         except Exception:
             log.exception("notify: could not read the run's last events")
-        deadline = time.monotonic() + timeout
-        for courier in self.couriers.values():
-            courier.wake()
+        now = time.monotonic()
+        deadline = now + timeout
         closers = [
-            threading.Thread(target=c.close, args=(deadline,), daemon=True)
+            threading.Thread(
+                target=c.close,
+                args=(now + min(timeout, FAILING_CLOSE_S) if c.failing else deadline,),
+                daemon=True,
+            )
             for c in self.couriers.values()
         ]
         for t in closers:
