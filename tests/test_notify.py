@@ -534,14 +534,17 @@ def test_an_agent_silent_for_stuck_after_is_told_once(
     heard = night.store.append_event(night.run.id, "trial.proposed", {}, agent="t").at
     assert notifier.follow_once(heard + 60) == 0
     assert notifier.follow_once(heard + 601) == 1  # a new silence
+    heard = night.store.append_event(night.run.id, "trial.running", {}, agent="t", trial=9).at
+    assert notifier.follow_once(heard + 601) == 0  # a trial runs: budget + grace (25 s) more
+    assert notifier.follow_once(heard + 627) == 1
     night.store.set_agent_state(night.run.id, "t", "paused", reason="by you")
     assert notifier.follow_once(time.time() + 5000) == 0  # a paused agent is not stuck
-    notifier.start()  # both were queued already: they go as one message
+    notifier.start()  # all were queued already: they go as one message
     wait_until(lambda: len(r.posts) == 1, 10)
     said = r.posts[0].json()
     assert [n["title"] for n in said["notifications"]] == [
         "agent t is stuck: no turn and no trial for 10m"
-    ] * 2
+    ] * 3
 
 
 def test_brownouts_budgets_and_cost_anomalies_are_told(

@@ -305,14 +305,15 @@ def test(
             "/notifications",
         )
         message = Message(lab, run_id, (item,), base_url)
-        rows = None
-        if store is not None:
-            notice = Notice(sink.name, "test", item.title, item.text, run_id, item.link)
-            rows = store.add_notifications(lab, [notice])
         try:
             said, ok = sink.send(message), True
         except DeliveryError as exc:
             said, ok = str(exc), False
+        # recorded once sent: a queued row would be the running notifier's to send again
+        rows = None
+        if store is not None:
+            notice = Notice(sink.name, "test", item.title, item.text, run_id, item.link)
+            rows = store.add_notifications(lab, [notice])
         if store is not None and rows:
             store.settle_notifications(
                 [r.id for r in rows], "delivered" if ok else "failed", tries=1,

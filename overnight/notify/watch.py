@@ -48,6 +48,8 @@ class _Agent:
     """When it was last heard of: an event of its own or an LLM turn."""
     attempt: int = 0
     """The id of the last gateway attempt of its seen."""
+    running: bool = False
+    """A trial of its runs: silence is expected for up to the lab's budget + grace."""
 
 
 def span(seconds: float) -> str:
@@ -98,6 +100,8 @@ class Watch:
 
     def _read(self, e: Event) -> Happening | None:
         p = e.payload
+        if e.agent is not None and e.kind.startswith("trial."):
+            self.agents[e.agent].running = e.kind == "trial.running"
         if e.kind in FINAL and e.agent not in (BASELINE, IMPORTED):
             self.finished += 1
         if e.kind == "trial.kept":
@@ -275,20 +279,23 @@ class Watch:
 
     def silent(self, now: float, longer_than: float) -> dict[str, tuple[float, str]]:
         """Agents that are neither paused, waiting nor crashed and were not heard of for
-        more than `longer_than` seconds: name -> (last heard of, state). LLM turns count:
-        the gateway's attempts are read for the agents about to be called silent."""
+        more than `longer_than` seconds (plus the lab's budget and grace while a trial of
+        theirs runs): name -> (last heard of, state). LLM turns count: the gateway's
+        attempts are read for the agents about to be called silent."""
         if self.stopped:
             return {}
         out = {}
+        lab = self.config.lab
         for name, agent in self.agents.items():
-            if agent.state in QUIET_STATES or now - agent.active_at <= longer_than:
+            allowed = longer_than + (lab.budget + lab.grace if agent.running else 0.0)
+            if agent.state in QUIET_STATES or now - agent.active_at <= allowed:
                 continue
             turns = self.store.attempts(self.lab, agent=name, after=agent.attempt, limit=1000)
             if turns:
                 agent.attempt = int(turns[-1]["id"])
                 last = max(float(t["started_at"]) + float(t["latency_s"] or 0) for t in turns)
                 agent.active_at = max(agent.active_at, last)
-                if now - agent.active_at <= longer_than:
+                if now - agent.active_at <= allowed:
                     continue
             out[name] = (agent.active_at, agent.state)
         return out
