@@ -109,9 +109,10 @@ class SinkConfig(_Model):
         if self.kind in ("webhook", "ntfy"):
             self._one_source("url", 'url_env = "WEBHOOK_URL"', required=True)
             if self.url is not None and not re.match(r"^https?://[^/\s]+\S*$", self.url):
+                example = "ntfy.sh/your-topic" if self.kind == "ntfy" else "example.com/hook"
                 raise Invalid(
                     f"{self.url!r} is not an http:// or https:// URL",
-                    fix=f"write the whole address, e.g. {_EXAMPLE[self.kind]}",
+                    fix=f'write the whole address, e.g. url = "https://{example}"',
                     at=("url",),
                 )
             self._one_source("token", 'token_env = "NTFY_TOKEN"', required=False)
