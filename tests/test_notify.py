@@ -347,7 +347,8 @@ events = ["stopped"]
     right = run_cli("notify", "test", str(lab), env={"SMTP_PASSWORD": "owl"})
     assert right.returncode == 0, right.stdout + right.stderr
     assert "delivered — 250 2.0.0 queued as 42" in right.stdout
-    assert "overnight notify test" in mailbox.messages[-1].get_body().get_content()  # type: ignore[union-attr]
+    test_body = mailbox.messages[-1].get_body()
+    assert test_body is not None and "overnight notify test" in test_body.get_content()
 
 
 def test_notify_test_says_what_every_sink_answered(
@@ -468,8 +469,7 @@ def test_a_storm_of_crashes_becomes_one_digest(
     assert message["text"].count("agent t crashed") == 20 and "- and 80 more" in message["text"]
     night.crash()  # within min_interval: it waits for the next digest
     wait_until(lambda: len(night.store.notifications("toy", statuses=["queued"])) == 1, 10)
-    time.sleep(0.5)  # a message sent now would have arrived by then
-    assert len(r.posts) == 1
+    assert len(r.posts) == 1  # held: the courier sends again 30 s after the digest
 
 
 def test_a_failing_sink_is_retried_with_backoff_until_it_answers(
