@@ -2,9 +2,9 @@
 
 Owns what `overnight run` and `overnight up` share besides the agents: the LLM
 gateway (when `overnight.toml` has a `[gateway]` table), the agents' control
-(pause / resume / restart) and the command center (the web page, unless
-`--no-ui`). Knows nothing about how progress is shown: every address goes to
-`announce`.
+(pause / resume / restart), the notifier (when it has `[[notify]]` sinks) and the
+command center (the web page, unless `--no-ui`). Knows nothing about how progress
+is shown: every address goes to `announce`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from overnight.agents.supervisor import AgentControl, Services, session_name
 from overnight.errors import UserError
 from overnight.lab.desk import TrialDesk
 from overnight.lab.lab import Lab
+from overnight.notify import Notifier, lab_notifier
 from overnight.proposers import in_terminal
 from overnight.wiring import lab_governance
 
@@ -54,6 +55,8 @@ def lab_services(
             trace.set_tracer_provider(provider)
             stack.callback(provider.shutdown)
 
+        # the night watch before the rest, so it closes last: it tells of the run's stop
+        notifier = stack.enter_context(lab_notifier(lab))
         # governance first: the gateway and the agents are judged by it from the start
         governor = stack.enter_context(lab_governance(lab))
         services = Services(control=control, governor=governor)
@@ -92,13 +95,17 @@ def lab_services(
             url_file.write_text(f"{url}\n")
             services = Services(str(url), dict(keys), url.gateway, control, governor)
         if ui.enabled:
-            stack.enter_context(command_center(lab, services, ui, announce))
+            stack.enter_context(command_center(lab, services, ui, announce, notifier))
         yield services
 
 
 @contextlib.contextmanager
 def command_center(
-    lab: Lab, services: Services, ui: UiOptions, announce: Callable[[str], None]
+    lab: Lab,
+    services: Services,
+    ui: UiOptions,
+    announce: Callable[[str], None],
+    notifier: Notifier | None = None,
 ) -> Iterator[Any]:
     """Serve the command center for the block; announces its ready-to-click URL."""
     from overnight.sessions import default_backend
@@ -124,7 +131,19 @@ def command_center(
         tmux=tmux,
         governor=services.governor,
     )
-    center = CommandCenter(sources, Access.for_lab(lab.org.root))
+    from overnight.web import notifications
+
+    sinks = [
+        notifications.SinkRow(s.name, s.kind, s.where(), ", ".join(s.config.events or ["all"]),
+                              s.config.min_interval)
+        for s in (notifier.sinks if notifier is not None else [])
+    ]  # fmt: skip
+    center = CommandCenter(
+        sources,
+        Access.for_lab(lab.org.root),
+        extra_routers=[notifications.router(lab.store, lab.config.lab.name, sinks)],
+        extra_nav=[notifications.NAV],
+    )
     with contextlib.ExitStack() as stack:
         try:
             running = stack.enter_context(serving(center, ui.host, ui.port))

@@ -282,3 +282,45 @@ ATTEMPT_FIELDS = (
     "started_at", "latency_s", "ttft_s", "input_tokens", "output_tokens", "cache_read_tokens",
     "cache_write_tokens", "reasoning_tokens", "usage_estimated", "cost_usd", "unpriced",
 )  # fmt: skip
+
+
+# -- notifications (overnight.notify): what was told to whom, and how that went ----------------
+
+NotificationStatus = Literal["queued", "delivered", "failed"]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a person should hear about, for one sink, before it is stored."""
+
+    sink: str
+    """The `[[notify]]` sink's name (never its address: that may hold a token)."""
+    kind: str
+    """What happened, as a sink's `events = [...]` names it: `best`, `crash`, `stopped`, ..."""
+    title: str
+    text: str
+    run_id: str | None = None
+    link: str | None = None
+    """A path in the command center (`/lab#trial-12`), or a file (the morning report)."""
+    event_id: int | None = None
+    """The store event it tells of (None for a test message or a silence)."""
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A notice as stored, with how its delivery went: `queued` until its sink answers,
+    then `delivered` or `failed` (with why). Several notices that one message carried (a
+    digest) share its `message`, the id of the first of them."""
+
+    id: int
+    lab: str
+    notice: Notice
+    created_at: float
+    status: NotificationStatus = "queued"
+    tries: int = 0
+    answer: str | None = None
+    """What the sink said: `HTTP 200`, `250 OK`, ..."""
+    error: str | None = None
+    """Why the last try failed."""
+    message: int | None = None
+    updated_at: float | None = None

@@ -93,5 +93,4 @@ def lab_governance(lab: Lab, sweep_every: float = 5.0) -> Iterator[Governor]:
         stop.set()
         sweeper.join()
         governor.close()
-        approvals.close()
         auditor.close()

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from overnight.errors import UserError
 from overnight.governance.approvals import ApprovalError, Approvals
 from overnight.governance.audit import ENV_KEY, AuditKey, Auditor, load_key, verify
-from overnight.org import load_org
 from overnight.records import Approval
 from overnight.sessions import wait_until
 from overnight.store import SqlStore, open_store, store_url
@@ -67,7 +62,6 @@ def inbox(lab: Lab) -> Iterator[Approvals]:
     auditor = Auditor(store, "toy", key=lab.key, lab_root=lab.root)
     inbox = Approvals(store, "toy", auditor=auditor, poll=0.02)
     yield inbox
-    inbox.close()
     auditor.close()
     verdict = verify(store, "toy", lab.key)
     store.close()
@@ -194,112 +188,3 @@ def test_no_agent_can_answer_an_approval(lab: Lab, inbox: Approvals) -> None:
 
     assert inbox.get(approval.id).status == "pending"  # type: ignore[union-attr]
     assert inbox.answer(approval.id, True, by="me").status == "approved"
-
-
-# -- the webhook --------------------------------------------------------------------------------
-
-
-class Hook:
-    """A webhook receiver on loopback that fails the first `failures` posts with HTTP 500."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.bodies: list[dict[str, Any]] = []
-        self.release = threading.Event()
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                hook.release.wait(30)  # holds the first answer until the test has looked
-                hook.bodies.append(body)
-                status = 500 if len(hook.bodies) <= hook.failures else 200
-                self.send_response(status)
-                self.send_header("content-length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/T0/B0/secret"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def hook_factory() -> Iterator[Any]:
-    hooks: list[Hook] = []
-
-    def make(failures: int) -> Hook:
-        hooks.append(Hook(failures))
-        return hooks[-1]
-
-    yield make
-    for hook in hooks:
-        hook.close()
-
-
-def _webhook_events(inbox: Approvals, run_id: str, approval_id: str) -> list[dict[str, Any]]:
-    return [
-        dict(e.payload)
-        for e in inbox.store.events(run_id, limit=100_000)
-        if e.kind == "approval.webhook_failed" and e.payload["id"] == approval_id
-    ]
-
-
-def test_a_webhook_announces_an_approval_and_retries_without_blocking(
-    lab: Lab, hook_factory: Any
-) -> None:
-    hook = hook_factory(failures=1)
-    (lab.root / "overnight.toml").write_text(
-        (lab.root / "overnight.toml").read_text()
-        + f'\n[governance]\napproval_timeout = "90s"\nwebhook = "{hook.url}"\n'
-    )
-    store = lab.store()
-    try:
-        inbox = Approvals.for_lab(store, load_org(lab.root).config)
-        inbox.webhook_backoff = (0.01,)
-        approval = inbox.request(lab.run_id, "t", ACTION, "network installs need review", risk=0.6)
-        # the receiver is still holding the first post: the request did not wait for it
-        assert hook.bodies == [] and inbox.get(approval.id) is not None
-        assert 89 < approval.expires_at - approval.created_at <= 90
-        hook.release.set()
-        wait_until(lambda: len(hook.bodies) == 2, 30)
-        inbox.close()
-        first, second = hook.bodies
-        assert first == second
-        assert approval.id in first["text"] and "pip install requests" in first["text"]
-        assert f"overnight approve {approval.id}" in first["text"]
-        assert first["blocks"][0]["text"]["text"] == first["text"]
-        failures = _webhook_events(inbox, lab.run_id, approval.id)
-        assert [(f["try"], f["final"], f["error"]) for f in failures] == [(1, False, "HTTP 500")]
-        assert "secret" not in json.dumps(failures)  # a Slack URL's path is its credential
-    finally:
-        store.close()
-        (lab.root / "overnight.toml").write_text(
-            (lab.root / "overnight.toml").read_text().split("\n[governance]")[0]
-        )
-
-
-def test_a_webhook_that_keeps_failing_is_given_up_after_three_tries(
-    lab: Lab, inbox: Approvals, hook_factory: Any
-) -> None:
-    hook = hook_factory(failures=99)
-    hook.release.set()
-    loud = Approvals(inbox.store, "toy", webhook=hook.url, webhook_backoff=(0.01, 0.02))
-    approval = loud.request(lab.run_id, "t", ACTION, "review")
-    wait_until(lambda: len(_webhook_events(loud, lab.run_id, approval.id)) == 3, 30)
-    loud.close()
-    assert len(hook.bodies) == 3
-    tries = [(f["try"], f["final"]) for f in _webhook_events(loud, lab.run_id, approval.id)]
-    assert tries == [(1, False), (2, False), (3, True)]
-    assert loud.get(approval.id).status == "pending"  # type: ignore[union-attr]
-    with pytest.raises(UserError, match="not an http"):
-        Approvals(inbox.store, "toy", webhook="ftp://example.invalid/x")

@@ -515,6 +515,23 @@ total_usd = 1
 [gateway.prices."local/qwen"]
 input = 1
 output = 2
+
+[[notify]]
+kind = "webhook"
+url_env = "HOOK"
+format = "slack"
+events = ["best", "stopped"]
+min_interval = "5m"
+tries = 3
+
+[[notify]]
+kind = "email"
+host = "smtp.example.com"
+port = 587
+username = "me"
+password_file = "~/.smtp"
+from = "a@example.com"
+to = ["b@example.com"]
 """
 )
 ODD_VALUES = [

@@ -17,7 +17,7 @@ import typer
 from rich.text import Text
 
 from overnight import __version__
-from overnight.cli import agent, approvals, audit, gateway, ledger, policy, run, scaffold
+from overnight.cli import agent, approvals, audit, gateway, ledger, notify, policy, run, scaffold
 from overnight.cli.common import err, out
 from overnight.errors import BaselineFailed, UserError
 
@@ -38,6 +38,7 @@ for commands in (
     app.add_typer(commands)
 app.add_typer(policy.app, name="policy")
 app.add_typer(audit.app, name="audit")
+app.add_typer(notify.app, name="notify")
 
 
 def _print_version(asked: bool) -> None:

@@ -93,6 +93,7 @@ class Gateway:
             config, read_secrets(config) if secrets is None else secrets, self._emit, clock
         )
         self.budgets = budgets or Budgets(config.budgets)
+        self.budgets.on_threshold = lambda crossing: self._emit("budget", crossing)
         self._budgets_on = self.budgets.enabled
         self.prices = prices or PriceTable(config.prices)
         self._tracer = tracer(tracer_provider)

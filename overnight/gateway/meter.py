@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from overnight.org.gateway import BudgetsConfig, LimitConfig
 
@@ -140,6 +140,8 @@ class Budgets:
     """
 
     ORG = "*org*"
+    THRESHOLDS = (50, 80, 100)
+    """Percentages of a limit whose first crossing is told to `on_threshold`."""
 
     def __init__(
         self,
@@ -150,6 +152,10 @@ class Budgets:
         self._today = today or (lambda: datetime.now(UTC).date())
         self._lock = threading.Lock()
         self._accounts: dict[str, _Account] = {}
+        self.on_threshold: Callable[[dict[str, Any]], None] | None = None
+        """Told once per limit (and UTC day, for a daily one) and threshold, with the
+        limit's scope, period, percent, limit and spend (the gateway makes it an event)."""
+        self._crossed: set[tuple[str, str, date | None, int]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -165,6 +171,7 @@ class Budgets:
                 acc.spent_total += total
                 day = self._today()
                 acc.spent_day[day] = acc.spent_day.get(day, 0.0) + today
+            self._crossings(agent, day)  # what was crossed before the restart is old news
 
     def _limits(self, name: str) -> tuple[str, LimitConfig]:
         if name == self.ORG:
@@ -177,23 +184,81 @@ class Budgets:
         An amount of 0 (an unpriced model) is still refused once a limit is reached.
         """
         day = self._today()
+        exhausted: tuple[BudgetExhausted, list[dict[str, Any]]] | None = None
         with self._lock:
-            for name in (agent, self.ORG):
-                scope, limits = self._limits(name)
-                acc = self._accounts.setdefault(name, _Account())
-                if limits.daily_usd is not None:
-                    committed = acc.spent_day.get(day, 0.0) + acc.reserved_day.get(day, 0.0)
-                    if committed + amount > limits.daily_usd or committed >= limits.daily_usd:
-                        raise BudgetExhausted(scope, "daily", limits.daily_usd, committed)
-                if limits.total_usd is not None:
-                    committed = acc.spent_total + acc.reserved_total
-                    if committed + amount > limits.total_usd or committed >= limits.total_usd:
-                        raise BudgetExhausted(scope, "total", limits.total_usd, committed)
-            for name in (agent, self.ORG):
-                acc = self._accounts[name]
-                acc.reserved_total += amount
-                acc.reserved_day[day] = acc.reserved_day.get(day, 0.0) + amount
+            try:
+                self._admit(agent, amount, day)
+            except BudgetExhausted as refused:
+                exhausted = self._exhausted(agent, refused, day)
+            if exhausted is None:
+                for name in (agent, self.ORG):
+                    acc = self._accounts[name]
+                    acc.reserved_total += amount
+                    acc.reserved_day[day] = acc.reserved_day.get(day, 0.0) + amount
+        if exhausted is not None:
+            refusal, crossing = exhausted
+            self._tell(crossing)
+            raise refusal
         return Reservation(agent, day, amount)
+
+    def _admit(self, agent: str, amount: float, day: date) -> None:
+        for name in (agent, self.ORG):
+            scope, limits = self._limits(name)
+            acc = self._accounts.setdefault(name, _Account())
+            if limits.daily_usd is not None:
+                committed = acc.spent_day.get(day, 0.0) + acc.reserved_day.get(day, 0.0)
+                if committed + amount > limits.daily_usd or committed >= limits.daily_usd:
+                    raise BudgetExhausted(scope, "daily", limits.daily_usd, committed)
+            if limits.total_usd is not None:
+                committed = acc.spent_total + acc.reserved_total
+                if committed + amount > limits.total_usd or committed >= limits.total_usd:
+                    raise BudgetExhausted(scope, "total", limits.total_usd, committed)
+
+    def _exhausted(
+        self, agent: str, exc: BudgetExhausted, day: date
+    ) -> tuple[BudgetExhausted, list[dict[str, Any]]]:
+        """A refusal is the limit at 100%, even when the spend settled so far is below it
+        (what requests in flight reserved fills the rest)."""
+        name = self.ORG if exc.scope == "the org" else agent
+        key = (name, exc.period, day if exc.period == "daily" else None, 100)
+        if key in self._crossed:
+            return exc, []
+        self._crossed.add(key)
+        acc = self._accounts.get(name, _Account())
+        spent = acc.spent_day.get(day, 0.0) if exc.period == "daily" else acc.spent_total
+        return exc, [self._payload(name, exc.period, 100, exc.limit, spent)]
+
+    def _crossings(self, agent: str, day: date) -> list[dict[str, Any]]:
+        """Thresholds newly reached by what `agent` and the org spent (lock held)."""
+        out = []
+        for name in (agent, self.ORG):
+            _, limits = self._limits(name)
+            acc = self._accounts.get(name, _Account())
+            for period, limit, spent in (
+                ("daily", limits.daily_usd, acc.spent_day.get(day, 0.0)),
+                ("total", limits.total_usd, acc.spent_total),
+            ):
+                if not limit:
+                    continue
+                for percent in self.THRESHOLDS:
+                    key = (name, period, day if period == "daily" else None, percent)
+                    if spent >= limit * percent / 100 and key not in self._crossed:
+                        self._crossed.add(key)
+                        out.append(self._payload(name, period, percent, limit, spent))
+        return out
+
+    def _payload(
+        self, name: str, period: str, percent: int, limit: float, spent: float
+    ) -> dict[str, Any]:
+        return {
+            "agent": None if name == self.ORG else name, "period": period, "percent": percent,
+            "limit_usd": limit, "spent_usd": round(spent, 6),
+        }  # fmt: skip
+
+    def _tell(self, crossings: list[dict[str, Any]]) -> None:
+        if self.on_threshold is not None:
+            for crossing in crossings:
+                self.on_threshold(crossing)
 
     def settle(self, reservation: Reservation, cost: float) -> None:
         """Replace the reservation by the real cost (idempotent)."""
@@ -209,6 +274,8 @@ class Budgets:
                 )
                 acc.spent_total += cost
                 acc.spent_day[reservation.day] = acc.spent_day.get(reservation.day, 0.0) + cost
+            crossings = self._crossings(reservation.agent, reservation.day)
+        self._tell(crossings)
 
     def spent(self, agent: str | None = None, day: date | None = None) -> float:
         """Settled spend of `agent` (None: the org), on `day` or (None) in total."""

@@ -1,12 +1,12 @@
 """The approvals inbox: an agent's action waiting for a person's yes or no.
 
 Owns requesting, waiting, answering, expiry and the sweep over the store's
-approvals; the short ids people type; the rule that no agent answers an
-approval; and the optional webhook that announces a new one (Slack-compatible
-JSON, retried, never in the asking agent's way). Each request, answer and
-expiry is written with an `approval.*` event in the same transaction, which the
-Auditor turns into an audit record (at once, when one is given here). Expired is
-not denied: an approval nobody answered in time ends `expired`.
+approvals; the short ids people type; and the rule that no agent answers an
+approval. Each request, answer and expiry is written with an `approval.*` event
+in the same transaction, which the Auditor turns into an audit record (at once,
+when one is given here) and the notifier announces (`overnight.notify`: the
+`[governance] webhook` is one of its sinks). Expired is not denied: an approval
+nobody answered in time ends `expired`.
 
 Knows nothing about policies (it is told the reason and the risk), the CLI or
 the web page.
@@ -14,16 +14,10 @@ the web page.
 
 from __future__ import annotations
 
-import json
-import logging
 import os
-import queue
 import secrets
 import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,13 +30,10 @@ from overnight.records import Approval
 from overnight.store import Store
 from overnight.units import parse_duration, span
 
-log = logging.getLogger("overnight.approvals")
-
 ID_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 """Lowercase letters and digits minus the look-alikes (0/o, 1/l/i)."""
 ID_LENGTH = 6
 DEFAULT_TIMEOUT = 3600.0
-WEBHOOK_TRIES = 3
 
 __all__ = ["Approval", "ApprovalError", "Approvals", "agent_context", "new_id"]
 
@@ -115,31 +106,18 @@ class Approvals:
         *,
         auditor: Auditor | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        webhook: str | None = None,
         poll: float = 0.2,
-        webhook_backoff: Sequence[float] = (1.0, 4.0),
     ) -> None:
-        if webhook is not None and urllib.parse.urlsplit(webhook).scheme not in ("http", "https"):
-            raise UserError(
-                f"[governance] webhook: {webhook!r} is not an http(s) URL.\n"
-                '  fix: write the full URL, e.g. webhook = "https://hooks.slack.com/services/..."'
-            )
         self.store = store
         self.lab = lab
         self.auditor = auditor
         self.timeout = timeout
-        self.webhook = webhook
         self.poll = poll
-        self.webhook_backoff = tuple(webhook_backoff)
-        self._outbox: queue.Queue[Approval | None] = queue.Queue()
-        self._sender: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._lock = threading.Lock()
 
     @classmethod
     def for_lab(cls, store: Store, config: Any, *, auditor: Auditor | None = None) -> Approvals:
         """The inbox of the lab `config` (an OrgConfig) describes, with its `[governance]`
-        approval_timeout and webhook when set."""
+        approval_timeout when set."""
         governance = getattr(config, "governance", None)
         timeout = getattr(governance, "approval_timeout", None)
         return cls(
@@ -147,7 +125,6 @@ class Approvals:
             config.lab.name,
             auditor=auditor,
             timeout=DEFAULT_TIMEOUT if timeout is None else parse_duration(timeout),
-            webhook=getattr(governance, "webhook", None) or None,
         )
 
     # asking --------------------------------------------------------------------------------
@@ -177,8 +154,6 @@ class Approvals:
         else:  # pragma: no cover - 20 collisions in a space of 887 million
             raise RuntimeError("could not find a free approval id")
         self._audit()
-        if self.webhook:
-            self._announce(approval)
         return approval
 
     def wait(
@@ -285,90 +260,6 @@ class Approvals:
     def _audit(self) -> None:
         if self.auditor is not None:
             self.auditor.follow_once()
-
-    # the webhook ---------------------------------------------------------------------------
-
-    def _announce(self, approval: Approval) -> None:
-        with self._lock:
-            if self._sender is None:
-                self._sender = threading.Thread(
-                    target=self._send_all, name="overnight-approval-webhook", daemon=True
-                )
-                self._sender.start()
-        self._outbox.put(approval)
-
-    def _send_all(self) -> None:
-        while True:
-            approval = self._outbox.get()
-            if approval is None:
-                return
-            self._send(approval)
-
-    def _send(self, approval: Approval) -> None:
-        assert self.webhook is not None
-        body = json.dumps(webhook_message(approval)).encode()
-        host = urllib.parse.urlsplit(self.webhook).netloc  # the path of a Slack URL is secret
-        for attempt in range(1, WEBHOOK_TRIES + 1):
-            request = urllib.request.Request(
-                self.webhook, body, {"content-type": "application/json"}, method="POST"
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    response.read()
-                return
-            except urllib.error.HTTPError as exc:
-                exc.close()
-                error = f"HTTP {exc.code}"
-            except OSError as exc:
-                error = str(exc)
-            final = attempt == WEBHOOK_TRIES
-            log.warning("approval %s: webhook to %s failed (%s)", approval.id, host, error)
-            self.store.append_event(
-                approval.run_id,
-                "approval.webhook_failed",
-                {"id": approval.id, "host": host, "error": error, "try": attempt,
-                 "of": WEBHOOK_TRIES, "final": final},
-                agent=approval.agent,
-            )  # fmt: skip
-            if final:
-                return
-            pause = self.webhook_backoff[min(attempt - 1, len(self.webhook_backoff) - 1)]
-            if self._closing.wait(pause):
-                return
-
-    def close(self, timeout: float = 15.0) -> None:
-        """Deliver what is queued (up to `timeout` seconds), then stop the sender."""
-        sender = self._sender
-        if sender is None:
-            return
-        self._outbox.put(None)
-        sender.join(timeout)
-        self._closing.set()
-        sender.join(1.0)
-
-
-def webhook_message(a: Approval) -> dict[str, Any]:
-    """A Slack-compatible message: `text` for any receiver, `blocks` for Slack."""
-    action = dict(a.action)
-    what = next(
-        (str(action[k]) for k in ("command", "path", "tool", "model") if action.get(k)),
-        json.dumps(action, sort_keys=True)[:200],
-    )
-    kind = action.get("kind", "action")
-    risk = "" if a.risk is None else f" (risk {a.risk:.2f})"
-    text = (
-        f"overnight · {a.lab}: {a.agent} waits for approval of a {kind}: `{what}`. "
-        f"Why: {a.reason}{risk}. Answer with `overnight approve {a.id}` or "
-        f"`overnight deny {a.id}` before {_clock(a.expires_at)}."
-    )
-    context = f"approval `{a.id}` · run {a.run_id} · expires {_clock(a.expires_at)}"
-    return {
-        "text": text,
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
-        ],
-    }
 
 
 def _clock(at: float | None) -> str:

@@ -71,6 +71,7 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
     data.pop("agents", None)
     data.pop("gateway", None)
     data.pop("governance", None)
+    data.pop("notify", None)  # who is told of the run, not how it runs
     for key in ("max_logs", "min_free_disk"):  # the machine's disk, not the lab: a run
         data["lab"].pop(key, None)  # goes on with new values (and from older versions)
     for key in ("share", "patience", "stop"):  # how agents work together and when a run

@@ -21,6 +21,7 @@ from overnight.errors import Invalid
 from overnight.globs import matches
 from overnight.org import constraints as constraint
 from overnight.org.gateway import GatewayConfig
+from overnight.org.notify import SinkConfig, check_names
 from overnight.paths import STATE_DIR
 from overnight.records import AUTORESEARCH_COLUMNS, LEDGER_COLUMNS
 from overnight.units import Duration, PositiveDuration, Size, _shown, parse_duration
@@ -521,7 +522,8 @@ class GovernanceConfig(_Model):
     approval_timeout: PositiveDuration = 3600.0
     """An approval nobody answers in this long expires (recorded apart from denied)."""
     webhook: str | None = None
-    """Where a Slack-compatible JSON message goes when an approval arrives."""
+    """Where a Slack-compatible JSON message goes when an approval arrives: one more
+    `[[notify]]` sink, told of approvals only (overnight.org.notify.named_sinks)."""
 
     @field_validator("webhook")
     @classmethod
@@ -553,6 +555,13 @@ class OrgConfig(_Model):
     agents: list[AgentConfig] = []
     gateway: GatewayConfig | None = None
     governance: GovernanceConfig = GovernanceConfig()
+    notify: list[SinkConfig] = []
+    """`[[notify]]`: where the night watch sends what it sees (overnight.notify)."""
+
+    @model_validator(mode="after")
+    def _sink_names(self) -> Self:
+        check_names(self.notify)
+        return self
 
     @model_validator(mode="after")
     def _no_credential_for_experiments(self) -> Self:

@@ -32,6 +32,9 @@ check them against SQLite and PostgreSQL alike):
   move only a pending approval, atomically, so of two answers at once exactly
   one wins; each move writes an `approval.<status>` event in the same
   transaction (as `add_approval` writes `approval.requested`).
+- **A notifier neither repeats nor skips.** `add_notifications` stores notices and
+  moves the lab's notify cursor in one transaction, and refuses (writes nothing)
+  when the cursor is not where the caller last saw it.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ from overnight.records import (
     AuditRecord,
     Event,
     ImportedTrial,
+    Notice,
+    Notification,
+    NotificationStatus,
     Run,
     Trial,
     TrialStatus,
@@ -334,6 +340,47 @@ class Store(abc.ABC):
     def expire_approvals(self, lab: str, now: float) -> list[Approval]:
         """Move every pending approval of `lab` with expires_at <= `now` to `expired`
         (answered_at = expires_at), each with its event; returns those moved."""
+
+    # notifications ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def add_notifications(
+        self, lab: str, notices: Sequence[Notice], *, cursor: tuple[int, int] | None = None
+    ) -> list[Notification] | None:
+        """Store `notices` as `queued`, in one transaction; with `cursor` (expected, new),
+        move the lab's notify position there in the same transaction, or write nothing and
+        return None when the stored position (0 if none) is not the expected one."""
+
+    @abc.abstractmethod
+    def notify_position(self, lab: str) -> int | None:
+        """The last event id the lab's notifier took in; None if it never ran."""
+
+    @abc.abstractmethod
+    def notifications(
+        self,
+        lab: str,
+        *,
+        sink: str | None = None,
+        statuses: Iterable[NotificationStatus] | None = None,
+        after: int = 0,
+        limit: int = 1000,
+        newest: bool = False,
+    ) -> list[Notification]:
+        """Notifications of `lab` with id > `after`, oldest first; with `newest`, the last
+        `limit` of them (still oldest first)."""
+
+    @abc.abstractmethod
+    def settle_notifications(
+        self,
+        ids: Sequence[int],
+        status: NotificationStatus,
+        *,
+        tries: int,
+        answer: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record how the message carrying notifications `ids` went (their `message`
+        becomes the smallest id)."""
 
     # the optimizer ------------------------------------------------------------
 

@@ -204,6 +204,36 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE ov_trials ADD COLUMN peak_rss_mb DOUBLE PRECISION",
         ],
     ),
+    (
+        "0006_notifications",
+        [
+            # what overnight.notify told each sink, and how its delivery went
+            """CREATE TABLE ov_notifications (
+                id {id},
+                lab TEXT NOT NULL,
+                run_id TEXT,
+                sink TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                title TEXT NOT NULL,
+                text TEXT NOT NULL,
+                link TEXT,
+                event_id BIGINT,
+                status TEXT NOT NULL,
+                tries BIGINT NOT NULL DEFAULT 0,
+                answer TEXT,
+                error TEXT,
+                message BIGINT,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION
+            )""",
+            "CREATE INDEX ov_notifications_lab ON ov_notifications (lab, status, id)",
+            # how far the notifier of each lab followed its events, moved with its notices
+            """CREATE TABLE ov_notify_cursors (
+                lab TEXT PRIMARY KEY,
+                position BIGINT NOT NULL
+            )""",
+        ],
+    ),
 ]
 
 

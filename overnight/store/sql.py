@@ -35,6 +35,7 @@ from overnight.records import (
 )
 from overnight.store.base import TRIAL_FIELDS, Store, TransitionError
 from overnight.store.migrations import migrate
+from overnight.store.notifications import NotificationRows
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
@@ -119,7 +120,7 @@ def _engine(url: str) -> Engine:
     return create_engine(url, poolclass=NullPool)
 
 
-class SqlStore(Store):
+class SqlStore(NotificationRows, Store):
     """A Store over any SQLAlchemy URL we support (sqlite, postgresql)."""
 
     def __init__(self, url: str) -> None:

@@ -91,6 +91,7 @@ class CommandCenter(Site):
             view = audit.AuditView(governor)
             routers += [approvals.router(inbox, self), audit.router(view, self)]
         self.api = FastAPI(title="overnight", docs_url=None, redoc_url=None, openapi_url=None)
+        self.api.state.center = self  # for the extra routers, made before the site exists
         self.api.add_exception_handler(Refused, _refused)
         for router in [*routers, *extra_routers]:
             self.api.include_router(router)

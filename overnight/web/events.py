@@ -41,8 +41,14 @@ TOPICS = {
     "costs": {"costs", "status", "resync"},
     "approvals": {"approvals", "status", "resync"},
     "audit": {"status", "resync"},
+    "notifications": {"status", "resync"},
 }
 """Which messages each page listens to (a page's stream leaves out the rest)."""
+NOTIFY = "notify.browser"
+"""The browser sink's event (overnight.notify.browser): every page raises it as a desktop
+notification, as a `notify` message."""
+for _kinds in TOPICS.values():
+    _kinds.add("notify")
 
 
 @dataclass(frozen=True)
@@ -292,6 +298,7 @@ class Hub:
             self._health_clock.next = 0.0  # a breaker moved: look now
         with self.live.lock:
             messages = self.renderer.messages(changes)
+            messages += [Message("notify", dict(e.payload)) for e in events if e.kind == NOTIFY]
             messages.append(self.renderer.status())
         parts = [(m.kind, encode(m)) for m in messages[:-1]]
         parts.append((messages[-1].kind, encode(messages[-1], self.live.last_id)))

@@ -283,7 +283,29 @@
       }
     },
     resync() { if (window.htmx) htmx.trigger(body, "ov-resync"); },
+    notify(d) {
+      // the browser sink: a desktop notification, when this browser allows them (a missed
+      // one replayed on reconnect is not raised again after ten minutes)
+      if (!("Notification" in window) || Notification.permission !== "granted") return;
+      if (d.at && Date.now() / 1000 - d.at > 600) return;
+      const n = new Notification(d.title, { body: d.body, tag: `overnight-${d.id || d.at || ""}` });
+      n.onclick = () => { window.focus(); if (d.link && d.link.startsWith("/")) location.href = d.link; };
+    },
   };
+  function notifyState() {
+    const el = $("notify-state");
+    if (!el) return;
+    const p = "Notification" in window ? Notification.permission : "unsupported";
+    el.textContent = { granted: "allowed: this tab raises them", denied: "blocked in this browser's settings", default: "not allowed yet", unsupported: "this browser has no notifications" }[p];
+    const button = document.querySelector("[data-notify-permission]");
+    if (button) button.hidden = p !== "default";
+  }
+  notifyState();
+  document.addEventListener("click", async (e) => {
+    if (!e.target.closest("[data-notify-permission]") || !("Notification" in window)) return;
+    await Notification.requestPermission();
+    notifyState();
+  });
   const conn = $("conn");
   function connect() {
     const es = new EventSource(`/events?view=${encodeURIComponent(view)}&after=${body.dataset.after}`);
