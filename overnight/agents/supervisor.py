@@ -259,7 +259,8 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.allowance = Allowance(self.trials, self.seconds)
-        self.lab.deadline = self.allowance.deadline  # a trial waiting for disk space stops then
+        # a trial waiting for disk space stops then
+        self.lab.experiments.deadline = self.allowance.deadline
         self._lock = threading.Lock()
         self._requeued = Requeued({})
         self.sharing = Sharing(self.lab)
@@ -564,7 +565,7 @@ class ExternalSupervision:
         # The agent process is ours (it writes the agent's states to the store), but it
         # runs the agent's CLI: it gets overnight's settings, never a provider credential.
         env = {
-            **lab.untrusted_env({}),
+            **lab.enclosure.env({}),
             **{k: v for k, v in os.environ.items() if k.startswith("OVERNIGHT_")},
             RUN_MARKER: lab.run.id,
             SESSION_MARKER: self.session_name,
