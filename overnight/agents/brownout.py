@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -98,6 +98,7 @@ class RouteWatch:
             conn.close()
 
 
+@dataclass
 class RideOut:
     """One brownout of one agent's route, ridden out: iterate it, one round at a time.
 
@@ -109,22 +110,14 @@ class RideOut:
     is set; a caller that stops earlier closes the iterator.
     """
 
-    def __init__(
-        self,
-        store: Store,
-        run_id: str,
-        agent: str,
-        watch: RouteWatch,
-        stop: threading.Event,
-        optimize: Callable[[], Trial | None] | None = None,
-    ) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.agent = agent
-        self.watch = watch
-        self.stop = stop
-        self.optimize = optimize
-        self.recovered = False
+    store: Store
+    run_id: str
+    agent: str
+    watch: RouteWatch
+    stop: threading.Event
+    optimize: Callable[[], Trial | None] | None = None
+    recovered: bool = field(default=False, init=False)
+    """Whether the rounds ended because the route answers again."""
 
     def __iter__(self) -> Generator[Trial | None, None, None]:
         route, mode = self.watch.alias, "optimize" if self.optimize is not None else "pause"

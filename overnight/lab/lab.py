@@ -388,8 +388,9 @@ class Lab:
         else:
             trial = self.store.add_trial(self.run.id, agent_name, parent, "", {})
         t = _Attempt(
-            agent_name, Git(worktree_path), parent, best_metric, proposal, stop, branch, trial
-        )
+            agent=agent_name, worktree=Git(worktree_path), parent=parent, best=best_metric,
+            proposal=proposal, stop=stop, branch=branch, trial=trial,
+        )  # fmt: skip
         try:
             return (
                 self._propose(t)
