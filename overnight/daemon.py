@@ -17,11 +17,11 @@ from typing import Any
 
 from opentelemetry import trace
 
-from overnight.agents.runtimes import RUNTIMES
 from overnight.agents.supervisor import AgentControl, Services, session_name
 from overnight.errors import UserError
 from overnight.lab.desk import TrialDesk
 from overnight.lab.lab import Lab
+from overnight.proposers import in_terminal
 from overnight.wiring import lab_governance
 
 
@@ -110,7 +110,7 @@ def command_center(
     terminals = {
         a.name: session_name(lab.org.root, lab.run.id, a.name)
         for a in lab.agents()
-        if a.runtime in RUNTIMES
+        if in_terminal(a.runtime)
     }
     sources = Sources(
         store=lab.store,

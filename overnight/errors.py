@@ -4,7 +4,8 @@
     ├── UserError            bad input: the message names the file, the field and the fix
     │   ├── ConfigError      overnight.toml / program.md / policy files
     │   ├── RepoError        the lab's directory is not a usable git repository
-    │   └── LabBusy          another `overnight run` holds the lab
+    │   ├── LabBusy          another `overnight run` holds the lab
+    │   └── PluginError      an installed plugin does not load or registers a name taken
     └── BaselineFailed       the unchanged code does not run or measure; nothing to improve on
 
     ValueError
@@ -54,6 +55,11 @@ class ConfigError(UserError):
 
 class RepoError(UserError):
     """The lab directory is not a git repository overnight can work in."""
+
+
+class PluginError(UserError):
+    """An installed plugin (a package's `overnight` entry point) does not load, fails in
+    its hook or registers a name already taken; the message names the package and the fix."""
 
 
 class LabBusy(UserError):

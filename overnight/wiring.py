@@ -1,10 +1,10 @@
 """Wiring: where the core packages that must not know each other meet.
 
-The lab does not import the agents, the proposers' registry or governance, and
+The lab does not import the agents, the runtimes' registry or governance, and
 governance does not import the lab; the commands that run a lab (`overnight run`,
 `up`, `import`) join them here, above them all:
 
-- `Checks`: what a lab's start asks of the runtimes installed and of the lab's
+- `Checks`: what a lab's start asks of the runtimes registered and of the lab's
   policy (`overnight.lab.preflight.StartChecks`), for `Lab.start`;
 - `lab_governance`: the governance of a started lab for the length of a block,
   judging its trials.
@@ -17,32 +17,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator, Mapping
 
-from overnight.agents.runtimes import RUNTIMES, missing_cli
 from overnight.governance.approvals import Approvals
 from overnight.governance.audit import Auditor
 from overnight.governance.governor import Governor
 from overnight.governance.policy import Policy
 from overnight.lab.lab import Lab
 from overnight.org import Org
-from overnight.proposers import available
+from overnight.proposers import Runtime
+from overnight.proposers.runtime import RUNTIMES
 
 log = logging.getLogger("overnight.governance")
 
 
 class Checks:
-    """The runtimes the proposers' registry and the external CLIs know, and the lab's
-    policy: `overnight.lab.preflight.StartChecks` for a lab started on this machine."""
+    """The runtimes registered (built-in and plugins'), and the lab's policy:
+    `overnight.lab.preflight.StartChecks` for a lab started on this machine."""
 
-    def runtimes(self) -> Collection[str]:
-        return {*available(), *RUNTIMES}
-
-    def missing(self, runtime: str) -> str | None:
-        cli = RUNTIMES.get(runtime)
-        if cli is None or cli.executable() is not None:
-            return None
-        return missing_cli(cli)
+    def runtimes(self) -> Mapping[str, Runtime]:
+        return {r.name: r for r in RUNTIMES}
 
     def policy_warnings(self, org: Org) -> list[str]:
         failing = [o for o in Policy.load(org.root, org.config.governance).run_tests() if o.problem]

@@ -44,7 +44,7 @@ from types import FrameType
 
 from overnight import globs, redaction
 from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S
-from overnight.agents.runtimes import RUNTIMES, TurnContext, instructions, key_of, missing_cli
+from overnight.agents.runtimes import TurnContext, cli, instructions, key_of
 from overnight.errors import UserError
 from overnight.lab import notebook
 from overnight.lab.desk import KEY_ENV, URL_ENV
@@ -115,7 +115,7 @@ class ExternalAgent:
         self.write = write
         self.stop = threading.Event()
         self.config = dict(lab.config.agent_names())[name]
-        self.runtime = RUNTIMES[self.config.runtime]
+        self.runtime = cli(self.config.runtime)
         self.home = lab.paths.agent_home(lab.run.id, name)
         self.home.mkdir(parents=True, exist_ok=True)
         self._child: subprocess.Popen[str] | None = None
@@ -172,8 +172,9 @@ class ExternalAgent:
         )
 
     def run(self) -> None:
-        if self.runtime.executable() is None:
-            raise UserError(missing_cli(self.runtime))
+        missing = self.runtime.missing()
+        if missing is not None:
+            raise UserError(missing)
         record = self.lab.agent(self.name)
         session = record.session
         self._recall(session)

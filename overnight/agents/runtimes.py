@@ -10,8 +10,9 @@ full the conversation's context is (Claude Code in its output, Codex in its
 session file), so a conversation can end before it rots. The CLI talks to the
 lab's gateway with the agent's virtual key.
 
-Owns the command lines, environments and the parsing of each CLI's JSON events.
-Knows nothing about the store, trials or sessions.
+Owns the command lines, environments and the parsing of each CLI's JSON events,
+and registers the three as runtimes (`register_runtimes`, the hook a third-party
+CLI's plugin defines too). Knows nothing about the store, trials or sessions.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from overnight.errors import UserError
+from overnight.proposers.runtime import Register, Runtime, runtime
 
 HOOK_SCRIPT = Path(__file__).resolve().parent.parent / "governance" / "hook.py"
 """Claude Code's PreToolUse hook (standard library only: no import of overnight)."""
@@ -79,8 +80,10 @@ class TurnEvent:
     """The model's context window, as the CLI knows it."""
 
 
-class CliRuntime(Protocol):
-    name: str
+class CliRuntime(Runtime, Protocol):
+    """A runtime whose agent runs a CLI in a terminal session, turn after turn (its
+    `terminal` is True). `BaseCli` holds what every one shares."""
+
     binary: str
     install: str
     submits: bool
@@ -149,7 +152,30 @@ def retry_at(message: str, now: float | None = None) -> float | None:
     return None
 
 
-class ClaudeCode:
+class BaseCli:
+    """What the CLI runtimes share: a terminal each, a model behind the gateway, and a
+    CLI that must be installed."""
+
+    name: str
+    binary: str
+    install: str
+    terminal = True
+    llm = True
+    knobs = False
+
+    def executable(self) -> str | None:
+        raise NotImplementedError
+
+    def missing(self) -> str | None:
+        if self.executable() is not None:
+            return None
+        return (
+            f"the {self.name} runtime runs the `{self.binary}` command, which is not "
+            f"installed (not on PATH).\n  fix: {self.install}"
+        )
+
+
+class ClaudeCode(BaseCli):
     """`claude -p` with stream-json output; `--resume` continues the conversation."""
 
     name = "claude-code"
@@ -280,7 +306,7 @@ def _context_window(model_usage: Any) -> int | None:
     return best[1] if best else None
 
 
-class Codex:
+class Codex(BaseCli):
     """`codex exec --json`; `codex exec resume ID` continues the conversation."""
 
     name = "codex"
@@ -409,7 +435,7 @@ _ROLLOUT_TAIL = 256 * 1024
 """Bytes read from the end of a Codex session file to find its latest token count."""
 
 
-class Aider:
+class Aider(BaseCli):
     """`aider --message FILES...` through the gateway's OpenAI-compatible endpoint, with
     SEARCH/REPLACE edits and its chat history in the agent's private directory. aider
     does not run shell commands unattended, so overnight submits each turn's change."""
@@ -461,29 +487,17 @@ class Aider:
         return None  # aider summarizes a long chat history itself
 
 
-RUNTIMES: dict[str, CliRuntime] = {}
+def register_runtimes(register: Register) -> None:
+    for cli in (ClaudeCode(), Codex(), Aider()):
+        register(cli)
 
 
-def register(runtime: CliRuntime) -> None:
-    RUNTIMES[runtime.name] = runtime
-
-
-for _builtin in (ClaudeCode(), Codex(), Aider()):
-    register(_builtin)
-
-
-def missing_cli(runtime: CliRuntime) -> str:
-    """The message for a runtime whose CLI is not installed."""
-    return (
-        f"the {runtime.name} runtime runs the `{runtime.binary}` command, which is not "
-        f"installed (not on PATH).\n  fix: {runtime.install}"
-    )
-
-
-def check_installed(name: str, on_missing: Callable[[str], Exception]) -> None:
-    runtime = RUNTIMES[name]
-    if runtime.executable() is None:
-        raise on_missing(missing_cli(runtime))
+def cli(name: str) -> CliRuntime:
+    """The runtime called `name`, which runs in a terminal."""
+    found = runtime(name)
+    if not found.terminal:
+        raise UserError(f"the {name} runtime runs on a thread of `overnight run`, not a terminal")
+    return cast(CliRuntime, found)  # what `terminal` promises
 
 
 def instructions(

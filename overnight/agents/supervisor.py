@@ -23,7 +23,6 @@ from pathlib import Path
 
 from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S, GatewayRoutes, RideOut, RouteWatch
 from overnight.agents.requeued import Requeued
-from overnight.agents.runtimes import RUNTIMES
 from overnight.errors import UserError
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git
@@ -33,7 +32,7 @@ from overnight.lab.runner import kill_marked
 from overnight.lab.sharing import Sharing
 from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
 from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER
-from overnight.proposers import Proposer, ProposerSetup, create
+from overnight.proposers import Proposer, ProposerSetup, create, in_terminal, runtime
 from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.sessions import default_backend
 from overnight.sessions.base import Session
@@ -264,7 +263,7 @@ class Supervisor:
                 name=f"agent-{name}",
             ).start()
         for agent in lab.agents():
-            if agent.runtime in RUNTIMES:
+            if runtime(agent.runtime).terminal:
                 done[agent.name] = threading.Event()
                 threading.Thread(
                     target=self._external, args=(agent.name, done[agent.name]),
@@ -291,7 +290,7 @@ class Supervisor:
         return {
             agent.name: create(agent.runtime, self._setup(agent))
             for agent in self.lab.agents()
-            if agent.runtime not in RUNTIMES  # those run in their own process, in a terminal
+            if not runtime(agent.runtime).terminal  # those run in their own process
         }
 
     def _setup(self, agent: AgentRecord) -> ProposerSetup:
@@ -376,7 +375,7 @@ class Supervisor:
         if self.rules is None:
             return
         verdict = self.rules.after(trial)
-        if verdict.pause is not None and self.lab.agent(trial.agent).runtime in RUNTIMES:
+        if verdict.pause is not None and in_terminal(self.lab.agent(trial.agent).runtime):
             # an agent in a terminal holds at its next turn (its own process reads this)
             pause = self.lab.paths.agent_home(self.lab.run.id, trial.agent) / PAUSE_FILE
             pause.parent.mkdir(parents=True, exist_ok=True)
@@ -673,7 +672,7 @@ class AgentControl:
             raise ControlRefused(f"agent {name!r} is not paused")
         path.unlink(missing_ok=True)
         self.store.append_event(self.run_id, "agent.resume_requested", {}, agent=name)
-        if self.runtimes[name] in RUNTIMES and self._state(name) == "paused":
+        if in_terminal(self.runtimes[name]) and self._state(name) == "paused":
             # its own process reports its next state; until then it is between turns
             self.store.set_agent_state(self.run_id, name, "idle", reason="resumed")
         with self._cond:
@@ -682,7 +681,7 @@ class AgentControl:
     def restart(self, name: str) -> None:
         self._check(name)
         with self._cond:
-            if self.runtimes[name] not in RUNTIMES and name not in self._working:
+            if not in_terminal(self.runtimes[name]) and name not in self._working:
                 raise ControlRefused(
                     f"agent {name!r} is not running in this `overnight run` (its work for the "
                     "run is done, or it has not started yet): there is nothing to restart"
@@ -717,7 +716,7 @@ class AgentControl:
         agent's stop event is cleared for its next start."""
         with self._cond:
             if name not in self._restart or run_stop.is_set():
-                if self.runtimes.get(name) not in RUNTIMES:
+                if not in_terminal(self.runtimes.get(name, "")):
                     self._working.discard(name)  # its loop has ended
                 self._restart.discard(name)
                 return False
@@ -725,7 +724,7 @@ class AgentControl:
             event = self._stops.get(name)
             if event is not None:
                 event.clear()
-        if self.runtimes.get(name) not in RUNTIMES:
+        if not in_terminal(self.runtimes.get(name, "")):
             self.store.append_event(self.run_id, "agent.restarted", {"by": "request"}, agent=name)
             self.store.set_agent_state(self.run_id, name, "working", reason="restarted")
         return True

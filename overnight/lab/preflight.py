@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -28,15 +28,29 @@ from overnight.org.config import overlap_fix
 from overnight.org.load import line_of
 
 
+class RuntimeFacts(Protocol):
+    """What a lab's start asks of a runtime (`overnight.proposers.Runtime` says it)."""
+
+    @property
+    def llm(self) -> bool:
+        """It thinks with a model through the gateway: its agents need a `model`."""
+        ...
+
+    @property
+    def knobs(self) -> bool:
+        """It tunes `[[knobs]]`: the lab needs some."""
+        ...
+
+    def missing(self) -> str | None:
+        """Why it cannot run on this machine ("problem\n  fix: ..."), or None."""
+        ...
+
+
 class StartChecks(Protocol):
     """What a lab's start asks of the packages it does not import."""
 
-    def runtimes(self) -> Collection[str]:
-        """Every runtime an agent may name (proposers and external CLIs alike)."""
-        ...
-
-    def missing(self, runtime: str) -> str | None:
-        """Why `runtime`'s CLI cannot run on this machine ("problem\n  fix: ..."), or None."""
+    def runtimes(self) -> Mapping[str, RuntimeFacts]:
+        """Every runtime an agent may name, built-in or a plugin's, by name."""
         ...
 
     def policy_warnings(self, org: Org) -> list[str]:
@@ -167,7 +181,7 @@ def check(org: Org, git: Git, base: str | None, checks: StartChecks) -> list[str
                     fix="check the spelling, or run overnight from the environment that has it "
                     "(e.g. activate your virtualenv first)",
                 )
-    runtimes = sorted(checks.runtimes())
+    runtimes = checks.runtimes()
     for i, agent in enumerate(cfg.agents):
         if agent.runtime not in runtimes:
             raise ConfigError(
@@ -175,10 +189,10 @@ def check(org: Org, git: Git, base: str | None, checks: StartChecks) -> list[str
                 f"unknown runtime {agent.runtime!r}",
                 field=f"agents[{i}].runtime",
                 line=line_of(text, ("agents", i, "runtime")),
-                fix=f"use one of: {', '.join(runtimes)}",
+                fix=f"use one of: {', '.join(sorted(runtimes))}",
             )
     for i, agent in enumerate(cfg.agents):
-        if agent.runtime == "optuna":
+        if not runtimes[agent.runtime].llm:
             continue
         routes = sorted(cfg.gateway.models) if cfg.gateway else []
         if agent.model is None or agent.model not in routes:
@@ -209,7 +223,7 @@ def check(org: Org, git: Git, base: str | None, checks: StartChecks) -> list[str
                 fix='add [[knobs]], or set on_brownout = "pause"',
             )
     for i, agent in enumerate(cfg.agents):  # the environment, once the file is right
-        missing = checks.missing(agent.runtime)
+        missing = runtimes[agent.runtime].missing()
         if missing is not None:
             problem, _, fix = missing.partition("\n  fix: ")
             raise ConfigError(
@@ -219,10 +233,11 @@ def check(org: Org, git: Git, base: str | None, checks: StartChecks) -> list[str
                 line=line_of(text, ("agents", i, "runtime")),
                 fix=fix,
             )
-    if any(a.runtime == "optuna" for _, a in cfg.agent_names()) and not cfg.knobs:
+    tuner = next((a.runtime for a in cfg.agents if runtimes[a.runtime].knobs), None)
+    if tuner is not None and not cfg.knobs:
         raise ConfigError(
             path,
-            "the optuna runtime needs [[knobs]] to tune, and none are defined",
+            f"the {tuner} runtime needs [[knobs]] to tune, and none are defined",
             field="knobs",
             fix="add a [[knobs]] table (name, file, low/high or choices) per setting to tune",
         )

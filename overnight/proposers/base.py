@@ -1,10 +1,11 @@
-"""The Proposer protocol and its registry: how an agent comes up with its next change.
+"""The Proposer protocol: how an in-process agent comes up with its next change.
 
 A proposer turns the lab's state into a `Proposal` (a description, the data
 stored on the trial, and a function that writes the change into a worktree:
 `overnight.lab.proposal`, the lab's own word for what it tries), and learns
-from each finished trial. Built-ins register here exactly as a
-plugin would. Knows nothing about git, runners or the store's tables.
+from each finished trial. A runtime that has one registers it as a
+`ProposerRuntime` (`runtime.py`). Knows nothing about git, runners or the
+store's tables.
 """
 
 from __future__ import annotations
@@ -59,25 +60,3 @@ class Proposer(Protocol):
 
 
 ProposerFactory = Callable[[ProposerSetup], Proposer]
-
-PROPOSERS: dict[str, ProposerFactory] = {}
-
-
-def register(name: str, factory: ProposerFactory) -> None:
-    PROPOSERS[name] = factory
-
-
-def create(name: str, setup: ProposerSetup) -> Proposer:
-    _load_builtins()
-    return PROPOSERS[name](setup)
-
-
-def available() -> list[str]:
-    _load_builtins()
-    return sorted(PROPOSERS)
-
-
-def _load_builtins() -> None:
-    # Built-ins register on import, the same path a third-party plugin takes.
-    from overnight.proposers import llm as _llm  # noqa: F401
-    from overnight.proposers import optuna as _optuna  # noqa: F401

@@ -49,8 +49,9 @@ from overnight.lab import notebook
 from overnight.lab.proposal import Proposal, ProposalError, ProposerUnavailable
 from overnight.org.config import Goal
 from overnight.proposers import edits as edit_blocks
-from overnight.proposers.base import ProposerSetup, register
+from overnight.proposers.base import ProposerSetup
 from overnight.proposers.edits import Edit, EditError
+from overnight.proposers.runtime import ProposerRuntime, Register
 from overnight.records import Trial, TrialStatus
 from overnight.store import Store, open_store
 
@@ -386,4 +387,5 @@ def _longest_backtick_run(text: str) -> int:
     return max((len(m) for m in re.findall(r"`+", text)), default=0)
 
 
-register("llm", LlmProposer)
+def register_runtimes(register: Register) -> None:
+    register(ProposerRuntime("llm", LlmProposer, llm=True))

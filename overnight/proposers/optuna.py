@@ -32,7 +32,8 @@ from optuna.trial import TrialState
 from overnight.lab.proposal import Proposal
 from overnight.org import knobs as knob_files
 from overnight.org.config import Goal, KnobConfig
-from overnight.proposers.base import ProposerSetup, register
+from overnight.proposers.base import ProposerSetup
+from overnight.proposers.runtime import ProposerRuntime, Register
 from overnight.records import Trial, TrialStatus
 from overnight.store import open_store
 
@@ -276,4 +277,5 @@ def _nudge(knob: KnobConfig, value: Any, rng: random.Random, switch: float) -> A
     return value
 
 
-register("optuna", OptunaProposer)
+def register_runtimes(register: Register) -> None:
+    register(ProposerRuntime("optuna", OptunaProposer, knobs=True))

@@ -1,6 +1,7 @@
 """Sessions: commands running in terminals that overnight can type into, read, and mirror.
 
-Owns the Session/SessionBackend protocols and the two built-in backends: tmux
+Owns the Session/SessionBackend protocols, the backends' registry (`overnight.plugins`,
+hook `register_session_backends`) and the two built-in backends: tmux
 (default; sessions outlive the command center, `tmux -L overnight attach -t NAME`
 gets you in) and pty (fallback; sessions end with the process that started them).
 Knows nothing about agents, trials, the store or the web page.
@@ -21,7 +22,6 @@ from overnight.sessions.base import (
     available,
     create,
     default_backend,
-    register,
     wait_for,
     wait_until,
 )
@@ -36,7 +36,6 @@ __all__ = [
     "available",
     "create",
     "default_backend",
-    "register",
     "wait_for",
     "wait_until",
 ]

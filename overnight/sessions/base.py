@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from overnight.errors import OvernightError, UserError
+from overnight.plugins import Registry
 
 Size = tuple[int, int]
 """(cols, rows)."""
@@ -199,40 +200,39 @@ def wait_until(
         time.sleep(interval)
 
 
-BackendFactory = Callable[[], SessionBackend]
+class BackendFactory(Protocol):
+    """What a plugin's `register_session_backends(register)` hook registers: a backend
+    class (or any callable) that knows its name and makes a backend with its defaults."""
 
-BACKENDS: dict[str, BackendFactory] = {}
+    @property
+    def name(self) -> str: ...
+
+    def __call__(self) -> SessionBackend: ...
 
 
-def register(name: str, factory: BackendFactory) -> None:
-    BACKENDS[name] = factory
+Register = Callable[[BackendFactory], None]
+"""What a plugin's `register_session_backends(register)` hook is given."""
+
+BACKENDS: Registry[BackendFactory] = Registry("register_session_backends")
 
 
 def create(name: str) -> SessionBackend:
     """The backend registered as `name` ("tmux", "pty", or a plugin's)."""
-    _load_builtins()
-    try:
-        factory = BACKENDS[name]
-    except KeyError:
+    factory = BACKENDS.get(name)
+    if factory is None:
         raise UserError(
-            f"unknown session backend {name!r}; available: {', '.join(sorted(BACKENDS))}"
-        ) from None
+            f"unknown session backend {name!r}; available: {', '.join(BACKENDS.names())}"
+        )
     return factory()
 
 
 def available() -> list[str]:
-    _load_builtins()
-    return sorted(BACKENDS)
+    return BACKENDS.names()
 
 
 def default_backend() -> SessionBackend:
     """tmux when the binary is installed (sessions outlive overnight), else pty."""
-    from overnight.sessions.tmux import tmux_binary
-
-    return create("tmux" if tmux_binary() else "pty")
-
-
-def _load_builtins() -> None:
-    # Built-ins register on import, the same path a third-party plugin takes.
-    from overnight.sessions import pty as _pty  # noqa: F401
-    from overnight.sessions import tmux as _tmux  # noqa: F401
+    try:
+        return create("tmux")
+    except UserError:  # it says how to install tmux; pty needs nothing
+        return create("pty")

@@ -39,9 +39,9 @@ from overnight.errors import UserError
 from overnight.sessions.base import (
     DEFAULT_SIZE,
     LogTail,
+    Register,
     Size,
     check_start,
-    register,
     screen_digest,
 )
 
@@ -312,4 +312,5 @@ class PtyBackend:
                 session.kill()
 
 
-register("pty", PtyBackend)
+def register_session_backends(register: Register) -> None:
+    register(PtyBackend)

@@ -39,11 +39,11 @@ from overnight.errors import UserError
 from overnight.sessions.base import (
     DEFAULT_SIZE,
     LogTail,
+    Register,
     SessionError,
     Size,
     check_name,
     check_start,
-    register,
     screen_digest,
 )
 
@@ -332,4 +332,5 @@ def _trim(screen: str) -> str:
     return "\n".join(line.rstrip() for line in screen.rstrip().split("\n"))
 
 
-register("tmux", TmuxBackend)
+def register_session_backends(register: Register) -> None:
+    register(TmuxBackend)

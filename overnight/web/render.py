@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
-from overnight.agents.runtimes import RUNTIMES
+from overnight.proposers import in_terminal
 from overnight.web.charts import brownout_timeline, metric_plot
 from overnight.web.events import Hub, Message
 from overnight.web.live import AgentRow, Changes, TrialRow, ago
@@ -123,7 +123,7 @@ class PageRenderer:
         control = self.sources.control
         return {
             "a": row,
-            "external": row.runtime in RUNTIMES,
+            "external": in_terminal(row.runtime),
             "has_terminal": row.terminal is not None and self.sources.tmux is not None,
             "user_paused": control.paused_by_user(row.name) if control else False,
             "can_steer": control is not None,

@@ -25,7 +25,6 @@ from overnight.gateway.protocols.registry import (
     get,
     hub,
     protocols,
-    register,
 )
 
 __all__ = [
@@ -44,5 +43,4 @@ __all__ = [
     "hub",
     "kind_for_status",
     "protocols",
-    "register",
 ]

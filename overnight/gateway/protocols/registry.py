@@ -1,52 +1,40 @@
 """The wire protocols the gateway speaks, by name.
 
-Owns the registry: `register()` adds a protocol, and the built-ins register the
-way a plugin would, from their module's `register_protocols(register)` hook, run
-when this module is imported; `get()` finds a protocol by name, `for_path()`
-by its endpoint, `for_upstream()` lists those an upstream speaks, and which one a
-request to no protocol's endpoint hears its error in. Knows no protocol itself.
+Owns the protocols' registry (`overnight.plugins`, hook `register_protocols`: the
+built-ins' modules define it as a third-party plugin would): `get()` finds a
+protocol by name, `for_path()` by its endpoint, `for_upstream()` lists those an
+upstream speaks, and which one a request to no protocol's endpoint hears its
+error in. Knows no protocol itself.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from overnight.gateway.protocols.base import WireProtocol
+from overnight.plugins import Registry
 
 if TYPE_CHECKING:
     from overnight.org.gateway import UpstreamConfig
 
 Register = Callable[[WireProtocol], None]
 
-BUILTINS = (
-    "overnight.gateway.protocols.anthropic",
-    "overnight.gateway.protocols.chat",
-    "overnight.gateway.protocols.responses",
+_protocols: Registry[WireProtocol] = Registry(
+    "register_protocols", same=lambda a, b: a.name == b.name or a.path == b.path
 )
-"""Modules whose `register_protocols(register)` hook adds the built-in protocols."""
-
-_protocols: dict[str, WireProtocol] = {}
-
-
-def register(protocol: WireProtocol) -> None:
-    """Add `protocol`; another one of the same name or endpoint is a mistake."""
-    for known in _protocols.values():
-        if protocol.name == known.name or protocol.path == known.path:
-            raise ValueError(f"{protocol!r} takes the name or endpoint of {known!r}")
-    _protocols[protocol.name] = protocol
+"""One protocol per name and per endpoint."""
 
 
 def protocols() -> list[WireProtocol]:
     """Every protocol, in the order they were registered."""
-    return list(_protocols.values())
+    return list(_protocols)
 
 
 def get(name: str) -> WireProtocol:
     found = _protocols.get(name)
     if found is None:
-        known = ", ".join(_protocols)
+        known = ", ".join(p.name for p in _protocols)
         raise ValueError(f"unknown wire protocol {name!r}: expected one of {known}")
     return found
 
@@ -81,11 +69,3 @@ def by_key_header(headers: dict[str, str]) -> WireProtocol:
     (`x-api-key`: Anthropic), else the hub: how a request to an endpoint every
     protocol shares (`/v1/models`) hears its error."""
     return next((p for p in protocols() if p.key_header in headers), None) or hub()
-
-
-def _register_builtins() -> None:
-    for module in BUILTINS:
-        importlib.import_module(module).register_protocols(register)
-
-
-_register_builtins()
