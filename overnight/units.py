@@ -1,7 +1,9 @@
 """Durations and sizes as people write them in org code: "90s", "1h30m", "50MB", "1GiB".
 
-Owns parsing them into seconds and bytes, and the pydantic field types that do
-so. Knows nothing else.
+Owns parsing them into seconds and bytes, the pydantic field types that do so,
+and the other way round, the short forms the terminal and the command center
+show people: a span of time (`span`: 42s, 7m, 3h05m) and a measured figure
+(`figure`). Knows nothing else.
 """
 
 from __future__ import annotations
@@ -83,3 +85,19 @@ def parse_size(value: Any) -> int:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def span(seconds: float, *, seconds_below: int = 60) -> str:
+    """How long, compactly: `42s`, `7m`, `3h05m`; whole seconds below `seconds_below`,
+    whole minutes below as many minutes, then hours and minutes."""
+    whole = max(0, int(seconds))
+    if whole < seconds_below:
+        return f"{whole}s"
+    if whole < seconds_below * 60:
+        return f"{whole // 60}m"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
+def figure(value: float | None) -> str:
+    """A metric or a measurement as people read it: six significant digits, `—` for none."""
+    return "—" if value is None else f"{value:.6g}"

@@ -199,6 +199,9 @@ def test_import_continues_a_hand_run_history_from_its_last_kept_commit(
 
     ran = run_cli("run", str(repo), "--trials", "1", "--no-ui", env=env)
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    shown = run_cli("status", str(repo), env=env)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "imported: 4 trial(s) from " in shown.stdout and "best val_bpb: " in shown.stdout
     df = read_like_autoresearch(run_cli("ledger", str(repo), "--tsv").stdout)
     # the history first, as it was kept: the analysis's baseline is the person's baseline
     for i, (sha, bpb, mem, status_word, text) in enumerate(rows):

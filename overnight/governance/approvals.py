@@ -34,7 +34,7 @@ from overnight.markers import AGENT_MARKER, SESSION_MARKER, TRIAL_MARKER
 from overnight.paths import in_worktrees
 from overnight.records import Approval
 from overnight.store import Store
-from overnight.units import parse_duration
+from overnight.units import parse_duration, span
 
 log = logging.getLogger("overnight.approvals")
 
@@ -249,7 +249,7 @@ class Approvals:
         if a.status == "expired":
             return (
                 f"approval {a.id} expired at {when}, unanswered after "
-                f"{_span(a.expires_at - a.created_at)}: it can no longer be {verb}.\n"
+                f"{span(round(a.expires_at - a.created_at), seconds_below=120)}: it can no longer be {verb}.\n"
                 f"  the agent ({a.agent}) was told no; it may ask again."
             )
         note = f" (note: {a.note})" if a.note else ""
@@ -373,12 +373,3 @@ def webhook_message(a: Approval) -> dict[str, Any]:
 
 def _clock(at: float | None) -> str:
     return "-" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-
-
-def _span(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -4,7 +4,9 @@ Owns everything a browser sees: the token and cookie (`auth`), the names it
 answers to and the headers that keep other pages from framing it (`shield`), the live picture
 of the run kept current from the store's events (`live`, `events`), the pages
 and fragments (`render`, `templates/`, `charts`), the agents' terminals in the
-browser (`terminals`), the routes (`app`) and the server thread (`server`).
+browser (`terminals`), the routes, by job (`pages`, `steering`, `stream`,
+`approvals`, `audit`, on what they share: `site`), the app that puts them together
+(`app`) and the server thread (`server`).
 Reads through the Store API and the lab's helpers (`sources`); steers agents
 only through the supervisor's `AgentControl`. Core packages never import it.
 """

@@ -32,8 +32,8 @@ from overnight.web.live import Changes
 from overnight.web.peers import agent_peer
 
 if TYPE_CHECKING:
-    from overnight.web.app import CommandCenter
     from overnight.web.render import PageRenderer
+    from overnight.web.site import Site
 
 STATUSES: tuple[str, ...] = get_args(ApprovalStatus)
 ANSWERED: list[ApprovalStatus] = ["approved", "denied", "expired"]
@@ -178,34 +178,29 @@ async def _note(request: Request) -> str | None:
     return note.strip() or None
 
 
-def router(inbox: Inbox) -> APIRouter:
+def router(inbox: Inbox, site: Site) -> APIRouter:
     """The inbox's page, fragment and JSON API."""
     api = APIRouter()
     approvals = inbox.approvals
 
-    def center_of(request: Request) -> CommandCenter:
-        center: CommandCenter = request.app.state.center
-        return center
-
     @api.get("/approvals", response_class=HTMLResponse)
     def page(request: Request) -> str:
-        center = center_of(request)
-        center._ready()
+        site.ready()
         context = inbox.context()
-        with center.live.lock:
-            return center.page(
+        with site.live.lock:
+            return site.page(
                 request, "approvals.html", "approvals", "Approvals",
-                panel=Markup(center.renderer.fragment("_approvals.html", **context)),
+                panel=Markup(site.renderer.fragment("_approvals.html", **context)),
             )  # fmt: skip
 
     @api.get("/approvals/panel", response_class=HTMLResponse)
-    def panel(request: Request) -> str:
-        return inbox.panel(center_of(request).renderer)
+    def panel() -> str:
+        return inbox.panel(site.renderer)
 
     @api.get("/api/csrf")
     def csrf(request: Request) -> dict[str, str]:
         """The CSRF token of this session, for scripts (a page has it in a meta tag)."""
-        return {"csrf_token": center_of(request).access.csrf_token(request.scope["session_id"])}
+        return {"csrf_token": site.access.csrf_token(request.scope["session_id"])}
 
     @api.get("/api/approvals")
     def listing(status: str = "") -> Response:

@@ -17,10 +17,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from overnight.errors import UserError
@@ -28,10 +28,7 @@ from overnight.governance.audit import verify
 from overnight.governance.governor import Governor
 from overnight.records import AuditRecord
 from overnight.store import Store
-from overnight.web.app import Refused
-
-if TYPE_CHECKING:
-    from overnight.web.app import CommandCenter
+from overnight.web.site import Refused, Site
 
 NAV = ("/audit", "Audit", "audit")
 PAGE = 50
@@ -160,60 +157,44 @@ class AuditView:
         return {"verdict": verdict, "error": None, "took": took, "bad": bad, "pretty": pretty}
 
 
-def _query(kind: str, actor: str, text: str, correlation: str) -> Query:
+def _search(
+    kind: str = "", actor: str = "", text: str = "", correlation: str = "",
+    before: int | None = None,
+) -> tuple[Query, int | None]:  # fmt: skip
+    """The search and the page of `/audit` and `/audit/records`, from their query string."""
     for name, value in (("kind", kind), ("actor", actor), ("text", text),
                         ("correlation", correlation)):  # fmt: skip
         if len(value) > MAX_FIELD:
             raise Refused(
                 400, f"{name} is {len(value)} characters; search with at most {MAX_FIELD}"
             )
-    return Query(kind.strip().lower(), actor.strip(), text.strip(), correlation.strip())
-
-
-def _before(before: int | None) -> int | None:
     if before is not None and before < 1:
         raise Refused(
             400, f"before={before}: records start at seq 1; `before` is a seq (1 or more)"
         )
-    return before
+    query = Query(kind.strip().lower(), actor.strip(), text.strip(), correlation.strip())
+    return query, before
 
 
-def router(view: AuditView) -> APIRouter:
+Search = Annotated[tuple[Query, int | None], Depends(_search)]
+
+
+def router(view: AuditView, site: Site) -> APIRouter:
     api = APIRouter()
 
-    def center_of(request: Request) -> CommandCenter:
-        center: CommandCenter = request.app.state.center
-        return center
-
     @api.get("/audit", response_class=HTMLResponse)
-    def page(
-        request: Request,
-        kind: str = "",
-        actor: str = "",
-        text: str = "",
-        correlation: str = "",
-        before: int | None = None,
-    ) -> str:
-        center = center_of(request)
-        center._ready()
-        context = view.rows(_query(kind, actor, text, correlation), _before(before))
-        with center.live.lock:
-            return center.page(request, "audit.html", "audit", "Audit", kinds=KINDS, **context)
+    def page(request: Request, search: Search) -> str:
+        site.ready()
+        context = view.rows(*search)
+        with site.live.lock:
+            return site.page(request, "audit.html", "audit", "Audit", kinds=KINDS, **context)
 
     @api.get("/audit/records", response_class=HTMLResponse)
-    def records(
-        request: Request,
-        kind: str = "",
-        actor: str = "",
-        text: str = "",
-        correlation: str = "",
-        before: int | None = None,
-    ) -> str:
-        context = view.rows(_query(kind, actor, text, correlation), _before(before))
-        return center_of(request).renderer.fragment("_audit_rows.html", **context)
+    def records(search: Search) -> str:
+        return site.renderer.fragment("_audit_rows.html", **view.rows(*search))
 
     @api.get("/audit/verify", response_class=HTMLResponse)
-    def check(request: Request) -> str:
-        return center_of(request).renderer.fragment("_audit_verify.html", **view.verify())
+    def check() -> str:
+        return site.renderer.fragment("_audit_verify.html", **view.verify())
 
     return api

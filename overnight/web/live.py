@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -448,15 +447,3 @@ class LiveRun:
             ]
             self._baseline = min(kept, key=lambda t: t.number) if kept else None
         return self._baseline
-
-
-def ago(since: float | None, now: float | None = None) -> str:
-    """How long, compactly: 42s, 7m, 3h05m."""
-    if since is None:
-        return ""
-    seconds = max(0, int((now or time.time()) - since))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -20,18 +20,15 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from overnight.proposers import in_terminal
+from overnight.units import figure, span
 from overnight.web.charts import brownout_timeline, metric_plot
 from overnight.web.events import Hub, Message
-from overnight.web.live import AgentRow, Changes, TrialRow, ago
+from overnight.web.live import AgentRow, Changes, TrialRow
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATES = ("working", "idle", "waiting", "paused", "crashed")
 LEDGER_PAGE = 200
 """Ledger rows a page shows at first (newest first); "more" loads the next ones."""
-
-
-def _num(value: float | None) -> str:
-    return "—" if value is None else f"{value:.6g}"
 
 
 def _usd(value: float | None) -> str:
@@ -52,6 +49,11 @@ def _tokens(value: int) -> str:
 
 def _clock(at: float | None) -> str:
     return "" if at is None else time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def _ago(since: float | None) -> str:
+    """How long ago `since` was: 42s, 7m, 3h05m."""
+    return "" if since is None else span(time.time() - since)
 
 
 def diff_html(diff: str) -> Markup:
@@ -92,7 +94,7 @@ def environment(extra: Sequence[Path] = ()) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=_num, usd=_usd, tokens=_tokens, clock=_clock, ago=ago, diff=diff_html)
+    env.filters.update(num=figure, usd=_usd, tokens=_tokens, clock=_clock, ago=_ago, diff=diff_html)
     env.globals["states"] = STATES
     return env
 
