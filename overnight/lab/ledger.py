@@ -21,9 +21,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from overnight.errors import ConfigError, UserError
-from overnight.lab.lab import MAX_REQUEUES, best_trial, requeues
+from overnight.lab.keeps import best_trial
 from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
+from overnight.lab.resume import MAX_REQUEUES, requeues
 from overnight.lab.stop import STOPPING
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.records import (
