@@ -33,6 +33,7 @@ import contextlib
 import itertools
 import math
 import os
+import random
 import re
 import signal
 import statistics
@@ -79,8 +80,9 @@ CONFIGS = {
 }
 THINK_S = 2.5
 """Seconds the fake model takes to answer each request, in the slot part."""
-SLOT_EPOCHS = 150
-"""spirals' EPOCHS in the slot part: a run of a few seconds, longer than a model's answer."""
+SLOT_EPOCHS = 120
+"""spirals' EPOCHS in the slot part: a run of about 4 s on an idle core, longer than a
+model's answer (so two agents can keep one slot busy), though not by much."""
 SLOT_TRIALS = 16
 NOISE_RUNS = 20
 
@@ -94,7 +96,7 @@ def environment(tmp: Path, seed: int | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "OVERNIGHT_DB"}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["OVERNIGHT_AUDIT_KEY"] = str(tmp / "audit" / "audit.key")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if seed is not None:
         env["OVERNIGHT_SEED"] = str(seed)
     return env
@@ -189,6 +191,10 @@ class Outcome:
     best: float
     trials: int
     adoptions: int
+    explores: int
+    """Trials proposed by an explore step (near the lab's best, after an adoption)."""
+    explore_bests: int
+    """... of which made a new lab best."""
     sigma: float | None
     """The σ the run measured from its baseline runs (min_delta = "auto"), if it did."""
     seconds: float
@@ -221,20 +227,39 @@ def search_run(s: Search, config: str, seed: int, tmp: Path) -> Outcome:
         (t for t in trials if t.agent != BASELINE and t.status.final),
         key=lambda t: t.finished_at or 0.0,
     )
-    best, to_target = baseline.metric, None
+    best, to_target, explore_bests = baseline.metric, None, 0
     for count, trial in enumerate(done, 1):
         if trial.status is TrialStatus.kept and trial.metric is not None:
+            if trial.metric < best and "explore_of" in trial.proposal:
+                explore_bests += 1
             best = min(best, trial.metric)  # both labs minimize
         if to_target is None and best <= s.target:
             to_target = count
     floor = run.noise_floor
     sigma = float(floor["sigma"]) if floor else None
-    return Outcome(to_target, best, len(done), adoptions, sigma, seconds)
+    explores = sum(1 for t in done if "explore_of" in t.proposal)
+    return Outcome(to_target, best, len(done), adoptions, explores, explore_bests, sigma, seconds)
 
 
 def median_to_target(outcomes: Sequence[Outcome], trials: int) -> float:
     """The median of trials to target, a run that never reached it counting as infinite."""
     return statistics.median(o.to_target if o.to_target else math.inf for o in outcomes)
+
+
+def ratio_interval(
+    shared: Sequence[Outcome], alone: Sequence[Outcome], trials: int, rounds: int = 4000
+) -> tuple[float, float]:
+    """How much the ratio of the two medians moves with the luck of the seeds: its 5th and
+    95th percentiles over bootstrap resamples of each config's runs (a run that missed the
+    target counted as trials + 1)."""
+    rng = random.Random(0)
+    a = [o.to_target or trials + 1 for o in shared]
+    b = [o.to_target or trials + 1 for o in alone]
+    ratios = sorted(
+        statistics.median(rng.choices(a, k=len(a))) / statistics.median(rng.choices(b, k=len(b)))
+        for _ in range(rounds)
+    )
+    return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
 
 
 def shown(value: float, trials: int) -> str:
@@ -283,7 +308,9 @@ def search(
                 f"reached {reached}/{len(runs)})  best after {s.trials}: median "
                 f"{statistics.median(o.best for o in runs):.4f} "
                 f"(each: {' '.join(f'{o.best:.4f}' for o in runs)})  adoptions "
-                f"{sum(o.adoptions for o in runs)}  "
+                f"{sum(o.adoptions for o in runs)}, explore trials "
+                f"{sum(o.explores for o in runs)} ({sum(o.explore_bests for o in runs)} new "
+                "lab bests)  "
                 f"{statistics.fmean(o.seconds for o in runs):.0f} s/run",
                 flush=True,
             )
@@ -298,9 +325,11 @@ def search(
             value = shared / alone
             ratio = f"{value:.2f}" if not math.isinf(value) else "inf"
             verdict = "met" if value <= 0.8 else "NOT met"
+        low, high = ratio_interval(results["two, share best"], results["two, share none"], s.trials)
         print(
             f"  target: share best / share none, median trials to target <= 0.8 -> {verdict} "
-            f"({ratio})",
+            f"({ratio}; over these seeds resampled, 90% of ratios lie in {low:.2f}-{high:.2f}, "
+            f"a run that missed the target counted as {s.trials + 1} trials)",
             flush=True,
         )
         if s.lab == "tsp":
@@ -446,12 +475,12 @@ def slot(tmp: Path, trials: int) -> None:
     for name, r in (("spirals", spirals), ("tsp", tsp)):
         # each agent thinks, then runs; the other thinks meanwhile: in the long run two
         # agents can fill the slot only when an experiment lasts at least as long as an answer
-        ceiling = min(1.0, 2 * r.mean_run_s / (THINK_S + r.mean_run_s))
+        limit = min(1.0, 2 * r.mean_run_s / (THINK_S + r.mean_run_s))
         print(
             f"  {name:<8} {r.trials} trials ({r.ran} ran), {r.requests} model requests; "
             f"experiment {r.mean_run_s:.2f} s on average; slot busy {r.busy_s:.1f} s of "
-            f"{r.window_s:.1f} s = {r.share:.1%} (steady-state ceiling with two agents "
-            f"thinking {THINK_S:g} s each: {ceiling:.0%}); gap between experiments median "
+            f"{r.window_s:.1f} s = {r.share:.1%} (the long-run limit with two agents thinking "
+            f"{THINK_S:g} s each: about {limit:.0%}); gap between experiments median "
             f"{statistics.median(r.gaps_s) * 1000:.0f} ms, max {max(r.gaps_s) * 1000:.0f} ms",
             flush=True,
         )
