@@ -389,7 +389,7 @@ def test_two_labs_with_the_same_run_id_leave_each_others_experiments_alone(
     one: starting (and cleaning up after) one must not kill the other's experiments."""
     import subprocess
 
-    from overnight.lab.lab import config_fingerprint
+    from overnight.lab.resume import config_fingerprint
     from overnight.org import load_org
     from tests.conftest import OVERNIGHT, process_gone
 
