@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 
 from overnight.lab.runner import kill_marked
-from overnight.markers import RUN_MARKER
+from overnight.markers import RUN_MARKER, run_mark
 from overnight.proposers.optuna import study_name
 from overnight.sessions import wait_until
 from overnight.store import store_url
@@ -260,4 +260,4 @@ def test_a_trial_killed_mid_run_is_shown_and_retried_once_by_its_own_agent(
         hold.unlink(missing_ok=True)  # a held experiment left by a kill ends by itself
         with contextlib.suppress(sqlite3.OperationalError):
             for run in _rows(db, "SELECT id FROM ov_runs"):
-                kill_marked(RUN_MARKER, str(run["id"]))
+                kill_marked(RUN_MARKER, run_mark(lab, str(run["id"])))

@@ -133,6 +133,29 @@ def test_parallel_agents_share_one_study(tmp_path: Path) -> None:
     assert len(study.trials) == 10
 
 
+def test_overnight_seed_repeats_the_tuners_proposals(tmp_path: Path) -> None:
+    """OVERNIGHT_SEED seeds the optuna agents: a run repeated with the same seed proposes
+    the same first knobs; another seed, other knobs; two agents, not the same point."""
+
+    def first_proposals(name: str, seed: str) -> dict[str, object]:
+        lab = make_lab(tmp_path / name, agents=2, parallel=2)
+        result = run_cli("run", str(lab), "--trials", "2", env={"OVERNIGHT_SEED": seed})
+        assert result.returncode == 0, result.stderr
+        firsts: dict[str, object] = {}
+        for trial in _trials(lab)[1:]:
+            firsts.setdefault(str(trial["agent"]), json.loads(str(trial["proposal"]))["params"])
+        return firsts
+
+    first = first_proposals("first", "7")
+    assert set(first) == {"t-1", "t-2"} and first["t-1"] != first["t-2"]
+    assert first_proposals("again", "7") == first
+    assert first_proposals("other", "8") != first
+
+    bad = run_cli("run", str(make_lab(tmp_path / "bad")), env={"OVERNIGHT_SEED": "seven"})
+    assert bad.returncode == 2
+    assert "OVERNIGHT_SEED='seven' is not a whole number" in bad.stderr
+
+
 def _lab_with(tmp_path: Path, script: str, lab_extra: str = "") -> Path:
     return make_lab(tmp_path / "lab", script=script, lab_extra=lab_extra)
 
@@ -357,3 +380,55 @@ def test_an_agent_lock_held_by_a_forked_child_is_waited_for(tmp_path: Path) -> N
         timer.join()
         os.waitpid(child, 0)
         other.release()
+
+
+def test_two_labs_with_the_same_run_id_leave_each_others_experiments_alone(
+    tmp_path: Path,
+) -> None:
+    """Run ids are the second a run began, so two labs started in the same second share
+    one: starting (and cleaning up after) one must not kill the other's experiments."""
+    import subprocess
+
+    from overnight.lab.resume import config_fingerprint
+    from overnight.org import load_org
+    from tests.conftest import OVERNIGHT, process_gone
+
+    hold = tmp_path / "first" / "hold"  # in the lab's folder, which the sandbox shows
+    held = f"import os, time\nX = 0.5\nY = 5\nwhile os.path.exists({str(hold)!r}):\n"
+    held += "    time.sleep(0.05)\nprint('score: 1')\n"
+    first = make_lab(tmp_path / "first", script=held)
+    hold.touch()
+    proc = subprocess.Popen(
+        [*OVERNIGHT, "run", str(first), "--trials", "1", "--no-ui"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: any(t["pid"] for t in _trials_or_none(first)), timeout=60)
+        (baseline,) = _trials(first)
+        pid, run_id = int(str(baseline["pid"])), str(baseline["run_id"])
+
+        # a second lab whose run has the same id, as if started in the same second
+        second = make_lab(tmp_path / "second")
+        store = open_store(store_url(second))
+        try:
+            org = load_org(second)
+            protected = {"judge.py": git(second, "rev-parse", "HEAD:judge.py").strip()}
+            head = git(second, "rev-parse", "HEAD").strip()
+            store.create_run(run_id, "toy", head, protected, config_fingerprint(org))
+        finally:
+            store.close()
+        result = run_cli("run", str(second), "--trials", "2", "--no-ui")
+        assert result.returncode == 0, result.stderr
+        assert {str(t["run_id"]) for t in _trials(second)} == {run_id}
+        assert _trials(second)[0]["status"] == "kept"  # the baseline
+
+        assert not process_gone(pid), "the second lab's start killed the first lab's experiment"
+        hold.unlink()
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        assert _trials(first)[0]["status"] == "kept"
+    finally:
+        hold.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -53,7 +53,7 @@ from overnight.lab.lab import Lab
 from overnight.lab.privacy import user_umask
 from overnight.lab.sandbox import Walls
 from overnight.lab.sharing import Sharing
-from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, run_mark
 
 FIRST_PROMPT = (
     "Start now: read the editable files, choose your first experiment, make the change and "
@@ -556,7 +556,7 @@ def main(worktree: Path) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, on_signal)
-        os.environ.setdefault(RUN_MARKER, lab.run.id)
+        os.environ.setdefault(RUN_MARKER, run_mark(lab.org.root, lab.run.id))
         agent.run()  # the supervisor that stopped it records the agent `paused`
     finally:
         lab.close()

@@ -31,7 +31,7 @@ from overnight.lab.proposal import ProposerUnavailable
 from overnight.lab.runner import kill_marked
 from overnight.lab.sharing import Sharing
 from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
-from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, run_mark
 from overnight.proposers import Proposer, ProposerSetup, create, in_terminal, runtime
 from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.sessions import default_backend
@@ -237,7 +237,7 @@ class Supervisor:
             for proposer in proposers.values():
                 _close(proposer)
             # terminal sessions that outlived the last run stop with this one, as at its end
-            kill_marked(RUN_MARKER, lab.run.id)
+            kill_marked(RUN_MARKER, run_mark(lab.org.root, lab.run.id))
             return self.finished
         first_of_runtime: dict[str, Proposer] = {}
         for agent in lab.agents():
@@ -497,7 +497,7 @@ class ExternalSupervision:
         env = {
             **lab.enclosure.env({}),
             **{k: v for k, v in os.environ.items() if k.startswith("OVERNIGHT_")},
-            RUN_MARKER: lab.run.id,
+            RUN_MARKER: run_mark(lab.org.root, lab.run.id),
             SESSION_MARKER: self.session_name,
             AGENT_MARKER: self.name,
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -567,7 +567,8 @@ class ExternalSupervision:
                                    agent=self.name)  # fmt: skip
         finally:
             session.kill()
-            kill_marked(RUN_MARKER, run_id, spare=lambda env: env.get(AGENT_MARKER) != self.name)
+            mark = run_mark(self.lab.org.root, run_id)
+            kill_marked(RUN_MARKER, mark, spare=lambda env: env.get(AGENT_MARKER) != self.name)
             store.set_agent_state(run_id, self.name, "paused", reason="the run stopped")
 
 

@@ -23,7 +23,7 @@ from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.enclosure import Enclosure
 from overnight.lab.executor import LocalExecutor
 from overnight.lab.runner import RunResult, kill_marked, run_budgeted
-from overnight.markers import AGENT_MARKER, RUN_MARKER, TRIAL_MARKER
+from overnight.markers import AGENT_MARKER, RUN_MARKER, TRIAL_MARKER, run_mark
 from overnight.org.config import VRAM, LabConfig
 from overnight.paths import StateDir
 from overnight.records import IN_FLIGHT, Trial, TrialStatus
@@ -117,6 +117,7 @@ class Experiments:
         self.config = config
         self.store = store
         self.run_id = run_id
+        self.mark = run_mark(paths.path.parent, run_id)  # (the lab's folder holds its state)
         self.protected = protected
         self.paths = paths
         self.enclosure = enclosure
@@ -203,7 +204,7 @@ class Experiments:
         return self.enclosure.env(
             {
                 **slot_env,
-                RUN_MARKER: self.run_id,
+                RUN_MARKER: self.mark,
                 TRIAL_MARKER: str(trial.number),
                 AGENT_MARKER: trial.agent,
             }
@@ -219,7 +220,7 @@ class Experiments:
                 found.get(AGENT_MARKER) != trial.agent
             )
 
-        kill_marked(RUN_MARKER, self.run_id, spare=others)
+        kill_marked(RUN_MARKER, self.mark, spare=others)
 
     def _disk_room(self, stop: threading.Event) -> bool:
         """Room on disk for one more trial: older logs trimmed to fit `max_logs`, then

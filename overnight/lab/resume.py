@@ -24,7 +24,7 @@ from overnight.lab.holdout import Holdout
 from overnight.lab.keeps import best_trial
 from overnight.lab.lock import AgentLock
 from overnight.lab.runner import find_marked, kill_marked
-from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, TRIAL_MARKER
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, TRIAL_MARKER, run_mark
 from overnight.org import Org
 from overnight.org.config import LabConfig
 from overnight.paths import StateDir
@@ -117,12 +117,11 @@ def recover(
     def in_session(env: dict[str, str]) -> bool:
         return SESSION_MARKER in env and TRIAL_MARKER not in env
 
-    live = {
-        env.get(AGENT_MARKER) for _pid, env in find_marked(RUN_MARKER, run.id) if in_session(env)
-    }
+    mark = run_mark(org.root, run.id)
+    live = {env.get(AGENT_MARKER) for _pid, env in find_marked(RUN_MARKER, mark) if in_session(env)}
     kill_marked(
         RUN_MARKER,
-        run.id,
+        mark,
         spare=lambda env: env.get(AGENT_MARKER) in busy or in_session(env),
     )
     for trial in store.trials(run.id, statuses=IN_FLIGHT):
