@@ -34,6 +34,7 @@ from overnight.records import (
     can_move,
 )
 from overnight.store.base import TRIAL_FIELDS, Store, TransitionError
+from overnight.store.costs import CostRows
 from overnight.store.migrations import migrate
 from overnight.store.notifications import NotificationRows
 
@@ -120,7 +121,7 @@ def _engine(url: str) -> Engine:
     return create_engine(url, poolclass=NullPool)
 
 
-class SqlStore(NotificationRows, Store):
+class SqlStore(CostRows, NotificationRows, Store):
     """A Store over any SQLAlchemy URL we support (sqlite, postgresql)."""
 
     def __init__(self, url: str) -> None:
@@ -545,15 +546,24 @@ class SqlStore(NotificationRows, Store):
         ).scalar_one()
         return Event(int(event_id), run_id, at, kind, agent, trial, payload)
 
-    def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+    def events(
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        kinds: Iterable[str] | None = None,
+    ) -> list[Event]:
+        sql = "SELECT * FROM ov_events WHERE run_id = :r AND id > :after"
+        params: dict[str, Any] = {"r": run_id, "after": after, "limit": limit}
+        if kinds is not None:
+            names = list(kinds)
+            if not names:
+                return []
+            sql += " AND kind IN (" + ", ".join(f":k{i}" for i in range(len(names))) + ")"
+            params.update({f"k{i}": k for i, k in enumerate(names)})
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT * FROM ov_events WHERE run_id = :r AND id > :after"
-                    " ORDER BY id LIMIT :limit"
-                ),
-                {"r": run_id, "after": after, "limit": limit},
-            ).all()
+            rows = conn.execute(text(sql + " ORDER BY id LIMIT :limit"), params).all()
         return [_event(r) for r in rows]
 
     def last_event(

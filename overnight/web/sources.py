@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from overnight.agents.supervisor import AgentControl
+from overnight.costs.forecast import agent_limit
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git, GitError
 from overnight.org.config import OrgConfig
-from overnight.org.gateway import GatewayConfig, LimitConfig
+from overnight.org.gateway import LimitConfig
 from overnight.records import Run, Trial, UsageRow
 from overnight.sessions.tmux import TmuxBackend
 from overnight.store import Store
@@ -106,7 +107,7 @@ class Sources:
 
         add("org", gateway.budgets.org, None)
         for name, cfg in self.config.agent_names():
-            limit = _agent_limit(gateway, name, cfg.budget)
+            limit = agent_limit(gateway, name, cfg.budget)
             if limit is not None:
                 add(name, limit, name)
         return rows
@@ -135,18 +136,6 @@ def _budget_row(who: str, period: str, limit: float, spent: float) -> dict[str, 
         "left": max(0.0, limit - spent),
         "used_pct": min(100.0, spent / limit * 100) if limit else 100.0,
     }
-
-
-def _agent_limit(gateway: GatewayConfig, name: str, budget: float | None) -> LimitConfig | None:
-    """The limit the gateway applies to agent `name` (as overnight.gateway.service does)."""
-    limit = gateway.budgets.agents.get(name)
-    if limit is None and budget is not None:
-        limit = LimitConfig(total_usd=budget)
-    if limit is None:
-        limit = gateway.budgets.agent
-    if limit.total_usd is None and limit.daily_usd is None:
-        return None
-    return limit
 
 
 def _cap(diff: str) -> str:
