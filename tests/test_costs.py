@@ -255,3 +255,60 @@ def test_a_turn_is_flagged_once_per_measure_and_joins_the_history_when_over() ->
     watch.turn_over("a")
     caught = [a for _ in range(5) for a in watch.attempt({**row, "trial": "9"})]
     assert [(a.measure, a.requests) for a in caught] == [("requests", 3), ("tokens", 3)]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_the_morning_report_is_written_at_the_run_s_end_and_reads_in_a_browser(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    better = render("move X to 3", [Edit("exp.py", "X = 0.5\n", "X = 3\n")])
+    fake.enqueue(Reply(text=better, usage=USAGE), *[Reply(text=SAME, usage=USAGE)] * 3)
+    lab = _lab(tmp_path, fake)
+    result = run_cli("run", str(lab), "--trials", "6", env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = result.stdout.split("report: ", 1)[1].split(" ", 1)[0]
+    page, markdown = Path(said), Path(said).with_suffix(".md")
+    assert page.suffix == ".html" and markdown.is_file()
+    text = markdown.read_text()
+    for heading in ("## Progress", "## Kept changes", "## Agents", "## Incidents", "## Costs",
+                    "## For the next night"):  # fmt: skip
+        assert heading in text, heading
+    assert "-X = 0.5\n+X = 3" in text  # the cumulative diff
+    assert "wall time:" in text and "spent: $" in text
+    # on demand too, to a file of one's own
+    mine = tmp_path / "night.html"
+    assert run_cli("report", str(lab), "--out", str(mine)).returncode == 0
+    assert mine.is_file() and mine.with_suffix(".md").is_file()
+
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.is_file():
+        pytest.fail("Debian's chromium is missing: run `make system-deps`", pytrace=False)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu"],
+        )  # fmt: skip
+        try:
+            view = browser.new_page(viewport={"width": 1200, "height": 900})
+            requests: list[str] = []
+            view.on("request", lambda r: requests.append(r.url))
+            view.goto(page.as_uri())
+            for section in ("progress", "kept-changes", "agents", "incidents", "costs",
+                            "for-the-next-night"):  # fmt: skip
+                assert view.locator(f"#{section}").is_visible(), section
+            assert view.locator("img[alt=progress]").evaluate("i => i.naturalWidth") > 100
+            assert "coder" in view.locator("#agents + table").inner_text()
+            assert "smart" in view.locator("#costs ~ table").first.inner_text() or (
+                "smart" in view.content()
+            )
+            # self-contained: nothing but the file itself (and its inlined plot) is loaded
+            assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+            DOCS.mkdir(exist_ok=True)
+            view.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        finally:
+            browser.close()
+    assert (tmp_path / "report.png").stat().st_size > 10_000
