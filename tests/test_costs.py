@@ -182,7 +182,7 @@ def test_an_agent_looping_on_requests_is_caught_and_paused_and_the_others_go_on(
     fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * MIN_HISTORY, *[Reply(text=PROSE)] * 60)
     lab = _lab(tmp_path, fake, on_anomaly="pause")
     proc = subprocess.Popen(
-        [*OVERNIGHT, "run", str(lab), "--trials", "200"],
+        [*OVERNIGHT, "run", str(lab), "--trials", "200", "--for", "10m"],
         env={**os.environ, **ENV},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -226,6 +226,12 @@ def test_an_agent_looping_on_requests_is_caught_and_paused_and_the_others_go_on(
             assert client.get(f"/?token={token}", follow_redirects=False).status_code == 303
             page = client.get("/").text
             csrf = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+            # the Costs page: spend over time per agent, the forecast line, the anomaly marked
+            costs = client.get("/costs")
+            assert costs.status_code == 200
+            assert 'class="spend"' in costs.text and 'data-agent="coder"' in costs.text
+            assert 'class="forecast"' in costs.text and 'class="anomaly"' in costs.text
+            assert "cost anomaly: agent coder" in costs.text and "<b>paused</b>" in costs.text
             r = client.post("/agents/coder/resume", headers={"x-csrf-token": csrf})
             assert r.status_code == 204, r.text
         wait_until(lambda: len([t for t in _read(lab)[0] if t.agent == "coder"]) > held, timeout=60)

@@ -22,6 +22,7 @@ from typing import Any
 
 from overnight.agents.supervisor import AgentControl
 from overnight.costs.forecast import agent_limit
+from overnight.costs.overview import Overview, overview
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git, GitError
 from overnight.org.config import OrgConfig
@@ -87,6 +88,10 @@ class Sources:
     def usage(self) -> list[UsageRow]:
         """Every gateway call of this run: who, which trial, when, tokens and USD."""
         return self.store.usage_rows(self.run.id)
+
+    def cost_overview(self) -> Overview:
+        """The run's costs, forecast, anomalies and advice (overnight.costs)."""
+        return overview(self.store, self.config, self.run)
 
     def budgets(self) -> list[dict[str, Any]]:
         """Each limit the gateway enforces, what is spent against it, and what is left."""
