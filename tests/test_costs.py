@@ -219,6 +219,11 @@ def test_an_agent_looping_on_requests_is_caught_and_paused_and_the_others_go_on(
         assert _state(lab, "coder") == "paused"
         data = json.loads(run_cli("costs", str(lab), "--json").stdout)
         assert data["anomalies"][0]["agent"] == "coder"
+        # `overnight status` tells where the spending is heading while the run runs
+        status = json.loads(run_cli("status", str(lab), "--json").stdout)
+        assert status["forecast"]["until"] is not None
+        assert status["forecast"]["at_end_usd"] >= status["forecast"]["spent_usd"] > 0
+        assert "by the run's end: $" in run_cli("status", str(lab)).stdout
         # a person resumes it from the command center
         url = url_file.read_text().strip()
         base, token = url.split("/?", 1)[0], url.split("token=", 1)[1]

@@ -60,9 +60,23 @@ def overview(
 ) -> Overview:
     now = time.time() if now is None else now
     costs = summarize(store, config, run, trials=trials, now=now)
-    allowance = store.last_event(run.id, [ALLOWANCE])
-    until = allowance.payload.get("until") if allowance is not None else None
-    started = allowance.at if allowance is not None else run.created_at
+    started, until = _allowance(store, run)
     outlook = forecast(costs.groups, config, now=now, started=started, until=until)
     anomalies = store.events(run.id, kinds=[ANOMALY], limit=1000)
     return Overview(costs, outlook, anomalies, advise(costs, started=started))
+
+
+def _allowance(store: Store, run: Run) -> tuple[float, float | None]:
+    """When the run (last) started and its `--for` deadline, if it has one."""
+    allowance = store.last_event(run.id, [ALLOWANCE])
+    if allowance is None:
+        return run.created_at, None
+    return allowance.at, allowance.payload.get("until")
+
+
+def run_forecast(store: Store, config: OrgConfig, run: Run, now: float | None = None) -> Forecast:
+    """The forecast alone (for `overnight status`): the rollup, not the trials, is read."""
+    started, until = _allowance(store, run)
+    groups = store.cost_groups(run.lab, run.id)
+    return forecast(groups, config, now=time.time() if now is None else now, started=started,
+                    until=until)  # fmt: skip

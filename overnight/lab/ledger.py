@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from overnight.costs.overview import run_forecast
 from overnight.costs.trials import TrialCost, trial_costs
 from overnight.errors import ConfigError, UserError
 from overnight.lab.lab import MAX_REQUEUES, best_trial, requeues
@@ -323,6 +324,8 @@ def status(view: LabView) -> dict[str, Any]:
         ],
         "config_error": str(view.lab.config_error) if view.lab.config_error else None,
         "imported": imported_history(trials, cfg),
+        # where the spending is heading, while the run runs (a stopped run burns nothing)
+        "forecast": run_forecast(store, cfg, run).as_dict() if pid and cfg.gateway else None,
     }
 
 
