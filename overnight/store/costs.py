@@ -20,21 +20,23 @@ _SUMS = (
     "attempts", "requests", "input_tokens", "output_tokens", "cache_read_tokens",
     "cache_write_tokens", "cost_usd", "unpriced",
 )  # fmt: skip
-# CAST(x AS BIGINT) truncates on SQLite and rounds on PostgreSQL: cast the seconds first,
-# then divide as integers, so both put an attempt in the same hour.
-_FOLD = f"""
-INSERT INTO ov_cost_rollup ({_KEY}, {", ".join(_SUMS)})
+# The hour, floored: SQLite's CAST truncates (a floor for these positive times), while
+# PostgreSQL's rounds, so it floors first.
+_HOUR = {
+    "sqlite": "CAST(started_at / 3600 AS INTEGER)",
+    "postgresql": "CAST(FLOOR(started_at / 3600) AS BIGINT)",
+}
+_FOLD = """
+INSERT INTO ov_cost_rollup ({key}, {columns})
 SELECT lab, COALESCE(run_id, ''), agent, route, upstream, model,
-       CAST(started_at AS BIGINT) / 3600,
+       {hour},
        COUNT(*), SUM(CASE WHEN attempt = 1 THEN 1 ELSE 0 END),
        SUM(input_tokens), SUM(output_tokens), SUM(cache_read_tokens),
        SUM(cache_write_tokens), SUM(COALESCE(cost_usd, 0)),
        SUM(CASE WHEN unpriced <> 0 THEN 1 ELSE 0 END)
 FROM ov_attempts WHERE lab = :l AND id > :mark AND id <= :top
-GROUP BY lab, COALESCE(run_id, ''), agent, route, upstream, model,
-         CAST(started_at AS BIGINT) / 3600
-ON CONFLICT ({_KEY}) DO UPDATE SET
-{", ".join(f"{c} = ov_cost_rollup.{c} + excluded.{c}" for c in _SUMS)}
+GROUP BY lab, COALESCE(run_id, ''), agent, route, upstream, model, {hour}
+ON CONFLICT ({key}) DO UPDATE SET {sums}
 """
 
 
@@ -57,7 +59,13 @@ class CostRows:
         ).scalar()
         if top is None:
             return
-        conn.execute(text(_FOLD), {"l": lab, "mark": mark or 0, "top": top})
+        fold = _FOLD.format(
+            key=_KEY,
+            columns=", ".join(_SUMS),
+            hour=_HOUR[self.engine.dialect.name],
+            sums=", ".join(f"{c} = ov_cost_rollup.{c} + excluded.{c}" for c in _SUMS),
+        )
+        conn.execute(text(fold), {"l": lab, "mark": mark or 0, "top": top})
         if mark is None:
             conn.execute(
                 text("INSERT INTO ov_cost_marks (lab, last_attempt) VALUES (:l, :t)"),
