@@ -186,6 +186,17 @@ class UsageRow:
 
 
 @dataclass(frozen=True)
+class Keep:
+    """A kept trial, reduced to what its gain and its cost need."""
+
+    number: int
+    agent: str
+    metric: float | None
+    at: float
+    """When it was kept (finished)."""
+
+
+@dataclass(frozen=True)
 class CostGroup:
     """Metered attempts summed for one agent, route, upstream and model in one UTC hour."""
 

@@ -10,6 +10,7 @@ about how the figures are printed or drawn.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from typing import Any
 from overnight.costs.prices import PriceTable
 from overnight.org import OrgConfig
 from overnight.org.config import Goal
-from overnight.records import BASELINE, IMPORTED, CostGroup, Run, Trial, TrialStatus
+from overnight.records import BASELINE, IMPORTED, CostGroup, Keep, Run, Trial, TrialStatus
 from overnight.store import Store
 
 
@@ -134,26 +135,30 @@ class Costs:
         return next((a for a in self.agents if a.name == name), None)
 
 
-def improvements(trials: Iterable[Trial], goal: Goal) -> dict[int, float]:
+def improvements(keeps: Iterable[Keep], goal: Goal) -> dict[int, float]:
     """Each keep's gain over the lab's best before it, by trial number (the baseline and an
     imported history set the bar but gain nothing)."""
     best: float | None = None
     out: dict[int, float] = {}
-    ordered = sorted(
-        (t for t in trials if t.status is TrialStatus.kept and t.metric is not None),
-        key=lambda t: (t.finished_at or t.updated_at, t.number),
-    )
-    for t in ordered:
-        assert t.metric is not None
+    for k in sorted((k for k in keeps if k.metric is not None), key=lambda k: (k.at, k.number)):
+        assert k.metric is not None
         if best is None:
-            best = t.metric
+            best = k.metric
             continue
-        gain = best - t.metric if goal is Goal.minimize else t.metric - best
+        gain = best - k.metric if goal is Goal.minimize else k.metric - best
         if gain > 0:
-            best = t.metric
-            if t.agent not in (BASELINE, IMPORTED):
-                out[t.number] = gain
+            best = k.metric
+            if k.agent not in (BASELINE, IMPORTED):
+                out[k.number] = gain
     return out
+
+
+def keeps_of(trials: Iterable[Trial]) -> list[Keep]:
+    return [
+        Keep(t.number, t.agent, t.metric, t.finished_at or t.updated_at)
+        for t in trials
+        if t.status is TrialStatus.kept
+    ]
 
 
 def _spend(g: CostGroup, prices: PriceTable) -> Spend:
@@ -183,41 +188,67 @@ def summarize(
     """The run's costs from the store's rollup and its trials (passed in if already read)."""
     prices = PriceTable(config.gateway.prices if config.gateway else None)
     groups = store.cost_groups(run.lab, run.id)
-    trials = list(store.trials(run.id)) if trials is None else list(trials)
+    if trials is None:  # the counts from SQL, and only the keeps read whole
+        counts = store.trial_counts(run.id)
+        kept = store.keeps(run.id)
+    else:
+        counts = dict(Counter((t.agent, t.status) for t in trials))
+        kept = keeps_of(trials)
     if runtimes is None:
         runtimes = {a.name: a.runtime for a in store.agents(run.id)}
-    total = Spend()
-    by: dict[str, dict[str, Spend]] = {k: {} for k in ("agent", "runtime", "route", "model", "day")}
+    sums: dict[tuple[str, str], list[float]] = {}
     hourly: dict[str, dict[int, float]] = {}
+    days: dict[int, str] = {}
     for g in groups:
-        s = _spend(g, prices)
-        total += s
-        for kind, key in (
+        values = _values(_spend(g, prices))
+        day = days.get(g.hour // 24)
+        if day is None:
+            day = days[g.hour // 24] = _day(g.hour)
+        for slot in (
+            ("total", ""),
             ("agent", g.agent),
             ("runtime", runtimes.get(g.agent, "?")),
             ("route", g.route),
             ("model", f"{g.upstream}/{g.model}"),
-            ("day", _day(g.hour)),
+            ("day", day),
         ):
-            by[kind][key] = by[kind].get(key, Spend()) + s
+            acc = sums.get(slot)
+            if acc is None:
+                sums[slot] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    acc[i] += v
         per_hour = hourly.setdefault(g.agent, {})
         per_hour[g.hour] = per_hour.get(g.hour, 0.0) + g.cost_usd
-    gains = improvements(trials, config.lab.goal)
+    by: dict[str, dict[str, Spend]] = {k: {} for k in ("agent", "runtime", "route", "model", "day")}
+    total = Spend()
+    for (kind, key), acc in sums.items():
+        spend = Spend(
+            int(acc[0]), int(acc[1]), int(acc[2]), int(acc[3]), int(acc[4]), int(acc[5]),
+            acc[6], int(acc[7]), acc[8],
+        )  # fmt: skip
+        if kind == "total":
+            total = spend
+        else:
+            by[kind][key] = spend
+    gains = improvements(kept, config.lab.goal)
     names = sorted(set(runtimes) - {BASELINE, IMPORTED} | set(by["agent"]))
+    mine: dict[str, list[Keep]] = {}
+    for k in kept:
+        mine.setdefault(k.agent, []).append(k)
     agents = []
     for name in names:
-        own = [t for t in trials if t.agent == name and t.status.final]
-        kept = [t for t in own if t.status is TrialStatus.kept]
+        own = mine.get(name, [])
         agents.append(
             AgentCosts(
                 name=name,
                 runtime=runtimes.get(name, "?"),
                 spend=by["agent"].get(name, Spend()),
-                trials=len(own),
-                keeps=len(kept),
-                crashes=sum(t.status is TrialStatus.crashed for t in own),
-                improvement=sum(gains.get(t.number, 0.0) for t in kept),
-                last_keep_at=max((t.finished_at or t.updated_at for t in kept), default=None),
+                trials=sum(n for (a, s), n in counts.items() if a == name and s.final),
+                keeps=counts.get((name, TrialStatus.kept), 0),
+                crashes=counts.get((name, TrialStatus.crashed), 0),
+                improvement=sum(gains.get(t.number, 0.0) for t in own),
+                last_keep_at=max((k.at for k in own), default=None),
             )
         )
     series = {}

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from overnight.costs.overview import Overview, overview
-from overnight.costs.summary import Spend, improvements
+from overnight.costs.summary import Spend, improvements, keeps_of
 from overnight.lab.git import Git, GitError
 from overnight.lab.ledger import LabView, best_so_far, status
 from overnight.paths import StateDir
@@ -178,7 +178,7 @@ def _blocks(view: LabView) -> list[Block]:
     if kept:
         names = ["memory_gb", *cfg.record]
         held = [f"holdout {s['holdout']['metric']}"] if s["holdout"] else []
-        gains = improvements(trials, cfg.goal)
+        gains = improvements(keeps_of(trials), cfg.goal)
         rows = [
             [str(t.number), t.agent, _fmt(t.metric), _fmt(gains.get(t.number)),
              *(_fmt(v) for v in (*((t.holdout_metric,) if held else ()), t.memory_gb,

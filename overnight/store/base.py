@@ -53,6 +53,7 @@ from overnight.records import (
     CostGroup,
     Event,
     ImportedTrial,
+    Keep,
     Notice,
     Notification,
     NotificationStatus,
@@ -193,6 +194,14 @@ class Store(abc.ABC):
         last: int | None = None,
     ) -> list[Trial]:
         """Trials of a run in number order; with `last`, only the last that many."""
+
+    @abc.abstractmethod
+    def trial_counts(self, run_id: str) -> dict[tuple[str, TrialStatus], int]:
+        """How many trials of the run each agent has in each status."""
+
+    @abc.abstractmethod
+    def keeps(self, run_id: str) -> list[Keep]:
+        """The run's kept trials (the baseline's included), in number order."""
 
     @abc.abstractmethod
     def append_event(

@@ -258,11 +258,18 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 unpriced BIGINT NOT NULL,
                 PRIMARY KEY (lab, run_id, agent, route, upstream, model, hour)
             )""",
+            # one row (lab '*'): the last attempt folded in, of every lab
             """CREATE TABLE ov_cost_marks (
                 lab TEXT PRIMARY KEY,
                 last_attempt BIGINT NOT NULL
             )""",
         ],
+    ),
+    (
+        "0008_events_by_kind",
+        # a run's events of some kinds (its anomalies, its allowance, its last start)
+        # without reading all of them
+        ["CREATE INDEX ov_events_kind ON ov_events (run_id, kind, id)"],
     ),
 ]
 

@@ -27,6 +27,7 @@ from overnight.records import (
     AuditRecord,
     Event,
     ImportedTrial,
+    Keep,
     Run,
     Trial,
     TrialStatus,
@@ -504,6 +505,28 @@ class SqlStore(CostRows, NotificationRows, Store):
         return trials[::-1] if last is not None else trials
 
     # events ---------------------------------------------------------------
+
+    def trial_counts(self, run_id: str) -> dict[tuple[str, TrialStatus], int]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT agent, status, COUNT(*) FROM ov_trials WHERE run_id = :r"
+                    " GROUP BY agent, status"
+                ),
+                {"r": run_id},
+            ).all()
+        return {(r[0], TrialStatus(r[1])): int(r[2]) for r in rows}
+
+    def keeps(self, run_id: str) -> list[Keep]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT number, agent, metric, COALESCE(finished_at, updated_at)"
+                    " FROM ov_trials WHERE run_id = :r AND status = 'kept' ORDER BY number"
+                ),
+                {"r": run_id},
+            ).all()
+        return [Keep(int(r[0]), r[1], r[2], float(r[3])) for r in rows]
 
     def append_event(
         self,
