@@ -114,7 +114,7 @@ def _read(lab: Path) -> tuple[list[Trial], list[Event], list[dict[str, object]]]
 def test_costs_shows_spend_per_agent_route_and_day_with_cache_savings(
     tmp_path: Path, fake: FakeProvider
 ) -> None:
-    fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * 4)
+    fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * 8)  # enough for every trial
     lab = _lab(tmp_path, fake)
     result = run_cli("run", str(lab), "--trials", "8", env=ENV)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -256,6 +256,9 @@ def status(view: LabView) -> dict[str, Any]:
     best_branch = keeper.branch if keeper is not None else None
     lab_name = cfg.lab.name
     spenders = sorted({a.name for a in agents} | set(store.key_hashes(lab_name).values()))
+    spent: dict[str, float] = {}  # the lab's, every run's: from the cost rollup
+    for g in store.cost_groups(lab_name):
+        spent[g.agent] = spent.get(g.agent, 0.0) + g.cost_usd
     return {
         **_keeps(view, trials, baseline),
         "lab": cfg.lab.name,
@@ -302,8 +305,8 @@ def status(view: LabView) -> dict[str, Any]:
             for a in agents
         ],
         "spend_usd": {
-            "total": store.spend(lab_name),
-            "by_agent": {name: store.spend(lab_name, agent=name) for name in spenders},
+            "total": sum(spent.values()),
+            "by_agent": {name: spent.get(name, 0.0) for name in spenders},
         },
         "running": [
             {"trial": t.number, "agent": t.agent, "status": t.status.value, "since": t.started_at}

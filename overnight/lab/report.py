@@ -27,7 +27,7 @@ MAX_DIFF = 200_000
 """Characters of the cumulative diff shown; the rest is cut (git has it whole)."""
 
 
-def plot(view: LabView, out: Path) -> Path:
+def plot(view: LabView, out: Path, trials: list[Trial] | None = None) -> Path:
     """Every trial's metric (each agent's discarded ones in its colour, keeps green),
     failures marked, and the best-so-far line."""
     import matplotlib
@@ -36,7 +36,9 @@ def plot(view: LabView, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     cfg = view.config.lab
-    trials = [t for t in view.store.trials(view.run.id) if t.status.final]
+    if trials is None:
+        trials = view.store.trials(view.run.id)
+    trials = [t for t in trials if t.status.final]
     fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
     kept = [
         (t.number, t.metric)
@@ -51,13 +53,19 @@ def plot(view: LabView, out: Path) -> Path:
     # each agent's discarded trials in its own colour; every keep green, on top
     palette = ["#4285f4", "#fbbc04", "#a142f4", "#24c1e0", "#f439a0", "#9aa0a6", "#e8710a"]
     agents = sorted({t.agent for t in trials})
+
+    def label(i: int, agent: str) -> str | None:
+        if len(agents) <= 8:
+            return f"{agent} (discarded)"
+        return "discarded (a colour per agent)" if i == 0 else None
+
     for i, agent in enumerate(agents):
         points = [(t.number, t.metric) for t in trials
                   if t.agent == agent and t.status is TrialStatus.discarded
                   and t.metric is not None]  # fmt: skip
         if points:
             ax.scatter([x for x, _ in points], [y for _, y in points], s=18,
-                       color=palette[i % len(palette)], label=f"{agent} (discarded)", zorder=2,
+                       color=palette[i % len(palette)], label=label(i, agent), zorder=2,
                        alpha=0.8)  # fmt: skip
     if kept:
         ax.scatter([x for x, _ in kept], [y for _, y in kept], s=34, color="#1e8e3e",
@@ -117,8 +125,9 @@ def write(view: LabView, out: Path | None = None) -> Path:
     its plot; return `out` (default: the run's `report.md`)."""
     default_dir = StateDir.of(view.root).reports(view.run.id)
     out = out or default_dir / "report.md"
-    png = plot(view, out.with_name(out.stem + "-progress.png"))
-    blocks = _blocks(view)
+    trials = view.store.trials(view.run.id)
+    png = plot(view, out.with_name(out.stem + "-progress.png"), trials)
+    blocks = _blocks(view, trials)
     out.parent.mkdir(parents=True, exist_ok=True)
     markdown = _markdown(blocks, png)
     page = _html(blocks, png)
@@ -132,11 +141,10 @@ def write(view: LabView, out: Path | None = None) -> Path:
     return out
 
 
-def _blocks(view: LabView) -> list[Block]:
+def _blocks(view: LabView, all_trials: list[Trial]) -> list[Block]:
     s = status(view)
     cfg = view.config.lab
     store, run = view.store, view.run
-    all_trials = store.trials(run.id)
     trials = [t for t in all_trials if t.status.final]
     kept = [t for t in trials if t.status is TrialStatus.kept and t.agent != BASELINE]
     best = s["best"]
