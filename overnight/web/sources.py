@@ -89,6 +89,10 @@ class Sources:
         """Every gateway call of this run: who, which trial, when, tokens and USD."""
         return self.store.usage_rows(self.run.id)
 
+    def attempt_count(self) -> int:
+        """How many gateway attempts this run made (from the cost rollup: cheap)."""
+        return sum(g.attempts for g in self.store.cost_groups(self.run.lab, self.run.id))
+
     def cost_overview(self) -> Overview:
         """The run's costs, forecast, anomalies and advice (overnight.costs)."""
         return overview(self.store, self.config, self.run)
