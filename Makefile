@@ -106,6 +106,7 @@ bench: system-deps $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/peak_memory.py        # what measuring a trial's peak RSS costs, and how close it comes
 	$(BIN)/python benchmarks/notify.py             # event -> webhook delivery p50/p95; trials/s with a dead sink vs none
 	$(BIN)/python benchmarks/research.py           # the research loop on spirals and tsp: sharing, noise floor, slot use (~15 min)
+	$(BIN)/python benchmarks/costs.py              # overnight costs / the Costs page on 1M attempts; the report on 10k trials
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from overnight.costs.prices import PriceTable
 from overnight.errors import ConfigError
 from overnight.gateway import protocols
 from overnight.gateway.breaker import Breaker, BreakerState
@@ -16,7 +17,6 @@ from overnight.gateway.codec import SSEReader
 from overnight.gateway.config import Secret, load_gateway_config, read_secrets
 from overnight.gateway.keys import KeyRing, key_hash
 from overnight.gateway.meter import BudgetExhausted, Budgets
-from overnight.gateway.prices import PriceTable
 from overnight.gateway.protocols.chat import tokens_from_chat
 from overnight.org.gateway import BudgetsConfig, GatewayConfig, PriceConfig
 from tests.test_gateway_support import Clock

@@ -93,7 +93,7 @@ def test_status_json_and_report(tmp_path: Path) -> None:
     result = run_cli("report", str(lab), "--out", str(out))
     assert result.returncode == 0, result.stderr
     page = out.read_text()
-    assert "data:image/png;base64," in page and "baseline: 22.25" in page
+    assert "data:image/png;base64," in page and "baseline 22.25 → best" in page
     md = run_cli("report", str(lab))
     path = Path(md.stdout.split("report: ")[1].strip())
     assert path.with_name("report-progress.png").stat().st_size > 10_000

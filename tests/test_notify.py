@@ -251,9 +251,10 @@ events = ["stopped"]
     stop = said[-1]
     assert "stopped by --trials 6" in stop["title"], stop
     assert "6 trial(s)" in stop["text"] and "vs baseline" in stop["text"]
-    assert stop["link"].startswith("file://") and stop["link"].endswith("report.md")
+    assert stop["link"].startswith("file://") and stop["link"].endswith("report.html")
     report = Path(stop["link"].removeprefix("file://"))
-    assert report.read_text().startswith(f"# toy: run {run.id}")
+    assert f"<title>toy: run {run.id}</title>" in report.read_text()
+    assert report.with_suffix(".md").read_text().startswith(f"# toy: run {run.id}")
     # Slack's format: {"text": ...} with the same text in its blocks
     (chat,) = [p.json() for p in slack.posts]
     assert "stopped by --trials 6" in chat["text"]
@@ -331,7 +332,7 @@ events = ["stopped"]
     body = mail.get_body(preferencelist=("plain",))
     assert body is not None and "2 trial(s)" in body.get_content()
     names = sorted(part.get_filename() for part in mail.iter_attachments())
-    assert names == ["report-progress.png", "report.md"]
+    assert names == ["report-progress.png", "report.html"]
     store, _ = stored(lab)
     try:
         (row,) = store.notifications("toy")

@@ -75,7 +75,7 @@ def test_recorded_values_reach_the_ledger_the_web_page_and_the_report(tmp_path: 
     report = tmp_path / "report.md"
     assert run_cli("report", str(lab), "--out", str(report)).returncode == 0
     assert (
-        "| trial | agent | score | memory_gb | peak_vram_mb | tok_per_s | change |"
+        "| trial | agent | score | delta | memory_gb | peak_vram_mb | tok_per_s | change |"
         in report.read_text()
     )
 

@@ -281,6 +281,35 @@ def _attempt(agent: str, cost: float | None, started: float, **extra: object) ->
     return row
 
 
+def test_cost_groups_sum_attempts_per_hour_and_fold_in_only_what_is_new(
+    store: SqlStore,
+) -> None:
+    hour = 3600 * 500_000
+    store.record_attempts("lab", "r1", [
+        _attempt("a1", 0.5, hour + 10.0, cache_read_tokens=300),
+        _attempt("a1", None, hour + 20.0, attempt=2, outcome="failed_over"),
+        _attempt("a1", 0.25, hour + 3599.9),
+        _attempt("a1", 1.0, hour + 3600.0),  # the next hour
+        _attempt("a2", 2.0, hour + 30.0, route="slow"),
+    ])  # fmt: skip
+    store.record_attempts("other", "r9", [_attempt("a1", 9.0, hour)])
+    groups = store.cost_groups("lab", "r1")
+    first = next(g for g in groups if g.agent == "a1" and g.hour == hour // 3600)
+    assert (first.attempts, first.requests, first.unpriced) == (3, 2, 1)
+    assert first.cost_usd == 0.75 and first.input_tokens == 300
+    assert first.cache_read_tokens == 300 and first.output_tokens == 60
+    assert [(g.agent, g.route, g.hour - hour // 3600, g.cost_usd) for g in groups] == [
+        ("a1", "fast", 0, 0.75), ("a2", "slow", 0, 2.0), ("a1", "fast", 1, 1.0),
+    ]  # fmt: skip
+    # read again: nothing is counted twice; new attempts are added to their group
+    store.record_attempts("lab", "r1", [_attempt("a2", 0.5, hour + 40.0, route="slow")])
+    again = store.cost_groups("lab", "r1")
+    assert [g.cost_usd for g in again] == [0.75, 2.5, 1.0]
+    assert [g.attempts for g in again] == [3, 2, 1]
+    assert sum(g.cost_usd for g in store.cost_groups("lab")) == 4.25
+    assert [g.cost_usd for g in store.cost_groups("other")] == [9.0]
+
+
 def test_gateway_keys_attempts_and_spend(store: SqlStore) -> None:
     store.add_key_hash("lab", "a1", "h1")
     store.add_key_hash("lab", "a2", "h2")

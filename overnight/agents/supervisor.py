@@ -23,6 +23,8 @@ from pathlib import Path
 
 from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S, GatewayRoutes, RideOut, RouteWatch
 from overnight.agents.requeued import Requeued
+from overnight.costs.anomaly import RunWatch
+from overnight.costs.overview import ALLOWANCE, ANOMALY
 from overnight.errors import UserError
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git
@@ -32,6 +34,7 @@ from overnight.lab.runner import kill_marked
 from overnight.lab.sharing import Sharing
 from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
 from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, run_mark
+from overnight.org.config import OnAnomaly
 from overnight.proposers import Proposer, ProposerSetup, create, in_terminal, runtime
 from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.sessions import default_backend
@@ -203,6 +206,8 @@ class Supervisor:
         """`[lab.stop]`, judging every trial once the baseline is measured."""
         self._ruled: Stop | None = None
         self._ticked = 0.0
+        self.anomalies = RunWatch(self.lab.store, self.lab.run.lab, self.lab.run.id)
+        """Each agent's spending against its own history (overnight.costs.anomaly)."""
 
     def stopped_by(self) -> Stop:
         """The rule that ended the run (after `run` returned)."""
@@ -230,6 +235,9 @@ class Supervisor:
             return self.finished
         if not measured_before:
             self._report(baseline)
+        if self.allowance.deadline is not None:  # for the cost forecast
+            left = self.allowance.deadline - time.monotonic()
+            lab.store.append_event(lab.run.id, ALLOWANCE, {"until": time.time() + left})
         self.rules = StopRules(lab)
         ruled = self.rules.at_start()
         if ruled is not None:
@@ -384,7 +392,7 @@ class Supervisor:
             self._halt(verdict.stop)
 
     def _tick(self) -> None:
-        """The rules that watch the clock, about once a second."""
+        """The rules that watch the clock and the spending, about once a second."""
         now = time.monotonic()
         if self.rules is None or now - self._ticked < 1.0:
             return
@@ -392,6 +400,20 @@ class Supervisor:
         ruled = self.rules.tick()
         if ruled is not None:
             self._halt(ruled)
+        self._watch_costs()
+
+    def _watch_costs(self) -> None:
+        """A `cost.anomaly` event for each anomaly; an agent with `on_anomaly = "pause"`
+        is paused as a person would pause it (and only a person resumes it)."""
+        configs = dict(self.lab.config.agent_names())
+        for anomaly in self.anomalies.poll():
+            store, run_id, name = self.lab.store, self.lab.run.id, anomaly.agent
+            config = configs.get(name)
+            pause = config is not None and config.on_anomaly == OnAnomaly.pause
+            store.append_event(run_id, ANOMALY, {**anomaly.payload(), "pause": pause}, agent=name)
+            control = self.services.control
+            if pause and control is not None and not control.paused_by_user(name):
+                control.pause(name)
 
     def _halt(self, stop: Stop) -> None:
         """A stop rule fired (it is recorded): no trial starts any more; those running finish."""

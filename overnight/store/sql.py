@@ -23,6 +23,7 @@ from overnight.records import (
     AgentRecord,
     Event,
     ImportedTrial,
+    Keep,
     Run,
     Trial,
     TrialStatus,
@@ -31,6 +32,7 @@ from overnight.records import (
 )
 from overnight.store import read
 from overnight.store.base import TRIAL_FIELDS, Store, TransitionError
+from overnight.store.costs import CostRows
 from overnight.store.engine import ID_ORDER_LOCK, dumps, sqlalchemy_url
 from overnight.store.governance import GovernanceRecords
 from overnight.store.notifications import NotificationRows
@@ -54,10 +56,10 @@ def _redacted(value: Any) -> Any:
     return redaction.redact(value) if isinstance(value, str) else value
 
 
-class SqlStore(GovernanceRecords, NotificationRows, Store):
+class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
     """A Store over any SQLAlchemy URL we support (sqlite, postgresql): the runs, their
     agents, trials and events, and what the gateway meters; governance's records are
-    `GovernanceRecords`', notifications `NotificationRows`'."""
+    `GovernanceRecords`', notifications `NotificationRows`', costs' rollups `CostRows`'."""
 
     # runs -----------------------------------------------------------------
 
@@ -428,6 +430,28 @@ class SqlStore(GovernanceRecords, NotificationRows, Store):
 
     # events ---------------------------------------------------------------
 
+    def trial_counts(self, run_id: str) -> dict[tuple[str, TrialStatus], int]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT agent, status, COUNT(*) FROM ov_trials WHERE run_id = :r"
+                    " GROUP BY agent, status"
+                ),
+                {"r": run_id},
+            ).all()
+        return {(r[0], TrialStatus(r[1])): int(r[2]) for r in rows}
+
+    def keeps(self, run_id: str) -> list[Keep]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT number, agent, metric, COALESCE(finished_at, updated_at)"
+                    " FROM ov_trials WHERE run_id = :r AND status = 'kept' ORDER BY number"
+                ),
+                {"r": run_id},
+            ).all()
+        return [Keep(int(r[0]), r[1], r[2], float(r[3])) for r in rows]
+
     def append_event(
         self,
         run_id: str,
@@ -440,15 +464,24 @@ class SqlStore(GovernanceRecords, NotificationRows, Store):
         with self.engine.begin() as conn:
             return self._event(conn, run_id, kind, dict(payload or {}), agent=agent, trial=trial)
 
-    def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+    def events(
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        kinds: Iterable[str] | None = None,
+    ) -> list[Event]:
+        sql = "SELECT * FROM ov_events WHERE run_id = :r AND id > :after"
+        params: dict[str, Any] = {"r": run_id, "after": after, "limit": limit}
+        if kinds is not None:
+            names = list(kinds)
+            if not names:
+                return []
+            sql += " AND kind IN (" + ", ".join(f":k{i}" for i in range(len(names))) + ")"
+            params.update({f"k{i}": k for i, k in enumerate(names)})
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT * FROM ov_events WHERE run_id = :r AND id > :after"
-                    " ORDER BY id LIMIT :limit"
-                ),
-                {"r": run_id, "after": after, "limit": limit},
-            ).all()
+            rows = conn.execute(text(sql + " ORDER BY id LIMIT :limit"), params).all()
         return [read.event(r) for r in rows]
 
     def last_event(
