@@ -19,7 +19,7 @@ from overnight.records import Event, Trial, TrialStatus
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
-from tests.conftest import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 CONFIG = """\
 [lab]
@@ -116,7 +116,7 @@ def kinds(lab: Path, kind: str) -> list[Event]:
 
 @pytest.mark.parametrize("mode", ["pause", "optimize"])
 def test_an_outage_mid_run_pauses_or_optimizes_then_resumes(tmp_path: Path, mode: str) -> None:
-    from tests.conftest import make_lab
+    from tests.helpers.labs import make_lab
 
     tickets = tmp_path / "tickets"
     tickets.mkdir()

@@ -8,7 +8,6 @@ editable file and submits it with `overnight try`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,64 +19,25 @@ from pathlib import Path
 
 import pytest
 
-from overnight.records import Event
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
-from tests.conftest import OVERNIGHT, TOY_SCRIPT, git, make_lab, run_cli
-from tests.test_gateway_clis import REPO, claude_cli, codex_cli
+from tests.helpers.agents import (
+    AGENT_CONFIG,
+    AIDER_EDIT,
+    CODEX_CONFIG,
+    SCRIPT,
+    TRY,
+    claude_lab,
+    events,
+    running,
+    states,
+)
+from tests.helpers.clis import aider_cli, codex_cli
+from tests.helpers.labs import git, make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-
-AGENT_CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-
-[[agents]]
-name = "claude"
-runtime = "claude-code"
-model = "lab-model"
-idle_after = "{idle_after}"
-nudge = "Keep going: NUDGE-7"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "fake"
-protocol = "anthropic"
-base_url = "{url}"
-credentials = [{{ name = "main", env = "FAKE_KEY" }}]
-
-[gateway.models]
-lab-model = ["fake/claude-fake-1"]
-"""
-
-TRY = "sed -i 's/^X = .*/X = 3/; s/^Y = .*/Y = 1/' exp.py && overnight try 'X=3, Y=1: the optimum'"
-SCRIPT = [
-    Reply(tool_calls=[ToolCall("Bash", {"command": TRY, "description": "submit"})]),
-    Reply(text="Submitted: it was kept."),
-]
-
-
-def events(lab: Path, kind: str | None = None) -> list[Event]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        if run is None:
-            return []
-        return [e for e in store.events(run.id, limit=100000) if kind is None or e.kind == kind]
-    finally:
-        store.close()
-
-
-def states(lab: Path) -> list[str]:
-    return [str(e.payload["state"]) for e in events(lab, "agent.state")]
 
 
 def agent_pids(worktree: Path) -> list[int]:
@@ -93,46 +53,6 @@ def agent_pids(worktree: Path) -> list[int]:
         if b"agent" in argv and str(worktree).encode() in argv:
             pids.append(int(entry.name))
     return pids
-
-
-def claude_lab(
-    tmp_path: Path, fake: FakeProvider, idle_after: str = "1h", script: str = TOY_SCRIPT
-) -> tuple[Path, dict[str, str]]:
-    """A lab whose agent is the real Claude Code CLI talking to `fake`, and the
-    environment to run it in (a HOME of its own, so no user settings leak in)."""
-    lab = make_lab(
-        tmp_path / "lab",
-        script=script,
-        config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after=idle_after),
-    )
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "FAKE_KEY": "sk-fake",
-        "OVERNIGHT_CLAUDE": str(claude_cli()),
-    }
-    return lab, env
-
-
-@contextlib.contextmanager
-def running(lab: Path, env: dict[str, str], umask: int = -1) -> Iterator[subprocess.Popen[str]]:
-    """`overnight run LAB` for the length of the block, then Ctrl-C: it must exit 130."""
-    with subprocess.Popen(
-        [*OVERNIGHT, "run", str(lab)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        umask=umask,
-    ) as proc:
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, out + err
 
 
 @pytest.fixture
@@ -222,33 +142,6 @@ def test_the_agents_cli_and_its_experiments_keep_the_users_umask(tmp_path: Path)
         assert "out.txt mode 640" in log.read_text()
         assert log.stat().st_mode & 0o777 == 0o600
 
-
-CODEX_CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-
-[[agents]]
-name = "codex"
-runtime = "codex"
-model = "gpt-5.5"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "local"
-protocol = "openai"
-base_url = "{url}/v1"
-responses_api = false
-
-[gateway.models]
-"gpt-5.5" = ["local/gpt-fake-1"]
-"""
 
 CODEX_SCRIPT = [
     Reply(tool_calls=[ToolCall("exec_command", {"cmd": TRY})]),
@@ -351,19 +244,6 @@ def test_codex_pauses_through_a_brownout_and_resumes_after_it(tmp_path: Path) ->
     (brownout,) = events(lab, "agent.brownout")
     (recovered,) = events(lab, "agent.recovered")
     assert brownout.payload["mode"] == "pause" and recovered.payload["trials"] == []
-
-
-AIDER_EDIT = (
-    "DESCRIPTION: X to its optimum, 3\n\n"
-    "exp.py\n```\n<<<<<<< SEARCH\nX = 0.5\n=======\nX = 3\n>>>>>>> REPLACE\n```\n"
-)
-
-
-def aider_cli() -> Path:
-    path = Path(os.environ.get("OVERNIGHT_AIDER") or REPO / "build" / "aider" / "bin" / "aider")
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: run `make clis` (it installs aider-chat)", pytrace=False)
-    return path
 
 
 def test_aider_edits_and_overnight_submits_its_change(tmp_path: Path) -> None:

@@ -26,18 +26,18 @@ from overnight.sessions import wait_until
 from overnight.store import Store, open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from overnight.testing.replies import Usage
-from tests.conftest import make_lab, run_cli
-from tests.test_external_agents import (
+from tests.helpers.agents import (
     AIDER_EDIT,
     CODEX_CONFIG,
     SCRIPT,
-    aider_cli,
     claude_lab,
     events,
     running,
     states,
 )
-from tests.test_gateway_clis import codex_cli
+from tests.helpers.clis import aider_cli, codex_cli
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import run_cli
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 

@@ -3,7 +3,7 @@ hand-kept results.tsv, `overnight run --new --from` one of its branches, and our
 back the way autoresearch's analysis reads results.tsv (pandas, by column name).
 
 Everything through the real CLI, on real git repositories laid out like autoresearch
-(tests/conftest.py: make_autoresearch), with `uv run` where uv is (a stand-in otherwise)."""
+(tests/cli/conftest.py: fork), with `uv run` where uv is (a stand-in otherwise)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from overnight.proposers.llm import history
 from overnight.records import TrialStatus
 from overnight.store import open_store, store_url
 from overnight.web import Access, CommandCenter, Sources, serving
-from tests.conftest import AR_PROGRAM, git, make_autoresearch, run_cli, uv_on_path
+from tests.helpers.labs import git
+from tests.helpers.processes import run_cli
 
 AUTORESEARCH_COLUMNS = ["commit", "val_bpb", "memory_gb", "status", "description"]
 
@@ -54,13 +55,15 @@ def train_bpb(repo: Path) -> float:
     return float(match.group(1))
 
 
-def test_init_in_a_fork_keeps_its_program_and_the_draft_runs_unedited(tmp_path: Path) -> None:
-    repo = make_autoresearch(tmp_path / "fork")
-    env = uv_on_path(repo)
+def test_init_in_a_fork_keeps_its_program_and_the_draft_runs_unedited(
+    fork: tuple[Path, dict[str, str]],
+) -> None:
+    repo, env = fork
+    program = (repo / "program.md").read_text()
     result = run_cli("init", str(repo), env=env)
     assert result.returncode == 0, result.stderr
     assert f"kept {repo / 'program.md'} as it is" in result.stdout
-    assert (repo / "program.md").read_text() == AR_PROGRAM  # untouched
+    assert (repo / "program.md").read_text() == program  # untouched
     assert "found the autoresearch layout: train.py edited, prepare.py protected" in result.stdout
     cfg = parse_config((repo / "overnight.toml").read_text(), repo / "overnight.toml")
     lab = cfg.lab
@@ -94,7 +97,7 @@ def test_init_in_a_fork_keeps_its_program_and_the_draft_runs_unedited(tmp_path: 
     assert "--force" in again.stderr and "program.md is never overwritten" in again.stderr
     forced = run_cli("init", str(repo), "--force", env=env)
     assert forced.returncode == 0, forced.stderr
-    assert (repo / "program.md").read_text() == AR_PROGRAM
+    assert (repo / "program.md").read_text() == program
 
     # init, commit, run: the draft measures the baseline without an edit
     git(repo, "add", "overnight.toml")
@@ -172,10 +175,9 @@ def hand_run(repo: Path) -> list[tuple[str, float | None, float, str, str]]:
 
 
 @pytest.fixture
-def adopted(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+def adopted(fork: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
     """A fork with overnight.toml committed on master, before any run of overnight."""
-    repo = make_autoresearch(tmp_path / "fork")
-    env = uv_on_path(repo)
+    repo, env = fork
     assert run_cli("init", str(repo), env=env).returncode == 0
     git(repo, "add", "overnight.toml")
     git(repo, "commit", "-qm", "overnight lab")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from overnight.lab.lock import holder
 from overnight.sessions import wait_until
-from tests.conftest import OVERNIGHT, git, make_lab, run_cli
+from tests.helpers.labs import git, make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 
 def _fails(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:

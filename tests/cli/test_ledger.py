@@ -16,7 +16,8 @@ import pytest
 
 from overnight.governance.approvals import Approvals
 from overnight.store import open_store, store_url
-from tests.conftest import git, make_lab, run_cli
+from tests.helpers.labs import git, make_lab
+from tests.helpers.processes import run_cli
 
 GOOD = 'budget = "20s"'
 BROKEN = [

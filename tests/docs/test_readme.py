@@ -6,9 +6,10 @@ import re
 from pathlib import Path
 
 from overnight.org import parse_config
-from tests.conftest import run_cli
+from tests.helpers import REPO
+from tests.helpers.processes import run_cli
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+README = (REPO / "README.md").read_text()
 LAB = '[lab]\nname = "x"\neditable = ["a.py"]\nrun = "python a.py"\nmetric = "m"\n'
 
 

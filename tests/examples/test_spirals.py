@@ -13,7 +13,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-LAB = Path(__file__).resolve().parents[1] / "overnight" / "examples" / "spirals"
+from tests.helpers import REPO
+
+LAB = REPO / "overnight" / "examples" / "spirals"
 LAB_FILES = ["prepare.py", "train.py", "evaluate.py"]
 
 # A setting inside the knob ranges that a 12-trial tuner finds easily: a smaller

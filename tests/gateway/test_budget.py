@@ -20,7 +20,7 @@ from overnight.gateway.meter import Budgets
 from overnight.org.gateway import BudgetsConfig
 from overnight.testing.fake_provider import FakeProvider
 from overnight.testing.replies import Reply, Usage
-from tests.test_gateway_support import HELLO, gateway, upstream
+from tests.helpers.gateway import HELLO, gateway, upstream
 
 # $100 per million tokens: a request of ~100 bytes and max_tokens=20 reserves ~$0.012.
 PRICES = {

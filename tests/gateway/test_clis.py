@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +25,9 @@ import pytest
 
 from overnight.gateway.meter import Attempt
 from overnight.testing import FakeProvider, Reply, ToolCall, Usage
-from tests.test_gateway_support import Env, gateway, upstream
+from tests.helpers.clis import claude_cli, codex_cli
+from tests.helpers.gateway import Env, gateway, upstream
 
-REPO = Path(__file__).resolve().parents[1]
 CLI_TIMEOUT = 60.0
 TRIAL = "trial-7"
 
@@ -49,30 +47,7 @@ PRICES: dict[str, dict[str, float]] = {
 }
 
 
-# --- the CLIs --------------------------------------------------------------------------
-
-
-def _cli(relative: str) -> Path:
-    folder = Path(os.environ.get("OVERNIGHT_CLIS") or REPO / "build" / "clis")
-    path = folder / relative
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(
-            f"{path} is missing: run `make clis` (it installs the real Claude Code and Codex "
-            "CLIs into build/clis; OVERNIGHT_CLIS may name another folder)",
-            pytrace=False,
-        )
-    return path
-
-
-def claude_cli() -> Path:
-    # npm 11 skips the package's postinstall, so run the platform package's binary itself.
-    machine = platform.machine().lower()
-    arch = {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64"}.get(machine, machine)
-    return _cli(f"node_modules/@anthropic-ai/claude-code-{sys.platform}-{arch}/claude")
-
-
-def codex_cli() -> Path:
-    return _cli("node_modules/.bin/codex")
+# --- running a CLI ------------------------------------------------------------------
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 
 from overnight.testing.fake_provider import FakeProvider
 from overnight.testing.replies import Reply, ToolCall, Usage
-from tests.test_gateway_support import HELLO, Env, gateway, upstream
+from tests.helpers.gateway import HELLO, Env, gateway, upstream
 
 TOOLS = [
     {

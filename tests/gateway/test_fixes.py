@@ -25,7 +25,7 @@ from overnight.gateway.upstream import UpstreamClient, origin_of
 from overnight.sessions import wait_until
 from overnight.testing.fake_provider import FakeProvider
 from overnight.testing.replies import Reply
-from tests.test_gateway_support import HELLO, Clock, Env, LoopbackServer, gateway, upstream
+from tests.helpers.gateway import HELLO, Clock, Env, LoopbackServer, gateway, upstream
 
 
 class RawUpstream(LoopbackServer):

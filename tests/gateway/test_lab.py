@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
@@ -18,40 +18,7 @@ import pytest
 
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, Usage
-from tests.conftest import OVERNIGHT, git, make_lab, run_cli
-
-GATEWAY = """
-[[agents]]
-name = "coder"
-budget = {budget}
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "primary"
-protocol = "anthropic"
-base_url = "{url}"
-credentials = [{{ name = "main", env = "FAKE_ANTHROPIC_KEY" }}]
-
-[gateway.models]
-smart = ["primary/claude-fake"]
-
-[gateway.prices.claude-fake]
-input = 10.0
-output = 10.0
-"""
-
-
-def _lab(tmp_path: Path, url: str, budget: float) -> Path:
-    lab = make_lab(tmp_path / "lab")
-    config = lab / "overnight.toml"
-    text = config.read_text()
-    # the gateway lab keeps the optuna tuner and adds a coder agent with a budget
-    text = text.replace('[[agents]]\nname = "t"\ncount = 1\n', '[[agents]]\nname = "t"\n')
-    config.write_text(text + GATEWAY.format(url=url, budget=budget))
-    git(lab, "commit", "-qam", "gateway")
-    return lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 
 @contextmanager
@@ -84,11 +51,13 @@ def _ask(url: str, key: str) -> anthropic.types.Message:
         )
 
 
-def test_keys_attempts_and_budgets_survive_a_restart(tmp_path: Path) -> None:
+def test_keys_attempts_and_budgets_survive_a_restart(
+    tmp_path: Path, coder_lab: Callable[[str, float], Path]
+) -> None:
     with FakeProvider("anthropic", api_keys={"sk-upstream"}) as fake:
         fake.enqueue(Reply(text="first", usage=Usage(input_tokens=1000, output_tokens=100)))
         fake.enqueue(Reply(text="second", usage=Usage(input_tokens=10, output_tokens=10)))
-        lab = _lab(tmp_path, fake.url, budget=0.011)
+        lab = coder_lab(fake.url, 0.011)
         env = {"FAKE_ANTHROPIC_KEY": "sk-upstream"}
         assert run_cli("run", str(lab), "--trials", "1", env=env).returncode == 0
         with _gateway(lab, env) as url:
@@ -128,8 +97,10 @@ def test_keys_attempts_and_budgets_survive_a_restart(tmp_path: Path) -> None:
         assert len([r for r in fake.requests if r["path"].startswith("/v1/messages")]) == 1
 
 
-def test_a_missing_credential_is_a_clear_error(tmp_path: Path) -> None:
-    lab = _lab(tmp_path, "http://127.0.0.1:9", budget=1.0)
+def test_a_missing_credential_is_a_clear_error(
+    tmp_path: Path, coder_lab: Callable[[str, float], Path]
+) -> None:
+    lab = coder_lab("http://127.0.0.1:9", 1.0)
     env = {k: v for k, v in os.environ.items() if k != "FAKE_ANTHROPIC_KEY"}
     result = subprocess.run(
         [*OVERNIGHT, "gateway", str(lab)], capture_output=True, text=True, env=env, timeout=60
@@ -138,8 +109,10 @@ def test_a_missing_credential_is_a_clear_error(tmp_path: Path) -> None:
     assert "FAKE_ANTHROPIC_KEY is not set" in result.stderr and "primary" in result.stderr
 
 
-def test_overnight_run_serves_the_gateway_while_it_runs(tmp_path: Path) -> None:
-    lab = _lab(tmp_path, "http://127.0.0.1:9", budget=1.0)
+def test_overnight_run_serves_the_gateway_while_it_runs(
+    tmp_path: Path, coder_lab: Callable[[str, float], Path]
+) -> None:
+    lab = coder_lab("http://127.0.0.1:9", 1.0)
     result = run_cli("run", str(lab), "--trials", "1", env={"FAKE_ANTHROPIC_KEY": "k"})
     assert result.returncode == 0, result.stderr
     assert "gateway: http://127.0.0.1:" in result.stdout
@@ -164,7 +137,7 @@ class _Collector(http.server.BaseHTTPRequestHandler):
 
 
 def test_spans_are_exported_over_otlp_when_configured(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, coder_lab: Callable[[str, float], Path]
 ) -> None:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -177,7 +150,7 @@ def test_spans_are_exported_over_otlp_when_configured(
     monkeypatch.setenv("FAKE_ANTHROPIC_KEY", "k")
     try:
         with FakeProvider("anthropic") as fake:
-            lab = _lab(tmp_path, fake.url, budget=1.0)
+            lab = coder_lab(fake.url, 1.0)
             org = load_org(lab)
             store = open_store(store_url(lab))
             assert org.config.gateway is not None

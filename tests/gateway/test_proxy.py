@@ -30,7 +30,7 @@ from overnight.gateway.proxies import bypassed
 from overnight.gateway.server import running_gateway
 from overnight.org.gateway import GatewayConfig
 from overnight.testing.fake_provider import FakeProvider
-from tests.test_gateway_support import HELLO, Env, LoopbackServer, gateway, upstream
+from tests.helpers.gateway import HELLO, Env, LoopbackServer, gateway, upstream
 
 VARIABLES = ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"]
 

@@ -29,7 +29,7 @@ import pytest
 from overnight.gateway import server
 from overnight.sessions import wait_until
 from overnight.testing.fake_provider import FakeProvider
-from tests.test_gateway_support import HELLO, Env, gateway, upstream
+from tests.helpers.gateway import HELLO, Env, gateway, upstream
 
 LIMIT = 64 * 1024  # the max_body of these tests
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anthropic
@@ -19,8 +20,7 @@ import anthropic
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider
-from tests.conftest import OVERNIGHT, process_gone
-from tests.test_gateway_lab import _lab
+from tests.helpers.processes import OVERNIGHT, process_gone
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
@@ -41,12 +41,13 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 def test_a_killed_run_leaves_no_store_writer_behind_and_keeps_what_was_metered(
     tmp_path: Path,
+    coder_lab: Callable[[str, float], Path],
 ) -> None:
     """Killed while an agent is calling through its gateway. The gateway hands each
     attempt to its writer within `StoreSink.FORWARD_EVERY` (10 ms); every answer the
     client had a full second before the kill must be in the store."""
     with FakeProvider("anthropic", api_keys={"sk-upstream"}) as fake:
-        lab = _lab(tmp_path, fake.url, budget=100.0)
+        lab = coder_lab(fake.url, 100.0)
         proc = subprocess.Popen(
             [*OVERNIGHT, "run", str(lab), "--for", "10m"],
             stdout=subprocess.PIPE,

@@ -23,8 +23,8 @@ from overnight.gateway.meter import MemorySink
 from overnight.gateway.server import running_gateway
 from overnight.org.gateway import GatewayConfig
 from overnight.testing.fake_provider import FakeProvider
-from tests.conftest import OVERNIGHT, run_cli
-from tests.test_gateway_support import HELLO, gateway, upstream
+from tests.helpers.gateway import HELLO, gateway, upstream
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 
 @pytest.fixture(scope="module")

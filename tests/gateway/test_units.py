@@ -19,7 +19,7 @@ from overnight.gateway.meter import BudgetExhausted, Budgets
 from overnight.gateway.prices import PriceTable
 from overnight.gateway.protocols.chat import tokens_from_chat
 from overnight.org.gateway import BudgetsConfig, GatewayConfig, PriceConfig
-from tests.test_gateway_support import Clock
+from tests.helpers.gateway import Clock
 
 BASE = {
     "upstreams": [

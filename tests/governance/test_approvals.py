@@ -23,7 +23,8 @@ from overnight.org import load_org
 from overnight.records import Approval
 from overnight.sessions import wait_until
 from overnight.store import SqlStore, open_store, store_url
-from tests.conftest import OVERNIGHT, make_lab, run_cli
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 ACTION = {"kind": "shell", "command": "pip install requests", "agent": "t"}
 

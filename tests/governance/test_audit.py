@@ -31,8 +31,9 @@ from overnight.governance.audit import (
     verify,
 )
 from overnight.store import SqlStore, open_store, store_url
-from tests.conftest import make_lab, run_cli
-from tests.test_store import _attempt
+from overnight.testing.store_contract import attempt_row
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import run_cli
 
 
 def _key(root: Path) -> AuditKey:
@@ -242,7 +243,7 @@ def test_a_run_audits_itself_in_order_and_a_follower_resumes_exactly(tmp_path: P
 
     # what happens while no command center runs is taken up by the next follower, once
     store.record_attempts(
-        "toy", run.id, [_attempt("t", 0.5, time.time(), trial="2", request_id="req-a")]
+        "toy", run.id, [attempt_row("t", 0.5, time.time(), trial="2", request_id="req-a")]
     )
     auditor = Auditor(store, "toy", key=key, lab_root=lab)
     assert auditor.follow_once(limit=7) == 1  # the attempt

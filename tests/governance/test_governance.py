@@ -22,8 +22,9 @@ from overnight.records import Approval, TrialStatus
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
-from tests.conftest import OVERNIGHT, make_lab, run_cli
-from tests.test_external_agents import claude_lab, running, states
+from tests.helpers.agents import claude_lab, running, states
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 PAYLOAD = {
     "session_id": "s1",

@@ -20,7 +20,9 @@ from overnight.governance.expressions import Activation, _env, compile_expressio
 from overnight.governance.policy import SHIPPED, Policy
 from overnight.governance.risk import Thresholds
 from overnight.org import parse_config
-from tests.conftest import TOY_CONFIG, make_lab, run_cli
+from tests.helpers import REPO
+from tests.helpers.labs import TOY_CONFIG, make_lab
+from tests.helpers.processes import run_cli
 
 # exactly the example of the issue, comment and escaping included
 ISSUE_EXAMPLE = """\
@@ -576,7 +578,7 @@ def test_policy_check_prints_the_decision_and_exits_by_effect(tmp_path: Path) ->
 
 
 def test_the_readme_example_loads_and_its_tests_pass(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     assert SHIPPED.relative_to(root).as_posix() == "overnight/governance/rules/default.yaml"
     readme = (root / "README.md").read_text()
     section = readme.split("## Governance: policies", 1)[1].split("\n## ", 1)[0]

@@ -20,7 +20,8 @@ from overnight.markers import RUN_MARKER
 from overnight.proposers.optuna import study_name
 from overnight.sessions import wait_until
 from overnight.store import store_url
-from tests.conftest import OVERNIGHT, git, make_lab, run_cli
+from tests.helpers.labs import git, make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 KILLS = 12
 FINAL = {"kept", "discarded", "rejected", "crashed", "timed_out", "interrupted"}

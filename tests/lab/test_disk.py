@@ -18,7 +18,8 @@ from overnight.lab.disk import TrialLogs
 from overnight.records import Event, Trial
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
-from tests.conftest import OVERNIGHT, git, make_lab, run_cli
+from tests.helpers.labs import git, make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 LOUD = """\
 import sys

@@ -14,7 +14,7 @@ from overnight.lab import integrity
 from overnight.lab.git import Git, blob_hash
 from overnight.org import knobs
 from overnight.org.config import KnobConfig
-from tests.conftest import git
+from tests.helpers.labs import git
 
 
 @pytest.mark.parametrize(

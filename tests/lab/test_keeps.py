@@ -19,7 +19,8 @@ from overnight.records import Approval, Event, Trial
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
-from tests.conftest import OVERNIGHT, TOY_CONFIG, git, make_lab, run_cli
+from tests.helpers.labs import TOY_CONFIG, git, make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 # -- a noisy toy: score = 10 - X + N(0, SIGMA), each run drawing from its own seed ----------
 

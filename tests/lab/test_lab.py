@@ -17,7 +17,8 @@ from overnight.records import TrialStatus as S
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.wiring import Checks
-from tests.conftest import TOY_SCRIPT, git, make_lab, run_cli
+from tests.helpers.labs import TOY_SCRIPT, git, make_lab
+from tests.helpers.processes import run_cli
 
 FINAL_STATUSES = {"kept", "discarded", "rejected", "crashed", "timed_out", "interrupted"}
 
@@ -281,7 +282,7 @@ def test_up_runs_as_a_service_until_sigterm(tmp_path: Path) -> None:
     import subprocess
     import time
 
-    from tests.conftest import OVERNIGHT
+    from tests.helpers.processes import OVERNIGHT
 
     lab = make_lab(tmp_path / "lab")
     proc = subprocess.Popen(
@@ -311,7 +312,7 @@ def test_ctrl_c_during_the_baseline_stops_the_experiment_too(tmp_path: Path) -> 
     import subprocess
     import time
 
-    from tests.conftest import OVERNIGHT, process_gone
+    from tests.helpers.processes import OVERNIGHT, process_gone
 
     lab = make_lab(tmp_path / "lab", script="import time\nX = 0.5\nY = 5\ntime.sleep(120)\n")
     proc = subprocess.Popen(

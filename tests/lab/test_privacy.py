@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 from overnight.store import open_store, store_url
-from tests.conftest import OVERNIGHT, make_lab
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import OVERNIGHT
 
 USER_UMASK = 0o027  # not the usual 022, so a mode that follows it cannot be a coincidence
 

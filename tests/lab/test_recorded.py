@@ -15,7 +15,8 @@ import pandas as pd
 from overnight.org import load_org
 from overnight.store import open_store, store_url
 from overnight.web import Access, CommandCenter, Sources, serving
-from tests.conftest import TOY_CONFIG, git, make_lab, run_cli
+from tests.helpers.labs import TOY_CONFIG, git, make_lab
+from tests.helpers.processes import run_cli
 
 # A toy whose memory (as a GPU run would print it) grows with Y, and which also prints a
 # throughput figure and a line the lab does not record.

@@ -28,7 +28,8 @@ from overnight.records import Trial
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
-from tests.conftest import OVERNIGHT, make_lab, run_cli
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 pytestmark = pytest.mark.skipif(bwrap_problem() is not None, reason=f"{bwrap_problem()}")
 
@@ -392,8 +393,8 @@ PROBES = [
 
 def test_a_sandboxed_claude_code_agent_reaches_no_secret(tmp_path: Path) -> None:
     from overnight.testing import ToolCall
-    from tests.test_external_agents import running, states
-    from tests.test_gateway_clis import claude_cli
+    from tests.helpers.agents import running, states
+    from tests.helpers.clis import claude_cli
 
     secret = f"sk-fake-{uuid.uuid4().hex}"
     script = [

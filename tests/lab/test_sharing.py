@@ -22,8 +22,9 @@ from overnight.records import Event, Trial
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
-from tests.conftest import OVERNIGHT, TOY_SCRIPT, git, make_lab, run_cli
-from tests.test_gateway_clis import claude_cli
+from tests.helpers.clis import claude_cli
+from tests.helpers.labs import TOY_SCRIPT, git, make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 BASINS = """\
 BASIN = "a"

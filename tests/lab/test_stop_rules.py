@@ -20,8 +20,9 @@ from overnight.records import Event
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from overnight.web import Access, CommandCenter, Sources, serving
-from tests.conftest import git, make_lab, run_cli
-from tests.test_gateway_clis import claude_cli
+from tests.helpers.clis import claude_cli
+from tests.helpers.labs import git, make_lab
+from tests.helpers.processes import run_cli
 
 FLAT = """\
 X = 0.5

@@ -6,7 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import OVERNIGHT, git, make_lab, run_cli
+from tests.helpers.labs import git, make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
 
 
 def try_in(worktree: Path, description: str) -> subprocess.CompletedProcess[str]:

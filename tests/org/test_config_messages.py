@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from overnight import __version__
 from overnight.errors import ConfigError
 from overnight.org import parse_config
-from tests.conftest import make_lab, run_cli
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import run_cli
 
 # Line numbers below refer to this file.
 BASE = f"""\

@@ -9,7 +9,8 @@ import pytest
 from overnight.errors import ConfigError
 from overnight.org import parse_config
 from overnight.units import parse_duration, parse_size
-from tests.conftest import git, run_cli
+from tests.helpers.labs import git
+from tests.helpers.processes import run_cli
 
 MINIMAL = """\
 [lab]

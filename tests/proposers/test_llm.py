@@ -30,8 +30,9 @@ from overnight.proposers.llm import MAX_REASKS, LlmProposer
 from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
-from tests.conftest import make_lab, run_cli
-from tests.test_gateway_support import gateway, upstream
+from tests.helpers.gateway import gateway, upstream
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import run_cli
 
 CONFIG = """\
 [lab]

@@ -20,7 +20,7 @@ from overnight.sessions import tmux as tmux_mod
 from overnight.sessions.base import Session, SessionBackend
 from overnight.sessions.pty import PtyBackend, key_bytes, render
 from overnight.sessions.tmux import TmuxBackend
-from tests.conftest import process_gone
+from tests.helpers.processes import process_gone
 
 HAVE_TMUX = shutil.which("tmux") is not None
 # tmux is the default backend: its tests fail, never skip, without it (`make test` installs it)

@@ -15,7 +15,6 @@ import pytest
 
 from overnight.governance.audit import Auditor, load_key, verify
 from overnight.records import (
-    ATTEMPT_FIELDS,
     AgentRecord,
     Approval,
     AuditCheckpoint,
@@ -25,6 +24,7 @@ from overnight.records import (
 from overnight.records import TrialStatus as S
 from overnight.store import SqlStore, TransitionError, open_store
 from overnight.store.migrations import MIGRATIONS
+from overnight.testing.store_contract import attempt_row
 
 
 def _run(store: SqlStore, run_id: str = "r1") -> None:
@@ -268,19 +268,6 @@ def test_reopening_migrates_once_and_keeps_data(store_url: str) -> None:
     again.close()
 
 
-def _attempt(agent: str, cost: float | None, started: float, **extra: object) -> dict[str, object]:
-    row: dict[str, object] = {field: 0 for field in ATTEMPT_FIELDS}
-    row.update(
-        request_id="r", attempt=1, agent=agent, trial=None, route="fast", upstream="a",
-        model="m", credential="c", client_protocol="anthropic", upstream_protocol="openai",
-        stream=True, outcome="ok", status=200, error=None, started_at=started,
-        latency_s=0.2, ttft_s=0.05, input_tokens=100, output_tokens=20, cost_usd=cost,
-        unpriced=cost is None,
-    )  # fmt: skip
-    row.update(extra)
-    return row
-
-
 def test_gateway_keys_attempts_and_spend(store: SqlStore) -> None:
     store.add_key_hash("lab", "a1", "h1")
     store.add_key_hash("lab", "a2", "h2")
@@ -290,9 +277,9 @@ def test_gateway_keys_attempts_and_spend(store: SqlStore) -> None:
         "lab",
         None,
         [
-            _attempt("a1", 0.5, 100.0, trial="7"),
-            _attempt("a1", None, 200.0, outcome="failed_over", status=529),
-            _attempt("a2", 0.25, 300.0),
+            attempt_row("a1", 0.5, 100.0, trial="7"),
+            attempt_row("a1", None, 200.0, outcome="failed_over", status=529),
+            attempt_row("a2", 0.25, 300.0),
         ],
     )
     assert store.spend("lab") == 0.75  # unpriced adds nothing, never pretends $0 is a price
@@ -357,13 +344,13 @@ def test_what_each_trial_cost(store: SqlStore) -> None:
         "lab",
         "r1",
         [
-            _attempt("a1", 0.5, t1.created_at + 1, trial=str(t1.number)),
-            _attempt("a1", None, t1.created_at + 2, trial=str(t1.number)),
-            _attempt("a2", 0.25, t2.created_at - 5),  # before a2's trial: counts for it
-            _attempt("a2", 0.125, later),  # toward a trial a2 has not started yet
+            attempt_row("a1", 0.5, t1.created_at + 1, trial=str(t1.number)),
+            attempt_row("a1", None, t1.created_at + 2, trial=str(t1.number)),
+            attempt_row("a2", 0.25, t2.created_at - 5),  # before a2's trial: counts for it
+            attempt_row("a2", 0.125, later),  # toward a trial a2 has not started yet
         ],
     )
-    store.record_attempts("lab", "other-run", [_attempt("a1", 9.0, t1.created_at, trial="1")])
+    store.record_attempts("lab", "other-run", [attempt_row("a1", 9.0, t1.created_at, trial="1")])
     assert trial_costs(store, "r1") == {
         t1.number: TrialCost(tokens=240, cost_usd=0.5, unpriced=True),
         t2.number: TrialCost(tokens=120, cost_usd=0.25, unpriced=False),
@@ -453,7 +440,7 @@ def test_a_follower_that_remembers_the_last_id_misses_nothing(store: SqlStore) -
     def write(agent: str) -> None:
         while not stop.is_set():
             store.append_event("r1", "agent.state", {"n": 1}, agent=agent)
-            store.record_attempts("lab", "r1", [_attempt(agent, 0.1, time.time())])
+            store.record_attempts("lab", "r1", [attempt_row(agent, 0.1, time.time())])
 
     writers = [threading.Thread(target=write, args=(f"a{i}",)) for i in range(3)]
     for th in writers:

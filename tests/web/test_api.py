@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shlex
-import signal
 import socket
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,207 +30,15 @@ from overnight.org import load_org
 from overnight.records import Event
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
-from overnight.testing import FakeProvider
-from overnight.web import Access, CommandCenter, Sources, missing_assets, serving
-from tests.conftest import OVERNIGHT, make_lab
+from overnight.web import Access, CommandCenter, Sources, serving
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import OVERNIGHT
+from tests.helpers.web import CONFIG, WebLab, web_lab
 
-
-@pytest.fixture(autouse=True)
-def front_end_files() -> None:
-    """The pages need htmx and xterm.js from npm (`make test` installs them first)."""
-    missing = missing_assets()
-    if missing:
-        pytest.fail(f"{', '.join(missing)} missing: run `make web-assets`", pytrace=False)
-
+pytestmark = pytest.mark.usefixtures("front_end_files")
 
 FINAL_KINDS = {f"trial.{s}" for s in ("kept", "discarded", "crashed", "timed_out", "rejected",
                                        "interrupted")}  # fmt: skip
-STANDIN = Path(__file__).resolve().parent.parent / "benchmarks" / "_standin_claude.py"
-
-SCRIPT = """\
-import time
-X = 0.5
-Y = 5
-time.sleep({sleep})
-print("training...")
-print(f"score: {{(X - 3) ** 2 + (Y - 1) ** 2}}")
-"""
-
-CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-grace = "5s"
-parallel = 2
-
-[[knobs]]
-name = "X"
-file = "exp.py"
-low = -5
-high = 5
-
-[[knobs]]
-name = "Y"
-file = "exp.py"
-low = -5
-high = 5
-int = true
-
-[[agents]]
-name = "tuner"
-count = {tuners}
-"""
-
-CLAUDE = """
-[[agents]]
-name = "claude"
-runtime = "claude-code"
-model = "lab-model"
-idle_after = "{idle_after}"
-nudge = "Go on."
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "fake"
-protocol = "anthropic"
-base_url = "{url}"
-
-[gateway.models]
-lab-model = ["fake/claude-fake-1"]
-
-[gateway.prices."claude-fake-1"]
-input = 3
-output = 15
-
-[gateway.budgets]
-org = {{ daily_usd = 5 }}
-"""
-
-
-@dataclass
-class WebLab:
-    """A lab served by `overnight up`, with its command center's address and token."""
-
-    root: Path
-    proc: subprocess.Popen[str]
-    url: str
-    """The ready-to-click URL, token included."""
-    env: dict[str, str]
-    tmux_socket: Path | None = None
-    fake: FakeProvider | None = None
-    cookies: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def base(self) -> str:
-        return self.url.split("/?", 1)[0]
-
-    @property
-    def token(self) -> str:
-        return self.url.split("token=", 1)[1]
-
-    @contextlib.contextmanager
-    def client(self) -> Iterator[httpx.Client]:
-        """An HTTP client holding a session cookie (from a first visit with the token)."""
-        with httpx.Client(base_url=self.base, timeout=30) as client:
-            first = client.get(f"/?token={self.token}", follow_redirects=False)
-            assert first.status_code == 303, first.text
-            yield client
-
-    def csrf(self, client: httpx.Client) -> str:
-        page = client.get("/").text
-        marker = 'name="csrf-token" content="'
-        return page.split(marker, 1)[1].split('"', 1)[0]
-
-    def events(self, kind: str | None = None) -> list[Event]:
-        store = open_store(store_url(self.root))
-        try:
-            run = store.latest_run("toy")
-            assert run is not None
-            return [e for e in store.events(run.id, limit=1_000_000) if kind in (None, e.kind)]
-        finally:
-            store.close()
-
-    def state(self, agent: str) -> str:
-        store = open_store(store_url(self.root))
-        try:
-            run = store.latest_run("toy")
-            assert run is not None
-            return next(a.state for a in store.agents(run.id) if a.name == agent)
-        finally:
-            store.close()
-
-
-def standin(directory: Path) -> Path:
-    """The `claude` the agent runs: the stand-in CLI under this venv's python."""
-    path = directory / "claude"
-    path.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S {STANDIN} "$@"\n')
-    path.chmod(0o755)
-    return path
-
-
-@contextlib.contextmanager
-def web_lab(
-    tmp: Path,
-    *,
-    claude: bool = False,
-    idle_after: str = "2s",
-    sleep: float = 0.3,
-    extra_args: tuple[str, ...] = (),
-    tuners: int = 2,
-) -> Iterator[WebLab]:
-    """`overnight up` on a toy lab for the block, then Ctrl-C (it must stop cleanly)."""
-    with contextlib.ExitStack() as stack:
-        config = CONFIG.format(python=sys.executable, tuners=tuners)
-        env = {**os.environ, "HOME": str(tmp / "home")}
-        (tmp / "home").mkdir(exist_ok=True)
-        socket_dir: Path | None = None
-        fake = None
-        if claude:
-            fake = stack.enter_context(FakeProvider("anthropic"))
-            config += CLAUDE.format(url=fake.url, idle_after=idle_after)
-            # a tmux server of its own: other sessions on the machine are not touched
-            socket_dir = tmp / "tmux"
-            socket_dir.mkdir(mode=0o700, exist_ok=True)
-            env["TMUX_TMPDIR"] = str(socket_dir)
-            env["OVERNIGHT_CLAUDE"] = str(standin(tmp))
-        root = make_lab(tmp / "lab", config=config, script=SCRIPT.format(sleep=sleep))
-        proc = subprocess.Popen(
-            [*OVERNIGHT, "up", str(root), *extra_args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        url_file = root / ".overnight" / "web.url"
-        try:
-            wait_until(lambda: url_file.is_file() or proc.poll() is not None, timeout=60)
-            if proc.poll() is not None:
-                out, err = proc.communicate()
-                pytest.fail(f"overnight up exited {proc.returncode}:\n{out}\n{err}")
-            lab = WebLab(root, proc, url_file.read_text().strip(), env, fake=fake)
-            if socket_dir is not None:
-                lab.tmux_socket = socket_dir / f"tmux-{os.getuid()}" / "overnight"
-            yield lab
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            try:
-                out, err = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-            if socket_dir is not None:
-                subprocess.run(
-                    ["tmux", "-S", str(socket_dir / f"tmux-{os.getuid()}" / "overnight"),
-                     "kill-server"], capture_output=True, check=False,
-                )  # fmt: skip
-        assert proc.returncode == 0, out + err  # `up` stopped by a signal exits 0
 
 
 @pytest.fixture(scope="module")

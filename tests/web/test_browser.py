@@ -14,33 +14,14 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 from overnight.sessions import wait_until
-from tests.test_web import WebLab, front_end_files, web_lab
+from tests.helpers.web import ARTIFACTS, WebLab, shot, web_lab
 
-__all__ = ["front_end_files"]  # autouse: the front-end files must be there
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.is_file():
-        pytest.fail("Debian's chromium is missing: run `make system-deps`", pytrace=False)
-    with sync_playwright() as p:
-        # launch() gives every browser a fresh, empty profile of its own
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
-        yield b
-        b.close()
+pytestmark = pytest.mark.usefixtures("front_end_files")
 
 
 @pytest.fixture(scope="module")
@@ -48,48 +29,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebLab]:
     with web_lab(tmp_path_factory.mktemp("browser"), claude=True, sleep=0.5, tuners=3) as running:
         wait_until(lambda: len(running.events("trial.kept")) >= 3, timeout=90)
         yield running
-
-
-# Chromium tells of a Content-Security-Policy violation twice: a console error ("Applying
-# inline style violates the following Content Security Policy directive ...") and a
-# `securitypolicyviolation` event in the page, which this script (injected by the browser,
-# so outside the policy) keeps.
-# (`wait_for_function` is given functions, "() => ...": Playwright re-evaluates a bare
-# expression with the page's own eval, which the page's policy refuses.)
-CSP_WATCH = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(
-    `${e.effectiveDirective} refused ${e.blockedURI || "inline"}`
-    + ` (${e.sourceFile}:${e.lineNumber})`));
-"""
-
-
-def csp_violations(page: Page) -> list[str]:
-    return list(page.evaluate("window.__csp || []"))
-
-
-@pytest.fixture
-def page(browser: Browser, lab: WebLab) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1600, "height": 1000})
-    context.add_init_script(CSP_WATCH)
-    p = context.new_page()
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    p.on(
-        "console",
-        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    p.on("dialog", lambda d: d.accept())  # "Restart X?" confirmations
-    yield p
-    if not p.is_closed() and p.url.startswith("http"):
-        errors += csp_violations(p)
-    context.close()
-    assert not errors, errors  # no script error and no policy violation on any page
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 def open_grid(page: Page, lab: WebLab) -> None:

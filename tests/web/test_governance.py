@@ -32,11 +32,11 @@ from overnight.governance.approvals import Approvals
 from overnight.records import Approval
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
-from tests.conftest import OVERNIGHT, make_lab
-from tests.test_web import CONFIG, SCRIPT, WebLab, front_end_files
-from tests.test_web_browser import browser, page, shot
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import OVERNIGHT
+from tests.helpers.web import CONFIG, SCRIPT, WebLab, shot
 
-__all__ = ["browser", "front_end_files", "page"]  # fixtures
+pytestmark = pytest.mark.usefixtures("front_end_files")
 
 CAREFUL = """
 [[agents]]

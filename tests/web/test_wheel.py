@@ -34,18 +34,13 @@ from playwright.sync_api import sync_playwright
 
 from overnight.sessions import wait_until
 from overnight.web.app import VENDOR_FILES
-from tests.conftest import TOY_SCRIPT, make_lab
+from tests.helpers import REPO
+from tests.helpers.labs import TOY_SCRIPT, make_lab
+from tests.helpers.web import ARGS, CHROMIUM
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 VENDOR = ROOT / "overnight" / "web" / "static" / "vendor"
 WHEELHOUSE = ROOT / "build" / "wheelhouse"
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
-
-
 # what each license the front-end files may come under says, in its own words
 LICENSE_WORDS = {
     "MIT": "Permission is hereby granted, free of charge, to any person obtaining a copy",
