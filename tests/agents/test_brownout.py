@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -19,46 +18,9 @@ from overnight.records import Event, Trial, TrialStatus
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
+from tests.helpers.labs import TOY_KNOBS, fake_openai, llm_agent, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
 
-CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py", "notes/*.txt"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-writable = ["{tickets}"]  # the experiment takes its tickets from outside its worktree
-
-[[knobs]]
-name = "X"
-file = "exp.py"
-low = -5
-high = 5
-
-[[agents]]
-name = "coder"
-runtime = "llm"
-model = "smart"
-on_brownout = "{mode}"
-
-[gateway]
-port = 0
-
-[gateway.breaker]
-failures = 1
-cooldown = "1s"
-max_cooldown = "1s"
-
-[[gateway.upstreams]]
-name = "primary"
-protocol = "openai"
-base_url = "{url}/v1"
-
-[gateway.models]
-smart = ["primary/gpt-fake-1"]
-"""
 TRIALS = 16  # room for the optimizer during the outage, and the llm agent after it
 
 # Each run of exp.py takes one ticket from a directory the test fills, so the test, not
@@ -116,8 +78,6 @@ def kinds(lab: Path, kind: str) -> list[Event]:
 
 @pytest.mark.parametrize("mode", ["pause", "optimize"])
 def test_an_outage_mid_run_pauses_or_optimizes_then_resumes(tmp_path: Path, mode: str) -> None:
-    from tests.helpers.labs import make_lab
-
     tickets = tmp_path / "tickets"
     tickets.mkdir()
     # the baseline's three runs (they measure the noise floor) and a first trial, before
@@ -128,7 +88,18 @@ def test_an_outage_mid_run_pauses_or_optimizes_then_resumes(tmp_path: Path, mode
         lab = make_lab(
             tmp_path / "lab",
             script=SCRIPT.format(tickets=str(tickets)),
-            config=CONFIG.format(python=sys.executable, url=fake.url, mode=mode, tickets=tickets),
+            lab={
+                "editable": ["exp.py", "notes/*.txt"],
+                "grace": None,
+                # the experiment takes its tickets from outside its worktree
+                "writable": [str(tickets)],
+            },
+            knobs=TOY_KNOBS[:1],
+            agents=[llm_agent(on_brownout=mode)],
+            gateway={
+                **fake_openai(fake.url),
+                "breaker": {"failures": 1, "cooldown": "1s", "max_cooldown": "1s"},
+            },
             files={"notes/seed.txt": "seed\n"},
         )
         with subprocess.Popen(

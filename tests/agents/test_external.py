@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,18 +22,16 @@ from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.helpers.agents import (
-    AGENT_CONFIG,
     AIDER_EDIT,
-    CODEX_CONFIG,
     SCRIPT,
     TRY,
     claude_lab,
     events,
+    openai_cli_lab,
     running,
     states,
 )
-from tests.helpers.clis import aider_cli, codex_cli
-from tests.helpers.labs import git, make_lab
+from tests.helpers.labs import claude_agent, fake_anthropic, git, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -63,7 +60,7 @@ def lab_run(tmp_path: Path) -> Iterator[Callable[..., tuple[Path, FakeProvider]]
     def start(idle_after: str = "1h") -> tuple[Path, FakeProvider]:
         fake = FakeProvider("anthropic", script=SCRIPT, mode="conversation").__enter__()
         fakes.append(fake)
-        lab, env = claude_lab(tmp_path, fake, idle_after)
+        lab, env = claude_lab(tmp_path, fake, idle_after=idle_after)
         proc = subprocess.Popen(
             [*OVERNIGHT, "run", str(lab)],
             env=env,
@@ -151,12 +148,7 @@ CODEX_SCRIPT = [
 
 def test_codex_submits_a_trial_through_the_responses_api(tmp_path: Path) -> None:
     with FakeProvider("openai", script=CODEX_SCRIPT, mode="conversation") as fake:
-        lab = make_lab(
-            tmp_path / "lab", config=CODEX_CONFIG.format(python=sys.executable, url=fake.url)
-        )
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {**os.environ, "HOME": str(home), "OVERNIGHT_CODEX": str(codex_cli())}
+        lab, env = openai_cli_lab(tmp_path, fake)
         with running(lab, env):
             wait_until(lambda: "idle" in states(lab), timeout=90)
     ledger = run_cli("ledger", str(lab), "--tsv").stdout
@@ -177,14 +169,8 @@ def test_a_curious_codex_agent_runs_in_a_read_only_sandbox(tmp_path: Path) -> No
         Reply(tool_calls=[ToolCall("exec_command", {"cmd": "echo 'X = 3' >> exp.py"})]),
         Reply(text="I could not write."),
     ]
-    config = CODEX_CONFIG.replace(
-        'model = "gpt-5.5"\n', 'model = "gpt-5.5"\nautonomy = "curious"\n'
-    )
     with FakeProvider("openai", script=script, mode="conversation") as fake:
-        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {**os.environ, "HOME": str(home), "OVERNIGHT_CODEX": str(codex_cli())}
+        lab, env = openai_cli_lab(tmp_path, fake, autonomy="curious")
         with running(lab, env):
             wait_until(lambda: "idle" in states(lab), timeout=90)
     (worktree,) = (lab / ".overnight" / "worktrees").glob("*/codex")
@@ -224,13 +210,9 @@ def test_a_killed_overnight_run_leaves_the_agent_working_and_the_next_one_reatta
 
 
 def test_codex_pauses_through_a_brownout_and_resumes_after_it(tmp_path: Path) -> None:
-    config = CODEX_CONFIG.replace('model = "gpt-5.5"\n', 'model = "gpt-5.5"\nidle_after = "1s"\n')
-    config += '[gateway.breaker]\nfailures = 1\ncooldown = "1s"\nmax_cooldown = "1s"\n'
+    breaker = {"failures": 1, "cooldown": "1s", "max_cooldown": "1s"}
     with FakeProvider("openai", script=CODEX_SCRIPT, mode="conversation") as fake:
-        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {**os.environ, "HOME": str(home), "OVERNIGHT_CODEX": str(codex_cli())}
+        lab, env = openai_cli_lab(tmp_path, fake, idle_after="1s", gateway={"breaker": breaker})
         with running(lab, env):
             wait_until(lambda: "idle" in states(lab), timeout=90)
             fake.fault("status", code=503, times=None)
@@ -250,17 +232,8 @@ def test_aider_edits_and_overnight_submits_its_change(tmp_path: Path) -> None:
     """aider does not run shell commands unattended: the agent process submits each turn's
     change with `overnight try` (aider's DESCRIPTION line as the description) and tells the
     next turn the result."""
-    config = CODEX_CONFIG.replace(
-        'name = "codex"\nruntime = "codex"', 'name = "aider"\nruntime = "aider"'
-    )
     with FakeProvider("openai", script=[Reply(text=AIDER_EDIT)]) as fake:
-        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
-        home = tmp_path / "home"
-        # aider fetches LiteLLM's price list from GitHub unless its cache is fresh: offline here
-        cache = home / ".aider" / "caches"
-        cache.mkdir(parents=True)
-        (cache / "model_prices_and_context_window.json").write_text('{"none": {}}')
-        env = {**os.environ, "HOME": str(home), "OVERNIGHT_AIDER": str(aider_cli())}
+        lab, env = openai_cli_lab(tmp_path, fake, "aider")
         with running(lab, env):
             wait_until(lambda: "idle" in states(lab), timeout=120)
     ledger = run_cli("ledger", str(lab), "--tsv").stdout
@@ -282,9 +255,9 @@ def test_an_idle_agent_is_nudged(lab_run: Callable[..., tuple[Path, FakeProvider
 def test_a_missing_cli_is_named_with_how_to_install_it(tmp_path: Path) -> None:
     lab = make_lab(
         tmp_path / "lab",
-        config=AGENT_CONFIG.format(
-            python=sys.executable, url="http://127.0.0.1:9", idle_after="1h"
-        ),
+        knobs=(),
+        agents=[claude_agent()],
+        gateway=fake_anthropic("http://127.0.0.1:9"),
     )
     env = {**os.environ, "OVERNIGHT_CLAUDE": str(tmp_path / "nowhere" / "claude"), "FAKE_KEY": "x"}
     result = run_cli("run", str(lab), env=env)

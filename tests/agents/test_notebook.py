@@ -10,11 +10,8 @@ opens with the brief and carries none of the old messages.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +25,17 @@ from overnight.testing import FakeProvider, Reply, ToolCall
 from overnight.testing.replies import Usage
 from tests.helpers.agents import (
     AIDER_EDIT,
-    CODEX_CONFIG,
     SCRIPT,
     claude_lab,
     events,
+    openai_cli_lab,
     running,
     states,
 )
-from tests.helpers.clis import aider_cli, codex_cli
-from tests.helpers.labs import make_lab
+from tests.helpers.labs import TOY_KNOBS, make_lab
 from tests.helpers.processes import run_cli
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-
-KNOBS = """
-[[knobs]]
-name = "X"
-file = "exp.py"
-low = -5
-high = 5
-
-[[knobs]]
-name = "Y"
-file = "exp.py"
-low = -5
-high = 5
-int = true
-
-[[agents]]
-name = "t"
-"""
 
 
 def trials(lab: Path) -> list[Trial]:
@@ -96,18 +74,8 @@ def test_a_claude_code_agent_reads_the_notebook_and_hears_of_another_agents_disc
         Reply(text="I have read the notebook."),
     ]
     with FakeProvider("anthropic", script=script, mode="conversation") as fake:
-        lab, env = claude_lab(tmp_path, fake, idle_after="1s")
-        config = (lab / "overnight.toml").read_text()
-        config = config.replace(
-            'nudge = "Keep going: NUDGE-7"\n', 'nudge = "Keep going: NUDGE-7"\nfresh_every = 0\n'
-        )
-        (lab / "overnight.toml").write_text(
-            config.replace("\n[gateway]\n", KNOBS + "\n[gateway]\n")
-        )
-        subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "two agents"],
-            cwd=lab,
-            check=True,
+        lab, env = claude_lab(
+            tmp_path, fake, idle_after="1s", fresh_every=0, knobs=TOY_KNOBS, others=[{"name": "t"}]
         )
 
         def heard_of_a_discard() -> bool:
@@ -226,18 +194,7 @@ def test_after_fresh_every_trials_a_new_conversation_opens_with_the_brief(
     is a new conversation: the program and rules, the notebook with that trial, the agent's
     best diff, and nothing of the old messages."""
     with FakeProvider("anthropic", script=SCRIPT, mode="conversation") as fake:
-        lab, env = claude_lab(tmp_path, fake)
-        config = (
-            (lab / "overnight.toml")
-            .read_text()
-            .replace('idle_after = "1h"\n', 'idle_after = "1h"\nfresh_every = 1\n')
-        )
-        (lab / "overnight.toml").write_text(config)
-        subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "fresh"],
-            cwd=lab,
-            check=True,
-        )
+        lab, env = claude_lab(tmp_path, fake, fresh_every=1)
         with running(lab, env):
             wait_until(lambda: refreshed(lab) != [] and states(lab)[-1] == "idle", timeout=120)
     (refresh,) = refreshed(lab)
@@ -280,18 +237,7 @@ def test_a_conversation_whose_context_is_nearly_full_is_refreshed(tmp_path: Path
         text="That was a lot of reading.", usage=Usage(input_tokens=950_000, output_tokens=7)
     )
     with FakeProvider("anthropic", script=[full]) as fake:
-        lab, env = claude_lab(tmp_path, fake)
-        config = (
-            (lab / "overnight.toml")
-            .read_text()
-            .replace('idle_after = "1h"\n', 'idle_after = "1h"\nfresh_every = 0\n')
-        )
-        (lab / "overnight.toml").write_text(config)
-        subprocess.run(
-            ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "ctx"],
-            cwd=lab,
-            check=True,
-        )
+        lab, env = claude_lab(tmp_path, fake, fresh_every=0)
         with running(lab, env):
             wait_until(lambda: refreshed(lab) != [] and states(lab)[-1] == "idle", timeout=120)
     (refresh,) = refreshed(lab)
@@ -310,12 +256,8 @@ def test_codex_reports_a_nearly_full_context_in_its_session_file(tmp_path: Path)
     full = Reply(
         text="That was a lot of reading.", usage=Usage(input_tokens=250_000, output_tokens=7)
     )
-    config = CODEX_CONFIG.replace('model = "gpt-5.5"\n', 'model = "gpt-5.5"\nfresh_every = 0\n')
     with FakeProvider("openai", script=[full]) as fake:
-        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {**os.environ, "HOME": str(home), "OVERNIGHT_CODEX": str(codex_cli())}
+        lab, env = openai_cli_lab(tmp_path, fake, fresh_every=0)
         with running(lab, env):
             wait_until(lambda: refreshed(lab) != [] and states(lab)[-1] == "idle", timeout=120)
     (refresh,) = refreshed(lab)
@@ -331,17 +273,8 @@ def test_codex_reports_a_nearly_full_context_in_its_session_file(tmp_path: Path)
 def test_a_refreshed_aider_agent_starts_a_new_chat_history(tmp_path: Path) -> None:
     """aider's conversation is its chat history file: a fresh one starts empty, with the
     instructions and the brief."""
-    config = CODEX_CONFIG.replace(
-        'name = "codex"\nruntime = "codex"\nmodel = "gpt-5.5"\n',
-        'name = "aider"\nruntime = "aider"\nmodel = "gpt-5.5"\nfresh_every = 1\n',
-    )
     with FakeProvider("openai", script=[Reply(text=AIDER_EDIT)]) as fake:
-        lab = make_lab(tmp_path / "lab", config=config.format(python=sys.executable, url=fake.url))
-        home = tmp_path / "home"
-        cache = home / ".aider" / "caches"  # aider fetches LiteLLM's prices unless cached
-        cache.mkdir(parents=True)
-        (cache / "model_prices_and_context_window.json").write_text('{"none": {}}')
-        env = {**os.environ, "HOME": str(home), "OVERNIGHT_AIDER": str(aider_cli())}
+        lab, env = openai_cli_lab(tmp_path, fake, "aider", fresh_every=1)
         with running(lab, env):
             wait_until(lambda: refreshed(lab) != [] and states(lab)[-1] == "idle", timeout=120)
     (refresh,) = refreshed(lab)

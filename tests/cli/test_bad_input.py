@@ -125,13 +125,8 @@ def test_run_that_hangs_past_the_budget(tmp_path: Path) -> None:
     lab = make_lab(
         tmp_path / "lab",
         script="import time\nX = 0.5\nY = 5\ntime.sleep(600)\n",
-        config=None,
+        lab={"budget": "1s", "grace": "1s"},
     )
-    path = lab / "overnight.toml"
-    path.write_text(
-        path.read_text().replace('budget = "20s"\ngrace = "5s"', 'budget = "1s"\ngrace = "1s"')
-    )
-    git(lab, "commit", "-qam", "short")
     started = time.monotonic()
     _fails(run_cli("run", str(lab)), 3, "killed after 2s (budget + grace)")
     assert time.monotonic() - started < 30

@@ -53,7 +53,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[s
     """A lab that ran three trials, with an approval waiting, and what each read-only
     command printed while its config was good."""
     tmp = tmp_path_factory.mktemp("ledger")
-    lab = make_lab(tmp / "lab", agents=2, parallel=2)
+    lab = make_lab(tmp / "lab", lab={"parallel": 2}, agents=[{"name": "t", "count": 2}])
     result = run_cli("run", str(lab), "--trials", "3", "--no-ui")
     assert result.returncode == 0, result.stderr
     store = open_store(store_url(lab))

@@ -23,7 +23,7 @@ from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.helpers.agents import claude_lab, running, states
-from tests.helpers.labs import make_lab
+from tests.helpers.labs import fake_openai, llm_agent, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
 
 PAYLOAD = {
@@ -213,34 +213,6 @@ def wait_for_approval(lab: Path) -> Approval:
     return found[0]
 
 
-READY = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-
-[[agents]]
-name = "coder"
-runtime = "llm"
-model = "smart"
-autonomy = "ready"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "primary"
-protocol = "openai"
-base_url = "{url}/v1"
-
-[gateway.models]
-smart = ["primary/gpt-fake-1"]
-"""
-
-
 def test_a_ready_agent_keeps_only_what_a_human_approves(tmp_path: Path) -> None:
     """Autonomy `ready`: each measured improvement waits in the inbox; the agent shows as
     waiting; approved is kept, denied is discarded with the reason."""
@@ -250,7 +222,12 @@ def test_a_ready_agent_keeps_only_what_a_human_approves(tmp_path: Path) -> None:
     ]
     with FakeProvider("openai") as fake:
         fake.enqueue(*replies)
-        lab = make_lab(tmp_path / "lab", config=READY.format(python=sys.executable, url=fake.url))
+        lab = make_lab(
+            tmp_path / "lab",
+            knobs=(),
+            agents=[llm_agent(autonomy="ready")],
+            gateway=fake_openai(fake.url),
+        )
         with subprocess.Popen(
             [*OVERNIGHT, "run", str(lab), "--trials", "2"],
             stdout=subprocess.PIPE,
@@ -351,10 +328,9 @@ def test_a_trial_is_one_trace_from_proposal_to_llm_attempt_with_its_decisions(
     try:
         with FakeProvider("openai") as fake:
             fake.enqueue(Reply(text=render("X to 3", [Edit("exp.py", "X = 0.5\n", "X = 3\n")])))
-            config = READY.replace('autonomy = "ready"\n', "").format(
-                python=sys.executable, url=fake.url
+            lab = make_lab(
+                tmp_path / "lab", knobs=(), agents=[llm_agent()], gateway=fake_openai(fake.url)
             )
-            lab = make_lab(tmp_path / "lab", config=config)
             done = run_cli(
                 "run",
                 str(lab),

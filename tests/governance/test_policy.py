@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from overnight.governance.policy import SHIPPED, Policy
 from overnight.governance.risk import Thresholds
 from overnight.org import parse_config
 from tests.helpers import REPO
-from tests.helpers.labs import TOY_CONFIG, make_lab
+from tests.helpers.labs import make_lab
 from tests.helpers.processes import run_cli
 
 # exactly the example of the issue, comment and escaping included
@@ -56,8 +55,7 @@ def load_error(tmp_path: Path, text: str) -> str:
 
 
 def governed_lab(tmp_path: Path, files: dict[str, str], governance: str) -> Path:
-    config = TOY_CONFIG.format(python=sys.executable, parallel=1, agents=1, lab_extra="")
-    return make_lab(tmp_path / "lab", config=config + "\n" + governance, files=files)
+    return make_lab(tmp_path / "lab", files=files, extra=governance)
 
 
 # -- the shipped defaults ------------------------------------------------------------------

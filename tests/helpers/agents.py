@@ -7,51 +7,28 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from overnight.records import Event
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
-from tests.helpers.clis import claude_cli
-from tests.helpers.labs import TOY_SCRIPT, make_lab
+from tests.helpers.clis import aider_cli, claude_cli, codex_cli
+from tests.helpers.labs import TOY_SCRIPT, claude_agent, fake_anthropic, make_lab
 from tests.helpers.processes import OVERNIGHT
-
-AGENT_CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-
-[[agents]]
-name = "claude"
-runtime = "claude-code"
-model = "lab-model"
-idle_after = "{idle_after}"
-nudge = "Keep going: NUDGE-7"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "fake"
-protocol = "anthropic"
-base_url = "{url}"
-credentials = [{{ name = "main", env = "FAKE_KEY" }}]
-
-[gateway.models]
-lab-model = ["fake/claude-fake-1"]
-"""
 
 TRY = "sed -i 's/^X = .*/X = 3/; s/^Y = .*/Y = 1/' exp.py && overnight try 'X=3, Y=1: the optimum'"
 SCRIPT = [
     Reply(tool_calls=[ToolCall("Bash", {"command": TRY, "description": "submit"})]),
     Reply(text="Submitted: it was kept."),
 ]
+"""What the fake provider tells Claude Code: move both knobs to the optimum and submit."""
+
+AIDER_EDIT = (
+    "DESCRIPTION: X to its optimum, 3\n\n"
+    "exp.py\n```\n<<<<<<< SEARCH\nX = 0.5\n=======\nX = 3\n>>>>>>> REPLACE\n```\n"
+)
 
 
 def events(lab: Path, kind: str | None = None) -> list[Event]:
@@ -70,24 +47,78 @@ def states(lab: Path) -> list[str]:
 
 
 def claude_lab(
-    tmp_path: Path, fake: FakeProvider, idle_after: str = "1h", script: str = TOY_SCRIPT
+    tmp_path: Path,
+    fake: FakeProvider,
+    *,
+    script: str = TOY_SCRIPT,
+    lab: Mapping[str, Any] | None = None,
+    knobs: Sequence[Mapping[str, Any]] = (),
+    others: Sequence[Mapping[str, Any]] = (),
+    **fields: Any,
 ) -> tuple[Path, dict[str, str]]:
-    """A lab whose agent is the real Claude Code CLI talking to `fake`, and the
-    environment to run it in (a HOME of its own, so no user settings leak in)."""
-    lab = make_lab(
+    """A lab whose agent `claude` is the real Claude Code CLI talking to `fake` (its `fields`
+    change idle_after = 1h and a nudge, None drops one), with `others` agents beside it, and
+    the environment to run it in (a HOME of its own, so no user settings leak in)."""
+    fields = {"idle_after": "1h", "nudge": "Keep going: NUDGE-7", **fields}
+    agent = claude_agent(**{k: v for k, v in fields.items() if v is not None})
+    root = make_lab(
         tmp_path / "lab",
         script=script,
-        config=AGENT_CONFIG.format(python=sys.executable, url=fake.url, idle_after=idle_after),
+        lab=lab,
+        knobs=knobs,
+        agents=[agent, *others],
+        gateway=fake_anthropic(fake.url),
     )
-    home = tmp_path / "home"
-    home.mkdir()
     env = {
         **os.environ,
-        "HOME": str(home),
+        "HOME": str(_home(tmp_path)),
         "FAKE_KEY": "sk-fake",
         "OVERNIGHT_CLAUDE": str(claude_cli()),
     }
+    return root, env
+
+
+def openai_cli_lab(
+    tmp_path: Path,
+    fake: FakeProvider,
+    runtime: str = "codex",
+    *,
+    gateway: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> tuple[Path, dict[str, str]]:
+    """A lab whose one agent (its `fields` beside them) runs the real Codex or aider CLI
+    (`runtime`) against `fake`, an OpenAI server without the Responses API, and the
+    environment to run it in (a HOME of its own)."""
+    agent = {"name": runtime, "runtime": runtime, "model": "gpt-5.5", **fields}
+    upstream = {"name": "local", "protocol": "openai", "base_url": f"{fake.url}/v1"}
+    lab = make_lab(
+        tmp_path / "lab",
+        knobs=(),
+        agents=[agent],
+        gateway={
+            "port": 0,
+            "upstreams": [{**upstream, "responses_api": False}],
+            "models": {"gpt-5.5": ["local/gpt-fake-1"]},
+            **(gateway or {}),
+        },
+    )
+    home = _home(tmp_path)
+    env = {**os.environ, "HOME": str(home)}
+    if runtime == "aider":
+        # aider fetches LiteLLM's price list from GitHub unless its cache is fresh: offline here
+        cache = home / ".aider" / "caches"
+        cache.mkdir(parents=True)
+        (cache / "model_prices_and_context_window.json").write_text('{"none": {}}')
+        env["OVERNIGHT_AIDER"] = str(aider_cli())
+    else:
+        env["OVERNIGHT_CODEX"] = str(codex_cli())
     return lab, env
+
+
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    return home
 
 
 @contextlib.contextmanager
@@ -107,36 +138,3 @@ def running(lab: Path, env: dict[str, str], umask: int = -1) -> Iterator[subproc
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
-
-
-CODEX_CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-
-[[agents]]
-name = "codex"
-runtime = "codex"
-model = "gpt-5.5"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "local"
-protocol = "openai"
-base_url = "{url}/v1"
-responses_api = false
-
-[gateway.models]
-"gpt-5.5" = ["local/gpt-fake-1"]
-"""
-
-AIDER_EDIT = (
-    "DESCRIPTION: X to its optimum, 3\n\n"
-    "exp.py\n```\n<<<<<<< SEARCH\nX = 0.5\n=======\nX = 3\n>>>>>>> REPLACE\n```\n"
-)

@@ -9,9 +9,10 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider
 from tests.helpers import REPO
-from tests.helpers.labs import make_lab
+from tests.helpers.labs import TOY_SCRIPT, claude_agent, fake_anthropic, make_lab
 from tests.helpers.processes import OVERNIGHT
 
 STANDIN = REPO / "benchmarks" / "_standin_claude.py"
@@ -34,62 +35,6 @@ Y = 5
 time.sleep({sleep})
 print("training...")
 print(f"score: {{(X - 3) ** 2 + (Y - 1) ** 2}}")
-"""
-
-CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-grace = "5s"
-parallel = 2
-
-[[knobs]]
-name = "X"
-file = "exp.py"
-low = -5
-high = 5
-
-[[knobs]]
-name = "Y"
-file = "exp.py"
-low = -5
-high = 5
-int = true
-
-[[agents]]
-name = "tuner"
-count = {tuners}
-"""
-
-CLAUDE = """
-[[agents]]
-name = "claude"
-runtime = "claude-code"
-model = "lab-model"
-idle_after = "{idle_after}"
-nudge = "Go on."
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "fake"
-protocol = "anthropic"
-base_url = "{url}"
-
-[gateway.models]
-lab-model = ["fake/claude-fake-1"]
-
-[gateway.prices."claude-fake-1"]
-input = 3
-output = 15
-
-[gateway.budgets]
-org = {{ daily_usd = 5 }}
 """
 
 
@@ -154,6 +99,25 @@ def standin(directory: Path) -> Path:
     return path
 
 
+def toy_lab(
+    root: Path,
+    *,
+    tuners: int = 2,
+    others: Sequence[Mapping[str, Any]] = (),
+    gateway: Mapping[str, Any] | None = None,
+    sleep: float | None = None,
+) -> Path:
+    """The command center's toy lab: `tuners` optuna agents, two trials at a time, and
+    `others` beside them; each run of it sleeps `sleep` seconds first (if given)."""
+    return make_lab(
+        root,
+        script=TOY_SCRIPT if sleep is None else SCRIPT.format(sleep=sleep),
+        lab={"parallel": 2},
+        agents=[{"name": "tuner", "count": tuners}, *others],
+        gateway=gateway,
+    )
+
+
 @contextlib.contextmanager
 def web_lab(
     tmp: Path,
@@ -163,23 +127,30 @@ def web_lab(
     sleep: float = 0.3,
     extra_args: tuple[str, ...] = (),
     tuners: int = 2,
+    others: Sequence[Mapping[str, Any]] = (),
 ) -> Iterator[WebLab]:
-    """`overnight up` on a toy lab for the block, then Ctrl-C (it must stop cleanly)."""
+    """`overnight up` on a toy lab for the block, then Ctrl-C (it must stop cleanly); with
+    `claude`, a `claude-code` agent (the stand-in CLI) joins the tuners and `others`."""
     with contextlib.ExitStack() as stack:
-        config = CONFIG.format(python=sys.executable, tuners=tuners)
         env = {**os.environ, "HOME": str(tmp / "home")}
         (tmp / "home").mkdir(exist_ok=True)
         socket_dir: Path | None = None
         fake = None
+        gateway = None
         if claude:
             fake = stack.enter_context(FakeProvider("anthropic"))
-            config += CLAUDE.format(url=fake.url, idle_after=idle_after)
+            others = [*others, claude_agent(idle_after=idle_after, nudge="Go on.")]
+            gateway = {
+                **fake_anthropic(fake.url, key_env=None),
+                "prices": {"claude-fake-1": {"input": 3, "output": 15}},
+                "budgets": {"org": {"daily_usd": 5}},
+            }
             # a tmux server of its own: other sessions on the machine are not touched
             socket_dir = tmp / "tmux"
             socket_dir.mkdir(mode=0o700, exist_ok=True)
             env["TMUX_TMPDIR"] = str(socket_dir)
             env["OVERNIGHT_CLAUDE"] = str(standin(tmp))
-        root = make_lab(tmp / "lab", config=config, script=SCRIPT.format(sleep=sleep))
+        root = toy_lab(tmp / "lab", tuners=tuners, others=others, gateway=gateway, sleep=sleep)
         proc = subprocess.Popen(
             [*OVERNIGHT, "up", str(root), *extra_args],
             env=env,

@@ -55,7 +55,9 @@ def _event_count(db_path: Path) -> int:
 
 def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
     rng = random.Random(os.environ.get("CHAOS_SEED", "overnight"))
-    lab = make_lab(tmp_path / "lab", script=SCRIPT, parallel=2, agents=2)
+    lab = make_lab(
+        tmp_path / "lab", script=SCRIPT, lab={"parallel": 2}, agents=[{"name": "t", "count": 2}]
+    )
     db = lab / ".overnight" / "overnight.db"
     finished_before: dict[int, tuple[object, ...]] = {}
     for i in range(KILLS):
@@ -185,7 +187,12 @@ def test_a_trial_killed_mid_run_is_shown_and_retried_once_by_its_own_agent(
     tmp_path: Path,
 ) -> None:
     hold = tmp_path / "hold"
-    lab = make_lab(tmp_path / "lab", script=HELD.format(hold=str(hold)), parallel=3, agents=3)
+    lab = make_lab(
+        tmp_path / "lab",
+        script=HELD.format(hold=str(hold)),
+        lab={"parallel": 3},
+        agents=[{"name": "t", "count": 3}],
+    )
     db = lab / ".overnight" / "overnight.db"
 
     def running(agent: str, requeued_from: int | None = None) -> int | None:

@@ -51,7 +51,7 @@ def kinds(lab: Path) -> list[str]:
 
 
 def test_the_logs_together_stay_under_max_logs_oldest_middles_first(tmp_path: Path) -> None:
-    lab = make_lab(tmp_path / "lab", script=LOUD, lab_extra='max_log = "100KB"\nmax_logs = "600KB"')
+    lab = make_lab(tmp_path / "lab", script=LOUD, lab={"max_log": "100KB", "max_logs": "600KB"})
     done = run_cli("run", str(lab), "--trials", "8")
     assert done.returncode == 0, done.stdout + done.stderr
     logs = sorted((lab / ".overnight" / "logs").glob("*/trial-*.log"))
@@ -82,7 +82,7 @@ def test_the_logs_together_stay_under_max_logs_oldest_middles_first(tmp_path: Pa
 def test_no_trial_starts_below_min_free_disk_and_the_run_still_stops_by_its_rules(
     tmp_path: Path,
 ) -> None:
-    lab = make_lab(tmp_path / "lab", lab_extra='min_free_disk = "1000PB"')
+    lab = make_lab(tmp_path / "lab", lab={"min_free_disk": "1000PB"})
     started = time.monotonic()
     done = run_cli("run", str(lab), "--trials", "1", "--for", "5s", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -133,7 +133,7 @@ def test_a_run_waits_for_free_space_and_goes_on_when_it_is_back(
     free = shutil.disk_usage(tmp_path).free
     # Under the floor with the ballast, over it without: others' writes on this machine
     # would have to move free space by size / 2 within the test to spoil it.
-    lab = make_lab(tmp_path / "lab", lab_extra=f"min_free_disk = {free + size // 2}")
+    lab = make_lab(tmp_path / "lab", lab={"min_free_disk": free + size // 2})
     proc = subprocess.Popen(
         [*OVERNIGHT, "run", str(lab), "--trials", "1", "--for", "2m", "--no-ui"],
         stdout=subprocess.PIPE,
@@ -165,7 +165,7 @@ def test_a_run_waits_for_free_space_and_goes_on_when_it_is_back(
 def test_a_max_logs_too_small_for_the_running_trials_is_refused_with_the_fix(
     tmp_path: Path,
 ) -> None:
-    lab = make_lab(tmp_path / "lab", lab_extra='max_log = "100KB"\nmax_logs = "150KB"')
+    lab = make_lab(tmp_path / "lab", lab={"max_log": "100KB", "max_logs": "150KB"})
     done = run_cli("run", str(lab), "--trials", "1")
     assert done.returncode == 2
     line = next(

@@ -19,7 +19,7 @@ from overnight.records import Approval, Event, Trial
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
-from tests.helpers.labs import TOY_CONFIG, git, make_lab
+from tests.helpers.labs import PYTHON, fake_openai, git, llm_agent, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
 
 # -- a noisy toy: score = 10 - X + N(0, SIGMA), each run drawing from its own seed ----------
@@ -32,24 +32,6 @@ X = 0.0
 n = int(open(".runs").read()) if os.path.exists(".runs") else 0
 open(".runs", "w").write(str(n + 1))
 print(f"score: {{10 - X + random.Random(1006 + n).gauss(0, {sigma}):.6f}}")
-"""
-NOISY_CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-noise_runs = 10
-
-[[knobs]]
-name = "X"
-file = "exp.py"
-choices = [0.05, 0.1]
-
-[[agents]]
-name = "t"
 """
 
 
@@ -74,7 +56,9 @@ def test_the_noise_floor_is_measured_once_and_keeps_noise_out(tmp_path: Path) ->
     lab = make_lab(
         tmp_path / "lab",
         script=NOISY.format(sigma=SIGMA),
-        config=NOISY_CONFIG.format(python=sys.executable),
+        lab={"grace": None, "noise_runs": 10},
+        knobs=[{"name": "X", "file": "exp.py", "choices": [0.05, 0.1]}],
+        agents=[{"name": "t"}],
         files={".gitignore": ".runs\n"},
     )
     first = run_cli("run", str(lab), "--trials", "1", "--no-ui")
@@ -125,9 +109,7 @@ def test_a_deterministic_metric_has_no_floor_and_a_long_budget_skips_it(tmp_path
     assert isinstance(floor, dict) and floor["sigma"] == 0 and floor["min_delta"] == 0
     assert floor["runs"] == [22.25, 22.25, 22.25]
 
-    config = TOY_CONFIG.format(python=sys.executable, parallel=1, agents=1, lab_extra="")
-    config = config.replace('budget = "20s"', 'budget = "11m"\nnoise_runs = 4')
-    slow = make_lab(tmp_path / "slow", config=config)
+    slow = make_lab(tmp_path / "slow", lab={"budget": "11m", "noise_runs": 4})
     done = run_cli("run", str(slow), "--trials", "1", "--no-ui")
     assert done.returncode == 0, done.stderr
     assert "min_delta is 0: measuring the noise floor would take 3 more baseline runs" in (
@@ -200,34 +182,6 @@ show("git-head:", lambda: git("log", "-1", "--format=%s"))
 show("git-log:", lambda: git("log", "--all", "--format=%h", "--", "holdout_eval.py", "holdout"))
 show("git-show:", lambda: git("show", "HEAD:holdout_eval.py"))
 """
-RMSE_CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} probe.py && {python} exp.py"
-metric = "val_rmse"
-budget = "30s"
-holdout = "{python} holdout_eval.py"
-hidden = ["holdout_eval.py", "holdout/**"]
-{lab_extra}
-
-[[agents]]
-name = "coder"
-runtime = "llm"
-model = "smart"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "primary"
-protocol = "openai"
-base_url = "{url}/v1"
-
-[gateway.models]
-smart = ["primary/gpt-fake-1"]
-"""
 MAIN = '    print(f"val_rmse: {judge.evaluate(predict):.6f}")\n'
 HONEST = render("a steeper slope", [Edit("exp.py", "A = 1.0\n", "A = 1.2\n")])
 LUCKY_ONCE = render(
@@ -252,9 +206,26 @@ GAMED = render(
 )
 
 
-def _rmse_lab(root: Path, url: str, lab_extra: str = "") -> Path:
-    config = RMSE_CONFIG.format(python=sys.executable, url=url, lab_extra=lab_extra)
-    lab = make_lab(root, script=MODEL, config=config, files={"judge.py": JUDGE, "probe.py": PROBE})
+def _rmse_lab(root: Path, url: str, **fields: str) -> Path:
+    """The line-fitting lab, an llm agent's changes measured on a hidden holdout too; its
+    [lab] with `fields`."""
+    lab = make_lab(
+        root,
+        script=MODEL,
+        files={"judge.py": JUDGE, "probe.py": PROBE},
+        lab={
+            "run": f"{PYTHON} probe.py && {PYTHON} exp.py",
+            "metric": "val_rmse",
+            "budget": "30s",
+            "grace": None,
+            "holdout": f"{PYTHON} holdout_eval.py",
+            "hidden": ["holdout_eval.py", "holdout/**"],
+            **fields,
+        },
+        knobs=(),
+        agents=[llm_agent()],
+        gateway=fake_openai(url),
+    )
     # the hidden files are the lab's own, never committed
     (lab / "holdout_eval.py").write_text(HOLDOUT_EVAL)
     (lab / "holdout").mkdir()
@@ -350,7 +321,7 @@ def test_with_on_divergence_reject_a_gamed_run_is_rejected(
     tmp_path: Path, fake: FakeProvider
 ) -> None:
     fake.enqueue(Reply(text=HONEST), Reply(text=GAMED))
-    lab = _rmse_lab(tmp_path / "lab", fake.url, 'on_divergence = "reject"')
+    lab = _rmse_lab(tmp_path / "lab", fake.url, on_divergence="reject")
     done = run_cli("run", str(lab), "--trials", "2", "--no-ui")
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -430,7 +401,7 @@ def _wait_for_approval(lab: Path) -> Approval:
 
 def test_with_on_divergence_review_a_human_decides(tmp_path: Path, fake: FakeProvider) -> None:
     fake.enqueue(Reply(text=GAMED))
-    lab = _rmse_lab(tmp_path / "lab", fake.url, 'on_divergence = "review"')
+    lab = _rmse_lab(tmp_path / "lab", fake.url, on_divergence="review")
     with subprocess.Popen(
         [*OVERNIGHT, "run", str(lab), "--trials", "1", "--no-ui"],
         stdout=subprocess.PIPE,
@@ -500,8 +471,9 @@ def test_a_kill_dash_nine_during_the_holdout_loses_nothing_and_leaves_nothing(
 
 
 def test_a_holdout_that_cannot_measure_the_baseline_stops_the_start(tmp_path: Path) -> None:
-    holdout = f'holdout = "{sys.executable} check.py"\nhidden = ["check.py"]'
-    lab = make_lab(tmp_path / "lab", lab_extra=holdout)
+    lab = make_lab(
+        tmp_path / "lab", lab={"holdout": f"{sys.executable} check.py", "hidden": ["check.py"]}
+    )
     (lab / "check.py").write_text('print("holdout done, but no number")\n')
     done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
     assert done.returncode == 3, done.stdout + done.stderr

@@ -17,7 +17,7 @@ from overnight.records import TrialStatus as S
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.wiring import Checks
-from tests.helpers.labs import TOY_SCRIPT, git, make_lab
+from tests.helpers.labs import git, make_lab
 from tests.helpers.processes import run_cli
 
 FINAL_STATUSES = {"kept", "discarded", "rejected", "crashed", "timed_out", "interrupted"}
@@ -40,7 +40,7 @@ def _agents(lab: Path) -> list[dict[str, object]]:
 
 
 def test_run_keeps_only_improvements_and_branches_point_at_the_best(tmp_path: Path) -> None:
-    lab = make_lab(tmp_path / "lab", parallel=2, agents=2)
+    lab = make_lab(tmp_path / "lab", lab={"parallel": 2}, agents=[{"name": "t", "count": 2}])
     result = run_cli("run", str(lab), "--trials", "8")
     assert result.returncode == 0, result.stderr
     assert "best score" in result.stdout
@@ -122,7 +122,7 @@ def test_new_run_starts_from_head(tmp_path: Path) -> None:
 
 
 def test_parallel_agents_share_one_study(tmp_path: Path) -> None:
-    lab = make_lab(tmp_path / "lab", parallel=2, agents=3)
+    lab = make_lab(tmp_path / "lab", lab={"parallel": 2}, agents=[{"name": "t", "count": 3}])
     assert run_cli("run", str(lab), "--trials", "9").returncode == 0
     trials = _trials(lab)
     by_agent = {t["agent"] for t in trials}
@@ -134,14 +134,10 @@ def test_parallel_agents_share_one_study(tmp_path: Path) -> None:
     assert len(study.trials) == 10
 
 
-def _lab_with(tmp_path: Path, script: str, lab_extra: str = "") -> Path:
-    return make_lab(tmp_path / "lab", script=script, lab_extra=lab_extra)
-
-
 def test_run_that_writes_a_protected_file_is_rejected(tmp_path: Path) -> None:
-    lab = _lab_with(
-        tmp_path,
-        "X = 0.5\nY = 5\nif X != 0.5:\n    open('judge.py', 'a').write('# gamed')\n"
+    lab = make_lab(
+        tmp_path / "lab",
+        script="X = 0.5\nY = 5\nif X != 0.5:\n    open('judge.py', 'a').write('# gamed')\n"
         "print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
     )
     assert run_cli("run", str(lab), "--trials", "2").returncode == 0
@@ -151,9 +147,9 @@ def test_run_that_writes_a_protected_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_trial_without_a_metric_line_crashes_with_the_log_tail(tmp_path: Path) -> None:
-    lab = _lab_with(
-        tmp_path,
-        "X = 0.5\nY = 5\nprint('loss went to nan, giving up')\n"
+    lab = make_lab(
+        tmp_path / "lab",
+        script="X = 0.5\nY = 5\nprint('loss went to nan, giving up')\n"
         "if X == 0.5:\n    print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
     )
     assert run_cli("run", str(lab), "--trials", "2").returncode == 0
@@ -164,19 +160,15 @@ def test_trial_without_a_metric_line_crashes_with_the_log_tail(tmp_path: Path) -
 
 
 def test_trial_past_its_budget_is_killed_with_its_children(tmp_path: Path) -> None:
-    lab = _lab_with(
-        tmp_path,
-        "import subprocess, time\nX = 0.5\nY = 5\n"
+    lab = make_lab(
+        tmp_path / "lab",
+        script="import subprocess, time\nX = 0.5\nY = 5\n"
         "if X != 0.5:\n"
         "    subprocess.Popen(['sleep', '300'])\n"
         "    time.sleep(300)\n"
         "print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
-        lab_extra='budget = "1s"\ngrace = "0.5s"',
+        lab={"budget": "1s", "grace": "0.5s"},
     )
-    (lab / "overnight.toml").write_text(
-        (lab / "overnight.toml").read_text().replace('budget = "20s"\ngrace = "5s"\n', "")
-    )
-    git(lab, "commit", "-qam", "short budget")
     result = run_cli("run", str(lab), "--trials", "1")
     assert result.returncode == 0, result.stderr
     trial = _trials(lab)[-1]
@@ -212,15 +204,15 @@ def _sleeps_300() -> list[str]:
 
 
 def test_gigabytes_of_output_are_capped_and_the_metric_still_read(tmp_path: Path) -> None:
-    lab = _lab_with(
-        tmp_path,
-        "import sys\nX = 0.5\nY = 5\n"
+    lab = make_lab(
+        tmp_path / "lab",
+        script="import sys\nX = 0.5\nY = 5\n"
         "if X != 0.5:\n"
         "    line = 'x' * 1023 + '\\n'\n"
         "    for _ in range(200 * 1024):\n"  # 200 MB
         "        sys.stdout.write(line)\n"
         "print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
-        lab_extra='max_log = "1MB"',
+        lab={"max_log": "1MB"},
     )
     assert run_cli("run", str(lab), "--trials", "1").returncode == 0
     trial = _trials(lab)[-1]
@@ -232,7 +224,7 @@ def test_gigabytes_of_output_are_capped_and_the_metric_still_read(tmp_path: Path
 
 
 def test_min_delta_and_confirm_runs(tmp_path: Path) -> None:
-    lab = _lab_with(tmp_path, TOY_SCRIPT, lab_extra="confirm_runs = 2")
+    lab = make_lab(tmp_path / "lab", lab={"confirm_runs": 2})
     assert run_cli("run", str(lab), "--trials", "6").returncode == 0
     for t in _trials(lab):
         metrics = json.loads(str(t["metrics"]))
@@ -240,7 +232,7 @@ def test_min_delta_and_confirm_runs(tmp_path: Path) -> None:
             assert len(metrics) == 3  # measured, then confirmed twice
         if t["status"] == "discarded":
             assert len(metrics) in (1, 2, 3)
-    huge = make_lab(tmp_path / "b", lab_extra="min_delta = 1000")
+    huge = make_lab(tmp_path / "b", lab={"min_delta": 1000})
     assert run_cli("run", str(huge), "--trials", "3").returncode == 0
     assert {t["status"] for t in _trials(huge) if t["agent"] != "baseline"} == {"discarded"}
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import html
 import io
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,7 @@ import pandas as pd
 from overnight.org import load_org
 from overnight.store import open_store, store_url
 from overnight.web import Access, CommandCenter, Sources, serving
-from tests.helpers.labs import TOY_CONFIG, git, make_lab
+from tests.helpers.labs import git, make_lab
 from tests.helpers.processes import run_cli
 
 # A toy whose memory (as a GPU run would print it) grows with Y, and which also prints a
@@ -30,10 +29,6 @@ print("unrecorded: 7")
 """
 
 
-def config(lab_extra: str) -> str:
-    return TOY_CONFIG.format(python=sys.executable, parallel=1, agents=1, lab_extra=lab_extra)
-
-
 def tsv(lab: Path) -> pd.DataFrame:
     result = run_cli("ledger", str(lab), "--tsv")
     assert result.returncode == 0, result.stderr
@@ -46,7 +41,7 @@ def test_recorded_values_reach_the_ledger_the_web_page_and_the_report(tmp_path: 
     lab = make_lab(
         tmp_path / "lab",
         script=worst_first,
-        config=config('record = ["peak_vram_mb", "tok_per_s"]'),
+        lab={"record": ["peak_vram_mb", "tok_per_s"]},
     )
     ran = run_cli("run", str(lab), "--trials", "2", "--no-ui")
     assert ran.returncode == 0, ran.stdout + ran.stderr
@@ -91,9 +86,10 @@ def test_a_trial_that_breaks_a_constraint_is_discarded_saying_which(tmp_path: Pa
     lab = make_lab(
         tmp_path / "lab",
         script=SCRIPT.replace("1000 + 100 * Y", "2000 + 0 * Y"),
-        config=config(
-            'record = ["peak_vram_mb"]\nconstraints = ["peak_vram_mb <= 1900", "memory_gb < 64"]'
-        ),
+        lab={
+            "record": ["peak_vram_mb"],
+            "constraints": ["peak_vram_mb <= 1900", "memory_gb < 64"],
+        },
     )
     ran = run_cli("run", str(lab), "--trials", "2", "--no-ui")
     assert ran.returncode == 0, ran.stdout + ran.stderr
@@ -132,7 +128,7 @@ def _page(lab: Path, tmp_path: Path, path: str) -> str:
 def test_a_constraint_on_a_value_the_run_does_not_print_discards_it(tmp_path: Path) -> None:
     lab = make_lab(
         tmp_path / "lab",
-        config=config('record = ["loss_spikes"]\nconstraints = ["loss_spikes < 3"]'),
+        lab={"record": ["loss_spikes"], "constraints": ["loss_spikes < 3"]},
     )
     assert run_cli("run", str(lab), "--trials", "1", "--no-ui").returncode == 0
     df = tsv(lab)

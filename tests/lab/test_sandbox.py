@@ -28,7 +28,14 @@ from overnight.records import Trial
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
-from tests.helpers.labs import make_lab
+from tests.helpers.labs import (
+    TOY_KNOBS,
+    claude_agent,
+    fake_anthropic,
+    fake_openai,
+    llm_agent,
+    make_lab,
+)
 from tests.helpers.processes import OVERNIGHT, run_cli
 
 pytestmark = pytest.mark.skipif(bwrap_problem() is not None, reason=f"{bwrap_problem()}")
@@ -69,35 +76,6 @@ if X != 0.5:
 print(f"score: {{(X - 3) ** 2 + (Y - 1) ** 2}}")
 """
 
-CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "30s"
-grace = "5s"
-{lab_extra}
-
-[[agents]]
-name = "coder"
-runtime = "llm"
-model = "smart"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "primary"
-protocol = "openai"
-base_url = "{url}/v1"
-credentials = [{{ name = "main", env = "FAKE_OPENAI_KEY" }}]
-
-[gateway.models]
-smart = ["primary/gpt-fake-1"]
-"""
-
 CRASH = """\
 DESCRIPTION: move X to 3
 exp.py
@@ -127,16 +105,22 @@ def _trials(lab: Path) -> list[Trial]:
         store.close()
 
 
-def _hostile_lab(tmp_path: Path, fake: FakeProvider, lab_extra: str) -> tuple[Path, Path]:
+def _hostile_lab(tmp_path: Path, fake: FakeProvider, **fields: object) -> tuple[Path, Path]:
+    """A lab (with `fields` in its [lab]) whose llm agent's changes run HOSTILE."""
     cache = tmp_path / "cache"
     cache.mkdir()
     script = HOSTILE.format(
         audit_key=os.environ["OVERNIGHT_AUDIT_KEY"], port=fake.port, cache=str(cache)
     )
-    config = CONFIG.format(
-        python=sys.executable, url=fake.url, lab_extra=lab_extra.format(cache=cache)
+    lab = make_lab(
+        tmp_path / "lab",
+        script=script,
+        lab={"budget": "30s", **fields},
+        knobs=(),
+        agents=[llm_agent()],
+        gateway=fake_openai(fake.url, key_env="FAKE_OPENAI_KEY"),
     )
-    return make_lab(tmp_path / "lab", script=script, config=config), cache
+    return lab, cache
 
 
 def _everything_written(lab: Path, fake: FakeProvider) -> bytes:
@@ -162,7 +146,7 @@ def test_a_sandboxed_experiment_reaches_no_secret(tmp_path: Path, fake: FakeProv
     fake.enqueue(Reply(text=CRASH), Reply(text=SECOND))
     # an upstream that echoes the key it was sent in an error: the attempt's record
     fake.fault("status", code=529, message=f"overloaded (key {secret})", times=1)
-    lab, cache = _hostile_lab(tmp_path, fake, 'network = false\nwritable = ["{cache}"]')
+    lab, cache = _hostile_lab(tmp_path, fake, network=False, writable=[str(tmp_path / "cache")])
     done = run_cli("run", str(lab), "--trials", "2", env={"FAKE_OPENAI_KEY": secret})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no sandbox" not in done.stderr
@@ -200,7 +184,7 @@ def test_without_a_sandbox_a_leaked_secret_is_redacted_everywhere(
 ) -> None:
     secret = f"sk-upstream-{uuid.uuid4().hex}"
     fake.enqueue(Reply(text=CRASH), Reply(text=SECOND))
-    lab, _cache = _hostile_lab(tmp_path, fake, 'sandbox = "none"')
+    lab, _cache = _hostile_lab(tmp_path, fake, sandbox="none")
     done = run_cli("run", str(lab), "--trials", "2", env={"FAKE_OPENAI_KEY": secret})
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -220,24 +204,6 @@ def test_without_a_sandbox_a_leaked_secret_is_redacted_everywhere(
     assert "[redacted]" in json.dumps(fake.requests[-1]["body"])  # the prompt
 
 
-BUDGET_CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "2s"
-grace = "1s"
-{lab_extra}
-
-[[knobs]]
-name = "X"
-file = "exp.py"
-low = -5
-high = 5
-"""
-
 SLOW = """\
 import os, sys, time
 X = 0.5
@@ -255,7 +221,9 @@ def test_a_budget_holds_when_overnight_is_killed(tmp_path: Path, sandbox: str) -
     lab = make_lab(
         tmp_path / "lab",
         script=SLOW,
-        config=BUDGET_CONFIG.format(python=sys.executable, lab_extra=f'sandbox = "{sandbox}"'),
+        lab={"budget": "2s", "grace": "1s", "sandbox": sandbox},
+        knobs=TOY_KNOBS[:1],
+        agents=(),
     )
     proc = subprocess.Popen(
         [*OVERNIGHT, "run", str(lab), "--no-ui"],
@@ -311,7 +279,7 @@ def test_a_sandbox_that_cannot_run_is_said_in_one_line_or_refused_when_asked_for
     (warning,) = [line for line in done.stderr.splitlines() if "no sandbox" in line]
     assert "OVERNIGHT_BWRAP" in warning and 'sandbox = "none"' in warning
 
-    strict = make_lab(tmp_path / "strict", lab_extra='sandbox = "bwrap"')
+    strict = make_lab(tmp_path / "strict", lab={"sandbox": "bwrap"})
     refused = run_cli("run", str(strict), "--trials", "1", "--no-ui", env=no_bwrap)
     assert refused.returncode == 2
     assert "overnight.toml" in refused.stderr and "lab.sandbox" in refused.stderr
@@ -334,7 +302,7 @@ print("score: 1")
 """
     try:
         for network, expected in (("true", "reached: yes"), ("false", "reached: no")):
-            lab = make_lab(tmp_path / network, script=script, lab_extra=f"network = {network}")
+            lab = make_lab(tmp_path / network, script=script, lab={"network": network == "true"})
             done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
             assert done.returncode == 0, done.stderr
             (baseline, *_rest) = _trials(lab)
@@ -342,46 +310,6 @@ print("score: 1")
     finally:
         server.close()
 
-
-AGENT_CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-
-[[knobs]]
-name = "X"
-file = "exp.py"
-low = -5
-high = 5
-
-[[agents]]
-name = "claude"
-runtime = "claude-code"
-model = "lab-model"
-
-[[agents]]
-name = "tuner"
-runtime = "optuna"
-
-[governance]
-defaults = false  # no policy in the way: the walls alone must hold
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "fake"
-protocol = "anthropic"
-base_url = "{url}"
-credentials = [{{ name = "main", env = "FAKE_KEY" }}]
-
-[gateway.models]
-lab-model = ["fake/claude-fake-1"]
-"""
 
 PROBES = [
     "env | sort",
@@ -402,7 +330,11 @@ def test_a_sandboxed_claude_code_agent_reaches_no_secret(tmp_path: Path) -> None
     ] + [Reply(text="Done.")]
     with FakeProvider("anthropic", script=script, mode="conversation") as fake:
         lab = make_lab(
-            tmp_path / "lab", config=AGENT_CONFIG.format(python=sys.executable, url=fake.url)
+            tmp_path / "lab",
+            knobs=TOY_KNOBS[:1],
+            agents=[claude_agent(), {"name": "tuner", "runtime": "optuna"}],
+            governance={"defaults": False},  # no policy in the way: the walls alone must hold
+            gateway=fake_anthropic(fake.url),
         )
         home = tmp_path / "home"
         home.mkdir()
@@ -447,7 +379,12 @@ def test_a_lab_run_by_an_interpreter_under_tmp_still_finds_it(tmp_path: Path) ->
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    lab = make_lab(tmp_path / "lab", config=BUDGET_CONFIG.format(python=python, lab_extra=""))
+    lab = make_lab(
+        tmp_path / "lab",
+        lab={"run": f"{python} exp.py", "budget": "2s", "grace": "1s"},
+        knobs=TOY_KNOBS[:1],
+        agents=(),
+    )
     (lab / "exp.py").write_text("X = 0.5\nprint('score: 1')\n")
     subprocess.run(["git", "commit", "-qam", "quick"], cwd=lab, check=True,
                    env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",

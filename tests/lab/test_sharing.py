@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -22,8 +21,8 @@ from overnight.records import Event, Trial
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
-from tests.helpers.clis import claude_cli
-from tests.helpers.labs import TOY_SCRIPT, git, make_lab
+from tests.helpers.agents import claude_lab
+from tests.helpers.labs import TOY_KNOBS, git, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
 
 BASINS = """\
@@ -151,52 +150,6 @@ def test_with_share_none_each_agent_ratchets_alone(tmp_path: Path) -> None:
                 assert t.parent_commit in own | {base}, t
 
 
-CLAUDE_AND_OPTUNA = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-patience = 2
-
-[[knobs]]
-name = "X"
-file = "exp.py"
-low = -5
-high = 5
-
-[[knobs]]
-name = "Y"
-file = "exp.py"
-low = -5
-high = 5
-int = true
-
-[[agents]]
-name = "claude"
-runtime = "claude-code"
-model = "lab-model"
-idle_after = "1s"
-
-[[agents]]
-name = "tuner"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "fake"
-protocol = "anthropic"
-base_url = "{url}"
-credentials = [{{ name = "main", env = "FAKE_KEY" }}]
-
-[gateway.models]
-lab-model = ["fake/claude-fake-1"]
-"""
-
-
 def bad_try(n: int) -> Reply:
     """A change that makes the score far worse than anything the tuner keeps."""
     command = f"sed -i 's/^X = .*/X = -5/; s/^Y = .*/Y = -5/' exp.py && overnight try 'far {n}'"
@@ -209,16 +162,15 @@ def test_a_claude_code_agent_moves_at_its_overnight_try_and_hears_of_it(tmp_path
     `overnight try`, whose output says so, and its next message says so again."""
     script = [bad_try(1), bad_try(2), bad_try(3), bad_try(4), Reply(text="Done for now.")]
     with FakeProvider("anthropic", script=script, mode="conversation") as fake:
-        config = CLAUDE_AND_OPTUNA.format(python=sys.executable, url=fake.url)
-        lab = make_lab(tmp_path / "lab", script=TOY_SCRIPT, config=config)
-        home = tmp_path / "home"
-        home.mkdir()
-        env = {
-            **os.environ,
-            "HOME": str(home),
-            "FAKE_KEY": "sk-fake",
-            "OVERNIGHT_CLAUDE": str(claude_cli()),
-        }
+        lab, env = claude_lab(
+            tmp_path,
+            fake,
+            lab={"patience": 2},
+            knobs=TOY_KNOBS,
+            others=[{"name": "tuner"}],
+            idle_after="1s",
+            nudge=None,
+        )
         with subprocess.Popen(
             [*OVERNIGHT, "run", str(lab), "--no-ui"],
             env=env,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from overnight.records import Event
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from overnight.web import Access, CommandCenter, Sources, serving
-from tests.helpers.clis import claude_cli
+from tests.helpers.agents import claude_lab
 from tests.helpers.labs import git, make_lab
 from tests.helpers.processes import run_cli
 
@@ -60,7 +59,7 @@ def finished(lab: Path) -> int:
 
 def test_a_run_that_reaches_its_target_stops_and_says_so(tmp_path: Path) -> None:
     # the baseline scores 22.25; anything at or below 15 reaches the target
-    lab = make_lab(tmp_path / "lab", lab_extra="\n[lab.stop]\ntarget = 15")
+    lab = make_lab(tmp_path / "lab", lab={"stop": {"target": 15}})
     done = run_cli("run", str(lab), "--trials", "100", "--no-ui")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "stopped by target = 15: the lab's best score" in done.stdout
@@ -83,7 +82,7 @@ def test_a_run_that_reaches_its_target_stops_and_says_so(tmp_path: Path) -> None
 
 
 def test_a_plateau_of_trials_stops_the_run(tmp_path: Path) -> None:
-    lab = make_lab(tmp_path / "lab", script=FLAT, lab_extra='\n[lab.stop]\nplateau = "4 trials"')
+    lab = make_lab(tmp_path / "lab", script=FLAT, lab={"stop": {"plateau": "4 trials"}})
     done = run_cli("run", str(lab), "--trials", "50", "--no-ui")
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'stopped by plateau = "4 trials": no new lab best in 4 trials' in done.stdout
@@ -100,7 +99,7 @@ def test_a_plateau_of_trials_stops_the_run(tmp_path: Path) -> None:
 
 
 def test_a_plateau_of_time_stops_the_run(tmp_path: Path) -> None:
-    lab = make_lab(tmp_path / "lab", script=FLAT, lab_extra='\n[lab.stop]\nplateau = "2s"')
+    lab = make_lab(tmp_path / "lab", script=FLAT, lab={"stop": {"plateau": "2s"}})
     done = run_cli("run", str(lab), "--trials", "1000", "--no-ui")
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'stopped by plateau = "2s": no new lab best for ' in done.stdout
@@ -110,7 +109,10 @@ def test_a_plateau_of_time_stops_the_run(tmp_path: Path) -> None:
 
 def test_agents_that_keep_crashing_are_paused_and_then_the_run_stops(tmp_path: Path) -> None:
     lab = make_lab(
-        tmp_path / "lab", script=CRASHY, agents=2, lab_extra="\n[lab.stop]\ncrash_streak = 3"
+        tmp_path / "lab",
+        script=CRASHY,
+        lab={"stop": {"crash_streak": 3}},
+        agents=[{"name": "t", "count": 2}],
     )
     done = run_cli("run", str(lab), "--trials", "50", "--no-ui")
     assert done.returncode == 4, done.stdout + done.stderr  # the run could not go on
@@ -138,7 +140,7 @@ def test_without_stop_rules_the_summary_names_trials(tmp_path: Path) -> None:
 
 
 def test_the_command_center_names_the_rule_that_stopped_the_run(tmp_path: Path) -> None:
-    lab = make_lab(tmp_path / "lab", script=FLAT, lab_extra='\n[lab.stop]\nplateau = "2 trials"')
+    lab = make_lab(tmp_path / "lab", script=FLAT, lab={"stop": {"plateau": "2 trials"}})
     assert run_cli("run", str(lab), "--trials", "9", "--no-ui").returncode == 0
     store = open_store(store_url(lab))
     try:
@@ -157,36 +159,6 @@ def test_the_command_center_names_the_rule_that_stopped_the_run(tmp_path: Path) 
     assert "plateau = &#34;2 trials&#34;: no new lab best in 2 trials" in page
 
 
-CLAUDE = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-
-[lab.stop]
-crash_streak = 2
-
-[[agents]]
-name = "claude"
-runtime = "claude-code"
-model = "lab-model"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "fake"
-protocol = "anthropic"
-base_url = "{url}"
-credentials = [{{ name = "main", env = "FAKE_KEY" }}]
-
-[gateway.models]
-lab-model = ["fake/claude-fake-1"]
-"""
-
-
 def crashing_try(n: int) -> Reply:
     command = f"sed -i 's/^X = .*/X = {n}/' exp.py && overnight try 'X = {n}'"
     return Reply(tool_calls=[ToolCall("Bash", {"command": command, "description": "try"})])
@@ -198,14 +170,14 @@ def test_a_claude_code_agent_that_keeps_crashing_is_paused_and_the_run_stops(
 ) -> None:
     script = [crashing_try(1), crashing_try(2), crashing_try(3), Reply(text="Done.")]
     with FakeProvider("anthropic", script=script, mode="conversation") as fake:
-        lab = make_lab(
-            tmp_path / "lab",
+        lab, env = claude_lab(
+            tmp_path,
+            fake,
             script=CRASHY,
-            config=CLAUDE.format(python=sys.executable, url=fake.url),
+            lab={"protected": None, "stop": {"crash_streak": 2}},
+            idle_after=None,
+            nudge=None,
         )
-        (tmp_path / "home").mkdir()
-        env = {"HOME": str(tmp_path / "home"), "FAKE_KEY": "sk-fake"}
-        env["OVERNIGHT_CLAUDE"] = str(claude_cli())
         done = run_cli("run", str(lab), "--no-ui", env=env, timeout=180)
     assert done.returncode == 4, done.stdout + done.stderr
     assert "stopped by crash_streak = 2: every agent was paused" in done.stdout

@@ -10,7 +10,6 @@ round trip from a reply to the edited file.
 from __future__ import annotations
 
 import re
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,36 +30,8 @@ from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.helpers.gateway import gateway, upstream
-from tests.helpers.labs import make_lab
+from tests.helpers.labs import fake_openai, llm_agent, make_lab
 from tests.helpers.processes import run_cli
-
-CONFIG = """\
-[lab]
-name = "toy"
-editable = ["exp.py"]
-protected = ["judge.py"]
-run = "{python} exp.py"
-metric = "score"
-budget = "20s"
-grace = "5s"
-
-[[agents]]
-name = "coder"
-runtime = "llm"
-model = "smart"
-
-[gateway]
-port = 0
-
-[[gateway.upstreams]]
-name = "primary"
-protocol = "openai"
-base_url = "{url}/v1"
-credentials = [{{ name = "main", env = "FAKE_OPENAI_KEY" }}]
-
-[gateway.models]
-smart = ["primary/gpt-fake-1"]
-"""
 
 ENV = {"FAKE_OPENAI_KEY": "sk-upstream"}
 GOOD = render("move X to 3", [Edit("exp.py", "X = 0.5\n", "X = 3\n")])  # score 22.25 -> 16
@@ -74,7 +45,12 @@ def fake() -> Iterator[FakeProvider]:
 
 
 def _lab(tmp_path: Path, fake: FakeProvider) -> Path:
-    return make_lab(tmp_path / "lab", config=CONFIG.format(python=sys.executable, url=fake.url))
+    return make_lab(
+        tmp_path / "lab",
+        knobs=(),
+        agents=[llm_agent()],
+        gateway=fake_openai(fake.url, key_env="FAKE_OPENAI_KEY"),
+    )
 
 
 def _run(lab: Path, trials: int) -> None:

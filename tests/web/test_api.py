@@ -14,7 +14,6 @@ import json
 import socket
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,9 +30,8 @@ from overnight.records import Event
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.web import Access, CommandCenter, Sources, serving
-from tests.helpers.labs import make_lab
 from tests.helpers.processes import OVERNIGHT
-from tests.helpers.web import CONFIG, WebLab, web_lab
+from tests.helpers.web import WebLab, toy_lab, web_lab
 
 pytestmark = pytest.mark.usefixtures("front_end_files")
 
@@ -481,7 +479,7 @@ def test_pause_and_resume_an_agent_in_a_terminal(tmp_path: Path) -> None:
 
 
 def test_no_ui_serves_nothing(tmp_path: Path) -> None:
-    root = make_lab(tmp_path / "lab", config=CONFIG.format(python=sys.executable, tuners=2))
+    root = toy_lab(tmp_path / "lab")
     r = subprocess.run(
         [*OVERNIGHT, "run", str(root), "--trials", "2", "--no-ui"],
         capture_output=True, text=True, timeout=120,
@@ -492,7 +490,7 @@ def test_no_ui_serves_nothing(tmp_path: Path) -> None:
 
 
 def test_run_prints_the_url_and_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
-    root = make_lab(tmp_path / "lab", config=CONFIG.format(python=sys.executable, tuners=2))
+    root = toy_lab(tmp_path / "lab")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -514,7 +512,7 @@ def test_run_prints_the_url_and_a_taken_port_is_a_clear_error(tmp_path: Path) ->
 def test_later_views_slot_in_with_the_same_auth_and_nav(tmp_path: Path) -> None:
     """What the approvals inbox and the audit view will use: a router, a nav entry, pages
     in the base template, and public paths for endpoints that check their callers' keys."""
-    root = make_lab(tmp_path / "lab", config=CONFIG.format(python=sys.executable, tuners=2))
+    root = toy_lab(tmp_path / "lab")
     org = load_org(root)
     store = open_store(store_url(root))
     run = store.create_run("r1", "toy", "0" * 40, {}, {})

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shlex
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,51 +29,17 @@ from overnight.governance.approvals import Approvals
 from overnight.records import Approval
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
-from tests.helpers.labs import make_lab
-from tests.helpers.processes import OVERNIGHT
-from tests.helpers.web import CONFIG, SCRIPT, WebLab, shot
+from tests.helpers.web import WebLab, shot, web_lab
 
 pytestmark = pytest.mark.usefixtures("front_end_files")
 
-CAREFUL = """
-[[agents]]
-name = "careful"
-autonomy = "ready"
-"""
+CAREFUL = {"name": "careful", "autonomy": "ready"}
 SHELL = {"kind": "shell", "command": "pip install requests", "agent": "tuner"}
-
-
-@contextlib.contextmanager
-def governed_lab(tmp: Path) -> Iterator[WebLab]:
-    """`overnight up` on the toy lab with a `ready` agent, then Ctrl-C (it must stop cleanly)."""
-    config = CONFIG.format(python=sys.executable, tuners=1) + CAREFUL
-    root = make_lab(tmp / "lab", config=config, script=SCRIPT.format(sleep=0.3))
-    env = {**os.environ, "HOME": str(tmp / "home")}
-    proc = subprocess.Popen(
-        [*OVERNIGHT, "up", str(root)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    url_file = root / ".overnight" / "web.url"
-    try:
-        wait_until(lambda: url_file.is_file() or proc.poll() is not None, timeout=60)
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"overnight up exited {proc.returncode}:\n{out}\n{err}")
-        yield WebLab(root, proc, url_file.read_text().strip(), env)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-    assert proc.returncode == 0, out + err
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebLab]:
-    with governed_lab(tmp_path_factory.mktemp("governed")) as running:
+    with web_lab(tmp_path_factory.mktemp("governed"), tuners=1, others=[CAREFUL]) as running:
         yield running
 
 
