@@ -16,10 +16,10 @@ import pytest
 from overnight.proposers.edits import Edit, render
 from overnight.records import Event, Trial, TrialStatus
 from overnight.sessions import wait_until
-from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.helpers.labs import TOY_KNOBS, fake_openai, llm_agent, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.store import latest_events, latest_trials
 
 TRIALS = 16  # room for the optimizer during the outage, and the llm agent after it
 
@@ -62,14 +62,7 @@ def notes(count: int) -> list[Reply]:
 
 
 def read(lab: Path) -> tuple[list[Trial], list[Event]]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        if run is None:
-            return [], []
-        return store.trials(run.id), store.events(run.id, limit=100000)
-    finally:
-        store.close()
+    return latest_trials(lab), latest_events(lab)
 
 
 def kinds(lab: Path, kind: str) -> list[Event]:

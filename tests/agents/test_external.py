@@ -26,13 +26,13 @@ from tests.helpers.agents import (
     SCRIPT,
     TRY,
     claude_lab,
-    events,
     openai_cli_lab,
     running,
     states,
 )
 from tests.helpers.labs import claude_agent, fake_anthropic, git, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.store import latest_events
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -97,7 +97,7 @@ def test_claude_code_submits_a_trial_goes_idle_and_is_restarted_and_resumed(
     worktree = lab / ".overnight" / "worktrees" / status["run"] / "claude"
     (pid,) = agent_pids(worktree)
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: events(lab, "agent.restarted") != [], timeout=30)
+    wait_until(lambda: latest_events(lab, "agent.restarted") != [], timeout=30)
     wait_until(lambda: states(lab)[-1] == "idle" and len(fake.requests) > requests, timeout=90)
     assert "crashed" in states(lab)
     resumed = fake.requests[-1]["body"]
@@ -157,7 +157,7 @@ def test_codex_submits_a_trial_through_the_responses_api(tmp_path: Path) -> None
     # Codex spoke Responses to the gateway, which a Chat Completions server answered
     assert {r["path"] for r in fake.requests} == {"/v1/chat/completions"}
     store = open_store(store_url(lab))
-    (agent,) = store.agents(events(lab)[0].run_id)
+    (agent,) = store.agents(latest_events(lab)[0].run_id)
     store.close()
     assert agent.session  # Codex's thread id, to resume the conversation after a restart
 
@@ -202,9 +202,9 @@ def test_a_killed_overnight_run_leaves_the_agent_working_and_the_next_one_reatta
         (worktree / "notes.txt").write_text("unsubmitted work in progress\n")
         assert agent_pids(worktree) == [pid]  # the agent outlived it, in its tmux session
         with running(lab, env):
-            wait_until(lambda: events(lab, "agent.reattached") != [], timeout=60)
+            wait_until(lambda: latest_events(lab, "agent.reattached") != [], timeout=60)
             assert agent_pids(worktree) == [pid]  # the same process, not a new one
-            assert events(lab, "agent.started")[1:] == []
+            assert latest_events(lab, "agent.started")[1:] == []
             assert (worktree / "notes.txt").exists()  # its worktree was left alone
         wait_until(lambda: agent_pids(worktree) == [], timeout=30)  # Ctrl-C stops it
 
@@ -219,12 +219,12 @@ def test_codex_pauses_through_a_brownout_and_resumes_after_it(tmp_path: Path) ->
             wait_until(lambda: "paused" in states(lab), timeout=90)
             paused_at = len(fake.requests)
             fake.clear_faults()
-            wait_until(lambda: events(lab, "agent.recovered") != [], timeout=60)
+            wait_until(lambda: latest_events(lab, "agent.recovered") != [], timeout=60)
             # the agent goes on: a new turn reaches the provider after the recovery
             wait_until(lambda: states(lab)[-1] == "working", timeout=60)
             wait_until(lambda: len(fake.requests) > paused_at + 1, timeout=60)
-    (brownout,) = events(lab, "agent.brownout")
-    (recovered,) = events(lab, "agent.recovered")
+    (brownout,) = latest_events(lab, "agent.brownout")
+    (recovered,) = latest_events(lab, "agent.recovered")
     assert brownout.payload["mode"] == "pause" and recovered.payload["trials"] == []
 
 
@@ -244,11 +244,11 @@ def test_aider_edits_and_overnight_submits_its_change(tmp_path: Path) -> None:
 
 def test_an_idle_agent_is_nudged(lab_run: Callable[..., tuple[Path, FakeProvider]]) -> None:
     lab, fake = lab_run(idle_after="1s")
-    wait_until(lambda: events(lab, "agent.nudged") != [], timeout=90)
+    wait_until(lambda: latest_events(lab, "agent.nudged") != [], timeout=90)
     wait_until(
         lambda: any("NUDGE-7" in str(r["body"]["messages"]) for r in fake.requests), timeout=60
     )
-    (nudge, *_) = events(lab, "agent.nudged")
+    (nudge, *_) = latest_events(lab, "agent.nudged")
     assert nudge.agent == "claude" and nudge.payload["message"] == "Keep going: NUDGE-7"
 
 

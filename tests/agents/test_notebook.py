@@ -27,24 +27,15 @@ from tests.helpers.agents import (
     AIDER_EDIT,
     SCRIPT,
     claude_lab,
-    events,
     openai_cli_lab,
     running,
     states,
 )
 from tests.helpers.labs import TOY_KNOBS, make_lab
 from tests.helpers.processes import run_cli
+from tests.helpers.store import latest_events, latest_trials
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
-
-
-def trials(lab: Path) -> list[Trial]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        return [] if run is None else store.trials(run.id)
-    finally:
-        store.close()
 
 
 def text(value: Any) -> str:
@@ -79,7 +70,9 @@ def test_a_claude_code_agent_reads_the_notebook_and_hears_of_another_agents_disc
         )
 
         def heard_of_a_discard() -> bool:
-            discarded = [t for t in trials(lab) if t.agent == "t" and t.status == "discarded"]
+            discarded = [
+                t for t in latest_trials(lab) if t.agent == "t" and t.status == "discarded"
+            ]
             lasts = [text(r["body"]["messages"][-1]) for r in fake.requests[2:]]
             return any(
                 f"#{t.number} t discarded" in m and t.description in m
@@ -115,7 +108,7 @@ def test_a_claude_code_agent_reads_the_notebook_and_hears_of_another_agents_disc
     # a person reads the same notebook, with the run stopped
     person = run_cli("notes", str(lab))
     assert person.returncode == 0, person.stderr
-    done = [t for t in trials(lab) if t.agent == "t" and t.status == "discarded"]
+    done = [t for t in latest_trials(lab) if t.agent == "t" and t.status == "discarded"]
     assert done and f"#{done[-1].number} t discarded score=" in person.stdout
     assert done[-1].description in person.stdout
     # and from the agent's worktree, with no command center to ask: its store, its run
@@ -183,7 +176,7 @@ def test_overnight_notes_shows_kept_trials_first_then_the_newest_within_its_cap(
 
 
 def refreshed(lab: Path) -> list[dict[str, Any]]:
-    return [dict(e.payload) for e in events(lab, "agent.refreshed")]
+    return [dict(e.payload) for e in latest_events(lab, "agent.refreshed")]
 
 
 @needs_tmux
@@ -220,7 +213,7 @@ def test_after_fresh_every_trials_a_new_conversation_opens_with_the_brief(
     assert not any(call in text(new) for call in calls)
     assert "sed -i" not in text(new["messages"])
     brief = text(new["messages"])
-    (kept,) = [t for t in trials(lab) if t.agent == "claude" and t.status == "kept"]
+    (kept,) = [t for t in latest_trials(lab) if t.agent == "claude" and t.status == "kept"]
     assert f"#{kept.number} claude (you) kept score=0 (NEW BEST" in brief
     assert "X=3, Y=1: the optimum" in brief
     assert "-X = 0.5" in brief and "+X = 3" in brief  # the best diff against the run's start

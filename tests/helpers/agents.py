@@ -11,12 +11,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from overnight.records import Event
-from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.helpers.clis import aider_cli, claude_cli, codex_cli
 from tests.helpers.labs import TOY_SCRIPT, claude_agent, fake_anthropic, make_lab
 from tests.helpers.processes import OVERNIGHT
+from tests.helpers.store import latest_events
 
 TRY = "sed -i 's/^X = .*/X = 3/; s/^Y = .*/Y = 1/' exp.py && overnight try 'X=3, Y=1: the optimum'"
 SCRIPT = [
@@ -31,19 +30,9 @@ AIDER_EDIT = (
 )
 
 
-def events(lab: Path, kind: str | None = None) -> list[Event]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        if run is None:
-            return []
-        return [e for e in store.events(run.id, limit=100000) if kind is None or e.kind == kind]
-    finally:
-        store.close()
-
-
 def states(lab: Path) -> list[str]:
-    return [str(e.payload["state"]) for e in events(lab, "agent.state")]
+    """The states the lab's agents went through, in order."""
+    return [str(e.payload["state"]) for e in latest_events(lab, "agent.state")]
 
 
 def claude_lab(

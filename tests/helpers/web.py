@@ -20,11 +20,11 @@ from playwright.sync_api import Page
 
 from overnight.records import Event
 from overnight.sessions import wait_until
-from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider
 from tests.helpers import REPO
 from tests.helpers.labs import TOY_SCRIPT, claude_agent, fake_anthropic, make_lab
 from tests.helpers.processes import OVERNIGHT
+from tests.helpers.store import latest_agents, latest_events
 
 STANDIN = REPO / "benchmarks" / "_standin_claude.py"
 
@@ -73,22 +73,10 @@ class WebLab:
         return page.split(marker, 1)[1].split('"', 1)[0]
 
     def events(self, kind: str | None = None) -> list[Event]:
-        store = open_store(store_url(self.root))
-        try:
-            run = store.latest_run("toy")
-            assert run is not None
-            return [e for e in store.events(run.id, limit=1_000_000) if kind in (None, e.kind)]
-        finally:
-            store.close()
+        return latest_events(self.root, kind)
 
     def state(self, agent: str) -> str:
-        store = open_store(store_url(self.root))
-        try:
-            run = store.latest_run("toy")
-            assert run is not None
-            return next(a.state for a in store.agents(run.id) if a.name == agent)
-        finally:
-            store.close()
+        return next(a.state for a in latest_agents(self.root) if a.name == agent)
 
 
 def standin(directory: Path) -> Path:

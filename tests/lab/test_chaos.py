@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,10 +17,18 @@ import optuna
 from overnight.lab.runner import kill_marked
 from overnight.markers import RUN_MARKER
 from overnight.proposers.optuna import study_name
+from overnight.records import Trial
 from overnight.sessions import wait_until
-from overnight.store import store_url
+from overnight.store import store_exists, store_url
 from tests.helpers.labs import git, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.store import (
+    lab_store,
+    latest_agents,
+    latest_events,
+    latest_run,
+    latest_trials,
+)
 
 KILLS = 12
 FINAL = {"kept", "discarded", "rejected", "crashed", "timed_out", "interrupted"}
@@ -35,22 +42,24 @@ print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
 """
 
 
-def _rows(db_path: Path, sql: str) -> list[dict[str, object]]:
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute(sql)]
-    finally:
-        db.close()
-
-
-def _event_count(db_path: Path) -> int:
-    if not db_path.exists():
+def _event_count(lab: Path) -> int:
+    """How many events the lab's runs have written (none before the first run made the store)."""
+    if not store_exists(store_url(lab)):
         return 0
+    with lab_store(lab) as store:
+        return len(store.lab_events("toy", limit=1_000_000))
+
+
+def _until_written(lab: Path, proc: subprocess.Popen[bytes], target: int) -> None:
+    """Until the lab's runs have written `target` events, or `proc` has exited."""
     try:
-        return int(_rows(db_path, "SELECT count(*) AS n FROM ov_events")[0]["n"])  # type: ignore[call-overload]
-    except sqlite3.OperationalError:
-        return 0  # not created yet
+        wait_until(
+            lambda: _event_count(lab) >= target or proc.poll() is not None,
+            timeout=60,
+            interval=0.005,
+        )
+    except TimeoutError:
+        raise AssertionError("the run made no progress") from None
 
 
 def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
@@ -58,10 +67,9 @@ def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
     lab = make_lab(
         tmp_path / "lab", script=SCRIPT, lab={"parallel": 2}, agents=[{"name": "t", "count": 2}]
     )
-    db = lab / ".overnight" / "overnight.db"
     finished_before: dict[int, tuple[object, ...]] = {}
     for i in range(KILLS):
-        seen = _event_count(db)
+        seen = _event_count(lab)
         proc = subprocess.Popen(
             [*OVERNIGHT, "run", str(lab), "--trials", "50"],
             stdout=subprocess.DEVNULL,
@@ -69,23 +77,18 @@ def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
         )
         # let the run make between 1 and 25 writes, then kill it without warning
         target = seen + rng.randint(1, 25)
-        deadline = time.monotonic() + 60
-        while _event_count(db) < target and proc.poll() is None:
-            assert time.monotonic() < deadline, "the run made no progress"
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.05))
+        _until_written(lab, proc, target)
+        time.sleep(rng.uniform(0, 0.05))  # a random moment: the chaos under test
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read() if proc.stderr else ""
         assert proc.stderr is not None
         proc.stderr.close()
-        trials = _rows(db, "SELECT * FROM ov_trials ORDER BY number")
-        numbers = [t["number"] for t in trials]
+        trials = latest_trials(lab)
+        numbers = [t.number for t in trials]
         assert numbers == list(range(1, len(numbers) + 1)), f"kill {i}: numbering broke"
         # nothing finished before this kill was lost or changed by it
-        now = {
-            int(str(t["number"])): (t["status"], t["metric"], t["candidate_commit"]) for t in trials
-        }
+        now = {t.number: (t.status, t.metric, t.candidate_commit) for t in trials}
         for number, record in finished_before.items():
             assert now[number] == record, f"kill {i}: trial {number} changed after it finished"
         finished_before = {n: r for n, r in now.items() if r[0] in FINAL}
@@ -93,54 +96,44 @@ def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
     # a final, uninterrupted run completes and leaves everything consistent
     result = run_cli("run", str(lab), "--trials", "4")
     assert result.returncode == 0, result.stderr
-    trials = _rows(db, "SELECT * FROM ov_trials ORDER BY number")
-    assert all(t["status"] in FINAL for t in trials)
-    assert sum(1 for t in trials if t["status"] == "interrupted") >= 1, "no kill landed mid-trial"
-    by_number = {t["number"]: t for t in trials}
-    retried = [t for t in trials if t["requeued_from"] is not None]
+    trials = latest_trials(lab)
+    assert all(t.status in FINAL for t in trials)
+    assert sum(1 for t in trials if t.status == "interrupted") >= 1, "no kill landed mid-trial"
+    by_number = {t.number: t for t in trials}
+    retried = [t for t in trials if t.requeued_from is not None]
     for t in retried:
-        original = by_number[t["requeued_from"]]
-        assert original["status"] == "interrupted"
-        assert t["agent"] == original["agent"], "a re-queued proposal ran for another agent"
-        assert (
-            json.loads(str(t["proposal"]))["params"]
-            == json.loads(str(original["proposal"]))["params"]
-        )
-    assert len({t["requeued_from"] for t in retried}) == len(retried), "a trial was re-queued twice"
-    moves = _rows(
-        db,
-        "SELECT id, kind, agent, trial, payload FROM ov_events"
-        " WHERE kind IN ('trial.kept', 'agent.adopted') ORDER BY id",
-    )
-    for agent in _rows(db, "SELECT * FROM ov_agents"):
-        kept = [t for t in trials if t["agent"] == agent["name"] and t["status"] == "kept"]
+        assert t.requeued_from is not None
+        original = by_number[t.requeued_from]
+        assert original.status == "interrupted"
+        assert t.agent == original.agent, "a re-queued proposal ran for another agent"
+        assert t.proposal["params"] == original.proposal["params"]
+    assert len({t.requeued_from for t in retried}) == len(retried), "a trial was re-queued twice"
+    moves = [e for e in latest_events(lab) if e.kind in ("trial.kept", "agent.adopted")]
+    for agent in latest_agents(lab):
+        kept = [t for t in trials if t.agent == agent.name and t.status == "kept"]
         # its best is where it last moved: its own latest keep, or the lab's best it adopted
-        mine = [m for m in moves if m["agent"] == agent["name"]]
+        mine = [m for m in moves if m.agent == agent.name]
         if mine:
             last = mine[-1]
             expected = (
-                json.loads(str(last["payload"]))["to_commit"]
-                if last["kind"] == "agent.adopted"
-                else by_number[last["trial"]]["candidate_commit"]
+                last.payload["to_commit"]
+                if last.kind == "agent.adopted"
+                else by_number[last.trial or 0].candidate_commit
             )
-            assert agent["best_commit"] == expected
+            assert agent.best_commit == expected
         if kept:
-            metrics = [t["metric"] for t in kept]
-            assert metrics == sorted(metrics, reverse=True)  # type: ignore[type-var]
-        assert (
-            git(lab, "rev-parse", f"refs/heads/{agent['branch']}").strip() == agent["best_commit"]
-        )
-        worktree = Path(str(agent["worktree"]))
-        assert git(worktree, "rev-parse", "HEAD").strip() == agent["best_commit"]
+            metrics = [t.metric or 0.0 for t in kept]
+            assert metrics == sorted(metrics, reverse=True)
+        assert git(lab, "rev-parse", f"refs/heads/{agent.branch}").strip() == agent.best_commit
+        worktree = Path(agent.worktree)
+        assert git(worktree, "rev-parse", "HEAD").strip() == agent.best_commit
         assert git(worktree, "status", "--porcelain") == ""
     # the Optuna study heard about every measured trial exactly once
-    run_id = str(trials[0]["run_id"])
+    run_id = trials[0].run_id
     study = optuna.load_study(study_name=study_name(run_id), storage=store_url(lab))
     told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    measured = [
-        t for t in trials if t["status"] in ("kept", "discarded") and t["agent"] != "baseline"
-    ]
-    proposals = [(t["number"], json.loads(str(t["proposal"]))) for t in measured]
+    measured = [t for t in trials if t.status in ("kept", "discarded") and t.agent != "baseline"]
+    proposals = [(t.number, t.proposal) for t in measured]
     asked = [t for t in told if not set(t.user_attrs) & {"overnight_baseline", "overnight_trial"}]
     assert sorted(t.number for t in asked) == sorted(
         p["optuna_trial"] for _n, p in proposals if "optuna_trial" in p
@@ -193,27 +186,26 @@ def test_a_trial_killed_mid_run_is_shown_and_retried_once_by_its_own_agent(
         lab={"parallel": 3},
         agents=[{"name": "t", "count": 3}],
     )
-    db = lab / ".overnight" / "overnight.db"
 
     def running(agent: str, requeued_from: int | None = None) -> int | None:
         """The number of `agent`'s trial the store has as running (a retry of one), if any."""
-        try:
-            rows = _rows(db, "SELECT * FROM ov_trials WHERE status = 'running'")
-        except sqlite3.OperationalError:
-            return None  # not created yet
-        for t in rows:
-            if t["agent"] == agent and (requeued_from in (None, t["requeued_from"])):
-                return int(str(t["number"]))
+        for t in latest_trials(lab):
+            if (
+                t.status == "running"
+                and t.agent == agent
+                and requeued_from in (None, t.requeued_from)
+            ):
+                return t.number
         return None
 
-    def retries(number: int) -> list[dict[str, object]]:
-        return _rows(db, f"SELECT * FROM ov_trials WHERE requeued_from = {number}")
+    def retries(number: int) -> list[Trial]:
+        return [t for t in latest_trials(lab) if t.requeued_from == number]
 
     def kill_when_running(log: str, requeued_from: int | None = None) -> int:
         with _overnight_run(lab, tmp_path / log) as proc:
             if requeued_from is not None:
                 wait_until(lambda: retries(requeued_from) or proc.poll() is not None, timeout=60)
-                assert [t["agent"] for t in retries(requeued_from)] == ["t-2"]
+                assert [t.agent for t in retries(requeued_from)] == ["t-2"]
             wait_until(
                 lambda: running("t-2", requeued_from) is not None or proc.poll() is not None,
                 timeout=120,
@@ -256,16 +248,16 @@ def test_a_trial_killed_mid_run_is_shown_and_retried_once_by_its_own_agent(
         hold.unlink()
         result = run_cli("run", str(lab), "--trials", "4", "--no-ui")
         assert result.returncode == 0, result.stderr
-        trials = _rows(db, "SELECT * FROM ov_trials ORDER BY number")
-        by_number = {t["number"]: t for t in trials}
-        assert by_number[first]["status"] == by_number[retry]["status"] == "interrupted"
-        assert not [t for t in trials if t["requeued_from"] == retry]
+        trials = latest_trials(lab)
+        by_number = {t.number: t for t in trials}
+        assert by_number[first].status == by_number[retry].status == "interrupted"
+        assert not [t for t in trials if t.requeued_from == retry]
         for t in trials:
-            if t["requeued_from"] is not None:
-                assert t["agent"] == by_number[t["requeued_from"]]["agent"], t["number"]
+            if t.requeued_from is not None:
+                assert t.agent == by_number[t.requeued_from].agent, t.number
         assert "stopped:" not in run_cli("status", str(lab)).stdout
     finally:
         hold.unlink(missing_ok=True)  # a held experiment left by a kill ends by itself
-        with contextlib.suppress(sqlite3.OperationalError):
-            for run in _rows(db, "SELECT id FROM ov_runs"):
-                kill_marked(RUN_MARKER, str(run["id"]))
+        run = latest_run(lab)  # (the test's only run)
+        if run is not None:
+            kill_marked(RUN_MARKER, run.id)

@@ -17,9 +17,9 @@ import pytest
 from overnight.lab.disk import TrialLogs
 from overnight.records import Event, Trial
 from overnight.sessions import wait_until
-from overnight.store import open_store, store_url
 from tests.helpers.labs import git, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.store import latest_events, latest_trials
 
 LOUD = """\
 import sys
@@ -36,14 +36,7 @@ TRIMMED = "bytes dropped here to keep the lab's trial logs under max_logs"
 
 
 def ledger(lab: Path) -> tuple[list[Trial], list[Event]]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        if run is None:
-            return [], []
-        return store.trials(run.id), store.events(run.id, limit=100000)
-    finally:
-        store.close()
+    return latest_trials(lab), latest_events(lab)
 
 
 def kinds(lab: Path) -> list[str]:

@@ -21,6 +21,7 @@ from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.helpers.labs import PYTHON, fake_openai, git, llm_agent, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.store import latest_events, latest_trials
 
 # -- a noisy toy: score = 10 - X + N(0, SIGMA), each run drawing from its own seed ----------
 
@@ -36,13 +37,7 @@ print(f"score: {{10 - X + random.Random(1006 + n).gauss(0, {sigma}):.6f}}")
 
 
 def _store_view(lab: Path) -> tuple[list[Trial], list[Event]]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        assert run is not None
-        return store.trials(run.id), store.events(run.id, limit=100_000)
-    finally:
-        store.close()
+    return latest_trials(lab), latest_events(lab)
 
 
 def _status(lab: Path) -> dict[str, object]:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -15,28 +16,13 @@ from overnight.lab.proposal import Proposal
 from overnight.proposers.optuna import study_name
 from overnight.records import TrialStatus as S
 from overnight.sessions import wait_until
-from overnight.store import open_store, store_url
+from overnight.store import store_url
 from overnight.wiring import Checks
 from tests.helpers.labs import git, make_lab
-from tests.helpers.processes import run_cli
+from tests.helpers.processes import OVERNIGHT, process_gone, run_cli
+from tests.helpers.store import lab_store, latest_agents, latest_trials
 
 FINAL_STATUSES = {"kept", "discarded", "rejected", "crashed", "timed_out", "interrupted"}
-
-
-def _trials(lab: Path) -> list[dict[str, object]]:
-    db = sqlite3.connect(lab / ".overnight" / "overnight.db")
-    db.row_factory = sqlite3.Row
-    rows = [dict(r) for r in db.execute("SELECT * FROM ov_trials ORDER BY number")]
-    db.close()
-    return rows
-
-
-def _agents(lab: Path) -> list[dict[str, object]]:
-    db = sqlite3.connect(lab / ".overnight" / "overnight.db")
-    db.row_factory = sqlite3.Row
-    rows = [dict(r) for r in db.execute("SELECT * FROM ov_agents ORDER BY name")]
-    db.close()
-    return rows
 
 
 def test_run_keeps_only_improvements_and_branches_point_at_the_best(tmp_path: Path) -> None:
@@ -44,26 +30,24 @@ def test_run_keeps_only_improvements_and_branches_point_at_the_best(tmp_path: Pa
     result = run_cli("run", str(lab), "--trials", "8")
     assert result.returncode == 0, result.stderr
     assert "best score" in result.stdout
-    trials = _trials(lab)
-    assert trials[0]["agent"] == "baseline" and trials[0]["metric"] == 22.25
-    assert sum(1 for t in trials if t["agent"] != "baseline") == 8
-    for agent in _agents(lab):
-        mine = [t for t in trials if t["agent"] == agent["name"]]
-        kept = [t["metric"] for t in mine if t["status"] == "kept"]
+    trials = latest_trials(lab)
+    assert trials[0].agent == "baseline" and trials[0].metric == 22.25
+    assert sum(1 for t in trials if t.agent != "baseline") == 8
+    for agent in latest_agents(lab):
+        mine = [t for t in trials if t.agent == agent.name]
+        kept = [t.metric for t in mine if t.status == "kept"]
         # the ratchet only moves to strictly better metrics
         assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept)
         # the branch points at the best commit, and the worktree sits there, clean
-        assert (
-            git(lab, "rev-parse", f"refs/heads/{agent['branch']}").strip() == agent["best_commit"]
-        )
-        worktree = Path(str(agent["worktree"]))
-        assert git(worktree, "rev-parse", "HEAD").strip() == agent["best_commit"]
+        assert git(lab, "rev-parse", f"refs/heads/{agent.branch}").strip() == agent.best_commit
+        worktree = Path(agent.worktree)
+        assert git(worktree, "rev-parse", "HEAD").strip() == agent.best_commit
         assert git(worktree, "status", "--porcelain") == ""
         for t in mine:
-            if t["status"] == "discarded":
+            if t.status == "discarded":
                 # never lost: the discarded change is in the store
-                assert "+X = " in str(t["diff"]) or "+Y = " in str(t["diff"])
-                assert "does not beat the best" in str(t["reason"])
+                assert "+X = " in str(t.diff) or "+Y = " in str(t.diff)
+                assert "does not beat the best" in str(t.reason)
     # the user's own checkout was never touched
     assert git(lab, "status", "--porcelain") == ""
     assert git(lab, "rev-parse", "--abbrev-ref", "HEAD").strip() == "main"
@@ -105,11 +89,11 @@ def test_resume_continues_the_run_and_its_study(tmp_path: Path) -> None:
     assert run_cli("run", str(lab), "--trials", "3").returncode == 0
     second = run_cli("run", str(lab), "--trials", "3")
     assert second.returncode == 0 and "resuming run" in second.stdout
-    trials = _trials(lab)
-    assert [t["number"] for t in trials] == list(range(1, 8))
-    assert len({t["run_id"] for t in trials}) == 1
+    trials = latest_trials(lab)
+    assert [t.number for t in trials] == list(range(1, 8))
+    assert len({t.run_id for t in trials}) == 1
     url = store_url(lab)
-    study = optuna.load_study(study_name=study_name(str(trials[0]["run_id"])), storage=url)
+    study = optuna.load_study(study_name=study_name(trials[0].run_id), storage=url)
     complete = [t for t in study.trials if t.state.is_finished()]
     assert len(complete) == 7  # 6 trials + the seeded baseline, each told exactly once
 
@@ -117,19 +101,23 @@ def test_resume_continues_the_run_and_its_study(tmp_path: Path) -> None:
 def test_new_run_starts_from_head(tmp_path: Path) -> None:
     lab = make_lab(tmp_path / "lab")
     assert run_cli("run", str(lab), "--trials", "1").returncode == 0
+    first = latest_trials(lab)
     assert run_cli("run", str(lab), "--trials", "1", "--new").returncode == 0
-    assert len({t["run_id"] for t in _trials(lab)}) == 2
+    second = latest_trials(lab)
+    assert len({t.run_id for t in first + second}) == 2
+    with lab_store(lab) as store:  # the first run's trials are still on record
+        assert store.trials(first[0].run_id) == first
 
 
 def test_parallel_agents_share_one_study(tmp_path: Path) -> None:
     lab = make_lab(tmp_path / "lab", lab={"parallel": 2}, agents=[{"name": "t", "count": 3}])
     assert run_cli("run", str(lab), "--trials", "9").returncode == 0
-    trials = _trials(lab)
-    by_agent = {t["agent"] for t in trials}
+    trials = latest_trials(lab)
+    by_agent = {t.agent for t in trials}
     assert by_agent == {"baseline", "t-1", "t-2", "t-3"}
-    optuna_numbers = [json.loads(str(t["proposal"])).get("optuna_trial") for t in trials[1:]]
+    optuna_numbers = [t.proposal.get("optuna_trial") for t in trials[1:]]
     assert len(set(optuna_numbers)) == 9  # one study, no point proposed twice by two agents
-    run_id = str(trials[0]["run_id"])
+    run_id = trials[0].run_id
     study = optuna.load_study(study_name=study_name(run_id), storage=store_url(lab))
     assert len(study.trials) == 10
 
@@ -141,9 +129,9 @@ def test_run_that_writes_a_protected_file_is_rejected(tmp_path: Path) -> None:
         "print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
     )
     assert run_cli("run", str(lab), "--trials", "2").returncode == 0
-    rejected = [t for t in _trials(lab) if t["agent"] != "baseline"]
-    assert {t["status"] for t in rejected} == {"rejected"}
-    assert all("protected file(s) modified: judge.py" in str(t["reason"]) for t in rejected)
+    rejected = [t for t in latest_trials(lab) if t.agent != "baseline"]
+    assert {t.status for t in rejected} == {"rejected"}
+    assert all("protected file(s) modified: judge.py" in str(t.reason) for t in rejected)
 
 
 def test_trial_without_a_metric_line_crashes_with_the_log_tail(tmp_path: Path) -> None:
@@ -153,10 +141,10 @@ def test_trial_without_a_metric_line_crashes_with_the_log_tail(tmp_path: Path) -
         "if X == 0.5:\n    print(f'score: {(X-3)**2 + (Y-1)**2}')\n",
     )
     assert run_cli("run", str(lab), "--trials", "2").returncode == 0
-    crashed = [t for t in _trials(lab) if t["agent"] != "baseline"]
-    assert {t["status"] for t in crashed} == {"crashed"}
-    assert all("no `score: <number>` line" in str(t["reason"]) for t in crashed)
-    assert all("giving up" in str(t["log_tail"]) for t in crashed)
+    crashed = [t for t in latest_trials(lab) if t.agent != "baseline"]
+    assert {t.status for t in crashed} == {"crashed"}
+    assert all("no `score: <number>` line" in str(t.reason) for t in crashed)
+    assert all("giving up" in str(t.log_tail) for t in crashed)
 
 
 def test_trial_past_its_budget_is_killed_with_its_children(tmp_path: Path) -> None:
@@ -171,10 +159,10 @@ def test_trial_past_its_budget_is_killed_with_its_children(tmp_path: Path) -> No
     )
     result = run_cli("run", str(lab), "--trials", "1")
     assert result.returncode == 0, result.stderr
-    trial = _trials(lab)[-1]
-    assert trial["status"] == "timed_out"
-    assert 1.5 <= float(str(trial["duration_s"])) < 6
-    assert "killed after 2s" in str(trial["reason"])
+    trial = latest_trials(lab)[-1]
+    assert trial.status == "timed_out"
+    assert 1.5 <= (trial.duration_s or 0) < 6
+    assert "killed after 2s" in str(trial.reason)
     # the whole process group got SIGKILL; the orphaned child dies a moment later
     try:
         wait_until(lambda: not _sleeps_300(), timeout=10)
@@ -215,10 +203,10 @@ def test_gigabytes_of_output_are_capped_and_the_metric_still_read(tmp_path: Path
         lab={"max_log": "1MB"},
     )
     assert run_cli("run", str(lab), "--trials", "1").returncode == 0
-    trial = _trials(lab)[-1]
-    assert trial["status"] in ("kept", "discarded")
-    assert trial["metric"] is not None
-    log = Path(str(trial["log_path"]))
+    trial = latest_trials(lab)[-1]
+    assert trial.status in ("kept", "discarded")
+    assert trial.metric is not None
+    log = Path(trial.log_path or "")
     assert log.stat().st_size < 1_200_000
     assert "bytes dropped here" in log.read_text()
 
@@ -226,15 +214,15 @@ def test_gigabytes_of_output_are_capped_and_the_metric_still_read(tmp_path: Path
 def test_min_delta_and_confirm_runs(tmp_path: Path) -> None:
     lab = make_lab(tmp_path / "lab", lab={"confirm_runs": 2})
     assert run_cli("run", str(lab), "--trials", "6").returncode == 0
-    for t in _trials(lab):
-        metrics = json.loads(str(t["metrics"]))
-        if t["status"] == "kept" and t["agent"] != "baseline":
+    for t in latest_trials(lab):
+        metrics = t.metrics
+        if t.status == "kept" and t.agent != "baseline":
             assert len(metrics) == 3  # measured, then confirmed twice
-        if t["status"] == "discarded":
+        if t.status == "discarded":
             assert len(metrics) in (1, 2, 3)
     huge = make_lab(tmp_path / "b", lab={"min_delta": 1000})
     assert run_cli("run", str(huge), "--trials", "3").returncode == 0
-    assert {t["status"] for t in _trials(huge) if t["agent"] != "baseline"} == {"discarded"}
+    assert {t.status for t in latest_trials(huge) if t.agent != "baseline"} == {"discarded"}
 
 
 def test_proposals_outside_editable_are_rejected_by_the_guard(tmp_path: Path) -> None:
@@ -264,62 +252,47 @@ def test_proposals_outside_editable_are_rejected_by_the_guard(tmp_path: Path) ->
         assert "# rigged" in str(protected.diff)  # rejected, but the attempt is on record
     finally:
         started.close()
-    store = open_store(store_url(lab))
-    assert store.latest_run("toy") is not None
-    store.close()
+    with lab_store(lab) as store:
+        assert store.latest_run("toy") is not None
 
 
 def test_up_runs_as_a_service_until_sigterm(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import time
-
-    from tests.helpers.processes import OVERNIGHT
-
     lab = make_lab(tmp_path / "lab")
     proc = subprocess.Popen(
         [*OVERNIGHT, "up", str(lab)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 60
-    while sum(1 for t in _trials_or_none(lab) if t["status"] in ("kept", "discarded")) < 4:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(
+        lambda: (
+            proc.poll() is not None
+            or sum(1 for t in latest_trials(lab) if t.status in ("kept", "discarded")) >= 4
+        ),
+        timeout=60,
+    )
+    assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "trial    2 t" in out and "stopped" in out
-    left = [(t["number"], t["status"]) for t in _trials(lab) if t["status"] not in FINAL_STATUSES]
+    left = [(t.number, t.status) for t in latest_trials(lab) if t.status not in FINAL_STATUSES]
     assert left == [], f"trials left in flight by a clean stop: {left}\n{out}\n{err}"
 
 
-def _trials_or_none(lab: Path) -> list[dict[str, object]]:
-    try:
-        return _trials(lab)
-    except sqlite3.OperationalError:
-        return []
-
-
 def test_ctrl_c_during_the_baseline_stops_the_experiment_too(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import time
-
-    from tests.helpers.processes import OVERNIGHT, process_gone
-
     lab = make_lab(tmp_path / "lab", script="import time\nX = 0.5\nY = 5\ntime.sleep(120)\n")
     proc = subprocess.Popen(
         [*OVERNIGHT, "run", str(lab)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 60
-    while not [t for t in _trials_or_none(lab) if t["pid"]]:  # the baseline's experiment started
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    pid = int(str(_trials(lab)[0]["pid"]))
+    # the baseline's experiment started
+    wait_until(lambda: proc.poll() is not None or latest_trials(lab)[:1] != [], timeout=60)
+    wait_until(lambda: proc.poll() is not None or latest_trials(lab)[0].pid, timeout=60)
+    assert proc.poll() is None
+    pid = latest_trials(lab)[0].pid
+    assert pid is not None
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, out + err
-    trial = _trials(lab)[0]
-    assert trial["status"] == "interrupted"
+    trial = latest_trials(lab)[0]
+    assert trial.status == "interrupted"
     assert process_gone(pid), "the experiment outlived the run that started it"
 
 

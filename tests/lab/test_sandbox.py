@@ -24,9 +24,7 @@ import pytest
 
 from overnight.lab.runner import find_marked
 from overnight.lab.sandbox import bwrap_problem
-from overnight.records import Trial
 from overnight.sessions import wait_until
-from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.helpers.labs import (
     TOY_KNOBS,
@@ -37,6 +35,7 @@ from tests.helpers.labs import (
     make_lab,
 )
 from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.store import latest_trials
 
 pytestmark = pytest.mark.skipif(bwrap_problem() is not None, reason=f"{bwrap_problem()}")
 
@@ -95,16 +94,6 @@ def fake() -> Iterator[FakeProvider]:
         yield fp
 
 
-def _trials(lab: Path) -> list[Trial]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        assert run is not None
-        return store.trials(run.id)
-    finally:
-        store.close()
-
-
 def _hostile_lab(tmp_path: Path, fake: FakeProvider, **fields: object) -> tuple[Path, Path]:
     """A lab (with `fields` in its [lab]) whose llm agent's changes run HOSTILE."""
     cache = tmp_path / "cache"
@@ -151,7 +140,7 @@ def test_a_sandboxed_experiment_reaches_no_secret(tmp_path: Path, fake: FakeProv
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no sandbox" not in done.stderr
 
-    trials = _trials(lab)
+    trials = latest_trials(lab)
     baseline = trials[0]
     assert baseline.agent == "baseline"
     assert [t.status.value for t in trials].count("crashed") == 1
@@ -188,7 +177,7 @@ def test_without_a_sandbox_a_leaked_secret_is_redacted_everywhere(
     done = run_cli("run", str(lab), "--trials", "2", env={"FAKE_OPENAI_KEY": secret})
     assert done.returncode == 0, done.stdout + done.stderr
 
-    baseline, crashed, _second = _trials(lab)
+    baseline, crashed, _second = latest_trials(lab)
     log = Path(baseline.log_path or "").read_text()
     # its own environment is still the allowlist: the credential is not in it ...
     assert "FAKE_OPENAI_KEY" not in _line(log, "env:")
@@ -305,7 +294,7 @@ print("score: 1")
             lab = make_lab(tmp_path / network, script=script, lab={"network": network == "true"})
             done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
             assert done.returncode == 0, done.stderr
-            (baseline, *_rest) = _trials(lab)
+            (baseline, *_rest) = latest_trials(lab)
             assert expected in Path(baseline.log_path or "").read_text()
     finally:
         server.close()
@@ -392,4 +381,4 @@ def test_a_lab_run_by_an_interpreter_under_tmp_still_finds_it(tmp_path: Path) ->
     done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
     assert done.returncode == 0, done.stdout + done.stderr
     # the baseline measured (not `command not found`, 127), and the trial after it too
-    assert [t.status.value in ("kept", "discarded") for t in _trials(lab)] == [True, True]
+    assert [t.status.value in ("kept", "discarded") for t in latest_trials(lab)] == [True, True]

@@ -24,6 +24,7 @@ from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.helpers.agents import claude_lab
 from tests.helpers.labs import TOY_KNOBS, git, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.store import latest_events, latest_trials
 
 BASINS = """\
 BASIN = "a"
@@ -69,13 +70,7 @@ def basins(tmp_path: Path, share: str = "") -> Path:
 
 
 def ledger(lab: Path, name: str = "basins") -> tuple[list[Trial], list[Event]]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run(name)
-        assert run is not None
-        return store.trials(run.id), store.events(run.id, limit=100_000)
-    finally:
-        store.close()
+    return latest_trials(lab, name), latest_events(lab, name=name)
 
 
 def after(trial: Trial) -> str | None:

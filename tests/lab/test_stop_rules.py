@@ -22,6 +22,7 @@ from overnight.web import Access, CommandCenter, Sources, serving
 from tests.helpers.agents import claude_lab
 from tests.helpers.labs import git, make_lab
 from tests.helpers.processes import run_cli
+from tests.helpers.store import latest_events
 
 FLAT = """\
 X = 0.5
@@ -39,13 +40,7 @@ print(f"score: {X}")
 
 
 def events(lab: Path) -> list[Event]:
-    store = open_store(store_url(lab))
-    try:
-        run = store.latest_run("toy")
-        assert run is not None
-        return store.events(run.id, limit=100_000)
-    finally:
-        store.close()
+    return latest_events(lab)
 
 
 def status(lab: Path) -> tuple[str, dict]:
