@@ -150,10 +150,9 @@ def test_a_second_run_on_the_same_lab_is_refused(tmp_path: Path) -> None:
             [*OVERNIGHT, "run", str(lab)], stdout=subprocess.DEVNULL, stderr=stderr
         )
     try:
-        deadline = time.monotonic() + 30
-        while holder(lab) is None:  # wait until the first run holds the lab
-            assert first.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+        # until the first run holds the lab
+        wait_until(lambda: holder(lab) is not None or first.poll() is not None, timeout=30)
+        assert first.poll() is None, log.read_text()
         _fails(
             run_cli("run", str(lab)),
             2,

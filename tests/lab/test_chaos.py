@@ -179,7 +179,9 @@ def _overnight_run(lab: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
 def test_a_trial_killed_mid_run_is_shown_and_retried_once_by_its_own_agent(
     tmp_path: Path,
 ) -> None:
-    hold = tmp_path / "hold"
+    # in the lab's .git folder: the one place under the test's folder that the experiment's
+    # sandbox shows it (its /tmp is a private one), and not a file of the lab's commits
+    hold = tmp_path / "lab" / ".git" / "hold"
     lab = make_lab(
         tmp_path / "lab",
         script=HELD.format(hold=str(hold)),

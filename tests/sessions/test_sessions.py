@@ -111,9 +111,10 @@ def test_resize(backend: SessionBackend, tmp_path: Path) -> None:
 
 def test_ctrl_c_reaches_the_foreground_job(backend: SessionBackend, tmp_path: Path) -> None:
     s = start_shell(backend, "interrupt", tmp_path)
-    s.send_text('sleep 30; echo "not"-"interrupted"\n')
-    wait_for(s, "sleep 30")
-    time.sleep(0.1)  # let bash hand the terminal to sleep; C-c before that hits bash itself
+    # The job says when it runs, i.e. once bash has handed it the terminal: a C-c before
+    # that would hit bash itself. (The command line as typed shows no "sleeping-42".)
+    s.send_text('sh -c "echo sleeping-$((6*7)); exec sleep 30"; echo "not"-"interrupted"\n')
+    wait_for(s, "sleeping-42")
     s.send_keys("C-c")
     s.send_text("echo after-$((1+1))\n")
     screen = wait_for(s, "after-2", timeout=5)
@@ -165,10 +166,13 @@ def test_subscribe_streams_raw_output(backend: SessionBackend, tmp_path: Path) -
     s = start_shell(backend, "stream", tmp_path)
     with s.subscribe() as sub:
         s.send_text("printf '\\033[1mbold-%s\\033[0m\\n' $((6*7))\n")
-        got = b""
-        deadline = time.monotonic() + 5
-        while b"bold-42" not in got and time.monotonic() < deadline:
-            got += sub.read(timeout=0.5)
+        got = bytearray()
+
+        def arrived() -> bool:
+            got.extend(sub.read(timeout=0.5))
+            return b"bold-42" in got
+
+        wait_until(arrived, timeout=5)
     assert b"\x1b[1mbold-42\x1b[0m" in got  # raw bytes, escapes kept for xterm.js
     assert b"bold-42" in s.log_path.read_bytes()
     assert "bold-42" in s.capture()  # the screen has the text without the escapes

@@ -14,7 +14,6 @@ import json
 import socket
 import stat
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -291,17 +290,18 @@ def ws_connect(
     hostname, port = address.split(":")
     with socket.create_connection((hostname, int(port)), timeout=10) as sock:
         sock.sendall(("\r\n".join(headers) + "\r\n\r\n").encode())
-        data = b""
-        deadline = time.monotonic() + 10
-        while b"\r\n\r\n" not in data and time.monotonic() < deadline:
+        data = bytearray()
+
+        def answered() -> bool:  # the head of the answer, or the connection closed
             chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+            data.extend(chunk)
+            return not chunk or b"\r\n\r\n" in data
+
+        wait_until(answered, timeout=10)
         with contextlib.suppress(OSError):
             sock.settimeout(2)
             data += sock.recv(4096)
-    return int(data.split(b" ", 2)[1]), data
+    return int(data.split(b" ", 2)[1]), bytes(data)
 
 
 def test_the_terminal_websocket_needs_the_cookie_and_this_origin(lab: WebLab) -> None:

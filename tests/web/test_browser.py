@@ -145,7 +145,10 @@ def test_the_grid_shows_every_agent_live_with_its_terminal_mirror(page: Page, la
     shot(page, "grid")
     # the README's picture: the four tiles in one row
     page.set_viewport_size({"width": 1760, "height": 1000})
-    page.wait_for_timeout(500)
+    page.wait_for_function(  # laid out again: the tiles in one row
+        "() => new Set([...document.querySelectorAll('#grid .tile')]"
+        ".map(t => t.getBoundingClientRect().top)).size === 1"
+    )
     bottom = page.eval_on_selector("#grid", "g => g.getBoundingClientRect().bottom")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(
@@ -266,19 +269,21 @@ def test_the_interactive_terminal_runs_a_typed_command(page: Page, lab: WebLab) 
     open_grid(page, lab)
     page.click("#head-claude button:text('terminal')")
     wait_until(lambda: "[overnight]" in terminal_text(page), timeout=20)  # attached to tmux
-    # tmux's own keys: a new window holds a shell in the agent's worktree
+    (session,) = [
+        n for n in tmux(lab, "list-sessions", "-F", "#{session_name}").split() if "claude" in n
+    ]
+    # tmux's own keys: a new window holds a shell in the agent's worktree; what is typed
+    # once tmux shows that window goes to its shell
     page.keyboard.press("Control+b")
     page.keyboard.press("c")
-    page.wait_for_timeout(300)
+    windows = ["list-windows", "-t", f"={session}", "-F", "#{window_index}:#{window_active}"]
+    wait_until(lambda: "1:1" in tmux(lab, *windows).split(), timeout=20)
     page.keyboard.type("echo $((6*7)) $(basename $(pwd))\n")
     wait_until(lambda: "42 claude" in terminal_text(page), timeout=20)
     shot(page, "terminal")
     page.keyboard.type("exit\n")
     # Back to the agent's window, as Ctrl-b & would (tmux's own keys are tmux's to test):
     # the shell's window is killed once the shell has exited, and the page follows.
-    (session,) = [
-        n for n in tmux(lab, "list-sessions", "-F", "#{session_name}").split() if "claude" in n
-    ]
     wait_until(
         lambda: (
             tmux(lab, "display-message", "-p", "-t", f"={session}:1", "#{pane_dead}").strip() == "1"
