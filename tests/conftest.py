@@ -1,12 +1,22 @@
 """Fixtures for every test: a throwaway lab, stores on SQLite and PostgreSQL, the suite's own
-audit key. Helpers that are not fixtures live in tests/helpers/."""
+audit key, each test's own tmux server. Helpers that are not fixtures live in tests/helpers/.
+
+Every process a test starts sees SIGINT at its default disposition, whichever shell started
+the suite: a shell without job control starts a background command with SIGINT ignored, its
+children inherit that, and `overnight run` would then never hear the Ctrl-C a test sends it.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -14,6 +24,7 @@ from sqlalchemy import create_engine, text
 
 from overnight.store import SqlStore, open_store
 from tests.helpers.labs import make_lab
+from tests.helpers.processes import start, stop
 
 # Speed is measured in benchmarks, not asserted in tests: no per-example deadline,
 # which would only make a loaded 2-core CI machine flaky.
@@ -21,6 +32,13 @@ settings.register_profile("overnight", deadline=None, print_blob=True)
 settings.load_profile("overnight")
 
 PG_URL = os.environ.get("OVERNIGHT_TEST_PG", "postgresql://127.0.0.1:5432/test")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An ignored SIGINT is inherited across exec; a handled one is reset to the default
+    # there. Python installs its handler only where SIGINT was not ignored: install it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -34,6 +52,43 @@ def _audit_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("OVERNIGHT_AUDIT_KEY", None)
     else:
         os.environ["OVERNIGHT_AUDIT_KEY"] = before
+
+
+@pytest.fixture(autouse=True)
+def _tmux_server_of_its_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A tmux server per test (TMUX_TMPDIR, inherited by every process the test starts),
+    killed when the test ends, passed or failed: the agents' terminal sessions never outlive
+    their test nor meet another test's, and nothing touches the user's own tmux."""
+    folder = Path(tempfile.mkdtemp(prefix="ovtmux-"))  # short: a socket's path is short
+    monkeypatch.setenv("TMUX_TMPDIR", str(folder))
+    yield
+    tmux = shutil.which("tmux")
+    for socket in folder.glob("tmux-*/*") if tmux else ():
+        subprocess.run(
+            [tmux, "-S", str(socket), "kill-server"], capture_output=True, check=False, timeout=30
+        )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[Any]]]:
+    """Starts processes (tests/helpers/processes.py: `start`) that are stopped when the test
+    ends, passed or failed (`stop`: Ctrl-C first), the last started first."""
+    procs: list[subprocess.Popen[Any]] = []
+
+    def spawn(argv: Sequence[str | Path], **popen: Any) -> subprocess.Popen[Any]:
+        procs.append(start(argv, **popen))
+        return procs[-1]
+
+    yield spawn
+    problems = []
+    for proc in reversed(procs):
+        try:
+            stop(proc)
+        except AssertionError as exc:
+            problems.append(exc)
+    if problems:
+        raise problems[0]
 
 
 @pytest.fixture

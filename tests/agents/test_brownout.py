@@ -18,7 +18,7 @@ from overnight.records import Event, Trial, TrialStatus
 from overnight.sessions import wait_until
 from overnight.testing import FakeProvider, Reply
 from tests.helpers.labs import TOY_KNOBS, fake_openai, llm_agent, make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, started
 from tests.helpers.store import latest_events, latest_trials
 
 TRIALS = 16  # room for the optimizer during the outage, and the llm agent after it
@@ -95,53 +95,44 @@ def test_an_outage_mid_run_pauses_or_optimizes_then_resumes(tmp_path: Path, mode
             },
             files={"notes/seed.txt": "seed\n"},
         )
-        with subprocess.Popen(
+        with started(
             [*OVERNIGHT, "run", str(lab), "--trials", str(TRIALS)],
             env=dict(os.environ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         ) as proc:
-            try:
+            wait_until(
+                lambda: any(t.agent == "coder" and t.status.final for t in read(lab)[0]),
+                timeout=60,
+            )
+            fake.fault("status", code=503, times=None)  # the provider goes down
+            grant(tickets, 1)  # for an llm trial proposed just before the outage, if any
+            wait_until(lambda: kinds(lab, "agent.brownout") != [], timeout=30)
+            if mode == "optimize":  # the optimizer keeps the lab moving meanwhile
+                grant(tickets, 2)
                 wait_until(
-                    lambda: any(t.agent == "coder" and t.status.final for t in read(lab)[0]),
+                    lambda: (
+                        sum("optuna_trial" in t.proposal and t.status.final for t in read(lab)[0])
+                        >= 2
+                    ),
                     timeout=60,
                 )
-                fake.fault("status", code=503, times=None)  # the provider goes down
-                grant(tickets, 1)  # for an llm trial proposed just before the outage, if any
-                wait_until(lambda: kinds(lab, "agent.brownout") != [], timeout=30)
-                if mode == "optimize":  # the optimizer keeps the lab moving meanwhile
-                    grant(tickets, 2)
-                    wait_until(
-                        lambda: (
-                            sum(
-                                "optuna_trial" in t.proposal and t.status.final
-                                for t in read(lab)[0]
-                            )
-                            >= 2
-                        ),
-                        timeout=60,
-                    )
-                else:
-                    wait_until(
-                        lambda: (
-                            [e.payload["state"] for e in kinds(lab, "agent.state")][-1] == "paused"
-                        ),
-                        timeout=10,
-                    )
-                fake.clear_faults()  # and comes back: once its breaker lets a probe through,
-                wait_until(lambda: "open" not in breakers(lab), timeout=30)
-                grant(tickets, 2 * TRIALS)  # the agent's next probe finds it up
-                out, err = proc.communicate(timeout=120)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+            else:
+                wait_until(
+                    lambda: [e.payload["state"] for e in kinds(lab, "agent.state")][-1] == "paused",
+                    timeout=10,
+                )
+            fake.clear_faults()  # and comes back: once its breaker lets a probe through,
+            wait_until(lambda: "open" not in breakers(lab), timeout=30)
+            grant(tickets, 2 * TRIALS)  # the agent's next probe finds it up
+            out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, out + err
 
     trials, events = read(lab)
-    (started,) = [e for e in events if e.kind == "agent.brownout"]
+    (brownout,) = [e for e in events if e.kind == "agent.brownout"]
     (recovered,) = [e for e in events if e.kind == "agent.recovered"]
-    assert started.payload["mode"] == mode and recovered.payload["lasted_s"] > 0
+    assert brownout.payload["mode"] == mode and recovered.payload["lasted_s"] > 0
     during = [t for t in trials if t.number in recovered.payload["trials"]]
     if mode == "optimize":
         assert len(during) >= 2 and all("optuna_trial" in t.proposal for t in during)

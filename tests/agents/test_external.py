@@ -8,6 +8,7 @@ editable file and submits it with `overnight try`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from tests.helpers.agents import (
     states,
 )
 from tests.helpers.labs import claude_agent, fake_anthropic, git, make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, start, started, stop
 from tests.helpers.store import latest_events
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -54,30 +55,32 @@ def agent_pids(worktree: Path) -> list[int]:
 
 @pytest.fixture
 def lab_run(tmp_path: Path) -> Iterator[Callable[..., tuple[Path, FakeProvider]]]:
-    procs: list[subprocess.Popen[str]] = []
-    fakes: list[FakeProvider] = []
+    """Starts `overnight run` on a Claude Code lab; when the test ends, the run is stopped,
+    then its fake provider."""
+    runs: list[subprocess.Popen[str]] = []
+    with contextlib.ExitStack() as fakes:
 
-    def start(idle_after: str = "1h") -> tuple[Path, FakeProvider]:
-        fake = FakeProvider("anthropic", script=SCRIPT, mode="conversation").__enter__()
-        fakes.append(fake)
-        lab, env = claude_lab(tmp_path, fake, idle_after=idle_after)
-        proc = subprocess.Popen(
-            [*OVERNIGHT, "run", str(lab)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-        return lab, fake
+        def run(idle_after: str = "1h") -> tuple[Path, FakeProvider]:
+            fake = fakes.enter_context(
+                FakeProvider("anthropic", script=SCRIPT, mode="conversation")
+            )
+            lab, env = claude_lab(tmp_path, fake, idle_after=idle_after)
+            runs.append(
+                start(
+                    [*OVERNIGHT, "run", str(lab)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            return lab, fake
 
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
-    for fake in fakes:
-        fake.__exit__(None, None, None)
+        try:
+            yield run
+        finally:
+            for proc in runs:
+                stop(proc)
 
 
 def test_claude_code_submits_a_trial_goes_idle_and_is_restarted_and_resumed(
@@ -186,7 +189,7 @@ def test_a_killed_overnight_run_leaves_the_agent_working_and_the_next_one_reatta
 ) -> None:
     with FakeProvider("anthropic", script=SCRIPT, mode="conversation") as fake:
         lab, env = claude_lab(tmp_path, fake)
-        with subprocess.Popen(
+        with started(
             [*OVERNIGHT, "run", str(lab)],
             env=env,
             stdout=subprocess.PIPE,

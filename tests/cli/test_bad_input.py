@@ -12,7 +12,7 @@ from pathlib import Path
 from overnight.lab.lock import holder
 from overnight.sessions import wait_until
 from tests.helpers.labs import git, make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, start, stop
 
 
 def _fails(result: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
@@ -146,9 +146,7 @@ def test_a_second_run_on_the_same_lab_is_refused(tmp_path: Path) -> None:
     )
     log = tmp_path / "first.err"
     with log.open("wb") as stderr:
-        first = subprocess.Popen(
-            [*OVERNIGHT, "run", str(lab)], stdout=subprocess.DEVNULL, stderr=stderr
-        )
+        first = start([*OVERNIGHT, "run", str(lab)], stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         # until the first run holds the lab
         wait_until(lambda: holder(lab) is not None or first.poll() is not None, timeout=30)
@@ -169,8 +167,7 @@ def test_a_second_run_on_the_same_lab_is_refused(tmp_path: Path) -> None:
             # Seen once in CI, not reproduced: ask it where it is stuck (SIGUSR1), then kill it.
             first.send_signal(signal.SIGUSR1)
             wait_until(lambda: b"most recent call first" in log.read_bytes(), timeout=10)
-            first.kill()
-            first.wait()
+            stop(first, first=signal.SIGKILL)
             raise AssertionError(
                 f"`overnight run` did not stop within 30 s of SIGTERM:\n{log.read_text()}"
             ) from None

@@ -18,12 +18,12 @@ import pytest
 
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, Usage
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, start, stop
 
 
 @contextmanager
 def _gateway(lab: Path, env: dict[str, str]) -> Iterator[str]:
-    proc = subprocess.Popen(
+    proc = start(
         [*OVERNIGHT, "gateway", str(lab)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -36,10 +36,7 @@ def _gateway(lab: Path, env: dict[str, str]) -> Iterator[str]:
         assert first.startswith("gateway: http://127.0.0.1:"), first + proc.stderr.read()
         yield first.split("gateway: ")[1].strip()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-        proc.stdout.close()
-        proc.stderr.close()
+        out, err = stop(proc, first=signal.SIGTERM, wait=30)
         assert proc.returncode == 0, err
         assert "gateway stopped" in out
 

@@ -40,15 +40,15 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 
 def test_a_killed_run_leaves_no_store_writer_behind_and_keeps_what_was_metered(
-    tmp_path: Path,
     coder_lab: Callable[[str, float], Path],
+    spawn: Callable[..., subprocess.Popen[str]],
 ) -> None:
     """Killed while an agent is calling through its gateway. The gateway hands each
     attempt to its writer within `StoreSink.FORWARD_EVERY` (10 ms); every answer the
     client had a full second before the kill must be in the store."""
     with FakeProvider("anthropic", api_keys={"sk-upstream"}) as fake:
         lab = coder_lab(fake.url, 100.0)
-        proc = subprocess.Popen(
+        proc = spawn(
             [*OVERNIGHT, "run", str(lab), "--for", "10m"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

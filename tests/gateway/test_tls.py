@@ -7,7 +7,6 @@ from a throwaway CA made by `trustme`; clients are the official SDKs.
 
 from __future__ import annotations
 
-import signal
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from overnight.gateway.server import running_gateway
 from overnight.org.gateway import GatewayConfig
 from overnight.testing.fake_provider import FakeProvider
 from tests.helpers.gateway import HELLO, gateway, upstream
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, started, stop
 
 
 @pytest.fixture(scope="module")
@@ -174,9 +173,7 @@ def test_the_fake_provider_command_serves_https_to_rehearse_with(
     issued.cert_chain_pems[0].write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
     command = [*OVERNIGHT, "fake-provider", "--tls-cert", str(cert), "--tls-key", str(key)]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as fake:
+    with started(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as fake:
         assert fake.stdout is not None
         url = fake.stdout.readline().strip()
         assert url.startswith("https://127.0.0.1:"), url
@@ -190,8 +187,7 @@ def test_the_fake_provider_command_serves_https_to_rehearse_with(
             reply = env.anthropic().messages.create(model="claude", max_tokens=5, messages=HELLO)
             assert reply.content[0].text == "ok"  # type: ignore[union-attr]
         assert [a.outcome for a in env.sink.attempts] == ["ok"]
-        fake.send_signal(signal.SIGINT)
-        _, err = fake.communicate(timeout=10)
+        _, err = stop(fake, wait=10)  # Ctrl-C
     assert fake.returncode == 0, err
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from overnight.governance.audit import (
 from overnight.store import SqlStore, open_store, store_url
 from overnight.testing.store_contract import attempt_row
 from tests.helpers.labs import make_lab
-from tests.helpers.processes import run_cli
+from tests.helpers.processes import run_cli, started
 
 
 def _key(root: Path) -> AuditKey:
@@ -209,11 +210,14 @@ def test_appenders_in_separate_processes_never_fork_the_chain(tmp_path: Path) ->
     key = _key(tmp_path)
     url = f"sqlite:///{tmp_path / 'overnight.db'}"
     open_store(url).close()
-    procs = [
-        subprocess.Popen([sys.executable, "-c", APPENDER, url, str(key.path), f"p{i}"])
-        for i in range(3)
-    ]
-    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    with contextlib.ExitStack() as stack:
+        procs = [
+            stack.enter_context(
+                started([sys.executable, "-c", APPENDER, url, str(key.path), f"p{i}"])
+            )
+            for i in range(3)
+        ]
+        assert [p.wait(120) for p in procs] == [0, 0, 0]
     store = open_store(url)
     verdict = verify(store, "lab", key)
     assert verdict.ok and (verdict.records, verdict.checkpoint) == (180, 180), verdict.summary()

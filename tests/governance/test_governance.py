@@ -24,7 +24,7 @@ from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.helpers.agents import claude_lab, running, states
 from tests.helpers.labs import fake_openai, llm_agent, make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, started
 
 PAYLOAD = {
     "session_id": "s1",
@@ -228,25 +228,21 @@ def test_a_ready_agent_keeps_only_what_a_human_approves(tmp_path: Path) -> None:
             agents=[llm_agent(autonomy="ready")],
             gateway=fake_openai(fake.url),
         )
-        with subprocess.Popen(
+        with started(
             [*OVERNIGHT, "run", str(lab), "--trials", "2"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         ) as proc:
-            try:
-                first = wait_for_approval(lab)
-                wait_until(lambda: run_states(lab)[-1] == "waiting", timeout=30)
-                approved = run_cli("approve", first.id, "-C", str(lab), "--note", "looks right")
-                assert approved.returncode == 0, approved.stderr
-                second = wait_for_approval(lab)
-                assert second.id != first.id
-                denied = run_cli("deny", second.id, "-C", str(lab), "--note", "not Y")
-                assert denied.returncode == 0, denied.stderr
-                out, err = proc.communicate(timeout=120)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+            first = wait_for_approval(lab)
+            wait_until(lambda: run_states(lab)[-1] == "waiting", timeout=30)
+            approved = run_cli("approve", first.id, "-C", str(lab), "--note", "looks right")
+            assert approved.returncode == 0, approved.stderr
+            second = wait_for_approval(lab)
+            assert second.id != first.id
+            denied = run_cli("deny", second.id, "-C", str(lab), "--note", "not Y")
+            assert denied.returncode == 0, denied.stderr
+            out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, out + err
 
     store = open_store(store_url(lab))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.helpers.clis import aider_cli, claude_cli, codex_cli
 from tests.helpers.labs import TOY_SCRIPT, claude_agent, fake_anthropic, make_lab
-from tests.helpers.processes import OVERNIGHT
+from tests.helpers.processes import OVERNIGHT, start, stop
 from tests.helpers.store import latest_events
 
 TRY = "sed -i 's/^X = .*/X = 3/; s/^Y = .*/Y = 1/' exp.py && overnight try 'X=3, Y=1: the optimum'"
@@ -113,17 +112,16 @@ def _home(tmp_path: Path) -> Path:
 @contextlib.contextmanager
 def running(lab: Path, env: dict[str, str], umask: int = -1) -> Iterator[subprocess.Popen[str]]:
     """`overnight run LAB` for the length of the block, then Ctrl-C: it must exit 130."""
-    with subprocess.Popen(
+    proc = start(
         [*OVERNIGHT, "run", str(lab)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         umask=umask,
-    ) as proc:
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=60)
+    )
+    try:
+        yield proc
+    finally:
+        out, err = stop(proc)
     assert proc.returncode == 130, out + err

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +22,7 @@ from overnight.sessions import wait_until
 from overnight.testing import FakeProvider
 from tests.helpers import REPO
 from tests.helpers.labs import TOY_SCRIPT, claude_agent, fake_anthropic, make_lab
-from tests.helpers.processes import OVERNIGHT
+from tests.helpers.processes import OVERNIGHT, start, stop
 from tests.helpers.store import latest_agents, latest_events
 
 STANDIN = REPO / "benchmarks" / "_standin_claude.py"
@@ -139,7 +138,7 @@ def web_lab(
             env["TMUX_TMPDIR"] = str(socket_dir)
             env["OVERNIGHT_CLAUDE"] = str(standin(tmp))
         root = toy_lab(tmp / "lab", tuners=tuners, others=others, gateway=gateway, sleep=sleep)
-        proc = subprocess.Popen(
+        proc = start(
             [*OVERNIGHT, "up", str(root), *extra_args],
             env=env,
             stdout=subprocess.PIPE,
@@ -157,18 +156,14 @@ def web_lab(
                 lab.tmux_socket = socket_dir / f"tmux-{os.getuid()}" / "overnight"
             yield lab
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
             try:
-                out, err = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, err = proc.communicate()
-            if socket_dir is not None:
-                subprocess.run(
-                    ["tmux", "-S", str(socket_dir / f"tmux-{os.getuid()}" / "overnight"),
-                     "kill-server"], capture_output=True, check=False,
-                )  # fmt: skip
+                out, err = stop(proc)
+            finally:
+                if socket_dir is not None:
+                    subprocess.run(
+                        ["tmux", "-S", str(socket_dir / f"tmux-{os.getuid()}" / "overnight"),
+                         "kill-server"], capture_output=True, check=False,
+                    )  # fmt: skip
         assert proc.returncode == 0, out + err  # `up` stopped by a signal exits 0
 
 

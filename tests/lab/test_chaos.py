@@ -21,7 +21,7 @@ from overnight.records import Trial
 from overnight.sessions import wait_until
 from overnight.store import store_exists, store_url
 from tests.helpers.labs import git, make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, start, stop
 from tests.helpers.store import (
     lab_store,
     latest_agents,
@@ -70,14 +70,18 @@ def test_kill_dash_nine_at_random_moments(tmp_path: Path) -> None:
     finished_before: dict[int, tuple[object, ...]] = {}
     for i in range(KILLS):
         seen = _event_count(lab)
-        proc = subprocess.Popen(
+        proc = start(
             [*OVERNIGHT, "run", str(lab), "--trials", "50"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         # let the run make between 1 and 25 writes, then kill it without warning
         target = seen + rng.randint(1, 25)
-        _until_written(lab, proc, target)
+        try:
+            _until_written(lab, proc, target)
+        except BaseException:
+            stop(proc, first=signal.SIGKILL)  # and all it started
+            raise
         time.sleep(rng.uniform(0, 0.05))  # a random moment: the chaos under test
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -160,19 +164,17 @@ print(f"score: {{(X - 3) ** 2 + (Y - 1) ** 2}}")
 
 @contextlib.contextmanager
 def _overnight_run(lab: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`overnight run` in the background for the block (killed after it, if still alive)."""
+    """`overnight run` in the background for the block (killed after it with all it started,
+    if the block did not kill it)."""
     with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [*OVERNIGHT, "run", str(lab), "--no-ui"],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        proc = start(
+            [*OVERNIGHT, "run", str(lab), "--no-ui"], stdout=subprocess.DEVNULL, stderr=err
         )
         try:
             yield proc
         finally:
             if proc.poll() is None:
-                proc.kill()
+                stop(proc, first=signal.SIGKILL)
             proc.wait()
 
 

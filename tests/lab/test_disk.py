@@ -18,7 +18,7 @@ from overnight.lab.disk import TrialLogs
 from overnight.records import Event, Trial
 from overnight.sessions import wait_until
 from tests.helpers.labs import git, make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, started
 from tests.helpers.store import latest_events, latest_trials
 
 LOUD = """\
@@ -127,26 +127,18 @@ def test_a_run_waits_for_free_space_and_goes_on_when_it_is_back(
     # Under the floor with the ballast, over it without: others' writes on this machine
     # would have to move free space by size / 2 within the test to spoil it.
     lab = make_lab(tmp_path / "lab", lab={"min_free_disk": free + size // 2})
-    proc = subprocess.Popen(
+    with started(
         [*OVERNIGHT, "run", str(lab), "--trials", "1", "--for", "2m", "--no-ui"],
+        first=signal.SIGTERM,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
+    ) as proc:
         wait_until(lambda: "lab.disk_low" in kinds(lab) or proc.poll() is not None, timeout=60)
         assert proc.poll() is None
         assert [t.status.value for t in ledger(lab)[0]] == ["checked"], "waiting, not running"
         ballast.unlink()
         out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
     assert proc.returncode == 0, out + err
     trials, events = ledger(lab)
     assert [t.status.value for t in trials][:1] == ["kept"] and len(trials) == 2

@@ -5,6 +5,7 @@ the re-run of an improvement far beyond anything seen so far."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply
 from tests.helpers.labs import PYTHON, fake_openai, git, llm_agent, make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, started
 from tests.helpers.store import latest_events, latest_trials
 
 # -- a noisy toy: score = 10 - X + N(0, SIGMA), each run drawing from its own seed ----------
@@ -397,22 +398,17 @@ def _wait_for_approval(lab: Path) -> Approval:
 def test_with_on_divergence_review_a_human_decides(tmp_path: Path, fake: FakeProvider) -> None:
     fake.enqueue(Reply(text=GAMED))
     lab = _rmse_lab(tmp_path / "lab", fake.url, on_divergence="review")
-    with subprocess.Popen(
+    with started(
         [*OVERNIGHT, "run", str(lab), "--trials", "1", "--no-ui"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     ) as proc:
-        try:
-            approval = _wait_for_approval(lab)
-            assert "suspected overfitting or gaming" in approval.reason
-            denied = run_cli("deny", approval.id, "-C", str(lab), "--note", "it games")
-            assert denied.returncode == 0, denied.stderr
-            out, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+        approval = _wait_for_approval(lab)
+        assert "suspected overfitting or gaming" in approval.reason
+        denied = run_cli("deny", approval.id, "-C", str(lab), "--note", "it games")
+        assert denied.returncode == 0, denied.stderr
+        out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     trials, _events = _store_view(lab)
     gamed = trials[-1]
@@ -429,30 +425,18 @@ def test_a_kill_dash_nine_during_the_holdout_loses_nothing_and_leaves_nothing(
     slow = tmp_path / "slow"
     slow.touch()
     fake.enqueue(Reply(text=HONEST))
-    lab = _rmse_lab(tmp_path / "lab", fake.url)
-    config = (
-        (lab / "overnight.toml")
-        .read_text()
-        .replace(
-            'holdout = "',
-            f'holdout = "test -e {slow} && [ $OVERNIGHT_AGENT != baseline ] && sleep 60; ',
-        )
-    )
-    (lab / "overnight.toml").write_text(config)
-    git(lab, "commit", "-qam", "a slow holdout")
-    with subprocess.Popen(
+    slowly = f"test -e {slow} && [ $OVERNIGHT_AGENT != baseline ] && sleep 60"
+    lab = _rmse_lab(tmp_path / "lab", fake.url, holdout=f"{slowly}; {PYTHON} holdout_eval.py")
+    with started(  # then kill -9
         [*OVERNIGHT, "run", str(lab), "--trials", "1", "--no-ui"],
+        first=signal.SIGKILL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    ) as proc:
-        try:
-            checkouts = lab / ".overnight" / "holdout"
-            wait_until(lambda: any(checkouts.glob("*/trial-00002/holdout/*")), timeout=120)
-            _trials, events = _store_view(lab)
-            assert [e.trial for e in events if e.kind == "holdout.started"][-1] == 2
-        finally:
-            proc.kill()
-            proc.wait()
+    ):
+        checkouts = lab / ".overnight" / "holdout"
+        wait_until(lambda: any(checkouts.glob("*/trial-00002/holdout/*")), timeout=120)
+        _trials, events = _store_view(lab)
+        assert [e.trial for e in events if e.kind == "holdout.started"][-1] == 2
     slow.unlink()
     done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
     assert done.returncode == 0, done.stdout + done.stderr

@@ -19,7 +19,7 @@ from overnight.sessions import wait_until
 from overnight.store import store_url
 from overnight.wiring import Checks
 from tests.helpers.labs import git, make_lab
-from tests.helpers.processes import OVERNIGHT, process_gone, run_cli
+from tests.helpers.processes import OVERNIGHT, process_gone, run_cli, started, stop
 from tests.helpers.store import lab_store, latest_agents, latest_trials
 
 FINAL_STATUSES = {"kept", "discarded", "rejected", "crashed", "timed_out", "interrupted"}
@@ -258,19 +258,18 @@ def test_proposals_outside_editable_are_rejected_by_the_guard(tmp_path: Path) ->
 
 def test_up_runs_as_a_service_until_sigterm(tmp_path: Path) -> None:
     lab = make_lab(tmp_path / "lab")
-    proc = subprocess.Popen(
+    with started(
         [*OVERNIGHT, "up", str(lab)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    wait_until(
-        lambda: (
-            proc.poll() is not None
-            or sum(1 for t in latest_trials(lab) if t.status in ("kept", "discarded")) >= 4
-        ),
-        timeout=60,
-    )
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    ) as proc:
+        wait_until(
+            lambda: (
+                proc.poll() is not None
+                or sum(1 for t in latest_trials(lab) if t.status in ("kept", "discarded")) >= 4
+            ),
+            timeout=60,
+        )
+        assert proc.poll() is None
+        out, err = stop(proc, first=signal.SIGTERM, wait=30)
     assert proc.returncode == 0, err
     assert "trial    2 t" in out and "stopped" in out
     left = [(t.number, t.status) for t in latest_trials(lab) if t.status not in FINAL_STATUSES]
@@ -279,17 +278,16 @@ def test_up_runs_as_a_service_until_sigterm(tmp_path: Path) -> None:
 
 def test_ctrl_c_during_the_baseline_stops_the_experiment_too(tmp_path: Path) -> None:
     lab = make_lab(tmp_path / "lab", script="import time\nX = 0.5\nY = 5\ntime.sleep(120)\n")
-    proc = subprocess.Popen(
+    with started(
         [*OVERNIGHT, "run", str(lab)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    # the baseline's experiment started
-    wait_until(lambda: proc.poll() is not None or latest_trials(lab)[:1] != [], timeout=60)
-    wait_until(lambda: proc.poll() is not None or latest_trials(lab)[0].pid, timeout=60)
-    assert proc.poll() is None
-    pid = latest_trials(lab)[0].pid
-    assert pid is not None
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    ) as proc:
+        # the baseline's experiment started
+        wait_until(lambda: proc.poll() is not None or latest_trials(lab)[:1] != [], timeout=60)
+        wait_until(lambda: proc.poll() is not None or latest_trials(lab)[0].pid, timeout=60)
+        assert proc.poll() is None
+        pid = latest_trials(lab)[0].pid
+        assert pid is not None
+        out, err = stop(proc, wait=30)  # Ctrl-C
     assert proc.returncode == 130, out + err
     trial = latest_trials(lab)[0]
     assert trial.status == "interrupted"

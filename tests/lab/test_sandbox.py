@@ -34,7 +34,7 @@ from tests.helpers.labs import (
     llm_agent,
     make_lab,
 )
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, start, stop
 from tests.helpers.store import latest_trials
 
 pytestmark = pytest.mark.skipif(bwrap_problem() is not None, reason=f"{bwrap_problem()}")
@@ -214,11 +214,10 @@ def test_a_budget_holds_when_overnight_is_killed(tmp_path: Path, sandbox: str) -
         knobs=TOY_KNOBS[:1],
         agents=(),
     )
-    proc = subprocess.Popen(
+    proc = start(
         [*OVERNIGHT, "run", str(lab), "--no-ui"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        process_group=0,
     )
     experiments: list[int] = []
     try:
@@ -242,9 +241,7 @@ def test_a_budget_holds_when_overnight_is_killed(tmp_path: Path, sandbox: str) -
         limit = 0.5 if sandbox == "bwrap" else 3 + 4 + 1  # bwrap dies with overnight
         assert elapsed < limit, f"the experiment outlived overnight by {elapsed:.1f}s"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop(proc, first=signal.SIGKILL)
         for pid in experiments:
             if _alive(pid):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall
 from tests.helpers.agents import claude_lab
 from tests.helpers.labs import TOY_KNOBS, git, make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from tests.helpers.processes import OVERNIGHT, run_cli, started, stop
 from tests.helpers.store import latest_events, latest_trials
 
 BASINS = """\
@@ -166,20 +165,16 @@ def test_a_claude_code_agent_moves_at_its_overnight_try_and_hears_of_it(tmp_path
             idle_after="1s",
             nudge=None,
         )
-        with subprocess.Popen(
+        with started(
             [*OVERNIGHT, "run", str(lab), "--no-ui"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            process_group=0,
         ) as proc:
-            try:
-                wait_until(lambda: moved(lab), timeout=120)
-                wait_until(lambda: heard_in_a_prompt(fake), timeout=90)
-            finally:
-                proc.send_signal(signal.SIGINT)
-                out, err = proc.communicate(timeout=60)
+            wait_until(lambda: moved(lab), timeout=120)
+            wait_until(lambda: heard_in_a_prompt(fake), timeout=90)
+            out, err = stop(proc)
     trials, events = ledger(lab, "toy")
     (adoption, *more) = [e for e in events if e.kind == "agent.adopted"]
     spaced([adoption, *more], trials, 2)

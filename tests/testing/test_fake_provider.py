@@ -7,7 +7,6 @@ streaming event order, and for every fault the SDK's own exception.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import pytest
 from overnight.errors import ConfigError
 from overnight.gateway import protocols
 from overnight.testing import FakeProvider, Reply, ToolCall, Usage, load_script
+from tests.helpers.processes import started, stop
 
 TEXT = "the quick brown fox jumps over the lazy dog"
 BASH = ToolCall(name="Bash", arguments={"command": "ls -la", "timeout": 30})
@@ -619,7 +619,7 @@ def test_serve_runs_a_scripted_fake_until_interrupted(tmp_path: Path) -> None:
         )
     )
     code = "from overnight.testing.fake_provider import serve; import sys; serve('openai', 0, __import__('pathlib').Path(sys.argv[1]), 'conversation')"
-    with subprocess.Popen(
+    with started(
         [sys.executable, "-c", code, str(script)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -634,8 +634,7 @@ def test_serve_runs_a_scripted_fake_until_interrupted(tmp_path: Path) -> None:
         with openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0) as client:
             response = client.responses.create(model="m", input="hi")
             assert response.output[0].type == "function_call"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        out, err = stop(proc, wait=10)  # Ctrl-C
     assert proc.returncode == 0, err + out
 
 

@@ -13,7 +13,6 @@ import contextlib
 import json
 import socket
 import stat
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from overnight.records import Event
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.web import Access, CommandCenter, Sources, serving
-from tests.helpers.processes import OVERNIGHT
+from tests.helpers.processes import run_cli
 from tests.helpers.web import WebLab, toy_lab, web_lab
 
 pytestmark = pytest.mark.usefixtures("front_end_files")
@@ -480,10 +479,7 @@ def test_pause_and_resume_an_agent_in_a_terminal(tmp_path: Path) -> None:
 
 def test_no_ui_serves_nothing(tmp_path: Path) -> None:
     root = toy_lab(tmp_path / "lab")
-    r = subprocess.run(
-        [*OVERNIGHT, "run", str(root), "--trials", "2", "--no-ui"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = run_cli("run", str(root), "--trials", "2", "--no-ui", timeout=120)
     assert r.returncode == 0, r.stderr
     assert "command center" not in r.stdout
     assert not (root / ".overnight" / "web.url").exists()
@@ -495,15 +491,10 @@ def test_run_prints_the_url_and_a_taken_port_is_a_clear_error(tmp_path: Path) ->
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        r = subprocess.run(
-            [*OVERNIGHT, "run", str(root), "--trials", "1", "--port", str(port)],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+        r = run_cli("run", str(root), "--trials", "1", "--port", str(port), timeout=120)
     assert r.returncode == 2
     assert "--port" in r.stderr and "fix:" in r.stderr
-    r = subprocess.run(
-        [*OVERNIGHT, "run", str(root), "--trials", "1"], capture_output=True, text=True, timeout=120
-    )
+    r = run_cli("run", str(root), "--trials", "1", timeout=120)
     assert r.returncode == 0, r.stderr
     assert "command center: http://127.0.0.1:" in r.stdout and "/?token=" in r.stdout
     assert not (root / ".overnight" / "web.url").exists()  # gone with the server

@@ -12,6 +12,7 @@ The first run downloads them (about 50 wheels, 80 MB); later runs only add what 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -36,6 +37,7 @@ from overnight.sessions import wait_until
 from overnight.web.app import VENDOR_FILES
 from tests.helpers import REPO
 from tests.helpers.labs import TOY_SCRIPT, make_lab
+from tests.helpers.processes import start
 from tests.helpers.web import ARGS, CHROMIUM
 
 ROOT = REPO
@@ -200,10 +202,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     # test's /tmp would not be found there, so they run with this venv's python
     lab = make_lab(tmp_path / "lab", script="import time\ntime.sleep(1)\n" + TOY_SCRIPT)
     log = (tmp_path / "up.log").open("w")
-    proc = subprocess.Popen(
+    proc = start(  # (a process group of its own: the kill below takes its trials too)
         [venv / "bin" / "overnight", "up", lab],
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        process_group=0,  # its trials too, for the kill below if SIGTERM is not enough
     )  # fmt: skip
     try:
         url_file = lab / ".overnight" / "web.url"
@@ -220,8 +221,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGABRT)
-            time.sleep(1)
+            proc.send_signal(signal.SIGABRT)  # it dies saying where it is stuck (the log)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
