@@ -4,7 +4,7 @@ Every test talks to a running lab over real HTTP: optuna agents trying knobs, an
 (where a terminal matters) a `claude-code` agent in a real tmux session whose CLI
 is the cheap stand-in from benchmarks/ speaking to a fake Anthropic provider
 through the lab's gateway. Nothing is mocked. The browser tests
-(tests/test_web_browser.py) reuse the fixtures here.
+(tests/web/test_browser.py) run the same lab (tests/helpers/web.py).
 """
 
 from __future__ import annotations

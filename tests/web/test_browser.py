@@ -1,6 +1,6 @@
 """The command center in a real browser: Debian's chromium, headless, driven by Playwright.
 
-Against a running lab (`overnight up`, see tests/test_web.py): two optuna agents
+Against a running lab (`overnight up`, see tests/helpers/web.py): two optuna agents
 and a `claude-code` agent in a real tmux session. Screenshots are saved in
 test-artifacts/ (the README's picture is one of them).
 """

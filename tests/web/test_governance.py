@@ -3,7 +3,7 @@
 `overnight up` runs a toy lab with an optuna `tuner` and an optuna `careful` agent
 whose autonomy is `ready`: every change it would keep waits for a human. The
 API is driven over real HTTP; the pages in Debian's chromium (Playwright), with
-the browser fixtures of tests/test_web_browser.py. Approvals the tests need on
+the browser fixtures of tests/web/conftest.py. Approvals the tests need on
 cue (one that expires, one that arrives while the page is open) are filed
 through the lab's own `Approvals` on the lab's store, as a hook's review would.
 """

@@ -1,4 +1,4 @@
-"""Counts the reference cycles a gateway request leaves: run by tests/test_gateway_server.py.
+"""Counts the reference cycles a gateway request leaves: run by tests/gateway/test_server.py.
 
 A fake provider and the gateway serve in this process, the collector off; a
 keep-alive client sends requests of every kind (Messages and Chat Completions,
