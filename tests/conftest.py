@@ -1,5 +1,6 @@
-"""Fixtures for every test: a throwaway lab, stores on SQLite and PostgreSQL, the suite's own
-audit key, each test's own tmux server. Helpers that are not fixtures live in tests/helpers/.
+"""Fixtures for every test: a throwaway lab, a fake OpenAI provider, stores on SQLite and
+PostgreSQL, the suite's own audit key, each test's own tmux server, processes stopped when
+their test ends. Helpers that are not fixtures live in tests/helpers/.
 
 Every process a test starts sees SIGINT at its default disposition, whichever shell started
 the suite: a shell without job control starts a background command with SIGINT ignored, its
@@ -23,6 +24,7 @@ from hypothesis import settings
 from sqlalchemy import create_engine, text
 
 from overnight.store import SqlStore, open_store
+from overnight.testing import FakeProvider
 from tests.helpers.labs import make_lab
 from tests.helpers.processes import start, stop
 
@@ -89,6 +91,13 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[Any]]]:
             problems.append(exc)
     if problems:
         raise problems[0]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    """A fake OpenAI provider on loopback; a test enqueues its replies."""
+    with FakeProvider("openai") as provider:
+        yield provider
 
 
 @pytest.fixture

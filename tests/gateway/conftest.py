@@ -1,4 +1,5 @@
-"""Fixtures of the gateway's tests (the gateway harness itself is tests/helpers/gateway.py)."""
+"""Fixtures of the gateway's tests: a lab whose agent has a budget, a throwaway certificate
+authority (the gateway harness itself is tests/helpers/gateway.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.helpers.labs import make_lab
 
@@ -35,3 +37,17 @@ def coder_lab(tmp_path: Path) -> Callable[[str, float], Path]:
         )
 
     return make
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A certificate authority of the test module's own, for upstreams serving HTTPS."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
+    """The authority's certificate, in a PEM file."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)

@@ -15,7 +15,6 @@ import json
 import socket
 import ssl
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -121,18 +120,6 @@ def started_with(
     with gateway(*args, **kw) as env:
         clear_proxy_variables(monkeypatch)
         yield env
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture
-def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
-    path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
 
 
 def tls_fake(ca: trustme.CA, *names: str, host: str = "127.0.0.1") -> FakeProvider:

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -227,12 +226,6 @@ def _rmse_lab(root: Path, url: str, **fields: str) -> Path:
     (lab / "holdout").mkdir()
     (lab / "holdout" / "points.csv").write_text(POINTS)
     return lab
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider("openai") as provider:
-        yield provider
 
 
 def test_a_run_that_games_its_evaluator_is_flagged_not_silently_kept(

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -86,12 +85,6 @@ X = 3
 """
 SECOND = CRASH.replace("move X to 3", "move Y to 2").replace("X = 0.5", "Y = 5")
 SECOND = SECOND.replace("X = 3", "Y = 2")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider("openai") as fp:
-        yield fp
 
 
 def _hostile_lab(tmp_path: Path, fake: FakeProvider, **fields: object) -> tuple[Path, Path]:

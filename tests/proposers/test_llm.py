@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,6 @@ from tests.helpers.processes import run_cli
 ENV = {"FAKE_OPENAI_KEY": "sk-upstream"}
 GOOD = render("move X to 3", [Edit("exp.py", "X = 0.5\n", "X = 3\n")])  # score 22.25 -> 16
 PROSE = "I would move X a little closer to 3, that should help the score."
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider("openai") as fp:
-        yield fp
 
 
 def _lab(tmp_path: Path, fake: FakeProvider) -> Path:
