@@ -63,7 +63,7 @@ web-assets: $(VENV)/.installed-dev
 	cp $(WEB)/node_modules/@xterm/xterm/LICENSE $(VENDOR)/LICENSE.xterm
 	cp $(WEB)/node_modules/@xterm/addon-fit/LICENSE $(VENDOR)/LICENSE.addon-fit
 	cp $(WEB)/node_modules/htmx.org/LICENSE $(VENDOR)/LICENSE.htmx
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_wheel.py -k "not wheel_from"
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/web/test_wheel.py -k "not wheel_from"
 
 ## clis: the real Claude Code and Codex CLIs, for end-to-end tests against our gateway
 $(CLIS)/.installed:
