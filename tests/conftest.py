@@ -136,8 +136,3 @@ def store(store_url: str) -> Iterator[SqlStore]:
     assert isinstance(s, SqlStore)
     yield s
     s.close()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    yield from _pg_schema_url()
