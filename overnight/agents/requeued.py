@@ -19,10 +19,10 @@ class Requeued:
     """Sees that a re-queued proposal runs for the agent that made it.
 
     Each agent's proposer gets its own interrupted trials back (`resume`), but proposers
-    may share their queue: the agents of the `optuna` runtime ask one study, which hands
-    a re-queued point to whoever asks next. So every proposal that comes back re-queued
-    from another agent's trial is set aside for that agent, who takes it before asking
-    anew, and the agent that got it asks again.
+    may share their queue: the agents of the `optuna` runtime, when the lab shares, ask
+    one study, which hands a re-queued point to whoever asks next. So every proposal that
+    comes back re-queued from another agent's trial is set aside for that agent, who
+    takes it before asking anew, and the agent that got it asks again.
     """
 
     def __init__(self, makers: dict[int, str]) -> None:

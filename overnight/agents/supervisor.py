@@ -247,11 +247,7 @@ class Supervisor:
             # terminal sessions that outlived the last run stop with this one, as at its end
             kill_marked(RUN_MARKER, run_mark(lab.org.root, lab.run.id))
             return self.finished
-        first_of_runtime: dict[str, Proposer] = {}
-        for agent in lab.agents():
-            if agent.name in proposers:
-                first_of_runtime.setdefault(agent.runtime, proposers[agent.name])
-        for proposer in first_of_runtime.values():
+        for proposer in proposers.values():  # (a study shared by several hears it once)
             proposer.baseline(baseline, Path(lab.agents()[0].worktree))
         runtime_of = {a.name: a.runtime for a in lab.agents()}
         finished = [t for t in lab.store.trials(lab.run.id) if t.status.final]

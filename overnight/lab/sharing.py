@@ -49,8 +49,7 @@ def noise(lab: Lab) -> float:
 
 def enabled(lab: Lab) -> bool:
     """Whether the lab's agents share: `share = "best"`, or unset with two agents or more."""
-    share = lab.config.lab.share
-    return share == "best" or (share is None and len(lab.config.agent_names()) >= 2)
+    return lab.config.shares()
 
 
 @dataclass(frozen=True)

@@ -643,6 +643,11 @@ class OrgConfig(_Model):
                     )
         return self
 
+    def shares(self) -> bool:
+        """Whether the agents share (`[lab] share`): "best", or unset with two agents or more."""
+        share = self.lab.share
+        return share == "best" or (share is None and len(self.agent_names()) >= 2)
+
     def agent_names(self) -> list[tuple[str, AgentConfig]]:
         """Every agent instance, with `count` expanded (`tuner-1`, `tuner-2`, ...)."""
         agents = self.agents or [

@@ -1,11 +1,18 @@
 """The `optuna` proposer: sets `[[knobs]]` from an Optuna study kept in the lab's database.
 
-The study is named after the run and lives next to the ledger, so a resumed run
-continues it and several agents share it (constant-liar TPE keeps parallel
-agents from proposing the same point). A TPE draw does not depend on where its
-agent stands, so when the agent moves to the lab's best (sharing), its next
-proposal explores around the knobs of that commit instead, as population-based
-training's explore step does; the study hears of its result like any other.
+The study lives next to the ledger, named after the run, so a resumed run
+continues it. When the agents share (`[lab] share = "best"`, the default with
+two or more) they share one study: what one learns, all do (constant-liar TPE
+keeps parallel agents from proposing the same point). With `share = "none"`
+each agent has a study of its own, named after the run and the agent (a lone
+agent keeps the run's). A run resumed with the other `share` value goes on in
+the study that value names (so does a run with `share = "none"` recorded before
+studies were per agent), seeded with the trials the lab recorded: the agent's
+own, or all the optuna agents'.
+A TPE draw does not depend on where its agent stands, so when the agent moves
+to the lab's best (sharing), its next proposal explores around the knobs of
+that commit instead, as population-based training's explore step does; the
+study hears of its result like any other.
 `OVERNIGHT_SEED` makes the draws repeatable (benchmarks, a bug report).
 Knows nothing about git or the runner.
 """
@@ -83,8 +90,9 @@ def distribution(knob: KnobConfig) -> BaseDistribution:
     return FloatDistribution(knob.low, knob.high, log=knob.log)
 
 
-def study_name(run_id: str) -> str:
-    return f"overnight-{run_id}"
+def study_name(run_id: str, agent: str | None = None) -> str:
+    """The study of a run's optuna agents when they share (`agent` None), else of one."""
+    return f"overnight-{run_id}" if agent is None else f"overnight-{run_id}-{agent}"
 
 
 class OptunaProposer:
@@ -108,8 +116,14 @@ class OptunaProposer:
             storage = store.optuna_storage()
         finally:
             store.close()  # (the storage outlives it: one per database and process)
+        self.agent = setup.agent
+        # a study of its own when there are others to keep it from (one agent: the run's)
+        self.shared = setup.config.shares() or len(setup.config.agent_names()) < 2
+        name = study_name(setup.run_id, None if self.shared else setup.agent)
+        self._new = name not in {s.study_name for s in storage.get_all_studies()}
+        """Whether this study began now: a resumed run's then hears of what finished."""
         self.study = optuna.create_study(
-            study_name=study_name(setup.run_id),
+            study_name=name,
             storage=storage,
             direction=direction,
             sampler=sampler,
@@ -168,7 +182,7 @@ class OptunaProposer:
         number = trial.proposal.get("optuna_trial")
         if number is None:
             if trial.proposal.get("explore_of") is not None:
-                self._heard_explore(trial)
+                self._heard(trial)
             return
         # skip_if_finished: resume() may tell again what was already heard; once counts
         if trial.status in (TrialStatus.kept, TrialStatus.discarded) and trial.metric is not None:
@@ -182,12 +196,15 @@ class OptunaProposer:
         A kill between the store recording a trial and Optuna hearing of it
         leaves the Optuna trial RUNNING; the store is the truth, so it is told now.
         """
+        if not self.shared:
+            finished = [t for t in finished if t.agent == self.agent]
         by_number = {t.proposal.get("optuna_trial"): t for t in finished}
         storage = self.study._storage
         heard = {s.user_attrs.get(_TRIAL_ATTR) for s in self.study.get_trials(deepcopy=False)}
         for done in finished:
-            if done.proposal.get("explore_of") is not None and done.number not in heard:
-                self._heard_explore(done)
+            told = self._new or done.proposal.get("explore_of") is not None
+            if told and done.number not in heard:
+                self._heard(done)  # (a new study: every trial, asked elsewhere)
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number in by_number:
                 self.observe(by_number[t.number])
@@ -211,8 +228,9 @@ class OptunaProposer:
         land anywhere, wherever the agent stands)."""
         self._explore = best.number
 
-    def _heard_explore(self, trial: Trial) -> None:
-        """Tell the study an explore trial's result, as a trial of its own."""
+    def _heard(self, trial: Trial) -> None:
+        """Tell the study a trial it did not ask for (an explore step, one asked in another
+        study), as a trial of its own."""
         params = trial.proposal.get("params")
         if not isinstance(params, dict) or set(params) != set(self.distributions):
             return

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 
 from overnight.records import Event, Trial
@@ -77,6 +78,25 @@ def after(trial: Trial) -> str | None:
     return trial.candidate_commit if trial.status.value == "kept" else trial.parent_commit
 
 
+def studies(lab: Path, trials: list[Trial]) -> dict[str, list[float]]:
+    """The lab's Optuna studies, each with the metrics it heard, against the ledger: by
+    agent (a study of its own) or "shared"; the baseline's is dropped."""
+    run_id, url = trials[0].run_id, store_url(lab)
+    baseline = next(t.metric for t in trials if t.agent == "baseline")
+    heard: dict[str, list[float]] = {}
+    for name in optuna.get_all_study_names(url):
+        values = sorted(t.value for t in optuna.load_study(study_name=name, storage=url).trials
+                        if t.value is not None)  # fmt: skip
+        values.remove(baseline)  # each study is seeded with the baseline
+        heard[name.removeprefix(f"overnight-{run_id}").removeprefix("-") or "shared"] = values
+    return heard
+
+
+def measured(trials: list[Trial], agents: tuple[str, ...]) -> list[float]:
+    return sorted(t.metric for t in trials
+                  if t.agent in agents and t.metric is not None and t.status.value in ("kept", "discarded"))  # fmt: skip
+
+
 def spaced(adoptions: list[Event], trials: list[Trial], patience: int) -> None:
     """An agent moves again only after `patience` more trials of its own behind the best."""
     for first, then in itertools.pairwise(adoptions):
@@ -93,6 +113,8 @@ def test_a_trailing_optuna_agent_moves_to_the_labs_best_and_builds_on_it(tmp_pat
     done = run_cli("run", str(lab), "--trials", "30", "--no-ui")
     assert done.returncode == 0, done.stdout + done.stderr
     trials, events = ledger(lab)
+    # one Optuna study heard every trial of both agents: what one learns, both do
+    assert studies(lab, trials) == {"shared": measured(trials, ("t-1", "t-2"))}
     adoptions = [e for e in events if e.kind == "agent.adopted"]
     assert adoptions, done.stdout
     by_number = {t.number: t for t in trials}
@@ -135,6 +157,8 @@ def test_with_share_none_each_agent_ratchets_alone(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     trials, events = ledger(lab)
     assert not [e for e in events if e.kind == "agent.adopted"]
+    # each agent has an Optuna study of its own, which never heard of the other's trials
+    assert studies(lab, trials) == {a: measured(trials, (a,)) for a in ("t-1", "t-2")}
     base = next(t.candidate_commit for t in trials if t.agent == "baseline")
     for agent in ("t-1", "t-2"):
         own = {t.candidate_commit for t in trials if t.agent == agent and t.status.value == "kept"}
@@ -142,6 +166,21 @@ def test_with_share_none_each_agent_ratchets_alone(tmp_path: Path) -> None:
         for t in trials:
             if t.agent == agent:
                 assert t.parent_commit in own | {base}, t
+
+
+def test_a_run_resumed_sharing_goes_on_in_one_study_that_heard_all(tmp_path: Path) -> None:
+    lab = basins(tmp_path, share='share = "none"')
+    assert run_cli("run", str(lab), "--trials", "6", "--no-ui").returncode == 0
+    config = lab / "overnight.toml"
+    config.write_text(config.read_text().replace('share = "none"', 'share = "best"'))
+    git(lab, "commit", "-qam", "share")
+    done = run_cli("run", str(lab), "--trials", "4", "--no-ui")
+    assert done.returncode == 0 and "resuming run" in done.stdout, done.stdout + done.stderr
+    trials, _ = ledger(lab)
+    heard = studies(lab, trials)
+    # the agents' own studies stay as they were; the shared one, new, was told all ten
+    assert set(heard) == {"t-1", "t-2", "shared"}
+    assert heard["shared"] == measured(trials, ("t-1", "t-2")) and len(heard["shared"]) == 10
 
 
 def bad_try(n: int) -> Reply:
