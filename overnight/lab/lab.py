@@ -28,7 +28,7 @@ from opentelemetry import trace
 
 from overnight import globs, redaction
 from overnight.errors import BaselineFailed, ConfigError, RepoError, UserError
-from overnight.lab import holdout, integrity, preflight, privacy, sandbox
+from overnight.lab import cluster, holdout, integrity, preflight, privacy, sandbox
 from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.executor import LocalExecutor
 from overnight.lab.git import Git, worktree_of
@@ -62,6 +62,8 @@ MAX_REQUEUES = 1
 at two stops in a row is more likely their cause (an experiment that takes the machine
 down) than their victim."""
 _S = TrialStatus
+NODE_LOST = "its cluster node was lost"
+"""How the reason of a trial interrupted by a lost node begins (it is re-queued at once)."""
 
 
 def config_fingerprint(org: Org) -> dict[str, Any]:
@@ -72,6 +74,7 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
     data.pop("gateway", None)
     data.pop("governance", None)
     data.pop("notify", None)  # who is told of the run, not how it runs
+    data.pop("executor", None)  # which machines run its trials: a run may move to a cluster
     for key in ("max_logs", "min_free_disk"):  # the machine's disk, not the lab: a run
         data["lab"].pop(key, None)  # goes on with new values (and from older versions)
     for key in ("share", "patience", "stop"):  # how agents work together and when a run
@@ -167,6 +170,10 @@ class Lab:
         self.paths = StateDir.of(org.root)
         self.state_dir = self.paths.path
         self.executor = LocalExecutor(lab.parallel, self.paths.slots, lab.gpus_per_trial)
+        self.cluster: cluster.Cluster | None = None
+        """`[executor] kind = "ray"`: where experiments run instead of this machine's slots."""
+        if org.config.executor.kind == "ray":
+            self.cluster = cluster.Cluster(org.config.executor, lab, org.config_path)
         self.requeued: list[Trial] = []
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
@@ -303,6 +310,9 @@ class Lab:
             store = open_store(store_url(root))
             try:
                 lab = cls._open_run(org, git, store, lock, warnings, new_run, base_ref, base)
+                if lab.cluster is not None:
+                    lab.cluster.connect()
+                    lab._reap_cluster()
                 lab._recover()
             except BaseException:
                 store.close()
@@ -491,6 +501,9 @@ class Lab:
             trial = self._run_trial(
                 BASELINE, Path(first.worktree), self.run.base_commit, None, proposal, stop
             )
+            trial = self._again_if_lost(
+                trial, BASELINE, Path(first.worktree), self.run.base_commit, None, stop
+            )
             if trial.status is _S.interrupted:
                 return None
             if trial.status is not _S.kept:
@@ -538,6 +551,10 @@ class Lab:
                     stop,
                     branch=agent.branch,
                 )
+                trial = self._again_if_lost(
+                    trial, agent_name, Path(agent.worktree), agent.best_commit,
+                    agent.best_metric, stop, branch=agent.branch,
+                )  # fmt: skip
                 if span.is_recording():
                     span.set_attributes(
                         {
@@ -792,6 +809,8 @@ class Lab:
             wt.reset_clean(keep_at)
 
     def _measure(self, trial: Trial, root: Path, stop: threading.Event) -> _Measured:
+        if self.cluster is not None:
+            return self._measure_on_cluster(trial, root, stop)
         lab = self.config.lab
         log_path = self.paths.trial_log(self.run.id, trial.number)
         timeout = lab.budget + lab.grace
@@ -847,6 +866,116 @@ class Lab:
         tampered = integrity.check_protected(root, self.run.protected)
         judged = _judge(result, step, lab.metric, timeout, stop.is_set(), tampered)
         return replace(judged, recorded=result.recorded, peak_rss_mb=result.peak_rss_mb)
+
+    # -- on a Ray cluster (`[executor] kind = "ray"`, see overnight.lab.cluster) ----------
+
+    def _measure_on_cluster(self, trial: Trial, root: Path, stop: threading.Event) -> _Measured:
+        """`_measure`, with the experiment a task on the cluster: the candidate commit
+        travels there, the log streams back into the trial's log, the protected files'
+        hashes come back for the integrity guard."""
+        assert self.cluster is not None
+        lab = self.config.lab
+        log_path = self.paths.trial_log(self.run.id, trial.number)
+        timeout = lab.budget + lab.grace
+        if not self._disk_room(stop):
+            return _Measured(None, _S.interrupted, "stopped before it ran", "", 0.0)
+        commit = trial.candidate_commit or Git(root).head()
+        markers = {RUN_MARKER: self.run.id, TRIAL_MARKER: str(trial.number)}
+        walls = None
+        if self.config.lab.sandbox != "none":
+            walls = {
+                "writable": list(lab.writable),
+                "hidden": [str(p) for p in self.hidden_paths()],
+                "visible": [str(p) for p in (self.org.root, *self._command_homes())],
+                "network": lab.network,
+            }
+        watch = (*lab.record, *((VRAM,) if VRAM not in (*lab.record, lab.metric) else ()))
+        experiment = cluster.Experiment(
+            run_id=self.run.id, trial=trial.number, steps=cluster.steps_of(lab),
+            metric=lab.metric, record=watch, timeout_s=timeout, max_log=lab.max_log,
+            env=self.untrusted_env({**markers, AGENT_MARKER: trial.agent}),
+            protected=tuple(self.run.protected), walls=walls,
+        )  # fmt: skip
+        # written ahead: a resume finds what was sent, and where it started
+        self.store.append_event(
+            self.run.id, "trial.dispatched",
+            {"executor": "ray", "address": self.config.executor.address, "commit": commit},
+            agent=trial.agent, trial=trial.number,
+        )  # fmt: skip
+
+        def started(where: cluster.Placed) -> None:
+            self.store.append_event(
+                self.run.id, "trial.placed",
+                {"node": where.node, "host": where.host, "task": where.task,
+                 "cuda_visible_devices": where.cuda},
+                agent=trial.agent, trial=trial.number,
+            )  # fmt: skip
+            self.store.update_trial(
+                trial.id, _S.running, log_path=str(log_path), started_at=time.time()
+            )
+
+        outcome = self.cluster.measure(
+            experiment, cluster.archive_of(root, commit), log_path, stop, started
+        )
+        if outcome.lost is not None:
+            placed = outcome.placed
+            self.store.append_event(
+                self.run.id, "executor.node_lost",
+                {"node": placed.node if placed else None, "host": placed.host if placed else None,
+                 "why": outcome.lost},
+                agent=trial.agent, trial=trial.number,
+            )  # fmt: skip
+            return _Measured(None, _S.interrupted, f"{NODE_LOST}: {outcome.lost}", "", 0.0)
+        if outcome.result is None:
+            return _Measured(None, _S.interrupted, "stopped while running", "", 0.0)
+        result = outcome.result
+        tampered = integrity.check_hashes(outcome.protected, self.run.protected)
+        judged = _judge(result, outcome.step, lab.metric, timeout, stop.is_set(), tampered)
+        return replace(judged, recorded=result.recorded, peak_rss_mb=result.peak_rss_mb)
+
+    def _again_if_lost(
+        self,
+        trial: Trial,
+        agent_name: str,
+        worktree_path: Path,
+        parent: str,
+        best_metric: float | None,
+        stop: threading.Event,
+        branch: str | None = None,
+    ) -> Trial:
+        """A trial interrupted because its cluster node was lost is re-queued at once (as
+        a start re-queues one a stop interrupted): its change, as a new trial; once."""
+        for _ in range(MAX_REQUEUES):
+            lost = trial.status is _S.interrupted and (trial.reason or "").startswith(NODE_LOST)
+            if not lost or stop.is_set():
+                break
+            again_ok = {t.number for t in requeues(self.store.trials(self.run.id))}
+            if agent_name != BASELINE and trial.number not in again_ok:
+                break  # an `overnight try`'s, or one without a proposal to try again
+            patch = trial.diff or ""
+
+            def apply(root: Path, patch: str = patch) -> None:
+                if patch:
+                    Git(root).run("apply", "--whitespace=nowarn", input=patch)
+
+            again = Proposal(
+                trial.description, dict(trial.proposal or {}), apply=apply,
+                requeued_from=trial.number,
+            )  # fmt: skip
+            trial = self._run_trial(
+                agent_name, worktree_path, parent, best_metric, again, stop, branch=branch
+            )
+        return trial
+
+    def _reap_cluster(self) -> None:
+        """On resume: kill on the cluster's nodes what the last `overnight run`'s
+        experiments left running (Ray ended their tasks with that process, not the
+        process groups the tasks started), naming each node in an event."""
+        assert self.cluster is not None
+        if not self.resumed:
+            return
+        for found in self.cluster.reap(self.run.id):
+            self.store.append_event(self.run.id, "executor.reaped", found)
 
     def _broken_constraint(self, metric: float, memory: Mapping[str, Any]) -> str | None:
         """The first `[lab] constraints` the measured values break, said plainly, or None."""

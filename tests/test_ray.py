@@ -1,0 +1,170 @@
+"""Trials on a real Ray cluster: a head and two worker nodes on this machine.
+
+The cluster (and every `overnight run` that talks to it) lives in a network namespace
+of its own, where the only interface is loopback, so none of its traffic leaves
+127.0.0.1. Each worker declares one logical GPU and a custom resource `a100`; the
+head declares neither, so trials land on the workers only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from overnight.store import open_store, store_url
+from tests.conftest import OVERNIGHT, make_lab, run_cli
+
+pytest.importorskip("ray")
+RAY = str(Path(sys.executable).with_name("ray"))
+PORT = 6380
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(
+    shutil.which("unshare") is None or shutil.which("nsenter") is None or os.geteuid() != 0,
+    reason="needs unshare/nsenter as root for the cluster's own network namespace",
+)
+
+SLOW_SCRIPT = """\
+import os, time
+X = 0.5
+Y = 5
+print("training on", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+time.sleep(1.5)
+print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
+"""
+
+
+@dataclass
+class Cluster:
+    ns: subprocess.Popen[bytes]
+    temp: Path
+    env: dict[str, str]
+
+    def enter(self) -> list[str]:
+        return ["nsenter", "-t", str(self.ns.pid), "-n"]
+
+    def ray(self, *args: str, timeout: float = 180) -> str:
+        """Run `ray ARGS` in the namespace; its output, asserting it succeeded. (To a file,
+        not a pipe: the daemons `ray start` leaves behind would hold a pipe open.)"""
+        out = self.temp.with_suffix(".out")
+        with out.open("w") as fh:
+            done = subprocess.run(
+                [*self.enter(), RAY, *args],
+                env=self.env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
+            )  # fmt: skip
+        text = out.read_text()
+        assert done.returncode == 0, text
+        return text
+
+    def overnight(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.enter(), *OVERNIGHT, *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.enter(), RAY, "stop", "--force"], env=self.env, capture_output=True, timeout=120
+        )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    ns = subprocess.Popen(["unshare", "-n", "sleep", "infinity"])
+    temp = Path(f"/tmp/ovr-{uuid.uuid4().hex[:6]}")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    found = Cluster(ns, temp, env)
+    try:
+        subprocess.run([*found.enter(), "ip", "link", "set", "lo", "up"], check=True)
+        found.ray(
+            "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}",
+            "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+            f"--temp-dir={temp}", "--object-store-memory=100000000",
+        )  # fmt: skip
+        for _ in range(2):
+            found.ray(
+                "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1",
+                "--num-cpus=1", "--num-gpus=1", '--resources={"a100": 1}',
+                "--object-store-memory=100000000",
+            )  # fmt: skip
+        yield found
+    finally:
+        found.stop()
+        ns.kill()
+        ns.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+        temp.with_suffix(".out").unlink(missing_ok=True)
+
+
+def ray_lab(root: Path, *, agents: int = 2, address: str = f"127.0.0.1:{PORT}") -> Path:
+    lab = make_lab(root, script=SLOW_SCRIPT, parallel=2, agents=agents)
+    with (lab / "overnight.toml").open("a") as fh:
+        fh.write(f'\n[executor]\nkind = "ray"\naddress = "{address}"\nresources = {{"a100" = 1}}\n')
+    config = (
+        (lab / "overnight.toml")
+        .read_text()
+        .replace("parallel = 2\n", "parallel = 2\ngpus_per_trial = 1\n")
+    )
+    (lab / "overnight.toml").write_text(config)
+    subprocess.run(["git", "-C", str(lab), "commit", "-qam", "on ray"], check=True)
+    return lab
+
+
+def events(lab: Path, kind: str) -> list[dict[str, object]]:
+    store = open_store(store_url(lab))
+    try:
+        run = store.latest_run("toy")
+        assert run is not None
+        return [
+            {**e.payload, "trial": e.trial}
+            for e in store.events(run.id, limit=100000)
+            if e.kind == kind
+        ]
+    finally:
+        store.close()
+
+
+def test_trials_run_on_both_workers_with_their_gpu_and_stream_their_logs(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab")
+    done = cluster.overnight("run", str(lab), "--trials", "6")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    placed = events(lab, "trial.placed")
+    assert len({p["node"] for p in placed}) == 2, placed  # both workers, never the head
+    assert {p["cuda_visible_devices"] for p in placed} == {"0"}
+    store = open_store(store_url(lab))
+    try:
+        run = store.latest_run("toy")
+        assert run is not None
+        trials = store.trials(run.id)
+    finally:
+        store.close()
+    measured = [t for t in trials if t.metric is not None]
+    assert len(measured) >= 6, [(t.number, t.status, t.reason) for t in trials]
+    for trial in measured:
+        log = Path(trial.log_path or "").read_text()
+        assert "training on 0" in log and "score: " in log, log
+        assert trial.peak_rss_mb is not None and trial.peak_rss_mb > 1
+
+
+def test_an_unreachable_cluster_is_one_clear_error_naming_the_address(tmp_path: Path) -> None:
+    lab = ray_lab(tmp_path / "lab", address="127.0.0.1:1")
+    done = run_cli("run", str(lab), "--trials", "1")
+    assert done.returncode != 0
+    assert "no Ray cluster answers at 127.0.0.1:1" in done.stderr, done.stderr
+    assert "fix: start the cluster first" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
