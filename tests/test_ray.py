@@ -22,7 +22,6 @@ import pytest
 from overnight.store import open_store, store_url
 from tests.conftest import OVERNIGHT, make_lab, run_cli
 
-pytest.importorskip("ray")
 RAY = str(Path(sys.executable).with_name("ray"))
 PORT = 6380
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +76,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    pytest.importorskip("ray")
     ns = subprocess.Popen(["unshare", "-n", "sleep", "infinity"])
     temp = Path(f"/tmp/ovr-{uuid.uuid4().hex[:6]}")
     env = {
@@ -161,10 +161,24 @@ def test_trials_run_on_both_workers_with_their_gpu_and_stream_their_logs(
         assert trial.peak_rss_mb is not None and trial.peak_rss_mb > 1
 
 
+def test_without_ray_installed_the_lab_says_what_to_install(tmp_path: Path) -> None:
+    lab = ray_lab(tmp_path / "lab")
+    hide = tmp_path / "no-ray"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
+    done = run_cli("run", str(lab), "--trials", "1", env={"PYTHONPATH": f"{hide}:{ROOT}"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "but Ray is not installed here" in done.stderr, done.stderr
+    assert "fix: pip install 'overnight[ray]'" in done.stderr, done.stderr
+    assert not (lab / ".overnight" / "overnight.db").exists()
+
+
 def test_an_unreachable_cluster_is_one_clear_error_naming_the_address(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
     lab = ray_lab(tmp_path / "lab", address="127.0.0.1:1")
     done = run_cli("run", str(lab), "--trials", "1")
     assert done.returncode != 0
     assert "no Ray cluster answers at 127.0.0.1:1" in done.stderr, done.stderr
     assert "fix: start the cluster first" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+    assert not (lab / ".overnight" / "overnight.db").exists()  # refused before any run began

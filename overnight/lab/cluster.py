@@ -49,8 +49,9 @@ from overnight.errors import ConfigError
 from overnight.lab import integrity, sandbox
 from overnight.lab.runner import RunResult, kill_marked, run_budgeted
 from overnight.markers import RUN_MARKER, TRIAL_MARKER
-from overnight.org.config import LabConfig
+from overnight.org.config import LabConfig, OrgConfig
 from overnight.org.executor import ExecutorConfig
+from overnight.org.load import line_of
 
 CHUNK = 64 * 1024
 """Most log bytes in one streamed item."""
@@ -106,6 +107,13 @@ class Outcome:
     cancelled: bool = False
 
 
+def of(config: OrgConfig, config_path: Path) -> Cluster | None:
+    """The cluster `[executor]` names, not yet connected; None: trials run here."""
+    if config.executor.kind != "ray":
+        return None
+    return Cluster(config.executor, config.lab, config_path)
+
+
 class Cluster:
     """A Ray cluster that runs the experiments of one lab's trials."""
 
@@ -131,22 +139,23 @@ class Cluster:
                 self.config_path,
                 'kind = "ray" runs trials on a Ray cluster, but Ray is not installed here',
                 field="executor.kind",
+                line=self._line("kind"),
                 fix=f"{INSTALL} (here and on every node of the cluster), or remove [executor] "
                 "to run trials on this machine",
             ) from None
         address = self.config.address
         if address != "auto":
             self._probe(address)
-        try:
-            ray.init(
-                address=address,
-                namespace="overnight",
-                logging_level=logging.ERROR,
-                log_to_driver=False,
-                ignore_reinit_error=True,
-            )
-        except ConnectionError as exc:
-            raise self._unreachable(address, str(exc).splitlines()[0]) from None
+        if not ray.is_initialized():  # (one connection per process: `start` made it)
+            try:
+                ray.init(
+                    address=address,
+                    namespace="overnight",
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                )
+            except ConnectionError as exc:
+                raise self._unreachable(address, str(exc).splitlines()[0]) from None
         self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
         self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
 
@@ -158,11 +167,18 @@ class Cluster:
         except OSError as exc:
             raise self._unreachable(address, exc.strerror or str(exc)) from None
 
+    def _line(self, field: str) -> int | None:
+        try:
+            return line_of(self.config_path.read_text(encoding="utf-8"), ("executor", field))
+        except OSError:
+            return None
+
     def _unreachable(self, address: str, why: str) -> ConfigError:
         return ConfigError(
             self.config_path,
             f"no Ray cluster answers at {address} ({why})",
             field="executor.address",
+            line=self._line("address"),
             fix="start the cluster first (`ray start --head --port=6379` on the head node, "
             "`ray start --address=HEAD:6379` on each worker) or point address at its head",
         )

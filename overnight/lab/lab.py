@@ -170,10 +170,8 @@ class Lab:
         self.paths = StateDir.of(org.root)
         self.state_dir = self.paths.path
         self.executor = LocalExecutor(lab.parallel, self.paths.slots, lab.gpus_per_trial)
-        self.cluster: cluster.Cluster | None = None
+        self.cluster = cluster.of(org.config, org.config_path)
         """`[executor] kind = "ray"`: where experiments run instead of this machine's slots."""
-        if org.config.executor.kind == "ray":
-            self.cluster = cluster.Cluster(org.config.executor, lab, org.config_path)
         self.requeued: list[Trial] = []
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
@@ -307,11 +305,13 @@ class Lab:
             )
             if base is not None:
                 warnings += preflight.from_warnings(git, base_ref or base, base)
+            remote = cluster.of(org.config, org.config_path)
+            if remote is not None:
+                remote.connect()  # an unreachable cluster is said before any run begins
             store = open_store(store_url(root))
             try:
                 lab = cls._open_run(org, git, store, lock, warnings, new_run, base_ref, base)
                 if lab.cluster is not None:
-                    lab.cluster.connect()
                     lab._reap_cluster()
                 lab._recover()
             except BaseException:
