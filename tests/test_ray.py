@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from overnight.records import Trial
+from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from tests.conftest import OVERNIGHT, make_lab, run_cli
 
@@ -36,6 +39,9 @@ X = 0.5
 Y = 5
 print("training on", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
 time.sleep(1.5)
+# a test holds a trial running as long as this file exists (the lab's .git is visible)
+while os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "hold")):
+    time.sleep(0.1)
 print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
 """
 
@@ -68,6 +74,20 @@ class Cluster:
             env=self.env, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 
+    def add_worker(self) -> None:
+        self.ray(
+            "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1",
+            "--num-cpus=1", "--num-gpus=1", '--resources={"a100": 1}',
+            "--object-store-memory=100000000",
+        )  # fmt: skip
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """`overnight ARGS` in the namespace, in the background (stopped by the caller)."""
+        return subprocess.Popen(
+            [*self.enter(), *OVERNIGHT, *args], env=self.env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
     def stop(self) -> None:
         subprocess.run(
             [*self.enter(), RAY, "stop", "--force"], env=self.env, capture_output=True, timeout=120
@@ -94,11 +114,7 @@ def cluster() -> Iterator[Cluster]:
             f"--temp-dir={temp}", "--object-store-memory=100000000",
         )  # fmt: skip
         for _ in range(2):
-            found.ray(
-                "start", f"--address=127.0.0.1:{PORT}", "--node-ip-address=127.0.0.1",
-                "--num-cpus=1", "--num-gpus=1", '--resources={"a100": 1}',
-                "--object-store-memory=100000000",
-            )  # fmt: skip
+            found.add_worker()
         yield found
     finally:
         found.stop()
@@ -109,7 +125,10 @@ def cluster() -> Iterator[Cluster]:
 
 
 def ray_lab(root: Path, *, agents: int = 2, address: str = f"127.0.0.1:{PORT}") -> Path:
-    lab = make_lab(root, script=SLOW_SCRIPT, parallel=2, agents=agents)
+    lab = make_lab(
+        root, script=SLOW_SCRIPT, parallel=2, agents=agents,
+        lab_extra=f'env = ["HOLD_DIR={root / ".git"}"]',
+    )  # fmt: skip
     with (lab / "overnight.toml").open("a") as fh:
         fh.write(f'\n[executor]\nkind = "ray"\naddress = "{address}"\nresources = {{"a100" = 1}}\n')
     config = (
@@ -182,3 +201,70 @@ def test_an_unreachable_cluster_is_one_clear_error_naming_the_address(tmp_path: 
     assert "fix: start the cluster first" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (lab / ".overnight" / "overnight.db").exists()  # refused before any run began
+
+
+def trials_of(lab: Path) -> list[Trial]:
+    store = open_store(store_url(lab))
+    try:
+        run = store.latest_run("toy")
+        return store.trials(run.id) if run is not None else []
+    finally:
+        store.close()
+
+
+def raylet_of(node: str) -> int:
+    """The pid of the raylet of cluster node `node` (it is that node, to Ray)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"--node_id={node}".encode() in args:
+                return int(entry.name)
+    raise AssertionError(f"no raylet for node {node}")
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out
+
+
+def test_a_worker_node_lost_mid_trial_interrupts_it_and_runs_it_again_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab", agents=1)
+    hold = lab / ".git" / "hold"
+    proc = cluster.start("run", str(lab), "--trials", "2", "--no-ui")
+    try:
+        wait_until(lambda: any(t.status.value == "kept" for t in trials_of(lab)), 180)
+        hold.touch()  # the next trial runs until the node under it is gone
+        wait_until(lambda: any(p["trial"] != 1 for p in events(lab, "trial.placed")), 120)
+        placed = next(p for p in events(lab, "trial.placed") if p["trial"] != 1)
+        os.kill(raylet_of(str(placed["node"])), signal.SIGKILL)
+        wait_until(lambda: bool(events(lab, "executor.node_lost")), 180)
+        hold.unlink()
+        out = finish(proc)
+    finally:
+        hold.unlink(missing_ok=True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        cluster.add_worker()  # the next test has two workers again
+    assert proc.returncode == 0, out
+    lost = events(lab, "executor.node_lost")
+    assert [e["node"] for e in lost] == [placed["node"]], lost
+    trials = {t.number: t for t in trials_of(lab)}
+    victim = trials[int(str(placed["trial"]))]
+    assert victim.status.value == "interrupted", victim
+    assert "its cluster node was lost" in (victim.reason or ""), victim.reason
+    again = [t for t in trials.values() if t.requeued_from == victim.number]
+    assert len(again) == 1 and again[0].metric is not None, trials
+    assert again[0].description == victim.description
+    where = [p["node"] for p in events(lab, "trial.placed") if p["trial"] == again[0].number]
+    assert where and placed["node"] not in where
