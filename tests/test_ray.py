@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from overnight.lab.runner import find_marked
+from overnight.markers import TRIAL_MARKER
 from overnight.records import Trial
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
-from tests.conftest import OVERNIGHT, make_lab, run_cli
+from tests.conftest import OVERNIGHT, make_lab, process_gone, run_cli
 
 RAY = str(Path(sys.executable).with_name("ray"))
 PORT = 6380
@@ -60,10 +62,13 @@ class Cluster:
         not a pipe: the daemons `ray start` leaves behind would hold a pipe open.)"""
         out = self.temp.with_suffix(".out")
         with out.open("w") as fh:
-            done = subprocess.run(
-                [*self.enter(), RAY, *args],
-                env=self.env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
-            )  # fmt: skip
+            try:
+                done = subprocess.run(
+                    [*self.enter(), RAY, *args],
+                    env=self.env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"ray {args[0]} hung:\n{out.read_text()}") from None
         text = out.read_text()
         assert done.returncode == 0, text
         return text
@@ -108,11 +113,20 @@ def cluster() -> Iterator[Cluster]:
     found = Cluster(ns, temp, env)
     try:
         subprocess.run([*found.enter(), "ip", "link", "set", "lo", "up"], check=True)
-        found.ray(
-            "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}",
-            "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
-            f"--temp-dir={temp}", "--object-store-memory=100000000",
-        )  # fmt: skip
+        # On this busy machine the head's GCS now and then never comes up (its log stays
+        # empty and `ray start` waits for it forever): give it a minute, then start over.
+        for attempt in range(3):
+            try:
+                found.ray(
+                    "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}",
+                    "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+                    f"--temp-dir={temp}", "--object-store-memory=100000000", timeout=60,
+                )  # fmt: skip
+                break
+            except AssertionError:
+                found.stop()
+                if attempt == 2:
+                    raise
         for _ in range(2):
             found.add_worker()
         yield found
@@ -124,10 +138,12 @@ def cluster() -> Iterator[Cluster]:
         temp.with_suffix(".out").unlink(missing_ok=True)
 
 
-def ray_lab(root: Path, *, agents: int = 2, address: str = f"127.0.0.1:{PORT}") -> Path:
+def ray_lab(
+    root: Path, *, agents: int = 2, address: str = f"127.0.0.1:{PORT}", extra: str = ""
+) -> Path:
     lab = make_lab(
         root, script=SLOW_SCRIPT, parallel=2, agents=agents,
-        lab_extra=f'env = ["HOLD_DIR={root / ".git"}"]',
+        lab_extra=f'env = ["HOLD_DIR={root / ".git"}"]\n{extra}',
     )  # fmt: skip
     with (lab / "overnight.toml").open("a") as fh:
         fh.write(f'\n[executor]\nkind = "ray"\naddress = "{address}"\nresources = {{"a100" = 1}}\n')
@@ -226,12 +242,14 @@ def raylet_of(node: str) -> int:
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
+    """What `proc` printed once it ended (killed, with its group, if it is still running
+    after `timeout`)."""
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()
     return out
 
 
@@ -254,7 +272,7 @@ def test_a_worker_node_lost_mid_trial_interrupts_it_and_runs_it_again_once(
         hold.unlink(missing_ok=True)
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()
         cluster.add_worker()  # the next test has two workers again
     assert proc.returncode == 0, out
     lost = events(lab, "executor.node_lost")
@@ -268,3 +286,50 @@ def test_a_worker_node_lost_mid_trial_interrupts_it_and_runs_it_again_once(
     assert again[0].description == victim.description
     where = [p["node"] for p in events(lab, "trial.placed") if p["trial"] == again[0].number]
     assert where and placed["node"] not in where
+
+
+def test_a_run_killed_mid_trial_resumes_killing_what_it_left_on_the_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # no sandbox: bubblewrap would take the experiment down with its Ray worker; without
+    # one, the experiment outlives both (its watchdog would end it at budget + grace)
+    lab = ray_lab(tmp_path / "lab", agents=1, extra='sandbox = "none"')
+    hold = lab / ".git" / "hold"
+    proc = cluster.start("run", str(lab), "--trials", "3", "--no-ui")
+    try:
+        wait_until(lambda: any(t.status.value == "kept" for t in trials_of(lab)), 180)
+        hold.touch()
+        wait_until(lambda: any(p["trial"] != 1 for p in events(lab, "trial.placed")), 120)
+        placed = next(p for p in events(lab, "trial.placed") if p["trial"] != 1)
+        number = str(placed["trial"])
+        wait_until(lambda: bool(experiment_of(number)), 30)
+        left = experiment_of(number)
+        os.kill(proc.pid, signal.SIGKILL)  # nsenter execs overnight: this is the run
+        finish(proc)
+        # Ray ends the tasks of a driver that died and the processes they started (its
+        # workers are their subreaper), long before their watchdog would
+        wait_until(lambda: all(process_gone(pid) for pid in left), 10)  # budget: 20 s
+        hold.unlink()
+        resumed = cluster.overnight("run", str(lab), "--trials", "1", "--no-ui")
+    finally:
+        hold.unlink(missing_ok=True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        for pid in experiment_of(str(placed["trial"])) if "placed" in locals() else []:
+            os.kill(pid, signal.SIGKILL)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = {t.number: t for t in trials_of(lab)}
+    victim = trials[int(number)]
+    assert victim.status.value == "interrupted", victim
+    again = [t for t in trials.values() if t.requeued_from == victim.number]
+    assert len(again) == 1 and again[0].metric is not None, trials
+
+
+def experiment_of(trial: str) -> list[int]:
+    """The pids of a trial's experiment (its processes carry the trial's marker)."""
+    return [
+        pid
+        for pid, env in find_marked(TRIAL_MARKER, trial)
+        if env.get("HOLD_DIR") and not process_gone(pid)
+    ]
