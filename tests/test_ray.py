@@ -333,3 +333,19 @@ def experiment_of(trial: str) -> list[int]:
         for pid, env in find_marked(TRIAL_MARKER, trial)
         if env.get("HOLD_DIR") and not process_gone(pid)
     ]
+
+
+def test_a_trial_no_node_could_hold_is_refused_at_the_start(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab")
+    config = (lab / "overnight.toml").read_text().replace('{"a100" = 1}', '{"h100" = 1}')
+    (lab / "overnight.toml").write_text(config)
+    subprocess.run(["git", "-C", str(lab), "commit", "-qam", "h100"], check=True)
+    done = cluster.overnight("run", str(lab), "--trials", "1", "--no-ui")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no node of the Ray cluster at 127.0.0.1:6380 has what one trial reserves" in (
+        done.stderr
+    ), done.stderr
+    assert "h100 = 1" in done.stderr and "fix: start nodes that declare it" in done.stderr
+    assert not (lab / ".overnight" / "overnight.db").exists()

@@ -156,8 +156,35 @@ class Cluster:
                 )
             except ConnectionError as exc:
                 raise self._unreachable(address, str(exc).splitlines()[0]) from None
+        self._check_room(ray.nodes())  # type: ignore[no-untyped-call]
         self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
         self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
+
+    def wanted(self) -> dict[str, float]:
+        """What one trial reserves on its node, as Ray names resources."""
+        wanted = {"CPU": self.config.num_cpus, **self.config.resources}
+        if self.gpus:
+            wanted["GPU"] = float(self.gpus)
+        return {name: amount for name, amount in wanted.items() if amount}
+
+    def _check_room(self, nodes: list[dict[str, Any]]) -> None:
+        """A trial no node could ever hold would wait forever: say so at the start."""
+        wanted = self.wanted()
+        for node in nodes:
+            have = node.get("Resources", {})
+            if node.get("Alive") and all(have.get(k, 0) >= v for k, v in wanted.items()):
+                return
+        asked = ", ".join(f"{k} = {v:g}" for k, v in wanted.items())
+        raise ConfigError(
+            self.config_path,
+            f"no node of the Ray cluster at {self.config.address} has what one trial "
+            f"reserves ({asked})",
+            field="executor",
+            line=self._line("kind"),
+            fix="start nodes that declare it (`ray start --num-cpus=N --num-gpus=N "
+            "--resources='{\"name\": N}'`), or ask for less (num_cpus, resources, "
+            "[lab] gpus_per_trial)",
+        )
 
     def _probe(self, address: str) -> None:
         host, _, port = address.removeprefix("ray://").rpartition(":")
