@@ -41,6 +41,10 @@ X = 0.5
 Y = 5
 print("training on", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
 time.sleep(1.5)
+# a test makes a run touch the protected evaluator while this file exists
+if os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "tamper")):
+    with open("judge.py", "a") as fh:
+        fh.write("# changed by the run\\n")
 # a test holds a trial running as long as this file exists (the lab's .git is visible)
 while os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "hold")):
     time.sleep(0.1)
@@ -349,3 +353,30 @@ def test_a_trial_no_node_could_hold_is_refused_at_the_start(
     ), done.stderr
     assert "h100 = 1" in done.stderr and "fix: start nodes that declare it" in done.stderr
     assert not (lab / ".overnight" / "overnight.db").exists()
+
+
+def test_a_run_that_changes_a_protected_file_on_its_node_is_rejected(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab", agents=1)
+    proc = cluster.start("run", str(lab), "--trials", "1", "--no-ui")
+    try:
+        wait_until(
+            lambda: (
+                proc.poll() is not None or any(t.status.value == "kept" for t in trials_of(lab))
+            ),
+            180,
+        )
+        (lab / ".git" / "tamper").touch()  # every trial after the baseline
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, out
+    rejected = [t for t in trials_of(lab) if t.agent != "baseline"]
+    assert rejected and all(t.status.value == "rejected" for t in rejected), rejected
+    assert all(
+        t.reason == "integrity: the run protected file(s) modified: judge.py" for t in rejected
+    ), [t.reason for t in rejected]
+    assert (lab / "judge.py").read_text() == "# the protected evaluator\n"  # only its copy
