@@ -63,7 +63,7 @@ web-assets: $(VENV)/.installed-dev
 	cp $(WEB)/node_modules/@xterm/xterm/LICENSE $(VENDOR)/LICENSE.xterm
 	cp $(WEB)/node_modules/@xterm/addon-fit/LICENSE $(VENDOR)/LICENSE.addon-fit
 	cp $(WEB)/node_modules/htmx.org/LICENSE $(VENDOR)/LICENSE.htmx
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_wheel.py -k "not wheel_from"
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/web/test_wheel.py -k "not wheel_from"
 
 ## clis: the real Claude Code and Codex CLIs, for end-to-end tests against our gateway
 $(CLIS)/.installed:
@@ -106,6 +106,8 @@ bench: system-deps $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/peak_memory.py        # what measuring a trial's peak RSS costs, and how close it comes
 	$(BIN)/python benchmarks/notify.py             # event -> webhook delivery p50/p95; trials/s with a dead sink vs none
 	$(BIN)/python benchmarks/ray_cluster.py        # needs root (a network namespace): Ray vs local dispatch, slot use
+	$(BIN)/python benchmarks/research.py           # the research loop on spirals and tsp: sharing, noise floor, slot use (~15 min)
+	$(BIN)/python benchmarks/costs.py              # overnight costs / the Costs page on 1M attempts; the report on 10k trials
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

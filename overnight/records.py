@@ -169,7 +169,7 @@ class Trial:
     peak_rss_mb: float | None = None
     """Peak resident memory of the run's process tree as the runner measured it, in MiB."""
     # (ov_trials.tokens and .cost_usd are unused: a trial's cost is read from the gateway's
-    # attempts, see overnight.lab.ledger.trial_costs)
+    # attempts, see overnight.costs.trials.trial_costs)
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,43 @@ class UsageRow:
     """input + cache read + cache write + output."""
     cost_usd: float | None
     """None when unpriced."""
+
+
+@dataclass(frozen=True)
+class Keep:
+    """A kept trial, reduced to what its gain and its cost need."""
+
+    number: int
+    agent: str
+    metric: float | None
+    at: float
+    """When it was kept (finished)."""
+
+
+@dataclass(frozen=True)
+class CostGroup:
+    """Metered attempts summed for one agent, route, upstream and model in one UTC hour."""
+
+    run_id: str
+    """'' for attempts made outside any run."""
+    agent: str
+    route: str
+    upstream: str
+    model: str
+    hour: int
+    """Hours since the epoch (UTC): `started_at // 3600`."""
+    attempts: int
+    requests: int
+    """Attempts that were a request's first try (a failover is one request, two attempts)."""
+    input_tokens: int
+    """Billed at the full input rate: cache reads and writes are counted apart."""
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+    """Priced USD (unpriced attempts add nothing)."""
+    unpriced: int
+    """Attempts whose model has no price."""
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -98,45 +99,57 @@ class RouteWatch:
 
 
 @dataclass
-class Brownout:
-    """One brownout of one agent, from its start to its recovery."""
+class RideOut:
+    """One brownout of one agent's route, ridden out: iterate it, one round at a time.
+
+    Starting, it records `agent.brownout` and the agent `paused` (or `working`, when
+    it optimizes meanwhile); ending, however it ends, `agent.recovered` with the trials
+    done during it. Each round runs one trial of `optimize` (which may decline: None)
+    or else waits PROBE_EVERY_S, and yields that trial (None for a wait) before the
+    route is probed. The rounds end once the probe is answered (`recovered`) or `stop`
+    is set; a caller that stops earlier closes the iterator.
+    """
 
     store: Store
     run_id: str
     agent: str
-    route: str
-    mode: str
-    started: float = field(default_factory=time.time)
-    trials: list[int] = field(default_factory=list)
+    watch: RouteWatch
+    stop: threading.Event
+    optimize: Callable[[], Trial | None] | None = None
+    recovered: bool = field(default=False, init=False)
+    """Whether the rounds ended because the route answers again."""
 
-    def __post_init__(self) -> None:
+    def __iter__(self) -> Generator[Trial | None, None, None]:
+        route, mode = self.watch.alias, "optimize" if self.optimize is not None else "pause"
+        started = time.time()
+        trials: list[int] = []
         self.store.append_event(
-            self.run_id,
-            "agent.brownout",
-            {"route": self.route, "mode": self.mode, "started": self.started},
+            self.run_id, "agent.brownout", {"route": route, "mode": mode, "started": started},
             agent=self.agent,
-        )
-        state = "paused" if self.mode == "pause" else "working"
-        self.store.set_agent_state(
-            self.run_id, self.agent, state, reason=f"route {self.route!r} in brownout",
-            on_brownout=self.mode,
         )  # fmt: skip
-
-    def done(self, trial: Trial) -> None:
-        self.trials.append(trial.number)
-
-    def end(self) -> None:
-        ended = time.time()
-        self.store.append_event(
-            self.run_id,
-            "agent.recovered",
-            {
-                "route": self.route,
-                "mode": self.mode,
-                "started": self.started,
-                "ended": ended,
-                "lasted_s": round(ended - self.started, 3),
-                "trials": self.trials,
-            },
-            agent=self.agent,
-        )
+        self.store.set_agent_state(
+            self.run_id, self.agent, "paused" if mode == "pause" else "working",
+            reason=f"route {route!r} in brownout", on_brownout=mode,
+        )  # fmt: skip
+        try:
+            while not self.stop.is_set():
+                trial = self.optimize() if self.optimize is not None else None
+                if trial is not None:
+                    trials.append(trial.number)
+                yield trial
+                if trial is None and self.stop.wait(PROBE_EVERY_S):
+                    return
+                if self.watch.probe():
+                    self.recovered = True
+                    return
+        finally:
+            ended = time.time()
+            self.store.append_event(
+                self.run_id,
+                "agent.recovered",
+                {
+                    "route": route, "mode": mode, "started": started, "ended": ended,
+                    "lasted_s": round(ended - started, 3), "trials": trials,
+                },
+                agent=self.agent,
+            )  # fmt: skip

@@ -53,7 +53,7 @@ from overnight.lab.lab import Lab
 from overnight.lab.privacy import user_umask
 from overnight.lab.sandbox import Walls
 from overnight.lab.sharing import Sharing
-from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, run_mark
 
 FIRST_PROMPT = (
     "Start now: read the editable files, choose your first experiment, make the change and "
@@ -168,7 +168,7 @@ class ExternalAgent:
             command_timeout=(cfg.lab.budget + cfg.lab.grace) * (cfg.lab.confirm_runs + 1)
             + cfg.governance.approval_timeout
             + 600,
-            sandboxed=self.lab.sandboxed,
+            sandboxed=self.lab.enclosure.sandboxed,
         )
 
     def run(self) -> None:
@@ -271,7 +271,7 @@ class ExternalAgent:
         self._state("working", turn=self.turns)
         self.write(f"[overnight] turn {self.turns}: {prompt[:100]}")
         env = self._env(ctx)
-        if self.lab.sandboxed:
+        if self.lab.enclosure.sandboxed:
             argv = [*self._walls(ctx, argv[0]).argv(), *argv]
         error: str | None = None
         retry_at: float | None = None
@@ -480,7 +480,7 @@ class ExternalAgent:
         """The CLI's environment: no provider credential, no database URL; the gateway and
         its key, and where `overnight try` finds the command center."""
         markers = {k: v for k, v in os.environ.items() if k in (RUN_MARKER, SESSION_MARKER)}
-        return self.lab.untrusted_env(
+        return self.lab.enclosure.env(
             {
                 **markers,
                 **self.runtime.env(ctx),
@@ -502,7 +502,7 @@ class ExternalAgent:
             cwd=worktree,
             writable=(self.home,) if curious else (self.home, worktree),
             readable=(worktree,) if curious else (),
-            hidden=self.lab.hidden_paths(),
+            hidden=self.lab.enclosure.hidden_paths(),
             visible=(
                 self.lab.org.root,
                 Path(sys.prefix),
@@ -556,7 +556,7 @@ def main(worktree: Path) -> None:
 
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, on_signal)
-        os.environ.setdefault(RUN_MARKER, lab.run.id)
+        os.environ.setdefault(RUN_MARKER, run_mark(lab.org.root, lab.run.id))
         agent.run()  # the supervisor that stopped it records the agent `paused`
     finally:
         lab.close()

@@ -1,40 +1,40 @@
 """The supervisor: runs a lab's in-process agents on threads until the stop rules say so.
 
 Owns the agent loop (a generator of finished trials), the shared allowance of
-trials and time for one invocation, handing each re-queued proposal back to the
-agent that made it, and a clean stop: a stop request kills the
-running experiments, which are recorded `interrupted` and re-queued by the next
-start. Knows nothing about the CLI or how the progress is shown.
+trials and time for one invocation, keeping external agents' terminal sessions
+running, pause / resume / restart from outside (`AgentControl`), and a clean stop:
+a stop request kills the running experiments, which are recorded `interrupted` and
+re-queued by the next start (each back to the agent that made it: `requeued`).
+Knows nothing about the CLI or how the progress is shown.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from overnight.agents.brownout import (
-    PAUSE_FILE,
-    PROBE_EVERY_S,
-    Brownout,
-    GatewayRoutes,
-    RouteWatch,
-)
+from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S, GatewayRoutes, RideOut, RouteWatch
+from overnight.agents.requeued import Requeued
+from overnight.costs.anomaly import RunWatch
+from overnight.costs.overview import ALLOWANCE, ANOMALY
 from overnight.errors import UserError
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git
 from overnight.lab.lab import Lab
-from overnight.lab.proposal import Proposal, ProposerUnavailable
+from overnight.lab.proposal import ProposerUnavailable
 from overnight.lab.runner import kill_marked
 from overnight.lab.sharing import Sharing
 from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
-from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER
+from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, run_mark
+from overnight.org.config import OnAnomaly
 from overnight.proposers import Proposer, ProposerSetup, create, in_terminal, runtime
 from overnight.records import AgentRecord, Trial, TrialStatus
 from overnight.sessions import default_backend
@@ -158,91 +158,30 @@ def _ride_out(
     allowance: Allowance,
     stop: threading.Event,
 ) -> Iterator[Trial]:
-    mode = "optimize" if optimizer is not None else "pause"
-    brownout = Brownout(lab.store, lab.run.id, name, watch.alias, mode)
+    """A built-in agent's brownout: its optimizer's trials meanwhile, as the allowance
+    lets them start, until its route answers again."""
     worktree = Path(lab.agent(name).worktree)
-    try:
-        while not stop.is_set():
-            if optimizer is not None and allowance.take(stop):
-                trial = lab.run_trial(name, lambda t: optimizer.propose(worktree, t), stop)
-                optimizer.observe(trial)
-                brownout.done(trial)
-                yield trial
-                if trial.status is TrialStatus.interrupted:
-                    return
-            elif stop.wait(PROBE_EVERY_S):
+
+    def optimize(optimizer: Proposer) -> Trial | None:
+        if not allowance.take(stop):
+            return None
+        trial = lab.run_trial(name, lambda t: optimizer.propose(worktree, t), stop)
+        optimizer.observe(trial)
+        return trial
+
+    ride = RideOut(
+        lab.store, lab.run.id, name, watch, stop,
+        functools.partial(optimize, optimizer) if optimizer is not None else None,
+    )  # fmt: skip
+    with contextlib.closing(iter(ride)) as rounds:
+        for trial in rounds:
+            if trial is None:
+                continue
+            yield trial
+            if trial.status is TrialStatus.interrupted:
                 return
-            if watch.probe():
-                break
-    finally:
-        brownout.end()
-    lab.store.set_agent_state(lab.run.id, name, "working", reason="route recovered")
-
-
-class Requeued:
-    """Sees that a re-queued proposal runs for the agent that made it.
-
-    Each agent's proposer gets its own interrupted trials back (`resume`), but proposers
-    may share their queue: the agents of the `optuna` runtime ask one study, which hands
-    a re-queued point to whoever asks next. So every proposal that comes back re-queued
-    from another agent's trial is set aside for that agent, who takes it before asking
-    anew, and the agent that got it asks again.
-    """
-
-    def __init__(self, makers: dict[int, str]) -> None:
-        self.makers = makers
-        """Trial number -> the agent that proposed it, for each re-queued trial."""
-        self._aside: dict[str, list[Proposal]] = {}
-        self._lock = threading.Lock()
-
-    def own(self, name: str, proposer: Proposer) -> Proposer:
-        """`proposer`, as agent `name` should ask it."""
-        return _OwnRequeues(self, name, proposer) if self.makers else proposer
-
-    def propose(self, name: str, proposer: Proposer, worktree: Path, trial: Trial) -> Proposal:
-        while True:
-            with self._lock:
-                aside = self._aside.get(name)
-                if aside:
-                    return aside.pop(0)
-            proposal = proposer.propose(worktree, trial)
-            again = proposal.requeued_from
-            maker = name if again is None else self.makers.get(again, name)
-            if maker == name:
-                return proposal
-            # (its description was written against this agent's worktree; what it
-            # changes is the same in the maker's)
-            with self._lock:
-                self._aside.setdefault(maker, []).append(proposal)
-
-
-class _OwnRequeues:
-    """A proposer whose re-queued proposals go to their makers (see `Requeued`)."""
-
-    def __init__(self, requeued: Requeued, name: str, proposer: Proposer) -> None:
-        self._requeued = requeued
-        self._name = name
-        self._proposer = proposer
-
-    def propose(self, worktree: Path, trial: Trial) -> Proposal:
-        return self._requeued.propose(self._name, self._proposer, worktree, trial)
-
-    def observe(self, trial: Trial) -> None:
-        self._proposer.observe(trial)
-
-    def resume(self, finished: Sequence[Trial], requeue: Sequence[Trial]) -> None:
-        self._proposer.resume(finished, requeue)
-
-    def baseline(self, trial: Trial, worktree: Path) -> None:
-        self._proposer.baseline(trial, worktree)
-
-    def adopted(self, worktree: Path, best: Trial) -> None:
-        self._proposer.adopted(worktree, best)
-
-    def close(self) -> None:
-        close = getattr(self._proposer, "close", None)
-        if callable(close):
-            close()
+    if ride.recovered:
+        lab.store.set_agent_state(lab.run.id, name, "working", reason="route recovered")
 
 
 @dataclass
@@ -258,7 +197,8 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.allowance = Allowance(self.trials, self.seconds)
-        self.lab.deadline = self.allowance.deadline  # a trial waiting for disk space stops then
+        # a trial waiting for disk space stops then
+        self.lab.experiments.deadline = self.allowance.deadline
         self._lock = threading.Lock()
         self._requeued = Requeued({})
         self.sharing = Sharing(self.lab)
@@ -266,6 +206,8 @@ class Supervisor:
         """`[lab.stop]`, judging every trial once the baseline is measured."""
         self._ruled: Stop | None = None
         self._ticked = 0.0
+        self.anomalies = RunWatch(self.lab.store, self.lab.run.lab, self.lab.run.id)
+        """Each agent's spending against its own history (overnight.costs.anomaly)."""
 
     def stopped_by(self) -> Stop:
         """The rule that ended the run (after `run` returned)."""
@@ -293,6 +235,9 @@ class Supervisor:
             return self.finished
         if not measured_before:
             self._report(baseline)
+        if self.allowance.deadline is not None:  # for the cost forecast
+            left = self.allowance.deadline - time.monotonic()
+            lab.store.append_event(lab.run.id, ALLOWANCE, {"until": time.time() + left})
         self.rules = StopRules(lab)
         ruled = self.rules.at_start()
         if ruled is not None:
@@ -300,7 +245,7 @@ class Supervisor:
             for proposer in proposers.values():
                 _close(proposer)
             # terminal sessions that outlived the last run stop with this one, as at its end
-            kill_marked(RUN_MARKER, lab.run.id)
+            kill_marked(RUN_MARKER, run_mark(lab.org.root, lab.run.id))
             return self.finished
         first_of_runtime: dict[str, Proposer] = {}
         for agent in lab.agents():
@@ -447,7 +392,7 @@ class Supervisor:
             self._halt(verdict.stop)
 
     def _tick(self) -> None:
-        """The rules that watch the clock, about once a second."""
+        """The rules that watch the clock and the spending, about once a second."""
         now = time.monotonic()
         if self.rules is None or now - self._ticked < 1.0:
             return
@@ -455,6 +400,20 @@ class Supervisor:
         ruled = self.rules.tick()
         if ruled is not None:
             self._halt(ruled)
+        self._watch_costs()
+
+    def _watch_costs(self) -> None:
+        """A `cost.anomaly` event for each anomaly; an agent with `on_anomaly = "pause"`
+        is paused as a person would pause it (and only a person resumes it)."""
+        configs = dict(self.lab.config.agent_names())
+        for anomaly in self.anomalies.poll():
+            store, run_id, name = self.lab.store, self.lab.run.id, anomaly.agent
+            config = configs.get(name)
+            pause = config is not None and config.on_anomaly == OnAnomaly.pause
+            store.append_event(run_id, ANOMALY, {**anomaly.payload(), "pause": pause}, agent=name)
+            control = self.services.control
+            if pause and control is not None and not control.paused_by_user(name):
+                control.pause(name)
 
     def _halt(self, stop: Stop) -> None:
         """A stop rule fired (it is recorded): no trial starts any more; those running finish."""
@@ -511,27 +470,22 @@ class ExternalSupervision:
         """Hold the agent between turns while its route is down (optimizing in its
         worktree meanwhile, if so configured); False if the run should end."""
         assert self.watch is not None
-        lab, stop = self.lab, self.sup.stop_event
+        lab = self.lab
         pause = self.home / PAUSE_FILE
         ours = f"route {self.watch.alias!r} is in brownout\n"
         if not pause.exists():  # a pause by hand or by a stop rule outlasts ours
             pause.write_text(ours)
-        mode = "optimize" if self.optimizer is not None else "pause"
-        brownout = Brownout(lab.store, lab.run.id, self.name, self.watch.alias, mode)
+        ride = RideOut(
+            lab.store, lab.run.id, self.name, self.watch, self.sup.stop_event,
+            self._optimize if self.optimizer is not None else None,
+        )  # fmt: skip
         try:
-            while not stop.is_set():
-                trial = self._optimize() if self.optimizer is not None else None
-                if trial is not None:
-                    brownout.done(trial)
-                if not self._collect():
-                    return False
-                if trial is None and stop.wait(PROBE_EVERY_S):
-                    return False
-                if self.watch.probe():
-                    return True
-            return False
+            with contextlib.closing(iter(ride)) as rounds:
+                for _trial in rounds:  # (its trials are reported with the agent's own)
+                    if not self._collect():
+                        return False
+            return ride.recovered
         finally:
-            brownout.end()
             with contextlib.suppress(FileNotFoundError):
                 if pause.read_text() == ours:
                     pause.unlink()
@@ -563,9 +517,9 @@ class ExternalSupervision:
         # The agent process is ours (it writes the agent's states to the store), but it
         # runs the agent's CLI: it gets overnight's settings, never a provider credential.
         env = {
-            **lab.untrusted_env({}),
+            **lab.enclosure.env({}),
             **{k: v for k, v in os.environ.items() if k.startswith("OVERNIGHT_")},
-            RUN_MARKER: lab.run.id,
+            RUN_MARKER: run_mark(lab.org.root, lab.run.id),
             SESSION_MARKER: self.session_name,
             AGENT_MARKER: self.name,
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
@@ -635,7 +589,8 @@ class ExternalSupervision:
                                    agent=self.name)  # fmt: skip
         finally:
             session.kill()
-            kill_marked(RUN_MARKER, run_id, spare=lambda env: env.get(AGENT_MARKER) != self.name)
+            mark = run_mark(self.lab.org.root, run_id)
+            kill_marked(RUN_MARKER, mark, spare=lambda env: env.get(AGENT_MARKER) != self.name)
             store.set_agent_state(run_id, self.name, "paused", reason="the run stopped")
 
 

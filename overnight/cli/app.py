@@ -17,7 +17,18 @@ import typer
 from rich.text import Text
 
 from overnight import __version__
-from overnight.cli import agent, approvals, audit, gateway, ledger, notify, policy, run, scaffold
+from overnight.cli import (
+    agent,
+    approvals,
+    audit,
+    costs,
+    gateway,
+    ledger,
+    notify,
+    policy,
+    run,
+    scaffold,
+)
 from overnight.cli.common import err, out
 from overnight.errors import BaselineFailed, UserError
 
@@ -31,6 +42,7 @@ for commands in (
     run.commands,
     agent.commands,
     ledger.commands,
+    costs.commands,
     scaffold.commands,
     gateway.commands,
     approvals.commands,

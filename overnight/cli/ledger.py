@@ -88,6 +88,16 @@ def status(
     if spend["total"]:
         parts = ", ".join(f"{a} ${v:.4f}" for a, v in spend["by_agent"].items() if v)
         out.print(f"LLM spend through the gateway: ${spend['total']:.4f} ({parts})")
+    fc = data["forecast"]
+    if fc is not None and fc["burn_usd_per_h"]:
+        line = f"burn ${fc['burn_usd_per_h']:.4f}/h"
+        if fc["at_end_usd"] is not None:
+            line += f" · by the run's end: ${fc['at_end_usd']:.4f}"
+        for b in fc["budgets"]:
+            if b["runs_out_at"] is not None:
+                clock = time.strftime("%H:%M UTC", time.gmtime(b["runs_out_at"]))
+                line += f" · {b['who']} {b['period']} budget runs out {clock}"
+        out.print(line + " (overnight costs)", markup=False)
     now = time.time()
     for agent in data["agents"]:
         since = agent["state_since"]

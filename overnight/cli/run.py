@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -20,6 +20,9 @@ from overnight.cli.progress import Progress
 from overnight.errors import UserError
 from overnight.lab.privacy import keep_private
 from overnight.units import parse_duration
+
+if TYPE_CHECKING:
+    from overnight.lab.lab import Lab
 
 commands = typer.Typer()
 
@@ -119,11 +122,25 @@ def _run_lab(
     finally:
         signal.signal(signal.SIGINT, _exit_now)
         view.summary(interrupted, why)
+        _report(lab)
         lab.close()
     if interrupted and live:  # a service (`up`) stopped by a signal has done its job
         raise typer.Exit(130)
     if why is not None and why.rule == "crash_streak":  # the run could not go on
         raise typer.Exit(4)
+
+
+def _report(lab: Lab) -> None:
+    """The morning report, written as the run ends (a person reads it over coffee)."""
+    from overnight.lab import report
+    from overnight.lab.ledger import LabStore, LabView
+
+    if lab.baseline() is None:
+        return  # nothing was measured: nothing to tell
+    view = LabView(LabStore(lab.org.root, lab.config.lab.name, lab.store, lab.org), lab.run,
+                   lab.config)  # fmt: skip
+    path = report.write(view)
+    out.print(f"report: {path.with_suffix('.html')} (and {path.name})", markup=False)
 
 
 def _duration(flag: str, value: str) -> float:

@@ -29,6 +29,7 @@ from typing import Any
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import INVALID_SPAN, TracerProvider
 
+from overnight.costs.prices import PriceTable
 from overnight.gateway import agent_api, protocols
 from overnight.gateway.agent_api import Desk, Governance
 from overnight.gateway.asgi import (
@@ -49,7 +50,6 @@ from overnight.gateway.config import Secret, read_secrets
 from overnight.gateway.failover import Failover
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import BudgetExhausted, Budgets, MeterSink
-from overnight.gateway.prices import PriceTable
 from overnight.gateway.protocols import WireProtocol
 from overnight.gateway.router import Events, Router
 from overnight.gateway.telemetry import Metrics, end_request_span, request_span, tracer

@@ -26,13 +26,13 @@ from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN, Span, Tracer
 
+from overnight.costs.prices import PriceTable
 from overnight.errors import ConfigError
 from overnight.gateway import protocols
 from overnight.gateway.asgi import Send, reply
 from overnight.gateway.call import Call, Meter, Result, fail, failed
 from overnight.gateway.codec import dumps
 from overnight.gateway.meter import Attempt, MeterSink, Outcome
-from overnight.gateway.prices import PriceTable
 from overnight.gateway.protocols import (
     StreamWatch,
     Tokens,

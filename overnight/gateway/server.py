@@ -34,12 +34,12 @@ from urllib.parse import unquote
 
 import httptools
 
+from overnight.costs.prices import PriceTable
 from overnight.gateway.app import Gateway
 from overnight.gateway.asgi import Message
 from overnight.gateway.config import Secret
 from overnight.gateway.keys import KeyRing
 from overnight.gateway.meter import Budgets, MeterSink
-from overnight.gateway.prices import PriceTable
 from overnight.gateway.router import Events
 from overnight.org.gateway import GatewayConfig
 

@@ -60,13 +60,16 @@ POLL_S = 0.05
 PROBE_S = 5.0
 """Seconds a start waits for the cluster's address to answer before saying it does not."""
 INSTALL = "pip install 'overnight[ray]'"
+NODE_LOST = "its cluster node was lost"
+"""How the reason of a trial interrupted by a lost node begins (it is re-queued at once)."""
 
 
 @dataclass(frozen=True)
 class Experiment:
     """What a worker needs to run one trial's experiment: all of it plain data."""
 
-    run_id: str
+    mark: str
+    """The run's mark (`markers.run_mark`): what its experiments' processes carry."""
     trial: int
     steps: tuple[tuple[str, str], ...]
     """(step, command): ("run", ...), then ("evaluate", ...) when the lab has one."""
@@ -292,8 +295,8 @@ class Cluster:
             if self._room is not None:
                 self._room.release()
 
-    def reap(self, run_id: str) -> list[dict[str, Any]]:
-        """Kill, on every live node, what experiments of run `run_id` left running (their
+    def reap(self, mark: str) -> list[dict[str, Any]]:
+        """Kill, on every live node, what experiments of the run marked `mark` left running (their
         `overnight run` was killed and Ray ended its tasks, but not the process groups
         they started); returns, per node that had some, what was killed."""
         import ray
@@ -303,7 +306,7 @@ class Cluster:
         refs = {
             node["NodeID"]: self._reaper.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-            ).remote(run_id)
+            ).remote(mark)
             for node in ray.nodes()  # type: ignore[no-untyped-call]
             if node.get("Alive")
         }
@@ -397,7 +400,7 @@ def _run_steps(
             stop=stop, record=experiment.record,
         )  # fmt: skip
         if ran.timed_out or stop.is_set():
-            _kill_trial(experiment.run_id, experiment.trial)
+            _kill_trial(experiment.mark, experiment.trial)
         result = ran if result is None else result.followed_by(ran)
     assert result is not None
     return {
@@ -428,13 +431,14 @@ def _unpack(archive: bytes, into: Path) -> None:
         tar.extractall(into, filter="data")
 
 
-def _kill_trial(run_id: str, trial: int) -> None:
-    kill_marked(RUN_MARKER, run_id, spare=lambda env: env.get(TRIAL_MARKER) != str(trial))
+def _kill_trial(mark: str, trial: int) -> None:
+    kill_marked(RUN_MARKER, mark, spare=lambda env: env.get(TRIAL_MARKER) != str(trial))
 
 
-def _reap(run_id: str) -> tuple[str, list[int]]:
-    """On one node: kill every process group an experiment of `run_id` left running."""
-    killed = kill_marked(RUN_MARKER, run_id, spare=lambda env: TRIAL_MARKER not in env)
+def _reap(mark: str) -> tuple[str, list[int]]:
+    """On one node: kill every process group an experiment of the run marked `mark` left
+    running."""
+    killed = kill_marked(RUN_MARKER, mark, spare=lambda env: TRIAL_MARKER not in env)
     return socket.gethostname(), killed
 
 

@@ -20,10 +20,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from overnight.costs.overview import run_forecast
+from overnight.costs.trials import TrialCost, trial_costs
 from overnight.errors import ConfigError, UserError
-from overnight.lab.lab import MAX_REQUEUES, best_trial, requeues
+from overnight.lab.keeps import best_trial
 from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
+from overnight.lab.resume import MAX_REQUEUES, requeues
 from overnight.lab.stop import STOPPING
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.records import (
@@ -143,44 +146,6 @@ def open_view(root: Path) -> LabView:
         raise
 
 
-@dataclass(frozen=True)
-class TrialCost:
-    tokens: int
-    cost_usd: float | None
-    """None when nothing priced was spent; partial when some calls were unpriced."""
-    unpriced: bool
-
-
-def trial_costs(store: Store, run_id: str) -> dict[int, TrialCost]:
-    """What each trial cost in LLM calls through the gateway.
-
-    A call tagged with a trial (`x-overnight-trial`, as the llm runtime sends) counts
-    for that trial. An untagged call (an external agent thinking before it runs
-    `overnight try`) counts for the agent's next trial: the price of coming up with it.
-    """
-    trials = sorted(store.trials(run_id), key=lambda t: t.created_at)
-    by_agent: dict[str, list[Trial]] = {}
-    for t in trials:
-        by_agent.setdefault(t.agent, []).append(t)
-    numbers = {str(t.number): t.number for t in trials}
-    tokens: Counter[int] = Counter()
-    cost: dict[int, float] = {}
-    unpriced: set[int] = set()
-    for row in store.usage_rows(run_id):
-        number = numbers.get(row.trial) if row.trial is not None else None
-        if number is None:
-            later = [t for t in by_agent.get(row.agent, []) if t.created_at >= row.started_at]
-            if not later:
-                continue  # thinking toward a trial that has not started yet
-            number = later[0].number
-        tokens[number] += row.tokens
-        if row.cost_usd is None:
-            unpriced.add(number)
-        else:
-            cost[number] = cost.get(number, 0.0) + row.cost_usd
-    return {n: TrialCost(tokens[n], cost.get(n), n in unpriced) for n in set(tokens) | unpriced}
-
-
 def columns(config: OrgConfig) -> list[str]:
     """The ledger's columns: autoresearch's five (its analysis reads them by name), then
     overnight's, then each `[lab] record` value; with a hidden holdout, its metric and the
@@ -292,6 +257,9 @@ def status(view: LabView) -> dict[str, Any]:
     best_branch = keeper.branch if keeper is not None else None
     lab_name = cfg.lab.name
     spenders = sorted({a.name for a in agents} | set(store.key_hashes(lab_name).values()))
+    spent: dict[str, float] = {}  # the lab's, every run's: from the cost rollup
+    for g in store.cost_groups(lab_name):
+        spent[g.agent] = spent.get(g.agent, 0.0) + g.cost_usd
     return {
         **_keeps(view, trials, baseline),
         "lab": cfg.lab.name,
@@ -338,8 +306,8 @@ def status(view: LabView) -> dict[str, Any]:
             for a in agents
         ],
         "spend_usd": {
-            "total": store.spend(lab_name),
-            "by_agent": {name: store.spend(lab_name, agent=name) for name in spenders},
+            "total": sum(spent.values()),
+            "by_agent": {name: spent.get(name, 0.0) for name in spenders},
         },
         "running": [
             {"trial": t.number, "agent": t.agent, "status": t.status.value, "since": t.started_at}
@@ -360,6 +328,8 @@ def status(view: LabView) -> dict[str, Any]:
         ],
         "config_error": str(view.lab.config_error) if view.lab.config_error else None,
         "imported": imported_history(trials, cfg),
+        # where the spending is heading, while the run runs (a stopped run burns nothing)
+        "forecast": run_forecast(store, cfg, run).as_dict() if pid and cfg.gateway else None,
     }
 
 

@@ -258,7 +258,8 @@ def lab_notifier(lab: Lab) -> Iterator[Notifier | None]:
 
         view = LabView(LabStore(lab.org.root, lab.config.lab.name, lab.store, lab.org), lab.run,
                        lab.config)  # fmt: skip
-        return morning.write(view)
+        # the self-contained page (its Markdown twin is written beside it)
+        return morning.write(view).with_suffix(".html")
 
     notifier = Notifier(
         lab.store, lab.run, lab.config, sinks, base_url=web_base(lab.paths), report=report

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from overnight.lab.lab import best_trial
+from overnight.lab.keeps import best_trial
 from overnight.lab.ratchet import better
 from overnight.org.config import OrgConfig
 from overnight.records import BASELINE, IMPORTED, Event, Run, Trial, TrialStatus

@@ -481,6 +481,11 @@ class KnobConfig(_Model):
         return self
 
 
+class OnAnomaly(StrEnum):
+    notify = "notify"
+    pause = "pause"
+
+
 class OnBrownout(StrEnum):
     pause = "pause"
     optimize = "optimize"
@@ -503,6 +508,10 @@ class AgentConfig(_Model):
     on_brownout: OnBrownout = OnBrownout.pause
     """When every candidate of its model route is down: pause, or keep the lab moving with
     the offline optimizer (`optimize`, needs [[knobs]])."""
+    on_anomaly: OnAnomaly = OnAnomaly.notify
+    """When its spending is anomalous against its own history (overnight.costs.anomaly):
+    a `cost.anomaly` event, which [[notify]] sinks hear of; `pause` also pauses the agent
+    until a person resumes it."""
     # Fresh context for CLI agents (overnight.agents.external).
     fresh_every: int = Field(default=25, ge=0)
     """An external agent's conversation ends after this many of its trials (0: never; it

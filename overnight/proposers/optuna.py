@@ -6,15 +6,18 @@ agents from proposing the same point). A TPE draw does not depend on where its
 agent stands, so when the agent moves to the lab's best (sharing), its next
 proposal explores around the knobs of that commit instead, as population-based
 training's explore step does; the study hears of its result like any other.
+`OVERNIGHT_SEED` makes the draws repeatable (benchmarks, a bug report).
 Knows nothing about git or the runner.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import threading
 import warnings
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from optuna.distributions import (
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
+from overnight.errors import UserError
 from overnight.lab.proposal import Proposal
 from overnight.org import knobs as knob_files
 from overnight.org.config import Goal, KnobConfig
@@ -49,6 +53,25 @@ STEP = 0.1
 # Optuna pops a WAITING (re-queued) trial with a read-then-write that two threads
 # on SQLite can both win; one ask at a time per process keeps every point unique.
 _ask_lock = threading.Lock()
+SEED_ENV = "OVERNIGHT_SEED"
+"""An integer: seeds every optuna agent's sampler and explore steps, so a run can be repeated."""
+
+
+def agent_seed(agent: str) -> int | None:
+    """The seed of `agent`'s draws from `OVERNIGHT_SEED` (None when unset): the seed mixed
+    with the agent's name, since agents sharing one study with one seed would draw the
+    same random points."""
+    text = os.environ.get(SEED_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        seed = int(text)
+    except ValueError:
+        raise UserError(
+            f"{SEED_ENV}={text!r} is not a whole number.\n"
+            f"  fix: set it to an integer such as {SEED_ENV}=1, or unset it."
+        ) from None
+    return zlib.crc32(f"{seed}:{agent}".encode())
 
 
 def distribution(knob: KnobConfig) -> BaseDistribution:
@@ -66,6 +89,7 @@ def study_name(run_id: str) -> str:
 
 class OptunaProposer:
     def __init__(self, setup: ProposerSetup) -> None:
+        seed = agent_seed(setup.agent)
         self.knobs = list(setup.config.knobs)
         self.distributions = {k.name: distribution(k) for k in self.knobs}
         direction = (
@@ -77,7 +101,7 @@ class OptunaProposer:
             # constant_liar / multivariate are flagged experimental; we rely on them knowingly
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(
-                n_startup_trials=5, multivariate=True, constant_liar=True
+                n_startup_trials=5, multivariate=True, constant_liar=True, seed=seed
             )
         store = open_store(setup.store_url)  # the study lives in the lab's database
         try:
@@ -94,7 +118,7 @@ class OptunaProposer:
         self._asked: dict[int, optuna.trial.Trial] = {}
         self._explore: int | None = None
         """The lab's trial the agent moved to, until the next proposal explores near it."""
-        self._random = random.Random()
+        self._random = random.Random(seed)
 
     def propose(self, worktree: Path, trial: Trial) -> Proposal:
         before = knob_files.current_values(worktree, self.knobs)

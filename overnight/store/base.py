@@ -50,8 +50,10 @@ from overnight.records import (
     ApprovalStatus,
     AuditCheckpoint,
     AuditRecord,
+    CostGroup,
     Event,
     ImportedTrial,
+    Keep,
     Notice,
     Notification,
     NotificationStatus,
@@ -194,6 +196,14 @@ class Store(abc.ABC):
         """Trials of a run in number order; with `last`, only the last that many."""
 
     @abc.abstractmethod
+    def trial_counts(self, run_id: str) -> dict[tuple[str, TrialStatus], int]:
+        """How many trials of the run each agent has in each status."""
+
+    @abc.abstractmethod
+    def keeps(self, run_id: str) -> list[Keep]:
+        """The run's kept trials (the baseline's included), in number order."""
+
+    @abc.abstractmethod
     def append_event(
         self,
         run_id: str,
@@ -205,8 +215,15 @@ class Store(abc.ABC):
     ) -> Event: ...
 
     @abc.abstractmethod
-    def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
-        """Events with id > `after`, oldest first."""
+    def events(
+        self,
+        run_id: str,
+        *,
+        after: int = 0,
+        limit: int = 1000,
+        kinds: Iterable[str] | None = None,
+    ) -> list[Event]:
+        """Events with id > `after` (of one of `kinds`, when given), oldest first."""
 
     @abc.abstractmethod
     def last_event(
@@ -262,6 +279,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def spend(self, lab: str, *, agent: str | None = None, since: float | None = None) -> float:
         """Priced USD spent through the gateway (unpriced attempts add nothing)."""
+
+    @abc.abstractmethod
+    def cost_groups(self, lab: str, run_id: str | None = None) -> list[CostGroup]:
+        """The lab's metered attempts (of one run, given `run_id`; '' for those outside any
+        run) summed per run, agent, route, upstream, model and UTC hour, oldest first.
+        Attempts recorded since the last call are folded in first; a call never misses
+        an attempt recorded before it began."""
 
     # audit -----------------------------------------------------------------
 

@@ -234,6 +234,43 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        "0007_cost_rollup",
+        [
+            # the metered attempts summed per run, agent, route, upstream, model and UTC
+            # hour, folded in up to `ov_cost_marks.last_attempt` when costs are read: a
+            # million attempts are then read as a few thousand rows, not scanned
+            """CREATE TABLE ov_cost_rollup (
+                lab TEXT NOT NULL,
+                run_id TEXT NOT NULL,
+                agent TEXT NOT NULL,
+                route TEXT NOT NULL,
+                upstream TEXT NOT NULL,
+                model TEXT NOT NULL,
+                hour BIGINT NOT NULL,
+                attempts BIGINT NOT NULL,
+                requests BIGINT NOT NULL,
+                input_tokens BIGINT NOT NULL,
+                output_tokens BIGINT NOT NULL,
+                cache_read_tokens BIGINT NOT NULL,
+                cache_write_tokens BIGINT NOT NULL,
+                cost_usd DOUBLE PRECISION NOT NULL,
+                unpriced BIGINT NOT NULL,
+                PRIMARY KEY (lab, run_id, agent, route, upstream, model, hour)
+            )""",
+            # one row (lab '*'): the last attempt folded in, of every lab
+            """CREATE TABLE ov_cost_marks (
+                lab TEXT PRIMARY KEY,
+                last_attempt BIGINT NOT NULL
+            )""",
+        ],
+    ),
+    (
+        "0008_events_by_kind",
+        # a run's events of some kinds (its anomalies, its allowance, its last start)
+        # without reading all of them
+        ["CREATE INDEX ov_events_kind ON ov_events (run_id, kind, id)"],
+    ),
 ]
 
 

@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import Row
 
 from overnight import redaction
 from overnight.records import Notice, Notification, NotificationStatus
+from overnight.store.engine import SqlBase
 
 _NOTIFY_LOCK = 727103
 _COLUMNS = (
@@ -31,13 +32,8 @@ def _redacted(value: str | None) -> str | None:
     return None if value is None else redaction.redact(value)
 
 
-class NotificationRows:
-    """`Store`'s notification methods over SQL; needs `engine` and `_lock` from SqlStore."""
-
-    engine: Engine
-
-    def _lock(self, conn: Connection, key: int) -> None:  # pragma: no cover - SqlStore's
-        raise NotImplementedError
+class NotificationRows(SqlBase):
+    """`Store`'s notification methods over SQL."""
 
     def add_notifications(
         self, lab: str, notices: Sequence[Notice], *, cursor: tuple[int, int] | None = None

@@ -1,78 +1,52 @@
 """The SQLAlchemy Store: SQLite (WAL) by default, PostgreSQL for teams.
 
-The only module with SQL in it. Plain portable SQL through SQLAlchemy Core
-connections; JSON kept as text so both dialects read it the same way.
+Owns the runs, their agents, trials and events, and what the gateway meters (its
+keys, attempts and spend). Built on `engine.SqlBase` (connecting, locks, writing an
+event), with governance's records from `governance`; rows become records in
+`read`. Plain portable SQL through SQLAlchemy Core connections; JSON kept as text
+so both dialects read it the same way.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import Row
-from sqlalchemy.pool import NullPool
+from sqlalchemy import Connection, text
 
 from overnight import redaction
 from overnight.records import (
     ATTEMPT_FIELDS,
     AgentRecord,
-    Approval,
-    ApprovalStatus,
-    AuditCheckpoint,
-    AuditRecord,
     Event,
     ImportedTrial,
+    Keep,
     Run,
     Trial,
     TrialStatus,
     UsageRow,
     can_move,
 )
+from overnight.store import read
 from overnight.store.base import TRIAL_FIELDS, Store, TransitionError
-from overnight.store.migrations import migrate
+from overnight.store.costs import CostRows
+from overnight.store.engine import ID_ORDER_LOCK, dumps, sqlalchemy_url
+from overnight.store.governance import GovernanceRecords
 from overnight.store.notifications import NotificationRows
 
 if TYPE_CHECKING:
     from optuna.storages import RDBStorage
 
 _JSON_FIELDS = {"proposal", "metrics", "recorded"}
-
-# PostgreSQL advisory locks (SQLite needs none: BEGIN IMMEDIATE serializes every writer).
-_MIGRATE_LOCK = 727100
-_AUDIT_LOCK = 727101
-# Taken before an event or attempt id is drawn and held to commit, so ids commit in id
-# order: a sequence hands out ids at once, but concurrent transactions commit in any order,
-# and a follower that remembered id 11 would never see a late-committing id 10.
-_ID_ORDER_LOCK = 727102
 _optuna_storages: dict[str, RDBStorage] = {}
 _optuna_lock = threading.Lock()
 _FLAG_AT = tuple(
     i + 2 for i, c in enumerate(ATTEMPT_FIELDS) if c in ("stream", "usage_estimated", "unpriced")
 )
 """Where the flag columns are in an ov_attempts insert's values (after lab and run_id)."""
-_AUDIT_COLUMNS = "lab, seq, at, kind, actor, subject, payload, correlation, prev_hash, hash"
-# built once: an audit append is on the path of every decision
-_AUDIT_HEAD = text("SELECT seq, hash FROM ov_audit WHERE lab = :l ORDER BY seq DESC LIMIT 1")
-_AUDIT_INSERT = text(
-    f"INSERT INTO ov_audit ({_AUDIT_COLUMNS}) VALUES (:lab, :seq, :at, :kind, :actor, :subject,"
-    " :payload, :correlation, :prev_hash, :hash)"
-)
-_CURSORS = text("SELECT source, position FROM ov_audit_cursors WHERE lab = :l")
-_CURSOR_MOVE = text(
-    "INSERT INTO ov_audit_cursors (lab, source, position) VALUES (:l, :s, :p)"
-    " ON CONFLICT (lab, source) DO UPDATE SET position = excluded.position"
-)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
 _TEXT_FIELDS = {"description", "reason", "log_tail", "diff", "flag"}
 """Trial fields that carry what agents and experiments wrote: redacted before they are
 stored, as event payloads are (overnight.redaction)."""
@@ -82,58 +56,10 @@ def _redacted(value: Any) -> Any:
     return redaction.redact(value) if isinstance(value, str) else value
 
 
-def sqlalchemy_url(url: str) -> str:
-    """Accept the URLs users write (`postgresql://`) and pick our drivers."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url.removeprefix("postgres://")
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return url
-
-
-def _engine(url: str) -> Engine:
-    url = sqlalchemy_url(url)
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # Take transaction control from the driver so BEGIN IMMEDIATE below is ours.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives any crash of the process (kill -9); only
-            # a power cut can lose the last commits, never corrupt the file.
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            # Writers take the lock up front: no deadlocked read-to-write upgrades.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    if url.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    return create_engine(url, poolclass=NullPool)
-
-
-class SqlStore(NotificationRows, Store):
-    """A Store over any SQLAlchemy URL we support (sqlite, postgresql)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = _engine(url)
-        self._pg = self.engine.dialect.name == "postgresql"
-        with self.engine.begin() as conn:
-            self._lock(conn, _MIGRATE_LOCK)
-            migrate(conn)
-
-    def _lock(self, conn: Connection, key: int) -> None:
-        if self._pg:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
+    """A Store over any SQLAlchemy URL we support (sqlite, postgresql): the runs, their
+    agents, trials and events, and what the gateway meters; governance's records are
+    `GovernanceRecords`', notifications `NotificationRows`', costs' rollups `CostRows`'."""
 
     # runs -----------------------------------------------------------------
 
@@ -156,8 +82,8 @@ class SqlStore(NotificationRows, Store):
                     "id": run_id,
                     "lab": lab,
                     "base": base_commit,
-                    "protected": _dumps(dict(protected)),
-                    "config": _dumps(dict(config)),
+                    "protected": dumps(dict(protected)),
+                    "config": dumps(dict(config)),
                     "at": now,
                 },
             )
@@ -167,7 +93,7 @@ class SqlStore(NotificationRows, Store):
     def get_run(self, run_id: str) -> Run | None:
         with self.engine.begin() as conn:
             row = conn.execute(text("SELECT * FROM ov_runs WHERE id = :id"), {"id": run_id}).first()
-        return _run(row) if row else None
+        return read.run(row) if row else None
 
     def latest_run(self, lab: str) -> Run | None:
         with self.engine.begin() as conn:
@@ -175,7 +101,7 @@ class SqlStore(NotificationRows, Store):
                 text("SELECT * FROM ov_runs WHERE lab = :lab ORDER BY created_at DESC LIMIT 1"),
                 {"lab": lab},
             ).first()
-        return _run(row) if row else None
+        return read.run(row) if row else None
 
     def labs(self) -> list[str]:
         with self.engine.begin() as conn:
@@ -186,11 +112,11 @@ class SqlStore(NotificationRows, Store):
         with self.engine.begin() as conn:
             conn.execute(
                 text("UPDATE ov_runs SET noise_floor = :f WHERE id = :id"),
-                {"f": _dumps(dict(floor)), "id": run_id},
+                {"f": dumps(dict(floor)), "id": run_id},
             )
             self._event(conn, run_id, "lab.noise_floor", dict(floor))
             row = conn.execute(text("SELECT * FROM ov_runs WHERE id = :id"), {"id": run_id}).one()
-        return _run(row)
+        return read.run(row)
 
     # agents ---------------------------------------------------------------
 
@@ -227,7 +153,7 @@ class SqlStore(NotificationRows, Store):
             rows = conn.execute(
                 text("SELECT * FROM ov_agents WHERE run_id = :r ORDER BY name"), {"r": run_id}
             ).all()
-        return [_agent(row) for row in rows]
+        return [read.agent(row) for row in rows]
 
     def set_agent_best(
         self,
@@ -316,7 +242,7 @@ class SqlStore(NotificationRows, Store):
                     "s": TrialStatus.proposed.value,
                     "p": parent_commit,
                     "d": redaction.redact(description),
-                    "prop": redaction.redact(_dumps(dict(proposal))),
+                    "prop": redaction.redact(dumps(dict(proposal))),
                     "rq": requeued_from,
                     "t": now,
                 },
@@ -333,7 +259,7 @@ class SqlStore(NotificationRows, Store):
             row = conn.execute(
                 text("SELECT * FROM ov_trials WHERE id = :id"), {"id": trial_id}
             ).one()
-        return _trial(row)
+        return read.trial(row)
 
     def update_trial(self, trial_id: int, status: TrialStatus, **fields: Any) -> Trial:
         unknown = set(fields) - TRIAL_FIELDS
@@ -349,7 +275,7 @@ class SqlStore(NotificationRows, Store):
             if not same and not can_move(current, status):
                 raise TransitionError(f"trial {row.number}: cannot move {current} -> {status}")
             values = {
-                k: redaction.redact(_dumps(v))
+                k: redaction.redact(dumps(v))
                 if k in _JSON_FIELDS
                 else _redacted(v)
                 if k in _TEXT_FIELDS
@@ -368,7 +294,7 @@ class SqlStore(NotificationRows, Store):
             updated = conn.execute(
                 text("SELECT * FROM ov_trials WHERE id = :id"), {"id": trial_id}
             ).one()
-            trial = _trial(updated)
+            trial = read.trial(updated)
             if status is TrialStatus.kept:
                 assert trial.candidate_commit, "a kept trial has a candidate commit"
                 self._set_best(
@@ -433,9 +359,9 @@ class SqlStore(NotificationRows, Store):
                             "p": imported.parent_commit,
                             "c": imported.candidate_commit,
                             "d": redaction.redact(imported.description),
-                            "prop": redaction.redact(_dumps(dict(imported.proposal))),
+                            "prop": redaction.redact(dumps(dict(imported.proposal))),
                             "m": metric,
-                            "ms": _dumps([] if metric is None else [metric]),
+                            "ms": dumps([] if metric is None else [metric]),
                             "diff": _redacted(imported.diff),
                             "mem": imported.memory_gb,
                             "t": now,
@@ -461,14 +387,14 @@ class SqlStore(NotificationRows, Store):
                 conn.execute(text("SELECT * FROM ov_trials WHERE id = :id"), {"id": i}).one()
                 for i in ids
             ]
-        return [_trial(row) for row in rows]
+        return [read.trial(row) for row in rows]
 
     def get_trial(self, trial_id: int) -> Trial:
         with self.engine.begin() as conn:
             row = conn.execute(
                 text("SELECT * FROM ov_trials WHERE id = :id"), {"id": trial_id}
             ).one()
-        return _trial(row)
+        return read.trial(row)
 
     def trials(
         self,
@@ -499,10 +425,32 @@ class SqlStore(NotificationRows, Store):
             rows = conn.execute(
                 text(sql if last is not None else sql + " ORDER BY number"), params
             ).all()
-        trials = [_trial(row) for row in rows]
+        trials = [read.trial(row) for row in rows]
         return trials[::-1] if last is not None else trials
 
     # events ---------------------------------------------------------------
+
+    def trial_counts(self, run_id: str) -> dict[tuple[str, TrialStatus], int]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT agent, status, COUNT(*) FROM ov_trials WHERE run_id = :r"
+                    " GROUP BY agent, status"
+                ),
+                {"r": run_id},
+            ).all()
+        return {(r[0], TrialStatus(r[1])): int(r[2]) for r in rows}
+
+    def keeps(self, run_id: str) -> list[Keep]:
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT number, agent, metric, COALESCE(finished_at, updated_at)"
+                    " FROM ov_trials WHERE run_id = :r AND status = 'kept' ORDER BY number"
+                ),
+                {"r": run_id},
+            ).all()
+        return [Keep(int(r[0]), r[1], r[2], float(r[3])) for r in rows]
 
     def append_event(
         self,
@@ -516,45 +464,25 @@ class SqlStore(NotificationRows, Store):
         with self.engine.begin() as conn:
             return self._event(conn, run_id, kind, dict(payload or {}), agent=agent, trial=trial)
 
-    def _event(
+    def events(
         self,
-        conn: Connection,
         run_id: str,
-        kind: str,
-        payload: dict[str, Any],
         *,
-        agent: str | None = None,
-        trial: int | None = None,
-        now: float | None = None,
-    ) -> Event:
-        at = time.time() if now is None else now
-        self._lock(conn, _ID_ORDER_LOCK)
-        event_id = conn.execute(
-            text(
-                "INSERT INTO ov_events (run_id, at, kind, agent, trial, payload)"
-                " VALUES (:r, :at, :k, :a, :t, :p) RETURNING id"
-            ),
-            {
-                "r": run_id,
-                "at": at,
-                "k": kind,
-                "a": agent,
-                "t": trial,
-                "p": redaction.redact(_dumps(payload)),
-            },
-        ).scalar_one()
-        return Event(int(event_id), run_id, at, kind, agent, trial, payload)
-
-    def events(self, run_id: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
+        after: int = 0,
+        limit: int = 1000,
+        kinds: Iterable[str] | None = None,
+    ) -> list[Event]:
+        sql = "SELECT * FROM ov_events WHERE run_id = :r AND id > :after"
+        params: dict[str, Any] = {"r": run_id, "after": after, "limit": limit}
+        if kinds is not None:
+            names = list(kinds)
+            if not names:
+                return []
+            sql += " AND kind IN (" + ", ".join(f":k{i}" for i in range(len(names))) + ")"
+            params.update({f"k{i}": k for i, k in enumerate(names)})
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT * FROM ov_events WHERE run_id = :r AND id > :after"
-                    " ORDER BY id LIMIT :limit"
-                ),
-                {"r": run_id, "after": after, "limit": limit},
-            ).all()
-        return [_event(r) for r in rows]
+            rows = conn.execute(text(sql + " ORDER BY id LIMIT :limit"), params).all()
+        return [read.event(r) for r in rows]
 
     def last_event(
         self, run_id: str, kinds: Iterable[str], *, agent: str | None = None, after: int = 0
@@ -572,7 +500,7 @@ class SqlStore(NotificationRows, Store):
             params["a"] = agent
         with self.engine.begin() as conn:
             row = conn.execute(text(sql + " ORDER BY id DESC LIMIT 1"), params).first()
-        return None if row is None else _event(row)
+        return None if row is None else read.event(row)
 
     def lab_events(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         with self.engine.begin() as conn:
@@ -583,7 +511,7 @@ class SqlStore(NotificationRows, Store):
                 ),
                 {"l": lab, "after": after, "limit": limit},
             ).all()
-        return [_event(r) for r in rows]
+        return [read.event(r) for r in rows]
 
     # gateway --------------------------------------------------------------
 
@@ -631,7 +559,7 @@ class SqlStore(NotificationRows, Store):
             # value, cost 2.2 us a row; the insert itself is ~5.)
             values = [(lab, run_id, *row) for row in rows]
         with self.engine.begin() as conn:
-            self._lock(conn, _ID_ORDER_LOCK)
+            self._lock(conn, ID_ORDER_LOCK)
             conn.exec_driver_sql(sql, values)
 
     def attempts(
@@ -685,209 +613,6 @@ class SqlStore(NotificationRows, Store):
         with self.engine.begin() as conn:
             return float(conn.execute(text(sql), params).scalar_one())
 
-    # audit ------------------------------------------------------------------
-
-    def append_audit(
-        self,
-        lab: str,
-        build: Callable[[int, str], Sequence[AuditRecord]],
-        *,
-        cursors: Mapping[str, tuple[int, int]] | None = None,
-    ) -> list[AuditRecord] | None:
-        with self.engine.begin() as conn:
-            self._lock(conn, _AUDIT_LOCK)
-            if cursors:
-                stored = {r.source: int(r.position) for r in conn.execute(_CURSORS, {"l": lab})}
-                if any(stored.get(src, 0) != old for src, (old, _new) in cursors.items()):
-                    return None
-            head = conn.execute(_AUDIT_HEAD, {"l": lab}).first()
-            seq, last = (int(head.seq), str(head.hash)) if head else (0, "")
-            records = list(build(seq, last))
-            for i, record in enumerate(records, start=seq + 1):
-                if record.seq != i or record.lab != lab:
-                    raise ValueError(f"audit record {record.seq} of {record.lab!r}: expected {i}")
-            if records:
-                conn.execute(_AUDIT_INSERT, [vars(r) for r in records])
-            for source, (_old, new) in (cursors or {}).items():
-                conn.execute(_CURSOR_MOVE, {"l": lab, "s": source, "p": new})
-        return records
-
-    def audit_records(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                text(
-                    f"SELECT {_AUDIT_COLUMNS} FROM ov_audit WHERE lab = :l AND seq > :after"
-                    " ORDER BY seq LIMIT :limit"
-                ),
-                {"l": lab, "after": after, "limit": limit},
-            ).all()
-        return [_audit(r) for r in rows]
-
-    def audit_head(self, lab: str) -> AuditRecord | None:
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                text(
-                    f"SELECT {_AUDIT_COLUMNS} FROM ov_audit WHERE lab = :l"
-                    " ORDER BY seq DESC LIMIT 1"
-                ),
-                {"l": lab},
-            ).first()
-        return _audit(row) if row else None
-
-    def audit_cursors(self, lab: str) -> dict[str, int]:
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                text("SELECT source, position FROM ov_audit_cursors WHERE lab = :l"), {"l": lab}
-            ).all()
-        return {r.source: int(r.position) for r in rows}
-
-    def add_audit_checkpoint(self, checkpoint: AuditCheckpoint) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO ov_audit_checkpoints (lab, seq, hash, at, key_id, mac)"
-                    " VALUES (:lab, :seq, :hash, :at, :key_id, :mac)"
-                    " ON CONFLICT (lab, seq) DO NOTHING"
-                ),
-                vars(checkpoint),
-            )
-
-    def audit_checkpoints(self, lab: str) -> list[AuditCheckpoint]:
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT lab, seq, hash, at, key_id, mac FROM ov_audit_checkpoints"
-                    " WHERE lab = :l ORDER BY seq"
-                ),
-                {"l": lab},
-            ).all()
-        return [
-            AuditCheckpoint(r.lab, int(r.seq), r.hash, float(r.at), r.key_id, r.mac) for r in rows
-        ]
-
-    # approvals --------------------------------------------------------------
-
-    def add_approval(self, approval: Approval) -> bool:
-        with self.engine.begin() as conn:
-            taken = conn.execute(
-                text("SELECT 1 FROM ov_approvals WHERE id = :id"), {"id": approval.id}
-            ).first()
-            if taken:
-                return False
-            conn.execute(
-                text(
-                    "INSERT INTO ov_approvals (id, lab, run_id, agent, action, reason, risk,"
-                    " correlation, created_at, expires_at, status) VALUES (:id, :lab, :run_id,"
-                    " :agent, :action, :reason, :risk, :correlation, :created_at, :expires_at,"
-                    " 'pending')"
-                ),
-                {
-                    "id": approval.id,
-                    "lab": approval.lab,
-                    "run_id": approval.run_id,
-                    "agent": approval.agent,
-                    "action": _dumps(dict(approval.action)),
-                    "reason": approval.reason,
-                    "risk": approval.risk,
-                    "correlation": approval.correlation,
-                    "created_at": approval.created_at,
-                    "expires_at": approval.expires_at,
-                },
-            )
-            self._event(
-                conn,
-                approval.run_id,
-                "approval.requested",
-                {
-                    "id": approval.id,
-                    "action": dict(approval.action),
-                    "reason": approval.reason,
-                    "risk": approval.risk,
-                    "correlation": approval.correlation,
-                    "expires_at": approval.expires_at,
-                },
-                agent=approval.agent,
-                now=approval.created_at,
-            )
-        return True
-
-    def get_approval(self, approval_id: str) -> Approval | None:
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                text("SELECT * FROM ov_approvals WHERE id = :id"), {"id": approval_id}
-            ).first()
-        return _approval(row) if row else None
-
-    def approvals(
-        self, lab: str, *, statuses: Iterable[ApprovalStatus] | None = None, limit: int = 1000
-    ) -> list[Approval]:
-        sql = "SELECT * FROM ov_approvals WHERE lab = :l"
-        params: dict[str, Any] = {"l": lab, "limit": limit}
-        if statuses is not None:
-            names = list(statuses)
-            if not names:
-                return []
-            params.update({f"s{i}": name for i, name in enumerate(names)})
-            sql += f" AND status IN ({', '.join(f':s{i}' for i in range(len(names)))})"
-        with self.engine.begin() as conn:
-            rows = conn.execute(text(sql + " ORDER BY created_at, id LIMIT :limit"), params).all()
-        return [_approval(r) for r in rows]
-
-    def answer_approval(
-        self,
-        approval_id: str,
-        status: Literal["approved", "denied"],
-        *,
-        by: str,
-        note: str | None,
-        at: float,
-    ) -> Approval | None:
-        if status not in ("approved", "denied"):
-            raise ValueError(f"an approval is answered approved or denied, not {status!r}")
-        with self.engine.begin() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE ov_approvals SET status = :s, answered_by = :by, note = :note,"
-                    " answered_at = :at WHERE id = :id AND status = 'pending'"
-                    " AND expires_at > :at RETURNING *"
-                ),
-                {"s": status, "by": by, "note": note, "at": at, "id": approval_id},
-            ).first()
-            if row is None:
-                return None
-            approval = _approval(row)
-            self._approval_event(conn, approval)
-        return approval
-
-    def expire_approvals(self, lab: str, now: float) -> list[Approval]:
-        with self.engine.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "UPDATE ov_approvals SET status = 'expired', answered_at = expires_at"
-                    " WHERE lab = :l AND status = 'pending' AND expires_at <= :now RETURNING *"
-                ),
-                {"l": lab, "now": now},
-            ).all()
-            expired = sorted((_approval(r) for r in rows), key=lambda a: (a.expires_at, a.id))
-            for approval in expired:
-                self._approval_event(conn, approval)
-        return expired
-
-    def _approval_event(self, conn: Connection, approval: Approval) -> None:
-        payload: dict[str, Any] = {"id": approval.id, "correlation": approval.correlation}
-        if approval.status == "expired":
-            payload["expires_at"] = approval.expires_at
-        else:
-            payload.update(by=approval.answered_by, note=approval.note)
-        self._event(
-            conn,
-            approval.run_id,
-            f"approval.{approval.status}",
-            payload,
-            agent=approval.agent,
-            now=approval.answered_at,
-        )
-
     # the optimizer ------------------------------------------------------------
 
     def optuna_storage(self) -> RDBStorage:
@@ -906,93 +631,3 @@ class SqlStore(NotificationRows, Store):
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def _event(r: Row[Any]) -> Event:
-    return Event(int(r.id), r.run_id, float(r.at), r.kind, r.agent, r.trial, json.loads(r.payload))
-
-
-def _audit(r: Row[Any]) -> AuditRecord:
-    return AuditRecord(
-        r.lab, int(r.seq), float(r.at), r.kind, r.actor, r.subject, r.payload, r.correlation,
-        r.prev_hash, r.hash,
-    )  # fmt: skip
-
-
-def _approval(r: Row[Any]) -> Approval:
-    return Approval(
-        id=r.id,
-        lab=r.lab,
-        run_id=r.run_id,
-        agent=r.agent,
-        action=json.loads(r.action),
-        reason=r.reason,
-        risk=r.risk,
-        correlation=r.correlation,
-        created_at=float(r.created_at),
-        expires_at=float(r.expires_at),
-        status=r.status,
-        answered_by=r.answered_by,
-        note=r.note,
-        answered_at=None if r.answered_at is None else float(r.answered_at),
-    )
-
-
-def _run(row: Row[Any]) -> Run:
-    return Run(
-        id=row.id,
-        lab=row.lab,
-        base_commit=row.base_commit,
-        protected=json.loads(row.protected),
-        config=json.loads(row.config),
-        created_at=float(row.created_at),
-        noise_floor=json.loads(row.noise_floor) if row.noise_floor else None,
-    )
-
-
-def _agent(row: Row[Any]) -> AgentRecord:
-    return AgentRecord(
-        run_id=row.run_id,
-        name=row.name,
-        runtime=row.runtime,
-        branch=row.branch,
-        worktree=row.worktree,
-        best_commit=row.best_commit,
-        best_metric=row.best_metric,
-        best_trial=row.best_trial,
-        state=row.state,
-        state_since=row.state_since,
-        session=row.session,
-    )
-
-
-def _trial(row: Row[Any]) -> Trial:
-    return Trial(
-        id=int(row.id),
-        run_id=row.run_id,
-        number=int(row.number),
-        agent=row.agent,
-        status=TrialStatus(row.status),
-        parent_commit=row.parent_commit,
-        description=row.description,
-        proposal=json.loads(row.proposal),
-        created_at=float(row.created_at),
-        updated_at=float(row.updated_at),
-        candidate_commit=row.candidate_commit,
-        metric=row.metric,
-        metrics=tuple(json.loads(row.metrics)),
-        diff=row.diff,
-        reason=row.reason,
-        log_path=row.log_path,
-        log_tail=row.log_tail,
-        pid=row.pid,
-        requeued_from=row.requeued_from,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        duration_s=row.duration_s,
-        holdout_metric=row.holdout_metric,
-        flag=row.flag,
-        recorded=json.loads(row.recorded),
-        memory_gb=row.memory_gb,
-        peak_rss_mb=row.peak_rss_mb,
-    )

@@ -197,3 +197,99 @@ def brownout_timeline(
 
 def _clock(at: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+PALETTE = ("#4285f4", "#e8710a", "#a142f4", "#1e8e3e", "#f439a0", "#24c1e0", "#9aa0a6")
+
+
+def spend_chart(
+    series: dict[str, list[tuple[float, float]]],
+    since: float,
+    *,
+    until: float | None,
+    at_end: float | None,
+    anomalies: Sequence[tuple[float, str, str]] = (),
+    now: float | None = None,
+    width: int = 960,
+    height: int = 260,
+) -> str:
+    """Each agent's cumulative spend (a line from the run's start), the whole run's total
+    with its forecast to the deadline (dashed), and each anomaly a red mark on its agent's
+    line (with its title as a tooltip)."""
+    now = now or time.time()
+    head = (
+        f'<svg class="spend" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="spend over time" xmlns="http://www.w3.org/2000/svg">'
+    )
+    if not series:
+        return (
+            head + f'<text x="{width // 2}" y="{height // 2}" text-anchor="middle" class="muted">'
+            "no LLM call yet</text></svg>"
+        )
+    total: dict[float, float] = {}
+    for points in series.values():
+        last = 0.0
+        for at, usd in points:
+            total[at] = total.get(at, 0.0) + usd - last
+            last = usd
+    running, total_line = 0.0, [(since, 0.0)]
+    for at in sorted(total):
+        running += total[at]
+        total_line.append((at, running))
+    end = max(now, until or now, since + 60)
+    top_usd = max(running, at_end or 0.0) * 1.05 or 1.0
+    left, right, top, bottom = 60, 130, 10, 24
+    xs = _Scale(since, end, left, width - left - right)
+    ys = _Scale(0.0, top_usd, top, height - top - bottom, invert=True)
+    parts = [head]
+    for frac in (0.0, 0.5, 1.0):
+        y = ys(top_usd * frac)
+        parts.append(
+            f'<line class="grid" x1="{left}" x2="{width - right}" y1="{y}" y2="{y}"/>'
+            f'<text class="tick" x="{left - 6}" y="{y + 4}" text-anchor="end">'
+            f"${top_usd * frac:.2f}</text>"
+        )
+
+    def line(points: list[tuple[float, float]], color: str, cls: str, label: str) -> None:
+        path = " ".join(f"{xs(at)},{ys(usd)}" for at, usd in points)
+        parts.append(
+            f'<polyline class="{cls}" data-agent="{html.escape(label)}" fill="none" '
+            f'stroke="{color}" stroke-width="2" points="{path}"/>'
+        )
+        at, usd = points[-1]
+        parts.append(
+            f'<text class="tick" x="{xs(at) + 6}" y="{ys(usd) + 4}" fill="{color}">'
+            f"{html.escape(label)} ${usd:.2f}</text>"
+        )
+
+    lines = {}
+    for i, (agent, points) in enumerate(sorted(series.items())):
+        full = [(since, 0.0), *points]
+        lines[agent] = full
+        line(full, PALETTE[i % len(PALETTE)], "agent-spend", agent)
+    line(total_line, "#202124", "total-spend", "total")
+    if until is not None and at_end is not None:
+        x0, y0 = xs(min(now, until)), ys(running)
+        title = html.escape(f"forecast: ${at_end:.2f} by {_clock(until)} at the current rate")
+        parts.append(
+            f'<line class="forecast" x1="{x0}" y1="{y0}" x2="{xs(until)}" y2="{ys(at_end)}" '
+            f'stroke="#202124" stroke-width="2" stroke-dasharray="6 4"><title>{title}</title>'
+            "</line>"
+            f'<text class="tick" x="{xs(until) + 6}" y="{ys(at_end) + 4}">forecast '
+            f"${at_end:.2f}</text>"
+        )
+    for at, agent, title in anomalies:
+        points = lines.get(agent, total_line)
+        usd = max((u for t, u in points if t <= at), default=points[-1][1])
+        x, y = xs(at), ys(usd)
+        parts.append(
+            f'<path class="anomaly" d="M{x},{y - 9} l6,10 h-12 z" fill="#d93025">'
+            f"<title>{html.escape(title)}</title></path>"
+        )
+    base = height - 6
+    parts.append(
+        f'<text class="tick" x="{left}" y="{base}">{_clock(since)}</text>'
+        f'<text class="tick" x="{width - right}" y="{base}" text-anchor="end">{_clock(end)}'
+        "</text></svg>"
+    )
+    return "".join(parts)

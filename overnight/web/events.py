@@ -334,10 +334,13 @@ class Hub:
             self._publish(_Batch(None, parts))
 
     def _refresh_usage(self, force: bool = False) -> None:
-        rows = self.sources.usage()
-        if len(rows) == self._attempts and not force:
+        # the rollup's count first: reading every attempt (a million, by morning) only to
+        # learn that none is new held the page's thread up for seconds
+        count = self.sources.attempt_count()
+        if count == self._attempts and not force:
             return
-        self._attempts = len(rows)
+        rows = self.sources.usage()
+        self._attempts = count
         self.budget_rows = self.sources.budgets()
         with self.live.lock:
             moved = self.live.set_usage(rows)

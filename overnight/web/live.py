@@ -373,7 +373,7 @@ class LiveRun:
 
     def set_usage(self, rows: Iterable[UsageRow]) -> set[str]:
         """Fold in the run's metered gateway calls: tokens and USD per agent, per trial (by
-        the rule of `overnight.lab.ledger.trial_costs`: a call tagged with a trial counts for
+        the rule of `overnight.costs.trials.trial_costs`: a call tagged with a trial counts for
         it, an untagged one for its agent's next trial) and per UTC day. Returns the agents
         whose figures moved."""
         by_agent: dict[str, list[float]] = {}

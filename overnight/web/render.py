@@ -21,7 +21,7 @@ from markupsafe import Markup
 
 from overnight.proposers import in_terminal
 from overnight.units import figure, span
-from overnight.web.charts import brownout_timeline, metric_plot
+from overnight.web.charts import brownout_timeline, metric_plot, spend_chart
 from overnight.web.events import Hub, Message
 from overnight.web.live import AgentRow, Changes, TrialRow
 
@@ -205,7 +205,17 @@ class PageRenderer:
         kept = self._cost_per_keep()
         total = sum(a.cost_usd for a in agents)
         keeps = sum(a.kept for a in agents)
+        o = self.sources.cost_overview()
+        fc = o.forecast
+        started = self.live.created_at
+        chart = spend_chart(
+            o.costs.series, started, until=fc.until, at_end=fc.at_end,
+            anomalies=[(e.at, e.agent or "", str(e.payload.get("title", "cost anomaly")))
+                       for e in o.anomalies],
+        )  # fmt: skip
         return {
+            "overview": o,
+            "spend_chart": Markup(chart),
             "agents": agents,
             "top_trials": trials[:25],
             "kept": kept,

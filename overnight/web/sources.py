@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from overnight.agents.supervisor import AgentControl
+from overnight.costs.forecast import agent_limit
+from overnight.costs.overview import Overview, overview
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git, GitError
 from overnight.org.config import OrgConfig
-from overnight.org.gateway import GatewayConfig, LimitConfig
+from overnight.org.gateway import LimitConfig
 from overnight.records import Run, Trial, UsageRow
 from overnight.sessions.tmux import TmuxBackend
 from overnight.store import Store
@@ -87,6 +89,14 @@ class Sources:
         """Every gateway call of this run: who, which trial, when, tokens and USD."""
         return self.store.usage_rows(self.run.id)
 
+    def attempt_count(self) -> int:
+        """How many gateway attempts this run made (from the cost rollup: cheap)."""
+        return sum(g.attempts for g in self.store.cost_groups(self.run.lab, self.run.id))
+
+    def cost_overview(self) -> Overview:
+        """The run's costs, forecast, anomalies and advice (overnight.costs)."""
+        return overview(self.store, self.config, self.run)
+
     def budgets(self) -> list[dict[str, Any]]:
         """Each limit the gateway enforces, what is spent against it, and what is left."""
         gateway = self.config.gateway
@@ -106,7 +116,7 @@ class Sources:
 
         add("org", gateway.budgets.org, None)
         for name, cfg in self.config.agent_names():
-            limit = _agent_limit(gateway, name, cfg.budget)
+            limit = agent_limit(gateway, name, cfg.budget)
             if limit is not None:
                 add(name, limit, name)
         return rows
@@ -135,18 +145,6 @@ def _budget_row(who: str, period: str, limit: float, spent: float) -> dict[str, 
         "left": max(0.0, limit - spent),
         "used_pct": min(100.0, spent / limit * 100) if limit else 100.0,
     }
-
-
-def _agent_limit(gateway: GatewayConfig, name: str, budget: float | None) -> LimitConfig | None:
-    """The limit the gateway applies to agent `name` (as overnight.gateway.service does)."""
-    limit = gateway.budgets.agents.get(name)
-    if limit is None and budget is not None:
-        limit = LimitConfig(total_usd=budget)
-    if limit is None:
-        limit = gateway.budgets.agent
-    if limit.total_usd is None and limit.daily_usd is None:
-        return None
-    return limit
 
 
 def _cap(diff: str) -> str:

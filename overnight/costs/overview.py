@@ -1,0 +1,82 @@
+"""One look at a run's costs: the figures, the forecast, the anomalies and the advice.
+
+Owns `Overview` and its JSON form, the one answer `overnight costs`, `overnight
+status`, the Costs page and the morning report all read. Knows nothing about how
+any of them shows it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from overnight.costs.advice import advise
+from overnight.costs.forecast import Forecast, forecast
+from overnight.costs.summary import Costs, summarize
+from overnight.org import OrgConfig
+from overnight.records import Event, Run, Trial
+from overnight.store import Store
+
+ANOMALY = "cost.anomaly"
+ALLOWANCE = "run.allowance"
+"""The event `overnight run` writes with its `--for` deadline (`until`, epoch seconds)."""
+
+
+@dataclass(frozen=True)
+class Overview:
+    costs: Costs
+    forecast: Forecast
+    anomalies: list[Event]
+    advice: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.costs
+        return {
+            "at": c.at,
+            "total": c.total.as_dict(),
+            "agents": [a.as_dict() for a in c.agents],
+            "runtimes": {k: v.as_dict() for k, v in sorted(c.runtimes.items())},
+            "routes": {k: v.as_dict() for k, v in sorted(c.routes.items())},
+            "models": {k: v.as_dict() for k, v in sorted(c.models.items())},
+            "days": {k: v.as_dict() for k, v in c.days.items()},
+            "forecast": self.forecast.as_dict(),
+            "anomalies": [
+                {"at": e.at, "agent": e.agent, "trial": e.trial, **dict(e.payload)}
+                for e in self.anomalies
+            ],
+            "advice": self.advice,
+        }
+
+
+def overview(
+    store: Store,
+    config: OrgConfig,
+    run: Run,
+    *,
+    trials: Sequence[Trial] | None = None,
+    now: float | None = None,
+) -> Overview:
+    now = time.time() if now is None else now
+    costs = summarize(store, config, run, trials=trials, now=now)
+    started, until = _allowance(store, run)
+    outlook = forecast(costs.groups, config, now=now, started=started, until=until)
+    anomalies = store.events(run.id, kinds=[ANOMALY], limit=1000)
+    return Overview(costs, outlook, anomalies, advise(costs, started=started))
+
+
+def _allowance(store: Store, run: Run) -> tuple[float, float | None]:
+    """When the run (last) started and its `--for` deadline, if it has one."""
+    allowance = store.last_event(run.id, [ALLOWANCE])
+    if allowance is None:
+        return run.created_at, None
+    return allowance.at, allowance.payload.get("until")
+
+
+def run_forecast(store: Store, config: OrgConfig, run: Run, now: float | None = None) -> Forecast:
+    """The forecast alone (for `overnight status`): the rollup, not the trials, is read."""
+    started, until = _allowance(store, run)
+    groups = store.cost_groups(run.lab, run.id)
+    return forecast(groups, config, now=time.time() if now is None else now, started=started,
+                    until=until)  # fmt: skip

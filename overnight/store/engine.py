@@ -1,0 +1,116 @@
+"""What every part of the SQL store shares: its engine, its locks, and writing an event.
+
+Owns connecting (the URLs users write, our drivers, SQLite's pragmas, PostgreSQL's
+pool), migrating on open, the PostgreSQL advisory locks the store's rules rest on,
+and `SqlBase._event`, the one way an event is written, inside the transaction of
+the change it announces. `SqlStore` (`sql`) is built on it, with the governance
+records (`governance`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.pool import NullPool
+
+from overnight import redaction
+from overnight.records import Event
+from overnight.store.migrations import migrate
+
+# PostgreSQL advisory locks (SQLite needs none: BEGIN IMMEDIATE serializes every writer).
+MIGRATE_LOCK = 727100
+AUDIT_LOCK = 727101
+# Taken before an event or attempt id is drawn and held to commit, so ids commit in id
+# order: a sequence hands out ids at once, but concurrent transactions commit in any order,
+# and a follower that remembered id 11 would never see a late-committing id 10.
+ID_ORDER_LOCK = 727102
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept the URLs users write (`postgresql://`) and pick our drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = sqlalchemy_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from the driver so BEGIN IMMEDIATE below is ours.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives any crash of the process (kill -9); only
+            # a power cut can lose the last commits, never corrupt the file.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            # Writers take the lock up front: no deadlocked read-to-write upgrades.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, poolclass=NullPool)
+
+
+class SqlBase:
+    """A migrated database over any SQLAlchemy URL we support (sqlite, postgresql)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._pg = self.engine.dialect.name == "postgresql"
+        with self.engine.begin() as conn:
+            self._lock(conn, MIGRATE_LOCK)
+            migrate(conn)
+
+    def _lock(self, conn: Connection, key: int) -> None:
+        if self._pg:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+    def _event(
+        self,
+        conn: Connection,
+        run_id: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        agent: str | None = None,
+        trial: int | None = None,
+        now: float | None = None,
+    ) -> Event:
+        at = time.time() if now is None else now
+        self._lock(conn, ID_ORDER_LOCK)
+        event_id = conn.execute(
+            text(
+                "INSERT INTO ov_events (run_id, at, kind, agent, trial, payload)"
+                " VALUES (:r, :at, :k, :a, :t, :p) RETURNING id"
+            ),
+            {
+                "r": run_id,
+                "at": at,
+                "k": kind,
+                "a": agent,
+                "t": trial,
+                "p": redaction.redact(dumps(payload)),
+            },
+        ).scalar_one()
+        return Event(int(event_id), run_id, at, kind, agent, trial, payload)

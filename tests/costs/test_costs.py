@@ -1,0 +1,326 @@
+"""Cost intelligence: `overnight costs`, the forecast, anomalies that pause an agent.
+
+The lab tests drive the real `overnight run` CLI on a throwaway git lab whose
+[gateway] points at an in-process fake OpenAI provider with scripted replies and
+usage; what they check is what a user sees: `overnight costs` (and `--json`), the
+events, the agents' states. The statistic is tested on its own too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from overnight.costs.anomaly import MIN_HISTORY, Watch, bar
+from overnight.proposers.edits import Edit, render
+from overnight.records import Event, Trial, TrialStatus
+from overnight.sessions import wait_until
+from overnight.store import open_store, store_url
+from overnight.testing import FakeProvider, Reply, Usage
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli
+
+SCRIPT = """\
+X = 0.5
+Z = 1
+print(f"score: {(X - 3) ** 2}")
+"""
+
+CONFIG = """\
+[lab]
+name = "toy"
+editable = ["exp.py"]
+protected = ["judge.py"]
+run = "{python} exp.py"
+metric = "score"
+budget = "20s"
+grace = "5s"
+
+[[knobs]]
+name = "X"
+file = "exp.py"
+low = -5
+high = 5
+
+[[agents]]
+name = "tuner"
+
+[[agents]]
+name = "coder"
+runtime = "llm"
+model = "smart"
+on_anomaly = "{on_anomaly}"
+
+[gateway]
+port = 0
+
+[[gateway.upstreams]]
+name = "primary"
+protocol = "openai"
+base_url = "{url}/v1"
+credentials = [{{ name = "main", env = "FAKE_OPENAI_KEY" }}]
+
+[gateway.models]
+smart = ["primary/gpt-fake-1"]
+
+[gateway.prices.gpt-fake-1]
+input = 2.0
+output = 10.0
+cache_read = 0.5
+
+[gateway.budgets]
+org = {{ total_usd = 50 }}
+"""
+
+ENV = {"FAKE_OPENAI_KEY": "sk-upstream"}
+# Z is not in the score: the change always applies and is never better (discarded)
+SAME = render("nudge Z", [Edit("exp.py", "Z = 1\n", "Z = 2\n")])
+PROSE = "I would move X a little closer to 3, that should help the score."
+USAGE = Usage(input_tokens=1000, output_tokens=200, cache_read_tokens=3000)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider("openai") as fp:
+        yield fp
+
+
+def _lab(tmp_path: Path, fake: FakeProvider, on_anomaly: str = "notify") -> Path:
+    config = CONFIG.format(python=sys.executable, url=fake.url, on_anomaly=on_anomaly)
+    return make_lab(tmp_path / "lab", config=config, script=SCRIPT)
+
+
+def _read(lab: Path) -> tuple[list[Trial], list[Event], list[dict[str, object]]]:
+    store = open_store(store_url(lab))
+    try:
+        run = store.latest_run("toy")
+        assert run is not None
+        return (
+            store.trials(run.id),
+            store.events(run.id, limit=100_000),
+            store.attempts("toy", limit=100_000),
+        )
+    finally:
+        store.close()
+
+
+def test_costs_shows_spend_per_agent_route_and_day_with_cache_savings(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * 8)  # enough for every trial
+    lab = _lab(tmp_path, fake)
+    result = run_cli("run", str(lab), "--trials", "8", env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    trials, _events, attempts = _read(lab)
+    coder = [t for t in trials if t.agent == "coder" and t.status.final]
+    assert coder and all(t.status is TrialStatus.discarded for t in coder)
+    data = json.loads(run_cli("costs", str(lab), "--json").stdout)
+    # each reply: 1000 input at $2/M, 3000 cached at $0.5/M, 200 output at $10/M
+    each = (1000 * 2 + 3000 * 0.5 + 200 * 10) / 1e6
+    assert len(attempts) == len(coder)
+    assert data["total"]["requests"] == len(coder)
+    assert data["total"]["usd"] == pytest.approx(each * len(coder))
+    assert data["total"]["cache_share"] == pytest.approx(0.75)
+    assert data["total"]["cache_saved_usd"] == pytest.approx(3000 * 1.5 / 1e6 * len(coder))
+    agents = {a["name"]: a for a in data["agents"]}
+    assert agents["coder"]["runtime"] == "llm"
+    assert agents["coder"]["trials"] == len(coder)
+    assert agents["coder"]["keeps"] == 0 and agents["coder"]["usd_per_keep"] is None
+    assert agents["coder"]["usd_per_trial"] == pytest.approx(each)
+    assert agents["coder"]["tokens_per_usd"] == pytest.approx(4200 / each, rel=1e-3)
+    assert agents["tuner"]["usd"] == 0 and agents["tuner"]["trials"] >= 1
+    assert set(data["routes"]) == {"smart"} and set(data["models"]) == {"primary/gpt-fake-1"}
+    assert sum(d["usd"] for d in data["days"].values()) == pytest.approx(each * len(coder))
+    (org,) = data["forecast"]["budgets"]
+    assert (org["who"], org["period"], org["limit_usd"]) == ("org", "total", 50.0)
+    assert org["spent_usd"] == pytest.approx(each * len(coder))
+    assert data["forecast"]["until"] is None  # --trials, not --for: no deadline
+    assert data["anomalies"] == []
+
+    shown = run_cli("costs", str(lab))
+    assert shown.returncode == 0, shown.stderr
+    assert "spent $" in shown.stdout and "route smart" in shown.stdout
+    assert "budget org total" in shown.stdout
+
+
+def test_a_deadline_gives_a_forecast_for_the_run_s_end(tmp_path: Path, fake: FakeProvider) -> None:
+    fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * 3)
+    lab = _lab(tmp_path, fake)
+    result = run_cli("run", str(lab), "--trials", "4", "--for", "1h", env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(run_cli("costs", str(lab), "--json").stdout)
+    fc = data["forecast"]
+    assert fc["until"] is not None and fc["burn_usd_per_h"] > 0
+    # spend goes on at the burn rate until the deadline, about an hour away
+    assert fc["at_end_usd"] > fc["spent_usd"] + 0.5 * fc["burn_usd_per_h"]
+    (org,) = fc["budgets"]
+    assert org["runs_out_at"] is not None
+
+
+def _events(lab: Path, kind: str | None = None) -> list[Event]:
+    return [e for e in _read(lab)[1] if kind in (None, e.kind)]
+
+
+def _state(lab: Path, agent: str) -> str:
+    status = json.loads(run_cli("status", str(lab), "--json").stdout)
+    return str(next(a["state"] for a in status["agents"] if a["name"] == agent))
+
+
+def test_an_agent_looping_on_requests_is_caught_and_paused_and_the_others_go_on(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    # five ordinary trials (one request each), then every reply is unusable: the agent
+    # asks again and again within one trial
+    fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * MIN_HISTORY, *[Reply(text=PROSE)] * 60)
+    lab = _lab(tmp_path, fake, on_anomaly="pause")
+    proc = subprocess.Popen(
+        [*OVERNIGHT, "run", str(lab), "--trials", "200", "--for", "10m"],
+        env={**os.environ, **ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        process_group=0,
+    )
+    try:
+        url_file = lab / ".overnight" / "web.url"
+        wait_until(lambda: url_file.is_file() or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, proc.communicate()
+        wait_until(lambda: _events(lab, "agent.pause_requested") != [], timeout=120)
+        wait_until(lambda: _state(lab, "coder") == "paused", timeout=60)
+        anomalies = _events(lab, "cost.anomaly")
+        first = anomalies[0]
+        assert first.agent == "coder" and first.payload["measure"] in ("requests", "tokens")
+        assert first.payload["requests"] <= 3  # caught within the looping trial's requests
+        assert first.payload["pause"] is True and "cost anomaly" in first.payload["title"]
+        paused_at = _events(lab, "agent.pause_requested")[0].at
+        trials = _read(lab)[0]
+        held = len([t for t in trials if t.agent == "coder"])
+        tuner = len([t for t in trials if t.agent == "tuner" and t.status.final])
+        # the tuner goes on; the coder holds
+        wait_until(
+            lambda: (
+                len([t for t in _read(lab)[0] if t.agent == "tuner" and t.status.final])
+                >= tuner + 3
+            ),
+            timeout=60,
+        )
+        trials = _read(lab)[0]
+        assert len([t for t in trials if t.agent == "coder"]) == held
+        assert [t for t in trials if t.agent == "coder" and t.created_at > paused_at + 1] == []
+        assert {e.agent for e in _events(lab, "cost.anomaly")} == {"coder"}  # nobody else
+        assert _state(lab, "coder") == "paused"
+        data = json.loads(run_cli("costs", str(lab), "--json").stdout)
+        assert data["anomalies"][0]["agent"] == "coder"
+        # `overnight status` tells where the spending is heading while the run runs
+        status = json.loads(run_cli("status", str(lab), "--json").stdout)
+        assert status["forecast"]["until"] is not None
+        assert status["forecast"]["at_end_usd"] >= status["forecast"]["spent_usd"] > 0
+        assert "by the run's end: $" in run_cli("status", str(lab)).stdout
+        # a person resumes it from the command center
+        url = url_file.read_text().strip()
+        base, token = url.split("/?", 1)[0], url.split("token=", 1)[1]
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.get(f"/?token={token}", follow_redirects=False).status_code == 303
+            page = client.get("/").text
+            csrf = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+            # the Costs page: spend over time per agent, the forecast line, the anomaly marked
+            costs = client.get("/costs")
+            assert costs.status_code == 200
+            assert 'class="spend"' in costs.text and 'data-agent="coder"' in costs.text
+            assert 'class="forecast"' in costs.text and 'class="anomaly"' in costs.text
+            assert "cost anomaly: agent coder" in costs.text and "<b>paused</b>" in costs.text
+            r = client.post("/agents/coder/resume", headers={"x-csrf-token": csrf})
+            assert r.status_code == 204, r.text
+        wait_until(lambda: len([t for t in _read(lab)[0] if t.agent == "coder"]) > held, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert proc.returncode in (0, 130, -signal.SIGTERM), out + err
+
+
+def test_the_bar_is_the_median_plus_five_robust_deviations() -> None:
+    level = bar([10, 12, 11, 50, 9, 10])
+    assert level is not None
+    assert level.median == 10.5  # the spike of 50 does not move it
+    assert level.threshold == pytest.approx(10.5 + 5 * max(1.4826 * 1.0, 0.25 * 10.5))
+    assert bar([1, 1, 1, 1]) is None  # too little history to judge
+
+
+def test_a_turn_is_flagged_once_per_measure_and_joins_the_history_when_over() -> None:
+    watch = Watch()
+    row = {"agent": "a", "attempt": 1, "input_tokens": 100, "started_at": 0.0, "cost_usd": 0.0}
+    for n in range(MIN_HISTORY):
+        assert watch.attempt({**row, "trial": str(n)}) == []
+    watch.turn_over("a")
+    caught = [a for _ in range(5) for a in watch.attempt({**row, "trial": "9"})]
+    assert [(a.measure, a.requests) for a in caught] == [("requests", 3), ("tokens", 3)]
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_the_morning_report_is_written_at_the_run_s_end_and_reads_in_a_browser(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    better = render("move X to 3", [Edit("exp.py", "X = 0.5\n", "X = 3\n")])
+    fake.enqueue(Reply(text=better, usage=USAGE), *[Reply(text=SAME, usage=USAGE)] * 3)
+    lab = _lab(tmp_path, fake)
+    result = run_cli("run", str(lab), "--trials", "6", env=ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = result.stdout.split("report: ", 1)[1].split(" ", 1)[0]
+    page, markdown = Path(said), Path(said).with_suffix(".md")
+    assert page.suffix == ".html" and markdown.is_file()
+    text = markdown.read_text()
+    for heading in ("## Progress", "## Kept changes", "## Agents", "## Incidents", "## Costs",
+                    "## For the next night"):  # fmt: skip
+        assert heading in text, heading
+    assert "-X = 0.5\n+X = 3" in text  # the cumulative diff
+    assert "wall time:" in text and "spent: $" in text
+    # on demand too, to a file of one's own
+    mine = tmp_path / "night.html"
+    assert run_cli("report", str(lab), "--out", str(mine)).returncode == 0
+    assert mine.is_file() and mine.with_suffix(".md").is_file()
+
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.is_file():
+        pytest.fail("Debian's chromium is missing: run `make system-deps`", pytrace=False)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu"],
+        )  # fmt: skip
+        try:
+            view = browser.new_page(viewport={"width": 1200, "height": 900})
+            requests: list[str] = []
+            view.on("request", lambda r: requests.append(r.url))
+            view.goto(page.as_uri())
+            for section in ("progress", "kept-changes", "agents", "incidents", "costs",
+                            "for-the-next-night"):  # fmt: skip
+                assert view.locator(f"#{section}").is_visible(), section
+            assert view.locator("img[alt=progress]").evaluate("i => i.naturalWidth") > 100
+            assert "coder" in view.locator("#agents + table").inner_text()
+            assert "smart" in view.locator("#costs ~ table").first.inner_text() or (
+                "smart" in view.content()
+            )
+            # self-contained: nothing but the file itself (and its inlined plot) is loaded
+            assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+            DOCS.mkdir(exist_ok=True)
+            view.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        finally:
+            browser.close()
+    assert (tmp_path / "report.png").stat().st_size > 10_000
