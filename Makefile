@@ -105,6 +105,7 @@ bench: system-deps $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/sandbox.py            # what the sandbox and the watchdog cost a trial; redaction rate
 	$(BIN)/python benchmarks/peak_memory.py        # what measuring a trial's peak RSS costs, and how close it comes
 	$(BIN)/python benchmarks/notify.py             # event -> webhook delivery p50/p95; trials/s with a dead sink vs none
+	$(BIN)/python benchmarks/ray_cluster.py        # needs root (a network namespace): Ray vs local dispatch, slot use
 	$(BIN)/python benchmarks/research.py           # the research loop on spirals and tsp: sharing, noise floor, slot use (~15 min)
 	$(BIN)/python benchmarks/costs.py              # overnight costs / the Costs page on 1M attempts; the report on 10k trials
 

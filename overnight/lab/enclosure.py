@@ -19,6 +19,7 @@ import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from overnight import redaction
 from overnight.lab import holdout, sandbox
@@ -65,6 +66,20 @@ class Enclosure:
             network=lab.network,
         )
         return walls.argv()
+
+    def walls_abroad(self) -> dict[str, Any] | None:
+        """The sandbox an experiment on a cluster's node gets, as plain data (`writable`,
+        `hidden`, `visible`, `network`; the node adds its checkout), where bwrap works
+        there; None: the watchdog alone, as where no sandbox runs here."""
+        lab = self.config.lab
+        if lab.sandbox == "none":
+            return None
+        return {
+            "writable": list(lab.writable),
+            "hidden": [str(p) for p in self.hidden_paths()],
+            "visible": [str(p) for p in (self.org.root, *self._command_homes())],
+            "network": lab.network,
+        }
 
     def _command_homes(self) -> list[Path]:
         """Where the lab's commands' programs live (a venv's folder for `venv/bin/python`),

@@ -5,7 +5,9 @@ worktree, or `[lab] holdout` in a clean checkout — each in an executor slot, i
 the lab's enclosure, once there is room on disk for its log; killing what it leaves
 behind; and classifying a run's result (`classify`): a metric, or the status and
 reason that end the trial (crashed, timed out, interrupted, rejected when the run
-touched a protected file). Whether a measured trial is kept is the lab's to decide.
+touched a protected file). With `[executor] kind = "ray"` the run is a task on a Ray
+cluster instead (`overnight.lab.cluster`). Whether a measured trial is kept is the lab's
+to decide.
 Knows nothing about proposals, git or governance.
 """
 
@@ -18,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from overnight.lab import holdout, integrity
+from overnight.lab import cluster, holdout, integrity
 from overnight.lab.disk import FreeSpace, TrialLogs, log_room
 from overnight.lab.enclosure import Enclosure
 from overnight.lab.executor import LocalExecutor
+from overnight.lab.git import Git
 from overnight.lab.runner import RunResult, kill_marked, run_budgeted
 from overnight.markers import AGENT_MARKER, RUN_MARKER, TRIAL_MARKER, run_mark
 from overnight.org.config import VRAM, LabConfig
@@ -113,6 +116,7 @@ class Experiments:
         paths: StateDir,
         enclosure: Enclosure,
         holdout: holdout.Holdout | None,
+        remote: cluster.Cluster | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -123,6 +127,8 @@ class Experiments:
         self.enclosure = enclosure
         self.holdout = holdout
         self.executor = LocalExecutor(config.parallel, paths.slots, config.gpus_per_trial)
+        self.cluster = remote
+        """`[executor] kind = "ray"`: where experiments run instead of this machine's slots."""
         self.deadline: float | None = None
         """When this run stops starting trials (time.monotonic(), the `--for` rule): a trial
         waiting for free disk space gives up then."""
@@ -134,7 +140,9 @@ class Experiments:
 
     def measure(self, trial: Trial, worktree: Path, stop: threading.Event) -> Measured:
         """Run the lab's command (then `evaluate`) once on `worktree`, recording the trial
-        `running` with its log and pid."""
+        `running` with its log and pid; on the cluster when the lab has one."""
+        if self.cluster is not None:
+            return self._measure_on_cluster(self.cluster, trial, worktree, stop)
         lab = self.config
         log_path = self.paths.trial_log(self.run_id, trial.number)
         timeout = lab.budget + lab.grace
@@ -168,9 +176,65 @@ class Experiments:
                     metric=lab.metric, env=env, wrap=wrap, max_log=lab.max_log, stop=stop,
                     record=watch,
                 )  # fmt: skip
-                result = _then(result, evaluated)
+                result = result.followed_by(evaluated)
         tampered = integrity.check_protected(worktree, self.protected)
         return classify(result, step, lab.metric, timeout, stop.is_set(), tampered)
+
+    def _measure_on_cluster(
+        self, remote: cluster.Cluster, trial: Trial, worktree: Path, stop: threading.Event
+    ) -> Measured:
+        """`measure`, with the experiment a task on the cluster: the candidate commit
+        travels there, the log streams back into the trial's log, the protected files'
+        hashes come back for the integrity guard. A lost node interrupts the trial with a
+        reason that begins with `cluster.NODE_LOST` (it is run again at once)."""
+        lab = self.config
+        log_path = self.paths.trial_log(self.run_id, trial.number)
+        timeout = lab.budget + lab.grace
+        if not self._disk_room(stop):
+            return Measured(None, _S.interrupted, "stopped before it ran", "", 0.0)
+        commit = trial.candidate_commit or Git(worktree).head()
+        watch = (*lab.record, *((VRAM,) if VRAM not in (*lab.record, lab.metric) else ()))
+        experiment = cluster.Experiment(
+            mark=self.mark, trial=trial.number, steps=cluster.steps_of(lab),
+            metric=lab.metric, record=watch, timeout_s=timeout, max_log=lab.max_log,
+            env=self._env(trial, {}), protected=tuple(self.protected),
+            walls=self.enclosure.walls_abroad(),
+        )  # fmt: skip
+        # written ahead: a resume finds what was sent, and where it started
+        self.store.append_event(
+            self.run_id, "trial.dispatched",
+            {"executor": "ray", "address": remote.config.address, "commit": commit},
+            agent=trial.agent, trial=trial.number,
+        )  # fmt: skip
+
+        def started(where: cluster.Placed) -> None:
+            self.store.append_event(
+                self.run_id, "trial.placed",
+                {"node": where.node, "host": where.host, "task": where.task,
+                 "cuda_visible_devices": where.cuda},
+                agent=trial.agent, trial=trial.number,
+            )  # fmt: skip
+            self.store.update_trial(
+                trial.id, _S.running, log_path=str(log_path), started_at=time.time()
+            )
+
+        outcome = remote.measure(
+            experiment, cluster.archive_of(worktree, commit), log_path, stop, started
+        )
+        if outcome.lost is not None:
+            placed = outcome.placed
+            self.store.append_event(
+                self.run_id, "executor.node_lost",
+                {"node": placed.node if placed else None, "host": placed.host if placed else None,
+                 "why": outcome.lost},
+                agent=trial.agent, trial=trial.number,
+            )  # fmt: skip
+            reason = f"{cluster.NODE_LOST}: {outcome.lost}"
+            return Measured(None, _S.interrupted, reason, "", 0.0)
+        if outcome.result is None:
+            return Measured(None, _S.interrupted, "stopped while running", "", 0.0)
+        tampered = integrity.check_hashes(outcome.protected, self.protected)
+        return classify(outcome.result, outcome.step, lab.metric, timeout, stop.is_set(), tampered)
 
     def measure_holdout(
         self, trial: Trial, commit: str, stop: threading.Event
@@ -233,20 +297,3 @@ class Experiments:
             log_room(lab.max_log, 2 if lab.evaluate else 1, lab.parallel), live
         )
         return self.free_space.wait(stop, self.deadline)
-
-
-def _then(run: RunResult, evaluated: RunResult) -> RunResult:
-    """A run and the `evaluate` after it as one result: the evaluation's metric and exit,
-    both runs' time, output and printed values, the larger peak."""
-    peaks = [p for p in (run.peak_rss_mb, evaluated.peak_rss_mb) if p is not None]
-    return RunResult(
-        exit_code=evaluated.exit_code,
-        timed_out=evaluated.timed_out,
-        duration_s=run.duration_s + evaluated.duration_s,
-        bytes_out=run.bytes_out + evaluated.bytes_out,
-        truncated=run.truncated or evaluated.truncated,
-        metric=evaluated.metric,
-        tail=evaluated.tail,
-        recorded={**run.recorded, **evaluated.recorded},
-        peak_rss_mb=max(peaks) if peaks else None,
-    )

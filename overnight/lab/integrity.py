@@ -47,8 +47,13 @@ def check_diff(
 
 def check_protected(root: Path, recorded: Mapping[str, str]) -> str | None:
     """Why the protected files under `root` differ from `recorded`, or None if they match."""
-    now = hash_files(root, recorded)
-    changed = sorted(path for path, blob in recorded.items() if now[path] != blob)
+    return check_hashes(hash_files(root, recorded), recorded)
+
+
+def check_hashes(now: Mapping[str, str], recorded: Mapping[str, str]) -> str | None:
+    """Why the protected files, hashed as `now` (on a cluster's node, after the run),
+    differ from `recorded`, or None if they match."""
+    changed = sorted(path for path, blob in recorded.items() if now.get(path) != blob)
     if changed:
         return f"protected file(s) modified: {', '.join(changed)}"
     return None

@@ -24,7 +24,7 @@ from typing import Any
 from opentelemetry import trace
 
 from overnight.errors import BaselineFailed, RepoError, UserError
-from overnight.lab import holdout, integrity, keeps, preflight, privacy, resume
+from overnight.lab import cluster, holdout, integrity, keeps, preflight, privacy, resume
 from overnight.lab.enclosure import Enclosure
 from overnight.lab.experiment import Experiments, Measured, memory_fields
 from overnight.lab.git import Git, worktree_of
@@ -127,8 +127,9 @@ class Lab:
                 org.root, git, lab.holdout, lab.holdout_name, lab.hidden, where
             )
         self.experiments = Experiments(
-            lab, store, run.id, run.protected, self.paths, self.enclosure, self.holdout
-        )
+            lab, store, run.id, run.protected, self.paths, self.enclosure, self.holdout,
+            cluster.of(org.config, org.config_path),
+        )  # fmt: skip
 
     # -- start / resume -----------------------------------------------------
 
@@ -196,10 +197,15 @@ class Lab:
             )
             if base is not None:
                 warnings += preflight.from_warnings(git, base_ref or base, base)
+            remote = cluster.of(org.config, org.config_path)
+            if remote is not None:
+                remote.connect()  # an unreachable cluster is said before any run begins
             store = open_store(store_url(root))
             try:
                 run, resumed = resume.open_run(org, git, store, new_run, base_ref, base)
                 lab = cls(org, git, store, run, lock, warnings, resumed)
+                if lab.experiments.cluster is not None and resumed:
+                    resume.reap_cluster(root, lab.experiments.cluster, store, run.id)
                 lab.requeued = resume.recover(org, git, store, run, lab.holdout, resumed)
             except BaseException:
                 store.close()
@@ -272,6 +278,9 @@ class Lab:
             trial = self._run_trial(
                 BASELINE, Path(first.worktree), self.run.base_commit, None, proposal, stop
             )
+            trial = self._again_if_lost(
+                trial, BASELINE, Path(first.worktree), self.run.base_commit, None, stop
+            )
             if trial.status is _S.interrupted:
                 return None
             if trial.status is not _S.kept:
@@ -319,6 +328,10 @@ class Lab:
                     stop,
                     branch=agent.branch,
                 )
+                trial = self._again_if_lost(
+                    trial, agent_name, Path(agent.worktree), agent.best_commit,
+                    agent.best_metric, stop, branch=agent.branch,
+                )  # fmt: skip
                 if span.is_recording():
                     span.set_attributes(
                         {
@@ -401,6 +414,27 @@ class Lab:
             )
         finally:
             self._tidy(t)
+
+    def _again_if_lost(
+        self,
+        trial: Trial,
+        agent_name: str,
+        worktree_path: Path,
+        parent: str,
+        best_metric: float | None,
+        stop: threading.Event,
+        branch: str | None = None,
+    ) -> Trial:
+        """A trial interrupted because its cluster node was lost is re-queued at once (as
+        a start re-queues one a stop interrupted): its change, as a new trial; once."""
+        for _ in range(resume.MAX_REQUEUES):
+            again = None if stop.is_set() else resume.lost_again(self.store, trial)
+            if again is None:
+                break
+            trial = self._run_trial(
+                agent_name, worktree_path, parent, best_metric, again, stop, branch=branch
+            )
+        return trial
 
     def _propose(self, t: _Attempt) -> Trial | None:
         """Ask for the change, unless it came with the trial: a reply that cannot be used

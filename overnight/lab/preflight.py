@@ -241,7 +241,7 @@ def check(org: Org, git: Git, base: str | None, checks: StartChecks) -> list[str
             field="knobs",
             fix="add a [[knobs]] table (name, file, low/high or choices) per setting to tune",
         )
-    if cfg.lab.gpus_per_trial:
+    if cfg.lab.gpus_per_trial and cfg.executor.kind == "local":  # a cluster's are its own
         gpus = visible_gpus()
         if len(gpus) < cfg.lab.gpus_per_trial:
             raise ConfigError(

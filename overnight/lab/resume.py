@@ -4,7 +4,9 @@ Owns what a run is bound to (`config_fingerprint`: the part of the config its
 trials are compared under), finding or creating the run a start continues,
 making git agree with the store again after a stop (`recover`: what was in flight
 is `interrupted`, leftovers are killed, every agent's worktree is back on its
-best commit), and which interrupted proposals are tried again (`requeues`).
+best commit; on a Ray cluster, its nodes reaped first: `reap_cluster`), and which
+interrupted proposals are tried again (`requeues`, and `lost_again` at once for a trial
+whose cluster node was lost).
 Knows nothing about how trials run or how proposals are made.
 """
 
@@ -19,10 +21,12 @@ from typing import Any
 
 from overnight import globs
 from overnight.errors import ConfigError, UserError
+from overnight.lab import cluster
 from overnight.lab.git import Git
 from overnight.lab.holdout import Holdout
 from overnight.lab.keeps import best_trial
 from overnight.lab.lock import AgentLock
+from overnight.lab.proposal import Proposal
 from overnight.lab.runner import find_marked, kill_marked
 from overnight.markers import AGENT_MARKER, RUN_MARKER, SESSION_MARKER, TRIAL_MARKER, run_mark
 from overnight.org import Org
@@ -45,6 +49,7 @@ def config_fingerprint(org: Org) -> dict[str, Any]:
     data.pop("gateway", None)
     data.pop("governance", None)
     data.pop("notify", None)  # who is told of the run, not how it runs
+    data.pop("executor", None)  # which machines run its trials: a run may move to a cluster
     for key in ("max_logs", "min_free_disk"):  # the machine's disk, not the lab: a run
         data["lab"].pop(key, None)  # goes on with new values (and from older versions)
     for key in ("share", "patience", "stop"):  # how agents work together and when a run
@@ -168,6 +173,39 @@ def recover(
         {"pid": os.getpid(), "requeued": [t.number for t in requeued]},
     )
     return requeued
+
+
+def reap_cluster(root: Path, remote: cluster.Cluster, store: Store, run_id: str) -> None:
+    """On resume: kill on the cluster's nodes what the last `overnight run`'s experiments
+    left running (Ray ended their tasks with that process, not the process groups the
+    tasks started), naming each node in an `executor.reaped` event."""
+    for found in remote.reap(run_mark(root, run_id)):
+        store.append_event(run_id, "executor.reaped", found)
+
+
+def lost_again(store: Store, trial: Trial) -> Proposal | None:
+    """The proposal that runs a trial again at once (its change, as a new trial) when its
+    cluster node was lost mid-run, as a start re-queues one a stop interrupted; None when
+    it was not lost, or is not to be tried again (an `overnight try`'s, one re-queued
+    already)."""
+    lost = trial.status is TrialStatus.interrupted and (trial.reason or "").startswith(
+        cluster.NODE_LOST
+    )
+    if not lost:
+        return None
+    if trial.agent != BASELINE and trial.number not in {
+        t.number for t in requeues(store.trials(trial.run_id))
+    }:
+        return None
+    patch = trial.diff or ""
+
+    def apply(root: Path) -> None:
+        if patch:
+            Git(root).run("apply", "--whitespace=nowarn", input=patch)
+
+    return Proposal(
+        trial.description, dict(trial.proposal or {}), apply=apply, requeued_from=trial.number
+    )
 
 
 def requeues(trials: Sequence[Trial], stopping: Collection[int] = ()) -> list[Trial]:

@@ -68,6 +68,22 @@ class RunResult:
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
 
+    def followed_by(self, evaluated: RunResult) -> RunResult:
+        """This run and the `evaluate` after it as one result: the evaluation's metric and
+        exit, both runs' time, output and printed values, the larger peak."""
+        peaks = [p for p in (self.peak_rss_mb, evaluated.peak_rss_mb) if p is not None]
+        return RunResult(
+            exit_code=evaluated.exit_code,
+            timed_out=evaluated.timed_out,
+            duration_s=self.duration_s + evaluated.duration_s,
+            bytes_out=self.bytes_out + evaluated.bytes_out,
+            truncated=self.truncated or evaluated.truncated,
+            metric=evaluated.metric,
+            tail=evaluated.tail,
+            recorded={**self.recorded, **evaluated.recorded},
+            peak_rss_mb=max(peaks) if peaks else None,
+        )
+
 
 def run_budgeted(
     command: str,

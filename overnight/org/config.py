@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from overnight.errors import Invalid
 from overnight.globs import matches
 from overnight.org import constraints as constraint
+from overnight.org.executor import ExecutorConfig
 from overnight.org.gateway import GatewayConfig
 from overnight.org.notify import SinkConfig, check_names
 from overnight.paths import STATE_DIR
@@ -566,6 +567,8 @@ class OrgConfig(_Model):
     governance: GovernanceConfig = GovernanceConfig()
     notify: list[SinkConfig] = []
     """`[[notify]]`: where the night watch sends what it sees (overnight.notify)."""
+    executor: ExecutorConfig = ExecutorConfig()
+    """`[executor]`: where trials' experiments run (this machine, or a Ray cluster)."""
 
     @model_validator(mode="after")
     def _sink_names(self) -> Self:

@@ -449,6 +449,37 @@ CASES = {
         "20: gateway.port",
         ("must be at most 65535 (got 70000)", "from 0 to 65535"),
     ),
+    # [executor]
+    "an executor of an unknown kind": Broken(
+        "",
+        '\n[executor]\nkind = "slurm"\n',
+        "20: executor.kind",
+        ("'slurm'", "local"),
+    ),
+    "a Ray address that is not one": Broken(
+        "",
+        '\n[executor]\nkind = "ray"\naddress = "my cluster"\n',
+        "21: executor.address",
+        ("'my cluster' is not the address of a Ray cluster", "ray://HOST:10001"),
+    ),
+    "a Ray field on the local executor": Broken(
+        "",
+        "\n[executor]\nresources = {a100 = 1}\n",
+        "20: executor.resources",
+        ('resources is for a Ray cluster, but kind is "local"', 'set kind = "ray"'),
+    ),
+    "a custom resource that reserves nothing": Broken(
+        "",
+        '\n[executor]\nkind = "ray"\nresources = {a100 = 0}\n',
+        "21: executor.resources.a100",
+        ("resource 'a100' = 0 reserves nothing", 'resources = {"a100" = 1}'),
+    ),
+    "a Ray cluster that does not answer": Broken(
+        "",
+        '\n[executor]\nkind = "ray"\naddress = "127.0.0.1:1"\n',
+        "21: executor.address",
+        ("no Ray cluster answers at 127.0.0.1:1", "ray start --head"),
+    ),
     # TOML itself
     "a string without quotes": Broken(
         'metric = "score"',
@@ -524,6 +555,12 @@ format = "slack"
 events = ["best", "stopped"]
 min_interval = "5m"
 tries = 3
+
+[executor]
+kind = "ray"
+address = "ray://127.0.0.1:10001"
+num_cpus = 2
+resources = {a100 = 1}
 
 [[notify]]
 kind = "email"

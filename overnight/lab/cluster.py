@@ -1,0 +1,456 @@
+"""Trials on a Ray cluster (`[executor] kind = "ray"`): each experiment a Ray task.
+
+Owns connecting to the cluster (one clear error when Ray is not installed or the
+address does not answer), running one trial's experiment — `[lab] run`, then
+`evaluate` — as a task on whichever node has the resources it asks for, and
+finding what a dead `overnight run` left running on the nodes (`reap`).
+
+- **The code travels as the commit**: `git archive` of the candidate, through Ray's
+  object store, unpacked in a temporary folder on the worker. That is exactly the
+  commit's tracked files: never the lab's `.overnight/` (keys, database), an agent's
+  worktree or what it left untracked, and no git, shared disk or repository access
+  needed on the worker. (Ray's `working_dir` would upload a folder, not a commit, and
+  start a fresh worker process per distinct folder.)
+- **On the worker, the budget is the local one**: `run_budgeted` starts the command in
+  a process group of its own, kills all of it at budget + grace, measures its peak
+  memory and finds the metric and recorded lines; the protected files are hashed after
+  the run and the hashes come back, so the integrity guard's after-run check holds.
+- **The log streams back while it runs**: the task is a streaming generator, yielding
+  the log's new bytes as they are written (then the result), which the lab appends to
+  the trial's own log. No actor to place or keep alive: the chunks go through the
+  object store to the caller in order, and a dead worker ends the stream with an error
+  naming what died.
+- **Ray's own retries are off** (`max_retries=0`): the lab decides what a lost node
+  means for a trial.
+
+Knows nothing about trials' statuses or the store: the lab says what to run and
+records what comes back (`on_event` is told of each step, to be written ahead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from overnight import redaction
+from overnight.errors import ConfigError
+from overnight.lab import integrity, sandbox
+from overnight.lab.runner import RunResult, kill_marked, run_budgeted
+from overnight.markers import RUN_MARKER, TRIAL_MARKER
+from overnight.org.config import LabConfig, OrgConfig
+from overnight.org.executor import ExecutorConfig
+from overnight.org.load import line_of
+
+CHUNK = 64 * 1024
+"""Most log bytes in one streamed item."""
+POLL_S = 0.05
+"""How often the worker looks for new log bytes (a first line reaches the lab within it)."""
+PROBE_S = 5.0
+"""Seconds a start waits for the cluster's address to answer before saying it does not."""
+INSTALL = "pip install 'overnight[ray]'"
+NODE_LOST = "its cluster node was lost"
+"""How the reason of a trial interrupted by a lost node begins (it is re-queued at once)."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What a worker needs to run one trial's experiment: all of it plain data."""
+
+    mark: str
+    """The run's mark (`markers.run_mark`): what its experiments' processes carry."""
+    trial: int
+    steps: tuple[tuple[str, str], ...]
+    """(step, command): ("run", ...), then ("evaluate", ...) when the lab has one."""
+    metric: str
+    record: tuple[str, ...]
+    timeout_s: float
+    max_log: int
+    env: Mapping[str, str]
+    protected: tuple[str, ...]
+    """Paths whose hashes come back after the run."""
+    walls: Mapping[str, Any] | None = None
+    """The sandbox on the worker (writable, hidden, visible, network), where bwrap works
+    there; None: the watchdog alone, as where no sandbox runs here."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a trial's experiment started."""
+
+    node: str
+    host: str
+    task: str
+    pid: int
+    cuda: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came back: a finished run (its result, the step it ended in, the protected
+    files' hashes after it), or why it did not finish (`lost`, `cancelled`)."""
+
+    result: RunResult | None
+    step: str = "run"
+    protected: Mapping[str, str] = field(default_factory=dict)
+    placed: Placed | None = None
+    lost: str | None = None
+    """Why the node or worker went away mid-trial (the trial is to be run again)."""
+    cancelled: bool = False
+
+
+def of(config: OrgConfig, config_path: Path) -> Cluster | None:
+    """The cluster `[executor]` names, not yet connected; None: trials run here."""
+    if config.executor.kind != "ray":
+        return None
+    return Cluster(config.executor, config.lab, config_path)
+
+
+class Cluster:
+    """A Ray cluster that runs the experiments of one lab's trials."""
+
+    def __init__(self, config: ExecutorConfig, lab: LabConfig, config_path: Path) -> None:
+        self.config = config
+        self.gpus = lab.gpus_per_trial
+        self.config_path = config_path
+        # how many at once: `[lab] parallel` when the file sets it, else what the cluster
+        # holds (Ray queues a task until a node has its resources)
+        limit = lab.parallel if "parallel" in lab.model_fields_set else None
+        self._room = threading.BoundedSemaphore(limit) if limit else None
+        self._task: Any = None
+        self._reaper: Any = None
+
+    def connect(self) -> None:
+        """Join the cluster as a driver; a ConfigError says why it cannot."""
+        if self._task is not None:
+            return
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                self.config_path,
+                'kind = "ray" runs trials on a Ray cluster, but Ray is not installed here',
+                field="executor.kind",
+                line=self._line("kind"),
+                fix=f"{INSTALL} (here and on every node of the cluster), or remove [executor] "
+                "to run trials on this machine",
+            ) from None
+        address = self.config.address
+        if address != "auto":
+            self._probe(address)
+        if not ray.is_initialized():  # (one connection per process: `start` made it)
+            try:
+                ray.init(
+                    address=address,
+                    namespace="overnight",
+                    logging_level=logging.ERROR,
+                    log_to_driver=False,
+                )
+            except ConnectionError as exc:
+                raise self._unreachable(address, str(exc).splitlines()[0]) from None
+        self._check_room(ray.nodes())  # type: ignore[no-untyped-call]
+        self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
+        self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
+
+    def wanted(self) -> dict[str, float]:
+        """What one trial reserves on its node, as Ray names resources."""
+        wanted = {"CPU": self.config.num_cpus, **self.config.resources}
+        if self.gpus:
+            wanted["GPU"] = float(self.gpus)
+        return {name: amount for name, amount in wanted.items() if amount}
+
+    def _check_room(self, nodes: list[dict[str, Any]]) -> None:
+        """A trial no node could ever hold would wait forever: say so at the start."""
+        wanted = self.wanted()
+        for node in nodes:
+            have = node.get("Resources", {})
+            if node.get("Alive") and all(have.get(k, 0) >= v for k, v in wanted.items()):
+                return
+        asked = ", ".join(f"{k} = {v:g}" for k, v in wanted.items())
+        raise ConfigError(
+            self.config_path,
+            f"no node of the Ray cluster at {self.config.address} has what one trial "
+            f"reserves ({asked})",
+            field="executor",
+            line=self._line("kind"),
+            fix="start nodes that declare it (`ray start --num-cpus=N --num-gpus=N "
+            "--resources='{\"name\": N}'`), or ask for less (num_cpus, resources, "
+            "[lab] gpus_per_trial)",
+        )
+
+    def _probe(self, address: str) -> None:
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S):
+                pass
+        except OSError as exc:
+            raise self._unreachable(address, exc.strerror or str(exc)) from None
+
+    def _line(self, field: str) -> int | None:
+        try:
+            return line_of(self.config_path.read_text(encoding="utf-8"), ("executor", field))
+        except OSError:
+            return None
+
+    def _unreachable(self, address: str, why: str) -> ConfigError:
+        return ConfigError(
+            self.config_path,
+            f"no Ray cluster answers at {address} ({why})",
+            field="executor.address",
+            line=self._line("address"),
+            fix="start the cluster first (`ray start --head --port=6379` on the head node, "
+            "`ray start --address=HEAD:6379` on each worker) or point address at its head",
+        )
+
+    def measure(
+        self,
+        experiment: Experiment,
+        archive: bytes,
+        log_path: Path,
+        stop: threading.Event,
+        on_start: Callable[[Placed], None],
+    ) -> Outcome:
+        """Run `experiment` on the code in `archive` (a tar of the commit) on some node,
+        appending its log to `log_path` as it comes; `on_start` hears where it started."""
+        import ray
+        from ray.exceptions import RayTaskError, TaskCancelledError
+
+        self.connect()
+        if self._room is not None:
+            while not self._room.acquire(timeout=0.1):
+                if stop.is_set():
+                    return Outcome(None, cancelled=True)
+        try:
+            options: dict[str, Any] = {
+                "num_cpus": self.config.num_cpus,
+                "name": f"overnight trial {experiment.trial}",
+            }
+            if self.gpus:
+                options["num_gpus"] = self.gpus
+            if self.config.resources:
+                options["resources"] = dict(self.config.resources)
+            stream = self._task.options(**options).remote(experiment, archive)
+            done = threading.Event()
+
+            def cancel_on_stop() -> None:
+                while not done.wait(0.1):
+                    if stop.is_set():
+                        ray.cancel(stream)
+                        return
+
+            watcher = threading.Thread(target=cancel_on_stop, daemon=True, name="ray-cancel")
+            watcher.start()
+            placed: Placed | None = None
+            redactor = redaction.StreamRedactor()
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with log_path.open("ab") as log:
+                    try:
+                        for ref in stream:
+                            item = ray.get(ref)
+                            if "log" in item:
+                                log.write(redactor.feed(item["log"]))
+                                log.flush()
+                            elif "placed" in item:
+                                placed = Placed(**item["placed"])
+                                on_start(placed)
+                            elif "done" in item:
+                                log.write(redactor.flush())
+                                result: RunResult = item["done"]["result"]
+                                return Outcome(
+                                    _redacted(result),
+                                    step=item["done"]["step"],
+                                    protected=item["done"]["protected"],
+                                    placed=placed,
+                                )
+                    finally:
+                        log.write(redactor.flush())
+            except TaskCancelledError:
+                return Outcome(None, placed=placed, cancelled=True)
+            except RayTaskError:
+                raise  # our code failed on the worker: a bug, shown as one
+            except ray.exceptions.RayError as exc:
+                if stop.is_set():
+                    return Outcome(None, placed=placed, cancelled=True)
+                where = f"node {placed.node[:12]} ({placed.host})" if placed else "its node"
+                return Outcome(None, placed=placed, lost=f"{where} was lost: {type(exc).__name__}")
+            finally:
+                done.set()
+                watcher.join()
+            if stop.is_set():
+                return Outcome(None, placed=placed, cancelled=True)
+            raise RuntimeError(f"trial {experiment.trial}: the worker's stream ended early")
+        finally:
+            if self._room is not None:
+                self._room.release()
+
+    def reap(self, mark: str) -> list[dict[str, Any]]:
+        """Kill, on every live node, what experiments of the run marked `mark` left running (their
+        `overnight run` was killed and Ray ended its tasks, but not the process groups
+        they started); returns, per node that had some, what was killed."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self.connect()
+        refs = {
+            node["NodeID"]: self._reaper.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            ).remote(mark)
+            for node in ray.nodes()  # type: ignore[no-untyped-call]
+            if node.get("Alive")
+        }
+        found = []
+        for node, ref in refs.items():
+            with contextlib.suppress(ray.exceptions.RayError):
+                host, killed = ray.get(ref, timeout=60)
+                if killed:
+                    found.append({"node": node, "host": host, "killed": killed})
+        return found
+
+
+def _redacted(result: RunResult) -> RunResult:
+    return replace(result, tail=redaction.redact(result.tail))
+
+
+# -- on the worker -------------------------------------------------------------
+
+
+def _experiment(experiment: Experiment, archive: bytes) -> Iterator[dict[str, Any]]:
+    """The Ray task: unpack the commit, run the steps, stream the log, return the result."""
+    import ray
+
+    context = ray.get_runtime_context()
+    with tempfile.TemporaryDirectory(prefix="overnight-trial-") as tmp:
+        checkout = Path(tmp, "checkout")
+        _unpack(archive, checkout)
+        log = Path(tmp, "trial.log")
+        log.touch()
+        env = dict(experiment.env)
+        cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        if cuda is not None:  # the GPUs Ray gave this task, numbered on its node
+            env["CUDA_VISIBLE_DEVICES"] = cuda
+        yield {
+            "placed": {
+                "node": context.get_node_id(),
+                "host": socket.gethostname(),
+                "task": context.get_task_id() or "",
+                "pid": os.getpid(),
+                "cuda": cuda,
+            }
+        }
+        stop = threading.Event()
+        box: dict[str, Any] = {}
+
+        def steps() -> None:
+            try:
+                box["done"] = _run_steps(experiment, checkout, log, env, stop)
+            except BaseException as exc:
+                box["error"] = exc
+
+        runner = threading.Thread(target=steps, daemon=True, name="experiment")
+        runner.start()
+        try:
+            with log.open("rb") as fh:
+                while True:
+                    finished = not runner.is_alive()  # before reading: the last bytes count
+                    chunk = fh.read(CHUNK)
+                    if chunk:
+                        yield {"log": chunk}
+                    elif finished:
+                        break
+                    else:
+                        runner.join(POLL_S)
+        finally:
+            # cancelled (or the caller went away): the watchdog kills the process group
+            stop.set()
+            runner.join()
+        if "error" in box:
+            raise box["error"]
+        yield {"done": box["done"]}
+
+
+def _run_steps(
+    experiment: Experiment, checkout: Path, log: Path, env: Mapping[str, str], stop: threading.Event
+) -> dict[str, Any]:
+    wrap = _wrap(experiment, checkout)
+    result: RunResult | None = None
+    step = "run"
+    for name, command in experiment.steps:
+        if result is not None:
+            if not result.ok or stop.is_set():
+                break
+            with log.open("a") as fh:
+                fh.write(f"\n[overnight: {name}: {command}]\n")
+        step = name
+        ran = run_budgeted(
+            command, cwd=checkout, log_path=log, timeout_s=experiment.timeout_s,
+            metric=experiment.metric, env=env, wrap=wrap, max_log=experiment.max_log,
+            stop=stop, record=experiment.record,
+        )  # fmt: skip
+        if ran.timed_out or stop.is_set():
+            _kill_trial(experiment.mark, experiment.trial)
+        result = ran if result is None else result.followed_by(ran)
+    assert result is not None
+    return {
+        "result": result,
+        "step": step,
+        "protected": integrity.hash_files(checkout, experiment.protected),
+    }
+
+
+def _wrap(experiment: Experiment, checkout: Path) -> list[str]:
+    """The sandbox where bwrap works on this node, else the watchdog that kills the group
+    at budget + grace even should this worker die."""
+    walls = experiment.walls
+    if walls is None or sandbox.bwrap_problem() is not None:
+        return sandbox.watchdog(experiment.timeout_s)
+    return sandbox.Walls(
+        cwd=checkout,
+        writable=(checkout, *(Path(p).expanduser() for p in walls["writable"])),
+        hidden=tuple(Path(p) for p in walls["hidden"]),
+        visible=(Path(sys.prefix), *(Path(p) for p in walls["visible"])),
+        network=walls["network"],
+    ).argv()
+
+
+def _unpack(archive: bytes, into: Path) -> None:
+    into.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+
+
+def _kill_trial(mark: str, trial: int) -> None:
+    kill_marked(RUN_MARKER, mark, spare=lambda env: env.get(TRIAL_MARKER) != str(trial))
+
+
+def _reap(mark: str) -> tuple[str, list[int]]:
+    """On one node: kill every process group an experiment of the run marked `mark` left
+    running."""
+    killed = kill_marked(RUN_MARKER, mark, spare=lambda env: TRIAL_MARKER not in env)
+    return socket.gethostname(), killed
+
+
+def archive_of(git_dir: Path, commit: str) -> bytes:
+    """The commit's tracked files as a tar (what a worker unpacks)."""
+    return subprocess.run(
+        ["git", "-C", str(git_dir), "archive", "--format=tar", commit],
+        check=True,
+        capture_output=True,
+    ).stdout
+
+
+def steps_of(lab: LabConfig) -> tuple[tuple[str, str], ...]:
+    """What a trial's experiment runs: `run`, then `evaluate` when the lab has one."""
+    return (("run", lab.run), *((("evaluate", lab.evaluate),) if lab.evaluate else ()))

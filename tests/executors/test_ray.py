@@ -1,0 +1,257 @@
+"""Trials on a real Ray cluster (`[executor] kind = "ray"`): a head and two worker nodes
+on this machine, in a network namespace of its own (the `cluster` fixture, see
+tests/helpers/ray_cluster.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from overnight.lab.runner import find_marked
+from overnight.markers import TRIAL_MARKER
+from overnight.sessions import wait_until
+from tests.helpers.labs import make_lab
+from tests.helpers.processes import process_gone, run_cli
+from tests.helpers.ray_cluster import PORT, ROOT, Cluster
+from tests.helpers.store import latest_events, latest_trials
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("unshare") is None or shutil.which("nsenter") is None or os.geteuid() != 0,
+    reason="needs unshare/nsenter as root for the cluster's own network namespace",
+)
+
+SLOW_SCRIPT = """\
+import os, time
+X = 0.5
+Y = 5
+print("training on", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+time.sleep(1.5)
+# a test makes a run touch the protected evaluator while this file exists
+if os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "tamper")):
+    with open("judge.py", "a") as fh:
+        fh.write("# changed by the run\\n")
+# a test holds a trial running as long as this file exists (the lab's .git is visible)
+while os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "hold")):
+    time.sleep(0.1)
+print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
+"""
+
+
+def ray_lab(
+    root: Path,
+    *,
+    agents: int = 2,
+    address: str = f"127.0.0.1:{PORT}",
+    lab: dict[str, object] | None = None,
+) -> Path:
+    """The toy lab (SLOW_SCRIPT), its trials on the cluster at `address`, each reserving
+    a GPU and an `a100`."""
+    return make_lab(
+        root, script=SLOW_SCRIPT, agents=[{"name": "t", "count": agents}],
+        lab={"parallel": 2, "gpus_per_trial": 1, "env": [f"HOLD_DIR={root / '.git'}"],
+             **(lab or {})},
+        extra=f'[executor]\nkind = "ray"\naddress = "{address}"\nresources = {{ a100 = 1 }}\n',
+    )  # fmt: skip
+
+
+def events(lab: Path, kind: str) -> list[dict[str, object]]:
+    """The payloads of the latest run's events of `kind`, each with its trial's number."""
+    return [{**e.payload, "trial": e.trial} for e in latest_events(lab, kind)]
+
+
+def test_trials_run_on_both_workers_with_their_gpu_and_stream_their_logs(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab")
+    done = cluster.overnight("run", str(lab), "--trials", "6")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    placed = events(lab, "trial.placed")
+    assert len({p["node"] for p in placed}) == 2, placed  # both workers, never the head
+    assert {p["cuda_visible_devices"] for p in placed} == {"0"}
+    trials = latest_trials(lab)
+    measured = [t for t in trials if t.metric is not None]
+    assert len(measured) >= 6, [(t.number, t.status, t.reason) for t in trials]
+    for trial in measured:
+        log = Path(trial.log_path or "").read_text()
+        assert "training on 0" in log and "score: " in log, log
+        assert trial.peak_rss_mb is not None and trial.peak_rss_mb > 1
+
+
+def test_without_ray_installed_the_lab_says_what_to_install(tmp_path: Path) -> None:
+    lab = ray_lab(tmp_path / "lab")
+    hide = tmp_path / "no-ray"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
+    done = run_cli("run", str(lab), "--trials", "1", env={"PYTHONPATH": f"{hide}:{ROOT}"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "but Ray is not installed here" in done.stderr, done.stderr
+    assert "fix: pip install 'overnight[ray]'" in done.stderr, done.stderr
+    assert not (lab / ".overnight" / "overnight.db").exists()
+
+
+def test_an_unreachable_cluster_is_one_clear_error_naming_the_address(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    lab = ray_lab(tmp_path / "lab", address="127.0.0.1:1")
+    done = run_cli("run", str(lab), "--trials", "1")
+    assert done.returncode != 0
+    assert "no Ray cluster answers at 127.0.0.1:1" in done.stderr, done.stderr
+    assert "fix: start the cluster first" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (lab / ".overnight" / "overnight.db").exists()  # refused before any run began
+
+
+def raylet_of(node: str) -> int:
+    """The pid of the raylet of cluster node `node` (it is that node, to Ray)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if f"--node_id={node}".encode() in args:
+                return int(entry.name)
+    raise AssertionError(f"no raylet for node {node}")
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
+    """What `proc` printed once it ended (killed, with its group, if it is still running
+    after `timeout`)."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return out
+
+
+def test_a_worker_node_lost_mid_trial_interrupts_it_and_runs_it_again_once(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab", agents=1)
+    hold = lab / ".git" / "hold"
+    proc = cluster.start("run", str(lab), "--trials", "2", "--no-ui")
+    try:
+        wait_until(lambda: any(t.status.value == "kept" for t in latest_trials(lab)), 180)
+        hold.touch()  # the next trial runs until the node under it is gone
+        wait_until(lambda: any(p["trial"] != 1 for p in events(lab, "trial.placed")), 120)
+        placed = next(p for p in events(lab, "trial.placed") if p["trial"] != 1)
+        os.kill(raylet_of(str(placed["node"])), signal.SIGKILL)
+        wait_until(lambda: bool(events(lab, "executor.node_lost")), 180)
+        hold.unlink()
+        out = finish(proc)
+    finally:
+        hold.unlink(missing_ok=True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        cluster.add_worker()  # the next test has two workers again
+    assert proc.returncode == 0, out
+    lost = events(lab, "executor.node_lost")
+    assert [e["node"] for e in lost] == [placed["node"]], lost
+    trials = {t.number: t for t in latest_trials(lab)}
+    victim = trials[int(str(placed["trial"]))]
+    assert victim.status.value == "interrupted", victim
+    assert "its cluster node was lost" in (victim.reason or ""), victim.reason
+    again = [t for t in trials.values() if t.requeued_from == victim.number]
+    assert len(again) == 1 and again[0].metric is not None, trials
+    assert again[0].description == victim.description
+    where = [p["node"] for p in events(lab, "trial.placed") if p["trial"] == again[0].number]
+    assert where and placed["node"] not in where
+
+
+def test_a_run_killed_mid_trial_resumes_killing_what_it_left_on_the_cluster(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # no sandbox: bubblewrap would take the experiment down with its Ray worker; without
+    # one, the experiment outlives both (its watchdog would end it at budget + grace)
+    lab = ray_lab(tmp_path / "lab", agents=1, lab={"sandbox": "none"})
+    hold = lab / ".git" / "hold"
+    proc = cluster.start("run", str(lab), "--trials", "3", "--no-ui")
+    try:
+        wait_until(lambda: any(t.status.value == "kept" for t in latest_trials(lab)), 180)
+        hold.touch()
+        wait_until(lambda: any(p["trial"] != 1 for p in events(lab, "trial.placed")), 120)
+        placed = next(p for p in events(lab, "trial.placed") if p["trial"] != 1)
+        number = str(placed["trial"])
+        wait_until(lambda: bool(experiment_of(number)), 30)
+        left = experiment_of(number)
+        os.kill(proc.pid, signal.SIGKILL)  # nsenter execs overnight: this is the run
+        finish(proc)
+        # Ray ends the tasks of a driver that died and the processes they started (its
+        # workers are their subreaper), long before their watchdog would
+        wait_until(lambda: all(process_gone(pid) for pid in left), 10)  # budget: 20 s
+        hold.unlink()
+        resumed = cluster.overnight("run", str(lab), "--trials", "1", "--no-ui")
+    finally:
+        hold.unlink(missing_ok=True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        for pid in experiment_of(str(placed["trial"])) if "placed" in locals() else []:
+            os.kill(pid, signal.SIGKILL)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    trials = {t.number: t for t in latest_trials(lab)}
+    victim = trials[int(number)]
+    assert victim.status.value == "interrupted", victim
+    again = [t for t in trials.values() if t.requeued_from == victim.number]
+    assert len(again) == 1 and again[0].metric is not None, trials
+
+
+def experiment_of(trial: str) -> list[int]:
+    """The pids of a trial's experiment (its processes carry the trial's marker)."""
+    return [
+        pid
+        for pid, env in find_marked(TRIAL_MARKER, trial)
+        if env.get("HOLD_DIR") and not process_gone(pid)
+    ]
+
+
+def test_a_trial_no_node_could_hold_is_refused_at_the_start(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab")
+    config = (lab / "overnight.toml").read_text().replace("{ a100 = 1 }", "{ h100 = 1 }")
+    (lab / "overnight.toml").write_text(config)
+    subprocess.run(["git", "-C", str(lab), "commit", "-qam", "h100"], check=True)
+    done = cluster.overnight("run", str(lab), "--trials", "1", "--no-ui")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "no node of the Ray cluster at 127.0.0.1:6380 has what one trial reserves" in (
+        done.stderr
+    ), done.stderr
+    assert "h100 = 1" in done.stderr and "fix: start nodes that declare it" in done.stderr
+    assert not (lab / ".overnight" / "overnight.db").exists()
+
+
+def test_a_run_that_changes_a_protected_file_on_its_node_is_rejected(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab", agents=1)
+    proc = cluster.start("run", str(lab), "--trials", "1", "--no-ui")
+    try:
+        wait_until(
+            lambda: (
+                proc.poll() is not None or any(t.status.value == "kept" for t in latest_trials(lab))
+            ),
+            180,
+        )
+        (lab / ".git" / "tamper").touch()  # every trial after the baseline
+        out = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 0, out
+    rejected = [t for t in latest_trials(lab) if t.agent != "baseline"]
+    assert rejected and all(t.status.value == "rejected" for t in rejected), rejected
+    assert all(
+        t.reason == "integrity: the run protected file(s) modified: judge.py" for t in rejected
+    ), [t.reason for t in rejected]
+    assert (lab / "judge.py").read_text() == "# the protected evaluator\n"  # only its copy
