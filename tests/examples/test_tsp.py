@@ -19,7 +19,7 @@ from pathlib import Path
 from overnight.store import open_store, store_url
 from tests.helpers.processes import run_cli
 
-LAB = Path(__file__).resolve().parents[1] / "overnight" / "examples" / "tsp"
+LAB = Path(__file__).resolve().parents[2] / "overnight" / "examples" / "tsp"
 # the lab's `python` is the one running the tests, as `make demo` does for spirals
 ENV = {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
 
