@@ -6,10 +6,13 @@ gateway priced each call as it was made) or how the figures are shown.
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from overnight.records import Trial
+from overnight.records import UsageRow
 from overnight.store import Store
 
 
@@ -21,31 +24,61 @@ class TrialCost:
     unpriced: bool
 
 
-def trial_costs(store: Store, run_id: str) -> dict[int, TrialCost]:
-    """What each trial cost in LLM calls through the gateway.
+class Started(Protocol):
+    """What the rule needs of a trial: its number, agent and when it began."""
+
+    @property
+    def number(self) -> int: ...
+    @property
+    def agent(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+
+
+class TrialCosts:
+    """Shares a run's metered calls out among its trials, a call at a time.
 
     A call tagged with a trial (`x-overnight-trial`, as the llm runtime sends) counts
     for that trial. An untagged call (an external agent thinking before it runs
     `overnight try`) counts for the agent's next trial: the price of coming up with it.
     """
-    trials = sorted(store.trials(run_id), key=lambda t: t.created_at)
-    by_agent: dict[str, list[Trial]] = {}
-    for t in trials:
-        by_agent.setdefault(t.agent, []).append(t)
-    numbers = {str(t.number): t.number for t in trials}
-    tokens: Counter[int] = Counter()
-    cost: dict[int, float] = {}
-    unpriced: set[int] = set()
-    for row in store.usage_rows(run_id):
-        number = numbers.get(row.trial) if row.trial is not None else None
+
+    def __init__(self, trials: Iterable[Started]) -> None:
+        self._numbers: dict[str, int] = {}
+        self._starts: dict[str, tuple[list[float], list[int]]] = {}
+        for t in sorted(trials, key=lambda t: t.created_at):
+            self._numbers[str(t.number)] = t.number
+            at, numbers = self._starts.setdefault(t.agent, ([], []))
+            at.append(t.created_at)
+            numbers.append(t.number)
+        self._tokens: Counter[int] = Counter()
+        self._cost: dict[int, float] = {}
+        self._unpriced: set[int] = set()
+
+    def add(self, row: UsageRow) -> None:
+        number = self._numbers.get(row.trial) if row.trial is not None else None
+        if number is None and row.agent in self._starts:
+            at, numbers = self._starts[row.agent]
+            i = bisect.bisect_left(at, row.started_at)
+            number = numbers[i] if i < len(numbers) else None
         if number is None:
-            later = [t for t in by_agent.get(row.agent, []) if t.created_at >= row.started_at]
-            if not later:
-                continue  # thinking toward a trial that has not started yet
-            number = later[0].number
-        tokens[number] += row.tokens
+            return  # thinking toward a trial that has not started yet
+        self._tokens[number] += row.tokens
         if row.cost_usd is None:
-            unpriced.add(number)
+            self._unpriced.add(number)
         else:
-            cost[number] = cost.get(number, 0.0) + row.cost_usd
-    return {n: TrialCost(tokens[n], cost.get(n), n in unpriced) for n in set(tokens) | unpriced}
+            self._cost[number] = self._cost.get(number, 0.0) + row.cost_usd
+
+    def result(self) -> dict[int, TrialCost]:
+        numbers = set(self._tokens) | self._unpriced
+        return {
+            n: TrialCost(self._tokens[n], self._cost.get(n), n in self._unpriced) for n in numbers
+        }
+
+
+def trial_costs(store: Store, run_id: str) -> dict[int, TrialCost]:
+    """What each trial cost in LLM calls through the gateway (see `TrialCosts`)."""
+    costs = TrialCosts(store.trials(run_id))
+    for row in store.usage_rows(run_id):
+        costs.add(row)
+    return costs.result()

@@ -12,7 +12,6 @@ every read that must be consistent.
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from overnight.costs.trials import TrialCosts
 from overnight.lab.ratchet import better
 from overnight.org.config import Goal
 from overnight.records import BASELINE, IMPORTED, AgentRecord, Event, Trial, TrialStatus, UsageRow
@@ -373,43 +373,23 @@ class LiveRun:
 
     def set_usage(self, rows: Iterable[UsageRow]) -> set[str]:
         """Fold in the run's metered gateway calls: tokens and USD per agent, per trial (by
-        the rule of `overnight.costs.trials.trial_costs`: a call tagged with a trial counts for
+        `overnight.costs.trials.TrialCosts`'s rule: a call tagged with a trial counts for
         it, an untagged one for its agent's next trial) and per UTC day. Returns the agents
         whose figures moved."""
         by_agent: dict[str, list[float]] = {}
-        tokens: dict[int, int] = {}
-        cost: dict[int, float] = {}
-        unpriced: set[int] = set()
         days: dict[str, float] = {}
-        starts: dict[str, tuple[list[float], list[int]]] = {}
-        for t in sorted(self.trials.values(), key=lambda t: t.created_at):
-            at, numbers = starts.setdefault(t.agent, ([], []))
-            at.append(t.created_at)
-            numbers.append(t.number)
+        shares = TrialCosts(self.trials.values())
         for row in rows:
             acc = by_agent.setdefault(row.agent, [0, 0.0])
             acc[0] += row.tokens
             acc[1] += row.cost_usd or 0.0
             day = datetime.fromtimestamp(row.started_at, UTC).strftime("%Y-%m-%d")
             days[day] = days.get(day, 0.0) + (row.cost_usd or 0.0)
-            number: int | None = None
-            if row.trial is not None and row.trial.isdigit() and int(row.trial) in self.trials:
-                number = int(row.trial)
-            elif row.agent in starts:
-                at, numbers = starts[row.agent]
-                i = bisect.bisect_left(at, row.started_at)
-                number = numbers[i] if i < len(numbers) else None
-            if number is None:
-                continue  # thinking toward a trial that has not started yet
-            tokens[number] = tokens.get(number, 0) + row.tokens
-            if row.cost_usd is None:
-                unpriced.add(number)
-            else:
-                cost[number] = cost.get(number, 0.0) + row.cost_usd
-        for number in set(tokens) | unpriced:
+            shares.add(row)
+        for number, share in shares.result().items():
             trial = self.trials[number]
-            trial.tokens, trial.cost_usd = tokens.get(number, 0), cost.get(number)
-            trial.unpriced = number in unpriced
+            trial.tokens, trial.cost_usd = share.tokens, share.cost_usd
+            trial.unpriced = share.unpriced
         self.days = dict(sorted(days.items()))
         moved = set()
         for name, agent in self.agents.items():
