@@ -281,11 +281,16 @@ def search(
         try:
             futures = {
                 (config, seed): pool.submit(search_run, s, config, seed, tmp)
+                for seed in seeds  # a seed's three configs together: a cut-off run still compares
                 for config in CONFIGS
-                for seed in seeds
             }
-            for future in futures.values():
-                future.result()  # the first failure stops the rest
+            for (config, seed), future in futures.items():
+                o = future.result()  # the first failure stops the rest
+                print(
+                    f"  ({s.lab}, {config}, seed {seed}: to target {o.to_target or '-'}, "
+                    f"best {o.best:.4f}, {o.seconds:.0f} s)",
+                    flush=True,
+                )
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             stop_children()
