@@ -120,7 +120,10 @@ def _run_lab(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        signal.signal(signal.SIGINT, _exit_now)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            # (started with SIGINT ignored, as a shell starts a job in the background: it
+            # stays ignored to the end, as during the run; SIGTERM stops the run)
+            signal.signal(signal.SIGINT, _exit_now)
         view.summary(interrupted, why)
         _report(lab)
         lab.close()

@@ -70,7 +70,7 @@ _DISCONNECT: Message = {"type": "http.disconnect"}
 def quiet_gc() -> None:
     """Keep the garbage collector off the request path of a long-lived gateway process.
 
-    A request leaves no reference cycles (tests/test_gateway_server.py counts them),
+    A request leaves no reference cycles (tests/gateway/test_server.py counts them),
     so what it allocates is freed by reference counting, and the collector never
     has work on its account; but startup leaves a large heap, which a collection
     would walk. Freezing it, and collecting young objects rarely, keeps collections

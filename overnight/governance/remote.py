@@ -13,14 +13,12 @@ the trial is refused with the reason. Knows nothing about policies.
 
 from __future__ import annotations
 
-import http.client
-import json
 import threading
 import time
-import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from overnight import bearer
 from overnight.records import Trial
 
 POLL_EVERY = 0.5
@@ -85,33 +83,20 @@ class RemoteJudge:
             return f"the command center could not judge this trial ({exc})"
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        parts = urllib.parse.urlsplit(self.url)
-        conn = http.client.HTTPConnection(
-            parts.hostname or "127.0.0.1", parts.port, timeout=TIMEOUT
-        )
         started = time.monotonic()
         try:
-            conn.request(
-                method,
-                path,
-                None if body is None else json.dumps(body),
-                {"authorization": f"Bearer {self.key}", "content-type": "application/json"},
-            )
-            response = conn.getresponse()
-            raw = response.read()
+            answer = bearer.call(self.url, self.key, method, path, body, TIMEOUT)
         except OSError as exc:
             waited = time.monotonic() - started
             raise CommandCenterError(
                 f"unreachable at {self.url} after {waited:.1f}s: {exc}"
             ) from None
-        finally:
-            conn.close()
-        if response.status != 200:
-            raise CommandCenterError(f"{method} {path} answered {response.status}: {raw[:200]!r}")
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise CommandCenterError(f"{method} {path} answered non-JSON {raw[:200]!r}") from None
+        raw = answer.raw
+        if answer.status != 200:
+            raise CommandCenterError(f"{method} {path} answered {answer.status}: {raw[:200]!r}")
+        data = answer.json()
+        if data is None and raw.strip() != b"null":
+            raise CommandCenterError(f"{method} {path} answered non-JSON {raw[:200]!r}")
         if not isinstance(data, dict):
             raise CommandCenterError(f"{method} {path} answered {data!r:.200}")
         return data

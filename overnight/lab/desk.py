@@ -20,18 +20,16 @@ the terminal.
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import os
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from overnight import bearer
 from overnight.errors import UserError
 from overnight.lab import notebook
 from overnight.lab.git import worktree_of
@@ -226,35 +224,19 @@ class DeskClient:
         return str(self._call("GET", "/overnight/v1/notes", None)["notes"])
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        parts = urllib.parse.urlsplit(self.url)
-        conn = http.client.HTTPConnection(
-            parts.hostname or "127.0.0.1", parts.port, timeout=MAX_WAIT_S + 30
-        )
         try:
-            conn.request(
-                method,
-                path,
-                None if body is None else json.dumps(body),
-                {"authorization": f"Bearer {self.key}", "content-type": "application/json"},
-            )
-            response = conn.getresponse()
-            raw = response.read()
+            answer = bearer.call(self.url, self.key, method, path, body, MAX_WAIT_S + 30)
         except OSError as exc:
             raise UserError(
                 f"the command center does not answer at {self.url} ({exc}).\n"
                 "  fix: is `overnight run` running? Start it, then try again."
             ) from None
-        finally:
-            conn.close()
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if response.status == 409 and isinstance(data, dict):
+        raw, data = answer.raw, answer.json()
+        if answer.status == 409 and isinstance(data, dict):
             raise UserError(str(data.get("error")))
-        if response.status != 200 or not isinstance(data, dict):
+        if answer.status != 200 or not isinstance(data, dict):
             raise UserError(
-                f"the command center answered {method} {path} with {response.status}: "
+                f"the command center answered {method} {path} with {answer.status}: "
                 f"{raw[:300]!r}.\n  fix: check `overnight status`; this is overnight's bug if "
                 "the lab is running."
             )

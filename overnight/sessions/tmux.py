@@ -118,7 +118,7 @@ class TmuxBackend:
         log.touch(mode=0o600)
         cols, rows = size
         launcher = self._launcher(name, command, env)
-        self.path.parent.mkdir(mode=0o700, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # TMUX_TMPDIR too
         # One client call: options first, then the session, then its log pipe, so the
         # options apply to the new pane and its first bytes reach the log.
         # `#` is tmux's format character in -c and pipe-pane's command: double it.

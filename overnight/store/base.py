@@ -3,8 +3,8 @@
 The records it hands out (`Trial`, `Run`, `Event`, ...) are plain frozen types of
 `overnight.records`, which knows nothing of the store.
 
-Rules every implementation keeps (the contract tests in tests/test_store.py
-check them against SQLite and PostgreSQL alike):
+Rules every implementation keeps (the contract tests, overnight/testing/store_contract.py,
+check them against SQLite and PostgreSQL alike in tests/store/test_store.py):
 
 - **Thread- and process-safe.** Any method may be called from any thread, and
   several processes may share one database; each call is its own transaction.

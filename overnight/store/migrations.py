@@ -2,7 +2,7 @@
 
 A migration is frozen once released: change the schema by appending a new one,
 never by editing an old one, so every user's overnight ledger upgrades in place.
-Each released schema has a saved database (`tests/data/store-<last migration>.sql`,
+Each released schema has a saved database (`tests/store/data/store-<last migration>.sql`,
 an `sqlite3 .dump` with a few rows) that the test suite upgrades and reads.
 Each statement is portable SQL with `{id}` standing for the dialect's
 auto-increment primary key. Tables carry an `ov_` prefix because the Optuna

@@ -229,6 +229,30 @@ def test_tmux_lists_only_its_own_socket(tmux: TmuxBackend, tmp_path: Path) -> No
 
 
 @needs_tmux
+def test_a_tmux_tmpdir_that_does_not_exist_yet_is_made(
+    monkeypatch: pytest.MonkeyPatch, socket_name: str, tmp_path: Path
+) -> None:
+    """tmux itself gives up when the folder TMUX_TMPDIR names is missing; overnight makes it
+    (an `overnight run` with a terminal agent failed with a traceback before)."""
+    folder = Path(os.environ["TMUX_TMPDIR"]) / "made" / "by-overnight"
+    monkeypatch.setenv("TMUX_TMPDIR", str(folder))
+    tmux = TmuxBackend(socket=socket_name, state_dir=tmp_path / "state")
+    try:
+        s = tmux.start("first", ["sh", "-c", "echo up-$((6*7)); exec sleep 30"], tmp_path, {})
+        wait_for(s, "up-42")
+        assert tmux.path.parent.parent == folder
+        assert (
+            subprocess.run(  # a person's `tmux -L overnight attach` finds the same server
+                ["tmux", "-L", socket_name, "has-session", "-t", "=first"],
+                env={"TMUX_TMPDIR": str(folder), "PATH": os.environ["PATH"]},
+            ).returncode
+            == 0
+        )
+    finally:
+        tmux.kill_server()
+
+
+@needs_tmux
 def test_tmux_capture_many_and_scrollback(tmux: TmuxBackend, tmp_path: Path) -> None:
     a = tmux.start(
         "a", ["sh", "-c", "seq 1 100; exec sleep 30"], tmp_path, shell_env(), size=(40, 10)
