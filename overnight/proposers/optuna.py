@@ -10,9 +10,11 @@ the study that value names (so does a run with `share = "none"` recorded before
 studies were per agent), seeded with the trials the lab recorded: the agent's
 own, or all the optuna agents'.
 A TPE draw does not depend on where its agent stands, so when the agent moves
-to the lab's best (sharing), its next proposal explores around the knobs of
-that commit instead, as population-based training's explore step does; the
-study hears of its result like any other.
+to the lab's best (sharing), its next proposals explore around the knobs of
+that commit instead, as population-based training's explore step does: a local
+search from where the agent stands (which moves on with each keep), until
+`patience` explore steps in a row found nothing; then TPE draws again. The study
+hears of every explore step like any other trial.
 `OVERNIGHT_SEED` makes the draws repeatable (benchmarks, a bug report).
 Knows nothing about git or the runner.
 """
@@ -131,19 +133,23 @@ class OptunaProposer:
         )
         self._asked: dict[int, optuna.trial.Trial] = {}
         self._explore: int | None = None
-        """The lab's trial the agent moved to, until the next proposal explores near it."""
+        """The lab's trial the agent moved to, while its proposals explore near it."""
+        self._patience = setup.config.lab.patience
+        self._misses = 0
+        """Explore steps in a row that found nothing since the move (or the last keep)."""
         self._random = random.Random(seed)
 
     def propose(self, worktree: Path, trial: Trial) -> Proposal:
         before = knob_files.current_values(worktree, self.knobs)
         if self._explore is not None:
-            origin, self._explore = self._explore, None
+            origin = self._explore
             params = explore(before, self.knobs, self._random)
             if params is not None:
                 return self._proposal(
                     before, params, {"params": params, "explore_of": origin},
                     f" (exploring near trial {origin}, the lab's best)",
                 )  # fmt: skip
+            self._explore = None  # outside the knobs' space: TPE takes over
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             with _ask_lock:
@@ -183,6 +189,7 @@ class OptunaProposer:
         if number is None:
             if trial.proposal.get("explore_of") is not None:
                 self._heard(trial)
+                self._explored(trial)
             return
         # skip_if_finished: resume() may tell again what was already heard; once counts
         if trial.status in (TrialStatus.kept, TrialStatus.discarded) and trial.metric is not None:
@@ -224,9 +231,21 @@ class OptunaProposer:
             )
 
     def adopted(self, worktree: Path, best: Trial) -> None:
-        """The next proposal explores around the adopted commit's knobs (a TPE draw would
+        """The next proposals explore around the adopted commit's knobs (a TPE draw would
         land anywhere, wherever the agent stands)."""
-        self._explore = best.number
+        self._explore, self._misses = best.number, 0
+
+    def _explored(self, trial: Trial) -> None:
+        """A keep moves the search on from the kept knobs (the worktree is there now);
+        `patience` misses in a row end it."""
+        if self._explore is None:
+            return
+        if trial.status is TrialStatus.kept:
+            self._misses = 0
+            return
+        self._misses += 1
+        if self._misses >= self._patience:
+            self._explore = None
 
     def _heard(self, trial: Trial) -> None:
         """Tell the study a trial it did not ask for (an explore step, one asked in another
