@@ -29,9 +29,6 @@ from overnight.records import Trial
 from overnight.store import Store
 
 PROBE_EVERY_S = 1.0
-PAUSE_FILE = "paused"
-"""In an external agent's private directory while it must not start a turn (its content
-says why); the agent process waits while it exists."""
 
 
 class RouteState(Protocol):

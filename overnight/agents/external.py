@@ -43,7 +43,8 @@ from pathlib import Path
 from types import FrameType
 
 from overnight import globs, redaction
-from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S
+from overnight.agents.brownout import PROBE_EVERY_S
+from overnight.agents.pause import PAUSE_FILE, ends_turn, why_paused
 from overnight.agents.runtimes import TurnContext, cli, instructions, key_of
 from overnight.errors import UserError
 from overnight.lab import notebook
@@ -82,7 +83,14 @@ RESUME_PROMPT = (
     "overnight restarted you; your conversation is intact. Continue the research where you "
     "left off (check `git status`: an unsubmitted change may be waiting for `overnight try`)."
 )
+STOPPED = (
+    "overnight stopped your previous turn ({why}). A person has looked and resumed you; "
+    "your conversation is intact. Do not go on repeating what you were doing: "
+    "check `git status`, then choose your next experiment and submit it with `overnight try`."
+)
 MAX_BACKOFF_S = 300.0
+WATCH_TURN_S = 0.1
+"""How often a running turn looks for a pause that ends it (a stat of one file)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,8 @@ class ExternalAgent:
         self.home = lab.paths.agent_home(lab.run.id, name)
         self.home.mkdir(parents=True, exist_ok=True)
         self._child: subprocess.Popen[str] | None = None
+        self.stopped_for: str | None = None
+        """Why a pause ended the latest turn (overnight.agents.pause), if one did."""
         self.turns = 0
         self.description: str | None = None
         self.told: set[int] = set()
@@ -194,6 +204,10 @@ class ExternalAgent:
             session = self.lab.agent(self.name).session
             if self.stop.is_set():
                 break
+            if self.stopped_for is not None:  # a pause ended the turn: hold until it is over
+                self._wait_while_paused()
+                prompt = STOPPED.format(why=self.stopped_for)
+                continue
             if not ok:
                 until = retry_at if retry_at is not None else time.time() + backoff
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -249,9 +263,8 @@ class ExternalAgent:
     def _wait_while_paused(self) -> bool:
         """Hold while the supervisor's pause file exists (a brownout); True if it did."""
         pause = self.home / PAUSE_FILE
-        try:
-            reason = pause.read_text().strip()
-        except FileNotFoundError:
+        reason = why_paused(self.home)
+        if reason is None:
             return False
         self.write(f"[overnight] paused: {reason}")
         self._state("paused", reason=reason)
@@ -279,6 +292,7 @@ class ExternalAgent:
         self.description = None
         used: int | None = None
         window: int | None = None
+        self.stopped_for = None
         with subprocess.Popen(
             argv,
             cwd=ctx.worktree,
@@ -292,6 +306,11 @@ class ExternalAgent:
             umask=user_umask(),
         ) as child:
             self._child = child
+            over = threading.Event()
+            watcher = threading.Thread(
+                target=self._stop_if_paused, args=(child, over), name="turn-pause", daemon=True
+            )
+            watcher.start()
             try:
                 assert child.stdout is not None
                 for line in child.stdout:
@@ -314,8 +333,19 @@ class ExternalAgent:
                         self.description = event.description
                     done = done or event.done
             finally:
+                over.set()
+                watcher.join()
                 self._child = None
         code = child.returncode
+        if self.stopped_for is not None:
+            self.write(f"[overnight] turn {self.turns} stopped: {self.stopped_for}")
+            self.lab.store.append_event(
+                self.lab.run.id,
+                "agent.turn_stopped",
+                {"turn": self.turns, "reason": self.stopped_for},
+                agent=self.name,
+            )
+            return False, None
         if used is None or window is None:
             told = self.runtime.context(ctx, session) if session else None
             used, window = told if told is not None else (used, window)
@@ -330,6 +360,16 @@ class ExternalAgent:
                 agent=self.name,
             )
         return error is None, retry_at
+
+    def _stop_if_paused(self, child: subprocess.Popen[str], over: threading.Event) -> None:
+        """While a turn runs: a pause that ends turns (a cost anomaly's) stops the CLI."""
+        while not over.wait(WATCH_TURN_S):
+            reason = why_paused(self.home)
+            if ends_turn(reason):
+                self.stopped_for = reason
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGTERM)
+                return
 
     # -- the notebook and fresh conversations --------------------------------
 

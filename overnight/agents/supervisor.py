@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from overnight.agents.brownout import PAUSE_FILE, PROBE_EVERY_S, GatewayRoutes, RideOut, RouteWatch
+from overnight.agents.brownout import PROBE_EVERY_S, GatewayRoutes, RideOut, RouteWatch
+from overnight.agents.pause import ANOMALY_PAUSE, PAUSE_FILE, USER_PAUSE, by_person, why_paused
 from overnight.agents.requeued import Requeued
 from overnight.costs.anomaly import RunWatch
 from overnight.costs.overview import ALLOWANCE, ANOMALY
@@ -400,7 +401,8 @@ class Supervisor:
 
     def _watch_costs(self) -> None:
         """A `cost.anomaly` event for each anomaly; an agent with `on_anomaly = "pause"`
-        is paused as a person would pause it (and only a person resumes it)."""
+        is paused until a person resumes it, and one in a terminal has its running turn
+        stopped too (see overnight.agents.pause)."""
         configs = dict(self.lab.config.agent_names())
         for anomaly in self.anomalies.poll():
             store, run_id, name = self.lab.store, self.lab.run.id, anomaly.agent
@@ -409,7 +411,7 @@ class Supervisor:
             store.append_event(run_id, ANOMALY, {**anomaly.payload(), "pause": pause}, agent=name)
             control = self.services.control
             if pause and control is not None and not control.paused_by_user(name):
-                control.pause(name)
+                control.pause(name, f"{ANOMALY_PAUSE}: {anomaly.text}")
 
     def _halt(self, stop: Stop) -> None:
         """A stop rule fired (it is recorded): no trial starts any more; those running finish."""
@@ -605,14 +607,12 @@ def _pid_running(pid: int) -> bool:
 # supervisor's threads and whoever steers; every method may be called from any thread.
 #
 # A pause is a file, the same one a brownout uses for external agents (PAUSE_FILE in the
-# agent's private directory), holding USER_PAUSE, so it survives a restart of `overnight run`
-# and an external agent's own process honours it between turns; a built-in agent honours it
-# between trials (agent_loop). A restart ends the agent's current work at once: an external
-# agent's terminal session is killed and started again (its conversation resumes); a built-in
-# agent's running experiment is stopped (the trial is recorded `interrupted`) and its loop
-# starts over.
-
-USER_PAUSE = "paused from the command center"
+# agent's private directory), holding USER_PAUSE (or ANOMALY_PAUSE and the anomaly), so it
+# survives a restart of `overnight run` and an external agent's own process honours it between
+# turns (an anomaly's at once: overnight.agents.pause); a built-in agent honours it between
+# trials (agent_loop). A restart ends the agent's current work at once: an external agent's
+# terminal session is killed and started again (its conversation resumes); a built-in agent's
+# running experiment is stopped (the trial is recorded `interrupted`) and its loop starts over.
 
 
 class ControlRefused(UserError):
@@ -647,10 +647,11 @@ class AgentControl:
         return self.homes / name / PAUSE_FILE
 
     def paused_by_user(self, name: str) -> bool:
-        try:
-            return self._pause_file(name).read_text().startswith(USER_PAUSE)
-        except FileNotFoundError:
-            return False
+        """Paused until a person resumes it: from the command center, or for an anomaly."""
+        return by_person(why_paused(self.homes / name))
+
+    def _reason(self, name: str) -> str:
+        return why_paused(self.homes / name) or USER_PAUSE
 
     def held(self) -> dict[str, Path]:
         """Agents paused from the command center (perhaps in an earlier `overnight run`),
@@ -660,18 +661,20 @@ class AgentControl:
     def _state(self, name: str) -> str:
         return next((a.state for a in self.store.agents(self.run_id) if a.name == name), "idle")
 
-    def pause(self, name: str) -> None:
-        """Hold the agent at its next trial (built-in) or turn (external) boundary."""
+    def pause(self, name: str, why: str = USER_PAUSE) -> None:
+        """Hold the agent at its next trial (built-in) or turn (external) boundary; `why`
+        is USER_PAUSE, or ANOMALY_PAUSE and the anomaly (which ends an external agent's
+        running turn at once)."""
         self._check(name)
         if self.paused_by_user(name):
             raise ControlRefused(f"agent {name!r} is already paused")
         path = self._pause_file(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(USER_PAUSE + "\n")
+        path.write_text(why + "\n")
         self._settled.discard(name)
         self.store.append_event(self.run_id, "agent.pause_requested", {}, agent=name)
         if self._state(name) != "working":  # nothing to finish first
-            self.store.set_agent_state(self.run_id, name, "paused", reason=USER_PAUSE)
+            self.store.set_agent_state(self.run_id, name, "paused", reason=why)
             self._settled.add(name)
         with self._cond:
             self._cond.notify_all()
@@ -753,7 +756,7 @@ class AgentControl:
         if not self.paused_by_user(name):
             return False
         if name not in self._settled:
-            self.store.set_agent_state(self.run_id, name, "paused", reason=USER_PAUSE)
+            self.store.set_agent_state(self.run_id, name, "paused", reason=self._reason(name))
         while self.paused_by_user(name) and not stop.is_set():
             with self._cond:
                 self._cond.wait(PROBE_EVERY_S)
@@ -768,5 +771,5 @@ class AgentControl:
         if name in self._settled or not self.paused_by_user(name):
             return
         if self._state(name) != "working":
-            self.store.set_agent_state(self.run_id, name, "paused", reason=USER_PAUSE)
+            self.store.set_agent_state(self.run_id, name, "paused", reason=self._reason(name))
             self._settled.add(name)

@@ -115,7 +115,7 @@ INCIDENTS = {
     "gateway.brownout": "brownout", "gateway.recovery": "recovery", "gateway.budget": "budget",
     "trial.crashed": "crash", "trial.timed_out": "timeout", "cost.anomaly": "anomaly",
     "agent.paused": "paused", "agent.pause_requested": "pause asked",
-    "agent.resume_requested": "resume asked", "holdout.diverged": "holdout diverged",
+    "agent.turn_stopped": "turn stopped", "agent.resume_requested": "resume asked", "holdout.diverged": "holdout diverged",
 }  # fmt: skip
 STATES = ("working", "idle", "waiting", "paused")
 

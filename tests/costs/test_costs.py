@@ -1,20 +1,22 @@
 """Cost intelligence: `overnight costs`, the forecast, anomalies that pause an agent.
 
 The lab tests drive the real `overnight run` CLI on a throwaway git lab whose
-[gateway] points at an in-process fake OpenAI provider with scripted replies and
-usage; what they check is what a user sees: `overnight costs` (and `--json`), the
-events, the agents' states. The statistic is tested on its own too.
+[gateway] points at an in-process fake provider with scripted replies and usage
+(OpenAI for `llm` agents; Anthropic for the real Claude Code CLI, which the anomaly
+test makes loop on a failing tool call); what they check is what a user sees:
+`overnight costs` (and `--json`), `overnight status`, the command center, the
+events, the agents' states, and the requests the provider got. The statistic is
+tested on its own too.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,9 +26,10 @@ from overnight.proposers.edits import Edit, render
 from overnight.records import Event, Trial, TrialStatus
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
-from overnight.testing import FakeProvider, Reply, Usage
-from tests.helpers.labs import make_lab
-from tests.helpers.processes import OVERNIGHT, run_cli
+from overnight.testing import FakeProvider, Reply, ToolCall, Usage
+from tests.helpers.agents import claude_lab
+from tests.helpers.labs import TOY_KNOBS, TUNER, make_lab
+from tests.helpers.processes import OVERNIGHT, run_cli, started
 
 SCRIPT = """\
 X = 0.5
@@ -83,7 +86,6 @@ org = {{ total_usd = 50 }}
 ENV = {"FAKE_OPENAI_KEY": "sk-upstream"}
 # Z is not in the score: the change always applies and is never better (discarded)
 SAME = render("nudge Z", [Edit("exp.py", "Z = 1\n", "Z = 2\n")])
-PROSE = "I would move X a little closer to 3, that should help the score."
 USAGE = Usage(input_tokens=1000, output_tokens=200, cache_read_tokens=3000)
 
 
@@ -170,85 +172,112 @@ def _events(lab: Path, kind: str | None = None) -> list[Event]:
     return [e for e in _read(lab)[1] if kind in (None, e.kind)]
 
 
-def _state(lab: Path, agent: str) -> str:
-    status = json.loads(run_cli("status", str(lab), "--json").stdout)
-    return str(next(a["state"] for a in status["agents"] if a["name"] == agent))
+LOOP = (
+    'python3 -c "import re, sys; sys.exit(None if re.search('
+    "r'^score: (0+)+\\.0{40}$', open('exp.py').read(), re.M) else 'no match')\""
+)
+"""The million-dollar regex: what the looping agent runs again and again. It never matches,
+so the command fails, and the model asks for it once more. (Not grep: Claude Code takes
+grep's and test's exit status 1 for "no", not for a failure.)"""
 
 
-def test_an_agent_looping_on_requests_is_caught_and_paused_and_the_others_go_on(
-    tmp_path: Path, fake: FakeProvider
+def _submit(x: float) -> ToolCall:
+    command = f"sed -i 's/^X = .*/X = {x}/' exp.py && overnight try 'X={x}'"
+    return ToolCall("Bash", {"command": command, "description": "submit"})
+
+
+def _requests(fake: FakeProvider) -> list[dict[str, Any]]:
+    return [r for r in fake.requests if r["path"] == "/v1/messages"]
+
+
+def test_claude_code_looping_on_a_failing_tool_call_is_caught_and_paused_and_the_others_go_on(
+    tmp_path: Path,
 ) -> None:
-    # five ordinary trials (one request each), then every reply is unusable: the agent
-    # asks again and again within one trial
-    fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * MIN_HISTORY, *[Reply(text=PROSE)] * 60)
-    lab = _lab(tmp_path, fake, on_anomaly="pause")
-    proc = subprocess.Popen(
-        [*OVERNIGHT, "run", str(lab), "--trials", "200", "--for", "10m"],
-        env={**os.environ, **ENV},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        process_group=0,
-    )
-    try:
-        url_file = lab / ".overnight" / "web.url"
-        wait_until(lambda: url_file.is_file() or proc.poll() is not None, timeout=60)
-        assert proc.poll() is None, proc.communicate()
-        wait_until(lambda: _events(lab, "agent.pause_requested") != [], timeout=120)
-        wait_until(lambda: _state(lab, "coder") == "paused", timeout=60)
-        anomalies = _events(lab, "cost.anomaly")
-        first = anomalies[0]
-        assert first.agent == "coder" and first.payload["measure"] in ("requests", "tokens")
-        assert first.payload["requests"] <= 3  # caught within the looping trial's requests
-        assert first.payload["pause"] is True and "cost anomaly" in first.payload["title"]
-        paused_at = _events(lab, "agent.pause_requested")[0].at
-        trials = _read(lab)[0]
-        held = len([t for t in trials if t.agent == "coder"])
-        tuner = len([t for t in trials if t.agent == "tuner" and t.status.final])
-        # the tuner goes on; the coder holds
-        wait_until(
-            lambda: (
-                len([t for t in _read(lab)[0] if t.agent == "tuner" and t.status.final])
-                >= tuner + 3
-            ),
-            timeout=60,
+    # Claude Code submits MIN_HISTORY trials with one request each (its history of requests
+    # per turn: 1, 1, 1, 1, 1), then runs the same failing regex check on every reply, forever.
+    history = [Reply(tool_calls=[_submit(1 + n / 2)], usage=USAGE) for n in range(MIN_HISTORY)]
+    loop = [Reply(tool_calls=[ToolCall("Bash", {"command": LOOP})], usage=USAGE)] * 500
+    with FakeProvider("anthropic", script=[*history, *loop], mode="conversation") as fake:
+        lab, env = claude_lab(
+            tmp_path,
+            fake,
+            lab={"parallel": 2, "min_delta": 0},  # (no noise floor to measure first)
+            knobs=TOY_KNOBS,
+            others=[TUNER],
+            gateway={"prices": {"claude-fake-1": {"input": 2.0, "output": 10.0}}},
+            on_anomaly="pause",
         )
-        trials = _read(lab)[0]
-        assert len([t for t in trials if t.agent == "coder"]) == held
-        assert [t for t in trials if t.agent == "coder" and t.created_at > paused_at + 1] == []
-        assert {e.agent for e in _events(lab, "cost.anomaly")} == {"coder"}  # nobody else
-        assert _state(lab, "coder") == "paused"
-        data = json.loads(run_cli("costs", str(lab), "--json").stdout)
-        assert data["anomalies"][0]["agent"] == "coder"
-        # `overnight status` tells where the spending is heading while the run runs
-        status = json.loads(run_cli("status", str(lab), "--json").stdout)
-        assert status["forecast"]["until"] is not None
-        assert status["forecast"]["at_end_usd"] >= status["forecast"]["spent_usd"] > 0
-        assert "by the run's end: $" in run_cli("status", str(lab)).stdout
-        # a person resumes it from the command center
-        url = url_file.read_text().strip()
-        base, token = url.split("/?", 1)[0], url.split("token=", 1)[1]
-        with httpx.Client(base_url=base, timeout=30) as client:
-            assert client.get(f"/?token={token}", follow_redirects=False).status_code == 303
-            page = client.get("/").text
-            csrf = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
-            # the Costs page: spend over time per agent, the forecast line, the anomaly marked
-            costs = client.get("/costs")
-            assert costs.status_code == 200
-            assert 'class="spend"' in costs.text and 'data-agent="coder"' in costs.text
-            assert 'class="forecast"' in costs.text and 'class="anomaly"' in costs.text
-            assert "cost anomaly: agent coder" in costs.text and "<b>paused</b>" in costs.text
-            r = client.post("/agents/coder/resume", headers={"x-csrf-token": csrf})
-            assert r.status_code == 204, r.text
-        wait_until(lambda: len([t for t in _read(lab)[0] if t.agent == "coder"]) > held, timeout=60)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-    assert proc.returncode in (0, 130, -signal.SIGTERM), out + err
+        argv = [*OVERNIGHT, "run", str(lab), "--for", "10m"]
+        with started(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True):
+            wait_until((lab / ".overnight" / "web.url").is_file, timeout=60)
+            wait_until(lambda: _paused(lab) is not None, timeout=120)
+            paused_at = _paused(lab)
+            assert paused_at is not None
+            held = len(_requests(fake))
+            first, *_more = _events(lab, "cost.anomaly")
+            assert first.agent == "claude" and first.payload["measure"] in ("requests", "tokens")
+            # the history's median is 1 and its MAD 0, so the bar is 1 + 5 x 0.25 x 1 = 2.25
+            # requests (or the tokens of 2.25 requests): the looping turn is caught at its 3rd
+            assert first.payload["threshold"] == pytest.approx(2.25 * first.payload["median"])
+            assert first.payload["requests"] == 3
+            assert first.payload["pause"] is True and "cost anomaly" in first.payload["title"]
+            looped = held - MIN_HISTORY  # 3, and any made before the supervisor's next look
+            assert 3 <= looped < len(loop), "the loop was stopped, not run out"
+            results = [
+                block
+                for message in _requests(fake)[-1]["body"]["messages"]
+                if isinstance(message["content"], list)
+                for block in message["content"]
+                if block.get("type") == "tool_result"
+            ]
+            assert results[-1].get("is_error") is True  # the check failed; the model was told
+            (stopped,) = _events(lab, "agent.turn_stopped")
+            assert stopped.agent == "claude" and "cost anomaly" in stopped.payload["reason"]
+
+            def tuned() -> int:
+                return len([t for t in _read(lab)[0] if t.agent == "t" and t.status.final])
+
+            tuner = tuned()
+            # `overnight status` shows it paused, and where the spending is heading
+            status = json.loads(run_cli("status", str(lab), "--json").stdout)
+            (claude,) = [a for a in status["agents"] if a["name"] == "claude"]
+            assert claude["state"] == "paused"
+            assert status["forecast"]["until"] is not None
+            assert status["forecast"]["at_end_usd"] >= status["forecast"]["spent_usd"] > 0
+            data = json.loads(run_cli("costs", str(lab), "--json").stdout)
+            assert data["anomalies"][0]["agent"] == "claude"
+            # meanwhile the tuner went on, and Claude Code made no request any more
+            wait_until(lambda: tuned() >= tuner + 2, timeout=60)
+            assert len(_requests(fake)) == held
+            trials = _read(lab)[0]
+            assert [t for t in trials if t.agent == "claude" and t.created_at > paused_at] == []
+            assert {e.agent for e in _events(lab, "cost.anomaly")} == {"claude"}  # nobody else
+            # a person resumes it from the command center: its conversation goes on, told why
+            url = (lab / ".overnight" / "web.url").read_text().strip()
+            base, token = url.split("/?", 1)[0], url.split("token=", 1)[1]
+            with httpx.Client(base_url=base, timeout=30) as client:
+                assert client.get(f"/?token={token}", follow_redirects=False).status_code == 303
+                page = client.get("/").text
+                csrf = page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+                # the Costs page: spend over time per agent, the forecast, the anomaly marked
+                costs = client.get("/costs")
+                assert costs.status_code == 200
+                assert 'class="spend"' in costs.text and 'data-agent="claude"' in costs.text
+                assert 'class="forecast"' in costs.text and 'class="anomaly"' in costs.text
+                assert "cost anomaly: agent claude" in costs.text and "<b>paused</b>" in costs.text
+                r = client.post("/agents/claude/resume", headers={"x-csrf-token": csrf})
+                assert r.status_code == 204, r.text
+            wait_until(lambda: len(_requests(fake)) > held, timeout=60)
+            assert "overnight stopped your previous turn" in json.dumps(
+                _requests(fake)[held]["body"]["messages"][-1]
+            )
+    print(f"the looping turn made {looped} requests before the pause stopped it")
+
+
+def _paused(lab: Path) -> float | None:
+    """When the agent claude's process recorded it paused, if it has."""
+    states = [e for e in _events(lab, "agent.state") if e.agent == "claude"]
+    return states[-1].at if states and states[-1].payload["state"] == "paused" else None
 
 
 def test_the_bar_is_the_median_plus_five_robust_deviations() -> None:

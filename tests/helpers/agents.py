@@ -42,11 +42,13 @@ def claude_lab(
     lab: Mapping[str, Any] | None = None,
     knobs: Sequence[Mapping[str, Any]] = (),
     others: Sequence[Mapping[str, Any]] = (),
+    gateway: Mapping[str, Any] | None = None,
     **fields: Any,
 ) -> tuple[Path, dict[str, str]]:
     """A lab whose agent `claude` is the real Claude Code CLI talking to `fake` (its `fields`
-    change idle_after = 1h and a nudge, None drops one), with `others` agents beside it, and
-    the environment to run it in (a HOME of its own, so no user settings leak in)."""
+    change idle_after = 1h and a nudge, None drops one), with `others` agents beside it and
+    `gateway`'s fields in its [gateway] (prices, say), and the environment to run it in (a
+    HOME of its own, so no user settings leak in)."""
     fields = {"idle_after": "1h", "nudge": "Keep going: NUDGE-7", **fields}
     agent = claude_agent(**{k: v for k, v in fields.items() if v is not None})
     root = make_lab(
@@ -55,7 +57,7 @@ def claude_lab(
         lab=lab,
         knobs=knobs,
         agents=[agent, *others],
-        gateway=fake_anthropic(fake.url),
+        gateway={**fake_anthropic(fake.url), **(gateway or {})},
     )
     env = {
         **os.environ,
