@@ -25,7 +25,8 @@ from overnight.agents.brownout import PROBE_EVERY_S, GatewayRoutes, RideOut, Rou
 from overnight.agents.pause import ANOMALY_PAUSE, PAUSE_FILE, USER_PAUSE, by_person, why_paused
 from overnight.agents.requeued import Requeued
 from overnight.costs.anomaly import RunWatch
-from overnight.costs.overview import ALLOWANCE, ANOMALY
+from overnight.costs.forecast import record_every
+from overnight.costs.overview import ALLOWANCE, ANOMALY, FORECAST, run_forecast
 from overnight.errors import UserError
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git
@@ -209,6 +210,8 @@ class Supervisor:
         self._ticked = 0.0
         self.anomalies = RunWatch(self.lab.store, self.lab.run.lab, self.lab.run.id)
         """Each agent's spending against its own history (overnight.costs.anomaly)."""
+        self._forecast_every = record_every(self.seconds)
+        self._forecast_due = time.monotonic() + self._forecast_every
 
     def stopped_by(self) -> Stop:
         """The rule that ended the run (after `run` returned)."""
@@ -398,6 +401,7 @@ class Supervisor:
         if ruled is not None:
             self._halt(ruled)
         self._watch_costs()
+        self._record_forecast(now)
 
     def _watch_costs(self) -> None:
         """A `cost.anomaly` event for each anomaly; an agent with `on_anomaly = "pause"`
@@ -412,6 +416,16 @@ class Supervisor:
             control = self.services.control
             if pause and control is not None and not control.paused_by_user(name):
                 control.pause(name, f"{ANOMALY_PAUSE}: {anomaly.text}")
+
+    def _record_forecast(self, now: float) -> None:
+        """A `cost.forecast` event when one is due, for the report's forecast against
+        actual (nothing to forecast without a gateway)."""
+        lab = self.lab
+        if lab.config.gateway is None or now < self._forecast_due:
+            return
+        self._forecast_due = now + self._forecast_every
+        outlook = run_forecast(lab.store, lab.config, lab.run)
+        lab.store.append_event(lab.run.id, FORECAST, outlook.record())
 
     def _halt(self, stop: Stop) -> None:
         """A stop rule fired (it is recorded): no trial starts any more; those running finish."""

@@ -16,7 +16,6 @@ from rich.markup import escape
 
 from overnight.cli.common import Dir, lab_store, out
 from overnight.errors import UserError
-from overnight.units import span
 
 commands = typer.Typer()
 
@@ -25,6 +24,7 @@ commands = typer.Typer()
 def approvals_(directory: Dir = Path(".")) -> None:
     """The approvals inbox: actions agents are waiting on, with the ids to answer."""
     from overnight.governance.approvals import Approvals
+    from overnight.units import span
 
     lab = lab_store(directory)
     try:

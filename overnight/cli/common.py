@@ -6,8 +6,10 @@ Knows nothing about any one command.
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +22,16 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
 Dir = Annotated[Path, typer.Argument(help="The lab: a git repository with overnight.toml.")]
+
+
+def print_json(data: Any) -> None:
+    """`data` as indented JSON on stdout: coloured at a terminal; plain in a pipe, where
+    colouring a large answer would take longer than computing it."""
+    if out.is_terminal:
+        out.print_json(json.dumps(data))
+    else:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
 
 
 def warn(warning: str | None) -> None:

@@ -7,7 +7,6 @@ the costs package's.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from overnight.cli.common import Dir, out, run_view
+from overnight.cli.common import Dir, out, print_json, run_view
 
 commands = typer.Typer()
 
@@ -46,7 +45,7 @@ def costs(
     finally:
         view.close()
     if as_json:
-        out.print_json(json.dumps(data))
+        print_json(data)
         return
     show(data)
 

@@ -7,7 +7,6 @@ report went. The figures come from `lab.ledger`, `lab.history` and `lab.report`.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -16,9 +15,8 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from overnight.cli.common import Dir, out, run_view, warn
+from overnight.cli.common import Dir, out, print_json, run_view, warn
 from overnight.lab.privacy import keep_private
-from overnight.units import figure, span
 
 commands = typer.Typer()
 
@@ -30,6 +28,7 @@ def status(
 ) -> None:
     """Where the latest run stands: trials, best metric, agents, what is running."""
     from overnight.lab.ledger import status as lab_status
+    from overnight.units import figure, span
 
     view = run_view(directory)
     try:
@@ -37,7 +36,7 @@ def status(
     finally:
         view.close()
     if as_json:
-        out.print_json(json.dumps(data))
+        print_json(data)
         return
     best = data["best"]
     running = f"running (pid {data['running_pid']})" if data["running_pid"] else "not running"
@@ -174,6 +173,7 @@ def import_(
     """Bring a hand-run autoresearch history into a new run's ledger; `overnight run` then
     goes on from its last kept commit."""
     from overnight.lab.history import import_history
+    from overnight.units import figure
     from overnight.wiring import Checks
 
     keep_private()

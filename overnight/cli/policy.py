@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from overnight.cli.common import Dir, out
+from overnight.cli.common import Dir, out, print_json
 from overnight.errors import UserError
 
 app = typer.Typer(
@@ -99,7 +99,7 @@ def policy_check(
         raise UserError(f"ACTION_JSON: {exc}.") from None
     decision = Policy.load(org.root, org.config.governance).decide(action)
     if as_json:
-        out.print_json(json.dumps({"action": action.to_dict(), **decision.to_dict()}))
+        print_json({"action": action.to_dict(), **decision.to_dict()})
     else:
         color = {"allow": "green", "review": "yellow", "deny": "red"}[decision.effect.value]
         out.print(f"[bold {color}]{decision.effect.value}[/] {escape(action.summary())}")

@@ -16,10 +16,8 @@ import typer
 from rich.text import Text
 
 from overnight.cli.common import Dir, out, raise_interrupt, warn
-from overnight.cli.progress import Progress
 from overnight.errors import UserError
 from overnight.lab.privacy import keep_private
-from overnight.units import parse_duration
 
 if TYPE_CHECKING:
     from overnight.lab.lab import Lab
@@ -87,6 +85,7 @@ def _run_lab(
     base_ref: str | None = None,
 ) -> None:
     from overnight.agents.supervisor import Supervisor
+    from overnight.cli.progress import Progress
     from overnight.daemon import UiOptions, lab_services
     from overnight.lab.lab import Lab
     from overnight.lab.stop import Stop
@@ -147,6 +146,8 @@ def _report(lab: Lab) -> None:
 
 
 def _duration(flag: str, value: str) -> float:
+    from overnight.units import parse_duration
+
     try:
         return parse_duration(value)
     except ValueError as exc:

@@ -9,6 +9,7 @@ Knows nothing about where the figures came from.
 from __future__ import annotations
 
 from overnight.costs.summary import Costs
+from overnight.records import CostGroup
 
 IDLE_SPEND_USD = 1.0
 IDLE_HOURS = 2.0
@@ -33,14 +34,16 @@ def advise(costs: Costs, *, started: float) -> list[str]:
             f"{best.improvement_per_usd:.4g} per $ ({best.keeps} keeps for ${best.spend.usd:.2f})"
             + (f"; give it more of the budget than {buyers[-1].name}" if len(buyers) > 1 else "")
         )
+    mine: dict[str, list[CostGroup]] = {}  # each agent's groups
+    for g in costs.groups:
+        mine.setdefault(g.agent, []).append(g)
     route_gain: dict[str, float] = {}
     for a in costs.agents:
         if a.spend.usd <= 0 or a.improvement <= 0:
             continue
-        for g in costs.groups:
-            if g.agent == a.name:
-                share = g.cost_usd / a.spend.usd
-                route_gain[g.route] = route_gain.get(g.route, 0.0) + a.improvement * share
+        for g in mine.get(a.name, []):
+            share = g.cost_usd / a.spend.usd
+            route_gain[g.route] = route_gain.get(g.route, 0.0) + a.improvement * share
     ranked = sorted(
         ((gain / costs.routes[r].usd, r) for r, gain in route_gain.items() if costs.routes[r].usd),
         reverse=True,
@@ -53,9 +56,7 @@ def advise(costs: Costs, *, started: float) -> list[str]:
         hours = (costs.at - since) / 3600
         if hours < IDLE_HOURS:
             continue
-        spent = sum(
-            g.cost_usd for g in costs.groups if g.agent == a.name and (g.hour + 1) * 3600 > since
-        )
+        spent = sum(g.cost_usd for g in mine.get(a.name, []) if (g.hour + 1) * 3600 > since)
         if spent > IDLE_SPEND_USD:
             out.append(
                 f"agent {a.name} spent ${spent:.2f} over {hours:.1f} h with no keep: pause it, "

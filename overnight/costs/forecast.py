@@ -3,13 +3,15 @@
 Owns the burn rate (USD per hour over the last full hour and the current one, from
 the store's hourly rollup), the projection to the run's `--for` deadline, and the
 outlook of each gateway budget (org, agent, per agent; daily and total): spent,
-left, and when it runs out at the current rate. Knows nothing about enforcing a
+left, and when it runs out at the current rate; and how often a running lab records
+its forecast (`record_every`), so the morning report can hold what was forecast at
+each point of the night against what was spent. Knows nothing about enforcing a
 budget (the gateway does) or showing one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +23,12 @@ from overnight.records import CostGroup
 WINDOW_HOURS = 2
 """The burn rate is the spend of the current UTC hour and the one before it, over the time
 they cover (the run's start, if later): about the last one to two hours."""
+
+RECORD_EVERY_S = 600.0
+RECORDS_PER_RUN = 10
+"""A running lab records its forecast (a `cost.forecast` event) every tenth of its `--for`,
+at most `RECORD_EVERY_S` apart (that often without a `--for`): a read of the hourly rollup
+and one event, some fifty times in an eight-hour night."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,14 @@ class Forecast:
             return None
         return self.spent + self.burn_per_h * max(0.0, self.until - self.at) / 3600
 
+    def record(self) -> dict[str, Any]:
+        """What a `cost.forecast` event keeps of it: the run's spend and rate then, and
+        what that rate made of the deadline."""
+        return {
+            "spent_usd": round(self.spent, 6), "burn_usd_per_h": round(self.burn_per_h, 6),
+            "until": self.until, "at_end_usd": None if self.at_end is None else round(self.at_end, 6),
+        }  # fmt: skip
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "spent_usd": round(self.spent, 6), "burn_usd_per_h": round(self.burn_per_h, 6),
@@ -74,6 +90,39 @@ class Forecast:
             "at_end_usd": None if self.at_end is None else round(self.at_end, 6),
             "budgets": [b.as_dict() for b in self.budgets],
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A forecast a running lab recorded (a `cost.forecast` event, `Forecast.record`)."""
+
+    at: float
+    spent: float
+    burn_per_h: float
+    until: float | None
+    at_end: float | None
+
+    @classmethod
+    def of(cls, at: float, payload: Mapping[str, Any]) -> Recorded:
+        return cls(at, float(payload.get("spent_usd") or 0.0),
+                   float(payload.get("burn_usd_per_h") or 0.0), payload.get("until"),
+                   payload.get("at_end_usd"))  # fmt: skip
+
+    def by(self, end: float) -> float:
+        """What the spend would be by `end` at the rate of then."""
+        return self.spent + self.burn_per_h * max(0.0, end - self.at) / 3600
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "spent_usd": self.spent, "burn_usd_per_h": self.burn_per_h,
+                "until": self.until, "at_end_usd": self.at_end}  # fmt: skip
+
+
+def record_every(seconds: float | None) -> float:
+    """How far apart a run allowed `seconds` (its `--for`; None without one) records its
+    forecast: see `RECORDS_PER_RUN`; a second at least."""
+    if seconds is None:
+        return RECORD_EVERY_S
+    return max(1.0, min(RECORD_EVERY_S, seconds / RECORDS_PER_RUN))
 
 
 def agent_limit(gateway: GatewayConfig, name: str, budget: float | None) -> LimitConfig | None:

@@ -1,6 +1,7 @@
-"""One look at a run's costs: the figures, the forecast, the anomalies and the advice.
+"""One look at a run's costs: the figures, the forecast (and those recorded while the run
+ran), the anomalies and the advice.
 
-Owns `Overview` and its JSON form, the one answer `overnight costs`, `overnight
+Owns `Overview` and its JSON form, the names of the events the costs are told by, the one answer `overnight costs`, `overnight
 status`, the Costs page and the morning report all read. Knows nothing about how
 any of them shows it.
 """
@@ -13,13 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from overnight.costs.advice import advise
-from overnight.costs.forecast import Forecast, forecast
+from overnight.costs.forecast import Forecast, Recorded, forecast
 from overnight.costs.summary import Costs, summarize
 from overnight.org import OrgConfig
 from overnight.records import Event, Run, Trial
 from overnight.store import Store
 
 ANOMALY = "cost.anomaly"
+FORECAST = "cost.forecast"
+"""The forecast as a running lab recorded it (`Forecast.record`, every `record_every`)."""
 ALLOWANCE = "run.allowance"
 """The event `overnight run` writes with its `--for` deadline (`until`, epoch seconds)."""
 
@@ -30,6 +33,8 @@ class Overview:
     forecast: Forecast
     anomalies: list[Event]
     advice: list[str]
+    forecasts: list[Recorded]
+    """Those recorded while the run ran, oldest first."""
 
     def as_dict(self) -> dict[str, Any]:
         c = self.costs
@@ -47,6 +52,7 @@ class Overview:
                 for e in self.anomalies
             ],
             "advice": self.advice,
+            "forecasts": [r.as_dict() for r in self.forecasts],
         }
 
 
@@ -62,8 +68,12 @@ def overview(
     costs = summarize(store, config, run, trials=trials, now=now)
     started, until = _allowance(store, run)
     outlook = forecast(costs.groups, config, now=now, started=started, until=until)
-    anomalies = store.events(run.id, kinds=[ANOMALY], limit=1000)
-    return Overview(costs, outlook, anomalies, advise(costs, started=started))
+    # a kind at a time: each is a walk of the (run, kind) index, where asking for both at
+    # once has SQLite walk every event of the run
+    anomalies = store.events(run.id, kinds=[ANOMALY], limit=10_000)
+    recorded = [Recorded.of(e.at, e.payload)
+                for e in store.events(run.id, kinds=[FORECAST], limit=10_000)]  # fmt: skip
+    return Overview(costs, outlook, anomalies, advise(costs, started=started), recorded)
 
 
 def _allowance(store: Store, run: Run) -> tuple[float, float | None]:

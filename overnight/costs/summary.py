@@ -161,19 +161,15 @@ def keeps_of(trials: Iterable[Trial]) -> list[Keep]:
     ]
 
 
-def _spend(g: CostGroup, prices: PriceTable) -> Spend:
-    saved = 0.0
-    if g.cache_read_tokens:
-        day = datetime.fromtimestamp(g.hour * 3600, UTC).date()
-        price = prices.lookup(g.upstream, g.model, day)
-        if price is not None:
-            saved = g.cache_read_tokens * (price.input - price.cache_read) / 1e6
-    return Spend(g.requests, g.attempts, g.input_tokens, g.output_tokens, g.cache_read_tokens,
-                 g.cache_write_tokens, g.cost_usd, g.unpriced, saved)  # fmt: skip
+def _saved_per_token(prices: PriceTable, upstream: str, model: str, day: int) -> float:
+    """What a cache read saved against the full input rate, USD per token, on UTC day
+    `day` (days since the epoch); 0 for a model without a price."""
+    price = prices.lookup(upstream, model, datetime.fromtimestamp(day * 86400, UTC).date())
+    return 0.0 if price is None else (price.input - price.cache_read) / 1e6
 
 
-def _day(hour: int) -> str:
-    return datetime.fromtimestamp(hour * 3600, UTC).strftime("%Y-%m-%d")
+def _day(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y-%m-%d")
 
 
 def summarize(
@@ -196,20 +192,41 @@ def summarize(
         kept = keeps_of(trials)
     if runtimes is None:
         runtimes = {a.name: a.runtime for a in store.agents(run.id)}
-    sums: dict[tuple[str, str], list[float]] = {}
+    # The hours of a day summed first (a million attempts are some thousands of hourly
+    # groups, and some hundreds of daily ones), then each day's into every slice it is in.
+    daily: dict[tuple[str, str, str, str, int], list[float]] = {}
     hourly: dict[str, dict[int, float]] = {}
-    days: dict[int, str] = {}
     for g in groups:
-        values = _values(_spend(g, prices))
-        day = days.get(g.hour // 24)
+        where = (g.agent, g.route, g.upstream, g.model, g.hour // 24)
+        acc = daily.get(where)
+        if acc is None:
+            acc = daily[where] = [0, 0, 0, 0, 0, 0, 0.0, 0, 0.0]
+        acc[0] += g.requests
+        acc[1] += g.attempts
+        acc[2] += g.input_tokens
+        acc[3] += g.output_tokens
+        acc[4] += g.cache_read_tokens
+        acc[5] += g.cache_write_tokens
+        acc[6] += g.cost_usd
+        acc[7] += g.unpriced
+        per_hour = hourly.get(g.agent)
+        if per_hour is None:
+            per_hour = hourly[g.agent] = {}
+        per_hour[g.hour] = per_hour.get(g.hour, 0.0) + g.cost_usd
+    sums: dict[tuple[str, str], list[float]] = {}
+    days: dict[int, str] = {}
+    for (agent, route, upstream, model, d), values in daily.items():
+        if values[4]:
+            values[8] = values[4] * _saved_per_token(prices, upstream, model, d)
+        day = days.get(d)
         if day is None:
-            day = days[g.hour // 24] = _day(g.hour)
+            day = days[d] = _day(d)
         for slot in (
             ("total", ""),
-            ("agent", g.agent),
-            ("runtime", runtimes.get(g.agent, "?")),
-            ("route", g.route),
-            ("model", f"{g.upstream}/{g.model}"),
+            ("agent", agent),
+            ("runtime", runtimes.get(agent, "?")),
+            ("route", route),
+            ("model", f"{upstream}/{model}"),
             ("day", day),
         ):
             acc = sums.get(slot)
@@ -218,8 +235,6 @@ def summarize(
             else:
                 for i, v in enumerate(values):
                     acc[i] += v
-        per_hour = hourly.setdefault(g.agent, {})
-        per_hour[g.hour] = per_hour.get(g.hour, 0.0) + g.cost_usd
     by: dict[str, dict[str, Spend]] = {k: {} for k in ("agent", "runtime", "route", "model", "day")}
     total = Spend()
     for (kind, key), acc in sums.items():

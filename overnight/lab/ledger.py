@@ -26,7 +26,6 @@ from overnight.errors import ConfigError, UserError
 from overnight.lab.keeps import best_trial
 from overnight.lab.lock import AgentLock, holder
 from overnight.lab.ratchet import better
-from overnight.lab.resume import MAX_REQUEUES, requeues
 from overnight.lab.stop import STOPPING
 from overnight.org import CONFIG_FILE, Org, OrgConfig, load_org
 from overnight.records import (
@@ -231,6 +230,8 @@ def _cell(value: str) -> str:
 
 def status(view: LabView) -> dict[str, Any]:
     """Everything `overnight status` shows, as plain data."""
+    from overnight.lab.resume import requeues  # the run's machinery: not for `overnight costs`
+
     run, store, cfg = view.run, view.store, view.config
     trials = store.trials(run.id)
     counts = Counter(t.status.value for t in trials)
@@ -390,6 +391,8 @@ def imported_history(trials: list[Trial], config: OrgConfig) -> dict[str, Any] |
 
 
 def _requeue_why(trial: Trial, requeued: bool) -> str:
+    from overnight.lab.resume import MAX_REQUEUES
+
     if requeued:
         return f"re-queued for {trial.agent} when `overnight run` starts again"
     if trial.agent == BASELINE:

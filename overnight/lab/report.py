@@ -208,7 +208,7 @@ def _blocks(view: LabView, all_trials: list[Trial]) -> list[Block]:
                     [[str(f["trial"]), f["agent"], f["status"], f["flag"]] for f in s["flagged"]])]  # fmt: skip
     blocks += [("h2", "Agents"), _agents_table(costs, trials, events, ended)]
     blocks += [("h2", "Incidents"), *_incidents(view, events, costs)]
-    blocks += [("h2", "Costs"), *_costs(costs)]
+    blocks += [("h2", "Costs"), *_costs(costs, events)]
     blocks += [("h2", "For the next night")]
     blocks.append(("ul", costs.advice) if costs.advice else ("p", "Nothing to change."))
     bounded = [t for t in trials if t.reason and t.reason.startswith("constraint ")]
@@ -306,13 +306,17 @@ def _incidents(view: LabView, events: list[Event], costs: Overview) -> list[Bloc
     return [*out, ("table", ["UTC", "what", "agent", "detail"], table)]
 
 
-def _costs(costs: Overview) -> list[Block]:
+def _costs(costs: Overview, events: list[Event]) -> list[Block]:
     c, fc = costs.costs, costs.forecast
+    # the last start's forecasts, against how it ended (None while it runs)
+    since = max((e.at for e in events if e.kind in ("run.started", "run.resumed")), default=0.0)
+    ended = max((e.at for e in events if e.kind == "run.stopped" and e.at >= since), default=None)
     line = f"Spent ${c.total.usd:.2f}; the prompt cache saved ${c.total.cache_saved_usd:.2f}"
-    line += f"; burn rate ${fc.burn_per_h:.2f}/h"
-    if fc.at_end is not None:
-        line += f"; forecast for the run's end ${fc.at_end:.2f} against ${fc.spent:.2f} actual"
-    blocks: list[Block] = [("p", line + ".")]
+    if ended is None:  # still running: where it is heading now
+        line += f"; burn rate ${fc.burn_per_h:.2f}/h"
+        if fc.at_end is not None:
+            line += f", ${fc.at_end:.2f} by the deadline at this rate"
+    blocks: list[Block] = [("p", line + "."), *_against_actual(costs, since, ended)]
 
     def table(title: str, slices: dict[str, Spend]) -> Block:
         return ("table", [title, "$", "requests", "tokens", "tokens per $", "cache share",
@@ -331,6 +335,38 @@ def _costs(costs: Overview) -> list[Block]:
                          else time.strftime("%Y-%m-%d %H:%M", time.gmtime(b.runs_out_at))]
                         for b in fc.budgets]))  # fmt: skip
     return blocks
+
+
+FORECAST_ROWS = 24
+"""Forecasts shown against the actual spend, at most (spread over the night)."""
+
+
+def _against_actual(costs: Overview, since: float, ended: float | None) -> list[Block]:
+    """The forecasts the lab recorded since its last start, each taken to the run's end (or
+    now, while it runs) at its rate of then, against the spend there."""
+    recorded = [r for r in costs.forecasts if r.at >= since]
+    if not recorded:
+        return []
+    end = costs.costs.at if ended is None else ended
+    actual = costs.costs.total.usd
+    if len(recorded) > FORECAST_ROWS:
+        step = (len(recorded) - 1) / (FORECAST_ROWS - 1)
+        recorded = [recorded[round(i * step)] for i in range(FORECAST_ROWS)]
+    clock = time.strftime("%H:%M:%S", time.gmtime(end))
+    rows = []
+    for r in recorded:
+        then = r.by(end)
+        off = f"{(then - actual) / actual:+.0%}" if actual > 0 else "—"
+        rows.append([time.strftime("%H:%M:%S", time.gmtime(r.at)), f"${r.spent:.4f}",
+                     f"${r.burn_per_h:.4f}", f"${then:.4f}", off])  # fmt: skip
+    said = "the run's end" if ended is not None else "now (it is still running)"
+    return [
+        ("p", f"Forecast against actual: each forecast the lab recorded while it ran, its "
+              f"burn rate taken to {said}, {clock} UTC, against the ${actual:.4f} spent by "
+              "then."),
+        ("table", ["UTC", "spent then", "burn rate ($/h)", f"forecast for {clock}", "off by"],
+         rows),
+    ]  # fmt: skip
 
 
 def _markdown(blocks: list[Block], png: Path) -> str:

@@ -25,12 +25,14 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from overnight.lab.lab import Lab
 from overnight.lab.ratchet import better
 from overnight.org.config import Goal
 from overnight.records import BASELINE, Trial, TrialStatus
+
+if TYPE_CHECKING:
+    from overnight.lab.lab import Lab
 
 STOPPING = "run.stopping"
 PAUSED = "agent.paused"

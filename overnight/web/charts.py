@@ -209,13 +209,15 @@ def spend_chart(
     until: float | None,
     at_end: float | None,
     anomalies: Sequence[tuple[float, str, str]] = (),
+    forecasts: Sequence[tuple[float, float]] = (),
     now: float | None = None,
     width: int = 960,
     height: int = 260,
 ) -> str:
     """Each agent's cumulative spend (a line from the run's start), the whole run's total
-    with its forecast to the deadline (dashed), and each anomaly a red mark on its agent's
-    line (with its title as a tooltip)."""
+    with its forecast to the deadline (dashed), what was forecast for the deadline at each
+    point the lab recorded one (`forecasts`: (when, USD), dotted), and each anomaly a red
+    mark on its agent's line (with its title as a tooltip)."""
     now = now or time.time()
     head = (
         f'<svg class="spend" viewBox="0 0 {width} {height}" role="img" '
@@ -237,7 +239,7 @@ def spend_chart(
         running += total[at]
         total_line.append((at, running))
     end = max(now, until or now, since + 60)
-    top_usd = max(running, at_end or 0.0) * 1.05 or 1.0
+    top_usd = max(running, at_end or 0.0, *(usd for _, usd in forecasts)) * 1.05 or 1.0
     left, right, top, bottom = 60, 130, 10, 24
     xs = _Scale(since, end, left, width - left - right)
     ys = _Scale(0.0, top_usd, top, height - top - bottom, invert=True)
@@ -277,6 +279,13 @@ def spend_chart(
             "</line>"
             f'<text class="tick" x="{xs(until) + 6}" y="{ys(at_end) + 4}">forecast '
             f"${at_end:.2f}</text>"
+        )
+    if forecasts:
+        path = " ".join(f"{xs(at)},{ys(usd)}" for at, usd in forecasts)
+        parts.append(
+            f'<polyline class="forecast-history" fill="none" stroke="#9aa0a6" stroke-width="2" '
+            f'stroke-dasharray="2 3" points="{path}"><title>what was forecast for the deadline, '
+            "as each recorded forecast had it</title></polyline>"
         )
     for at, agent, title in anomalies:
         points = lines.get(agent, total_line)

@@ -212,6 +212,8 @@ class PageRenderer:
             o.costs.series, started, until=fc.until, at_end=fc.at_end,
             anomalies=[(e.at, e.agent or "", str(e.payload.get("title", "cost anomaly")))
                        for e in o.anomalies],
+            forecasts=[(r.at, r.at_end) for r in o.forecasts
+                       if r.at_end is not None and r.until == fc.until],
         )  # fmt: skip
         return {
             "overview": o,

@@ -11,7 +11,9 @@ tested on its own too.
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -166,6 +168,54 @@ def test_a_deadline_gives_a_forecast_for_the_run_s_end(tmp_path: Path, fake: Fak
     assert fc["at_end_usd"] > fc["spent_usd"] + 0.5 * fc["burn_usd_per_h"]
     (org,) = fc["budgets"]
     assert org["runs_out_at"] is not None
+
+
+def test_the_night_s_forecasts_are_recorded_and_the_report_holds_them_against_the_actual(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * 400)
+    lab = _lab(tmp_path, fake)
+    log = tmp_path / "run.log"
+    with log.open("w") as output, started(
+        [*OVERNIGHT, "run", str(lab), "--for", "30s"], env={**os.environ, **ENV},
+        stdout=output, stderr=subprocess.STDOUT, text=True,
+    ) as proc:  # fmt: skip
+        url_file = lab / ".overnight" / "web.url"
+        wait_until(lambda: url_file.is_file() or proc.poll() is not None, timeout=60)
+        # a forecast every tenth of the 30 s: the Costs page draws them while it runs
+        wait_until(lambda: len(_events(lab, "cost.forecast")) >= 2 or proc.poll() is not None,
+                   timeout=120)  # fmt: skip
+        url = url_file.read_text().strip()
+        base, token = url.split("/?", 1)[0], url.split("token=", 1)[1]
+        with httpx.Client(base_url=base, timeout=30) as client:
+            client.get(f"/?token={token}", follow_redirects=False)
+            assert 'class="forecast-history"' in client.get("/costs").text
+        wait_until(lambda: proc.poll() is not None, timeout=180)  # the deadline ends it
+    assert proc.returncode == 0, log.read_text()
+
+    recorded = _events(lab, "cost.forecast")
+    assert len(recorded) >= 4, log.read_text()
+    gaps = [b.at - a.at for a, b in itertools.pairwise(recorded)]
+    assert min(gaps) >= 2.5  # 3 s apart (the supervisor looks about once a second)
+    spent = [e.payload["spent_usd"] for e in recorded]
+    assert spent == sorted(spent) and spent[-1] > 0
+    (until,) = {e.payload["until"] for e in recorded}  # the deadline `--for` set
+    assert all(e.payload["at_end_usd"] >= e.payload["spent_usd"] for e in recorded)
+    data = json.loads(run_cli("costs", str(lab), "--json").stdout)
+    assert [f["spent_usd"] for f in data["forecasts"]] == spent
+    assert data["forecasts"][0]["until"] == until
+
+    # the morning report: each forecast, taken to the run's end at its rate, against the
+    # actual spend there
+    text = Path(log.read_text().split("report: ", 1)[1].split(" ", 1)[0]).with_suffix(".md")
+    report = text.read_text()
+    assert "Forecast against actual" in report
+    table = report.split("Forecast against actual", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split(" | ") for line in table.splitlines()[2:]]
+    assert len(rows) == len(recorded)
+    assert rows[0][1] == f"${spent[0]:.4f}" and rows[-1][1] == f"${spent[-1]:.4f}"
+    assert all(row[-1].rstrip(" |").endswith("%") for row in rows)  # off by, in percent
+    assert f"against the ${data['total']['usd']:.4f} spent by then" in report
 
 
 def _events(lab: Path, kind: str | None = None) -> list[Event]:
