@@ -1,9 +1,9 @@
 """One look at a run's costs: the figures, the forecast (and those recorded while the run
 ran), the anomalies and the advice.
 
-Owns `Overview` and its JSON form, the names of the events the costs are told by, the one answer `overnight costs`, `overnight
-status`, the Costs page and the morning report all read. Knows nothing about how
-any of them shows it.
+Owns `Overview` and its JSON form, the one answer `overnight costs`, `overnight
+status`, the Costs page and the morning report all read, and the names of the events
+that tell of costs. Knows nothing about how any of them shows it.
 """
 
 from __future__ import annotations
