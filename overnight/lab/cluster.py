@@ -22,6 +22,10 @@ finding what a dead `overnight run` left running on the nodes (`reap`).
   naming what died.
 - **Ray's own retries are off** (`max_retries=0`): the lab decides what a lost node
   means for a trial.
+- **The hidden holdout runs as such a task too**, the hidden files packed beside the
+  commit for that task only (`hidden`): unpacked over its checkout, in a temporary
+  folder of the node deleted when the task ends; never in an experiment's task. (On the
+  head it would need the GPUs `gpus_per_trial` asks for, which the head may not have.)
 
 Knows nothing about trials' statuses or the store: the lab says what to run and
 records what comes back (`on_event` is told of each step, to be written ahead).
@@ -220,9 +224,12 @@ class Cluster:
         log_path: Path,
         stop: threading.Event,
         on_start: Callable[[Placed], None],
+        hidden: bytes = b"",
     ) -> Outcome:
         """Run `experiment` on the code in `archive` (a tar of the commit) on some node,
-        appending its log to `log_path` as it comes; `on_start` hears where it started."""
+        appending its log to `log_path` as it comes; `on_start` hears where it started.
+        `hidden` (a tar of the holdout's hidden files, for a holdout run only) is unpacked
+        over the checkout there."""
         import ray
         from ray.exceptions import RayTaskError, TaskCancelledError
 
@@ -240,7 +247,7 @@ class Cluster:
                 options["num_gpus"] = self.gpus
             if self.config.resources:
                 options["resources"] = dict(self.config.resources)
-            stream = self._task.options(**options).remote(experiment, archive)
+            stream = self._task.options(**options).remote(experiment, archive, hidden)
             done = threading.Event()
 
             def cancel_on_stop() -> None:
@@ -326,14 +333,19 @@ def _redacted(result: RunResult) -> RunResult:
 # -- on the worker -------------------------------------------------------------
 
 
-def _experiment(experiment: Experiment, archive: bytes) -> Iterator[dict[str, Any]]:
-    """The Ray task: unpack the commit, run the steps, stream the log, return the result."""
+def _experiment(
+    experiment: Experiment, archive: bytes, hidden: bytes = b""
+) -> Iterator[dict[str, Any]]:
+    """The Ray task: unpack the commit (and the hidden files, for a holdout), run the steps,
+    stream the log, return the result. The checkout is deleted when the task ends."""
     import ray
 
     context = ray.get_runtime_context()
     with tempfile.TemporaryDirectory(prefix="overnight-trial-") as tmp:
         checkout = Path(tmp, "checkout")
         _unpack(archive, checkout)
+        if hidden:
+            _unpack(hidden, checkout)
         log = Path(tmp, "trial.log")
         log.touch()
         env = dict(experiment.env)
@@ -426,7 +438,7 @@ def _wrap(experiment: Experiment, checkout: Path) -> list[str]:
 
 
 def _unpack(archive: bytes, into: Path) -> None:
-    into.mkdir(parents=True)
+    into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
 

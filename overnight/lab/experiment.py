@@ -5,8 +5,8 @@ worktree, or `[lab] holdout` in a clean checkout — each in an executor slot, i
 the lab's enclosure, once there is room on disk for its log; killing what it leaves
 behind; and classifying a run's result (`classify`): a metric, or the status and
 reason that end the trial (crashed, timed out, interrupted, rejected when the run
-touched a protected file). With `[executor] kind = "ray"` the run is a task on a Ray
-cluster instead (`overnight.lab.cluster`). Whether a measured trial is kept is the lab's
+touched a protected file). With `[executor] kind = "ray"` the run, and the holdout, are
+tasks on a Ray cluster instead (`overnight.lab.cluster`). Whether a measured trial is kept is the lab's
 to decide.
 Knows nothing about proposals, git or governance.
 """
@@ -240,8 +240,10 @@ class Experiments:
         self, trial: Trial, commit: str, stop: threading.Event
     ) -> holdout.Measured | None:
         """Run the hidden holdout on `commit` (a `holdout.started` event first); None if
-        stopped before it could start."""
+        stopped before it could start. On the cluster when the lab has one."""
         assert self.holdout is not None
+        if self.cluster is not None:
+            return self._holdout_on_cluster(self.cluster, self.holdout, trial, commit, stop)
         lab = self.config
         log_path = self.paths.trial_log(self.run_id, trial.number, holdout=True)
         timeout = lab.budget + lab.grace
@@ -261,6 +263,62 @@ class Experiments:
             if measured.problem:
                 self._kill_leftovers(trial)
         return measured
+
+    def _holdout_on_cluster(
+        self,
+        remote: cluster.Cluster,
+        judge: holdout.Holdout,
+        trial: Trial,
+        commit: str,
+        stop: threading.Event,
+    ) -> holdout.Measured | None:
+        """`measure_holdout` as a task on the cluster: the commit and the hidden files travel
+        to the node for this run only (its checkout there is deleted when it ends), the log
+        streams back into the holdout's log. A lost node runs it again once elsewhere."""
+        lab = self.config
+        log_path = self.paths.trial_log(self.run_id, trial.number, holdout=True)
+        timeout = lab.budget + lab.grace
+        hidden = judge.pack()
+        if hidden is None:
+            return holdout.Measured(None, f"no hidden file left in {judge.root}", 0.0, log_path)
+        experiment = cluster.Experiment(
+            mark=self.mark, trial=trial.number, steps=(("holdout", judge.command),),
+            metric=judge.metric, record=(), timeout_s=timeout, max_log=lab.max_log,
+            env=self._env(trial, {}), protected=(), walls=self.enclosure.walls_abroad(),
+        )  # fmt: skip
+        self.store.append_event(
+            self.run_id, "holdout.started",
+            {"commit": commit, "log": str(log_path), "executor": "ray",
+             "address": remote.config.address},
+            agent=trial.agent, trial=trial.number,
+        )  # fmt: skip
+
+        def started(where: cluster.Placed) -> None:
+            self.store.append_event(
+                self.run_id, "holdout.placed",
+                {"node": where.node, "host": where.host, "task": where.task,
+                 "cuda_visible_devices": where.cuda},
+                agent=trial.agent, trial=trial.number,
+            )  # fmt: skip
+
+        archive = cluster.archive_of(judge.root, commit)
+        for _ in range(2):
+            outcome = remote.measure(experiment, archive, log_path, stop, started, hidden)
+            if outcome.lost is None:
+                break
+            placed = outcome.placed
+            self.store.append_event(
+                self.run_id, "executor.node_lost",
+                {"node": placed.node if placed else None, "host": placed.host if placed else None,
+                 "why": outcome.lost, "holdout": True},
+                agent=trial.agent, trial=trial.number,
+            )  # fmt: skip
+        if outcome.result is None:
+            if stop.is_set():
+                return None
+            why = f"{cluster.NODE_LOST}: {outcome.lost}" if outcome.lost else "it did not finish"
+            return holdout.Measured(None, why, 0.0, log_path)
+        return judge.verdict(outcome.result, stop.is_set(), timeout, log_path)
 
     def _env(self, trial: Trial, slot_env: Mapping[str, str]) -> dict[str, str]:
         """The experiment's environment: its slot's, and the markers that find what it

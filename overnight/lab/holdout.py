@@ -5,8 +5,9 @@ never committed: git ignores them locally, so no worktree, commit or history an
 agent can read holds them), the checks that refuse a hidden file git can show
 (committed now or in any reachable commit), the clean checkout a holdout runs in
 (under the lab's state folder, which no agent can see, with the hidden files
-copied in, and deleted afterwards), and the verdict: does the holdout agree that
-a candidate improved.
+copied in, and deleted afterwards) — or, on a Ray cluster, the hidden files packed to
+travel with the commit to the node that runs the holdout (`pack`) — and the verdict:
+does the holdout agree that a candidate improved.
 
 Knows nothing about the store, trials or agents, nor how a process is sandboxed:
 the lab hands in the walls, the environment and the budget.
@@ -14,9 +15,11 @@ the lab hands in the walls, the environment and the budget.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import shutil
+import tarfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from overnight.errors import ConfigError
 from overnight.globs import matches
 from overnight.lab.git import Git
 from overnight.lab.ratchet import better
-from overnight.lab.runner import run_budgeted
+from overnight.lab.runner import RunResult, run_budgeted
 from overnight.org.config import Goal
 from overnight.paths import STATE_DIR
 
@@ -222,8 +225,14 @@ class Holdout:
             )  # fmt: skip
         finally:
             self.git.remove_worktree(checkout)
+        return self.verdict(result, stop.is_set(), timeout_s, log_path)
+
+    def verdict(
+        self, result: RunResult, stopped: bool, timeout_s: float, log_path: Path
+    ) -> Measured:
+        """What a finished holdout run (here or on a cluster's node) says."""
         problem = None
-        if stop.is_set():
+        if stopped:
             problem = "stopped while running"
         elif result.timed_out:
             problem = f"killed after {timeout_s:.0f}s (budget + grace)"
@@ -235,6 +244,18 @@ class Holdout:
             problem = f"{self.metric} is {result.metric}"
         metric = None if problem else result.metric
         return Measured(metric, problem, result.duration_s, log_path)
+
+    def pack(self) -> bytes | None:
+        """The hidden files as a tar, to be unpacked over a clean checkout of the commit on
+        a cluster's node (for the holdout run only); None when none is left."""
+        files = hidden_files(self.root, self.hidden)
+        if not files:
+            return None
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for rel in files:
+                tar.add(self.root / rel, arcname=rel, recursive=False)
+        return buffer.getvalue()
 
     def sweep(self) -> None:
         """Delete every checkout a run that died left behind."""

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, event, text
 
 from overnight import redaction
 from overnight.records import (
@@ -42,6 +42,16 @@ if TYPE_CHECKING:
 
 _JSON_FIELDS = {"proposal", "metrics", "recorded"}
 _optuna_storages: dict[str, RDBStorage] = {}
+
+
+def _sqlite_normal_sync(dbapi_conn: Any, _record: Any) -> None:
+    """NORMAL in WAL mode survives any crash of the process; only a power cut can lose
+    the last commits (of a study the store's trials can rebuild), never corrupt it."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
 _optuna_lock = threading.Lock()
 _FLAG_AT = tuple(
     i + 2 for i, c in enumerate(ATTEMPT_FIELDS) if c in ("stream", "usage_estimated", "unpriced")
@@ -624,9 +634,13 @@ class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
                 kwargs: dict[str, Any] = {}
                 if self.url.startswith("sqlite"):
                     kwargs = {"connect_args": {"timeout": 60}}
-                _optuna_storages[self.url] = optuna.storages.RDBStorage(
-                    sqlalchemy_url(self.url), engine_kwargs=kwargs
-                )
+                storage = optuna.storages.RDBStorage(sqlalchemy_url(self.url), engine_kwargs=kwargs)
+                if self.url.startswith("sqlite"):
+                    # as the store's own connections (make_engine): the default, FULL,
+                    # syncs the disk at every commit, several per ask and tell
+                    event.listen(storage.engine, "connect", _sqlite_normal_sync)
+                    storage.engine.dispose()  # (connections opened so far had FULL)
+                _optuna_storages[self.url] = storage
             return _optuna_storages[self.url]
 
     def close(self) -> None:

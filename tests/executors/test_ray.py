@@ -9,6 +9,8 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ import pytest
 from overnight.lab.runner import find_marked
 from overnight.markers import TRIAL_MARKER
 from overnight.sessions import wait_until
-from tests.helpers.labs import make_lab
+from tests.helpers.labs import PYTHON, make_lab
 from tests.helpers.processes import process_gone, run_cli
 from tests.helpers.ray_cluster import PORT, ROOT, Cluster
 from tests.helpers.store import latest_events, latest_trials
@@ -258,3 +260,83 @@ def test_a_run_that_changes_a_protected_file_on_its_node_is_rejected(
         t.reason == "integrity: the run protected file(s) modified: judge.py" for t in rejected
     ), [t.reason for t in rejected]
     assert (lab / "judge.py").read_text() == "# the protected evaluator\n"  # only its copy
+
+
+PEEK_SCRIPT = """\
+import os
+X = 0.5
+Y = 5
+# what an agent's change could try: read the hidden holdout from where it runs
+print("hidden here:", os.path.exists("holdout_eval.py") or os.path.exists("holdout"))
+print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
+"""
+HOLDOUT_EVAL = """\
+import os
+print("holdout ran in", os.getcwd(), "on GPU", os.environ.get("CUDA_VISIBLE_DEVICES"))
+print("holdout_score:", len(open("holdout/data.txt").read().split()))
+"""
+
+
+def test_the_holdout_runs_on_a_node_with_the_hidden_files_for_that_run_only(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    token = f"secret-{uuid.uuid4().hex}"
+    lab = make_lab(
+        tmp_path / "lab", script=PEEK_SCRIPT, agents=[{"name": "t", "count": 1}],
+        lab={"parallel": 1, "gpus_per_trial": 1, "holdout": f"{PYTHON} holdout_eval.py",
+             "holdout_metric": "holdout_score", "hidden": ["holdout_eval.py", "holdout/**"]},
+        extra=f'[executor]\nkind = "ray"\naddress = "127.0.0.1:{PORT}"\n'
+        "resources = { a100 = 1 }\n",
+    )  # fmt: skip
+    (lab / "holdout_eval.py").write_text(HOLDOUT_EVAL)
+    (lab / "holdout").mkdir()
+    (lab / "holdout" / "data.txt").write_text(f"{token} two three\n")
+
+    done = cluster.overnight("run", str(lab), "--trials", "3", "--no-ui")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    trials = latest_trials(lab)
+    baseline = next(t for t in trials if t.agent == "baseline")
+    assert baseline.holdout_metric == 3, baseline  # measured, with the hidden data
+    placed = events(lab, "holdout.placed")
+    # on a worker node (only they have a GPU), with the GPU Ray gave the task
+    assert placed and {p["cuda_visible_devices"] for p in placed} == {"0"}, placed
+    assert {p["trial"] for p in placed} >= {baseline.number}
+    log = lab / ".overnight" / "logs"
+    holdout_logs = [p.read_text() for p in log.rglob("*") if p.is_file() and "holdout" in p.name]
+    assert holdout_logs and all("holdout ran in" in text for text in holdout_logs), holdout_logs
+    assert all(str(lab) not in text for text in holdout_logs)  # not in the lab's checkout
+    # no trial's own run saw the hidden files, on whatever node it ran
+    for trial in trials:
+        assert "hidden here: False" in Path(trial.log_path or "").read_text(), trial
+    # and the node kept nothing of them once the holdout was done
+    leftovers = Path(tempfile.gettempdir()).glob("overnight-trial-*/checkout/holdout/data.txt")
+    assert not [p for p in leftovers if token in p.read_text(errors="replace")]
+
+
+def test_the_shipped_example_runs_across_the_cluster_with_two_lines_changed(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = tmp_path / "spirals"
+    made = run_cli("example", "spirals", str(lab))
+    assert made.returncode == 0, made.stdout + made.stderr
+    with (lab / "overnight.toml").open("a") as fh:
+        fh.write(f'\n[executor]\nkind = "ray"\naddress = "127.0.0.1:{PORT}"\n')
+    subprocess.run(["git", "-C", str(lab), "commit", "-qam", "on the cluster"], check=True)
+
+    done = cluster.overnight("run", str(lab), "--trials", "3", "--no-ui", timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    trials = latest_trials(lab, "spirals")
+    measured = [t for t in trials if t.metric is not None]
+    assert len(measured) >= 4, [(t.number, t.status, t.reason) for t in trials]  # + baseline
+    placed = [
+        {**e.payload, "trial": e.trial} for e in latest_events(lab, "trial.placed", "spirals")
+    ]
+    assert {p["trial"] for p in placed} >= {t.number for t in measured}
+    # its two agents' trials run at once, and a node holds one (each declares 1 CPU)
+    assert len({p["node"] for p in placed}) >= 2, placed
+    for trial in measured:
+        log = Path(trial.log_path or "").read_text()
+        assert "train_loss: " in log, log  # trained, then scored, on the node
+        assert "[overnight: evaluate: python evaluate.py]\nval_loss: " in log, log
