@@ -251,12 +251,21 @@ def records_of(html: str) -> list[tuple[int, str]]:
 
 
 def test_audit_search_filters_and_pages_newest_first(lab: WebLab, client: httpx.Client) -> None:
-    wait_until(lambda: len(records_of(client.get("/audit").text)) == 50, timeout=60)
-    first = records_of(client.get("/audit").text)
-    seqs = [s for s, _ in first]
+    seqs: list[int] = []
+    older: list[tuple[int, str]] = []
+
+    def two_pages() -> bool:
+        """The first page and the next, once the lab has written more than a page (the run
+        goes on writing while the test reads)."""
+        seqs[:] = [s for s, _ in records_of(client.get("/audit").text)]
+        if len(seqs) < 50:
+            return False
+        older[:] = records_of(client.get("/audit/records", params={"before": seqs[-1]}).text)
+        return bool(older)
+
+    wait_until(two_pages, timeout=60)
     assert seqs == sorted(seqs, reverse=True) and len(seqs) == 50
-    older = records_of(client.get("/audit/records", params={"before": seqs[-1]}).text)
-    assert older and older[0][0] == seqs[-1] - 1  # the next page goes on where this one ended
+    assert older[0][0] == seqs[-1] - 1  # the next page goes on where this one ended
 
     trials = records_of(client.get("/audit/records", params={"kind": "trial"}).text)
     assert trials and all(k.startswith("trial.") for _, k in trials)
