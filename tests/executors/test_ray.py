@@ -18,7 +18,7 @@ from overnight.markers import TRIAL_MARKER
 from overnight.sessions import wait_until
 from tests.helpers.labs import make_lab
 from tests.helpers.processes import process_gone, run_cli
-from tests.helpers.ray_cluster import PORT, ROOT, Cluster
+from tests.helpers.ray_cluster import ROOT, Cluster
 from tests.helpers.store import latest_events, latest_trials
 
 pytestmark = pytest.mark.skipif(
@@ -45,9 +45,9 @@ print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
 
 def ray_lab(
     root: Path,
+    address: str,
     *,
     agents: int = 2,
-    address: str = f"127.0.0.1:{PORT}",
     lab: dict[str, object] | None = None,
 ) -> Path:
     """The toy lab (SLOW_SCRIPT), its trials on the cluster at `address`, each reserving
@@ -68,7 +68,7 @@ def events(lab: Path, kind: str) -> list[dict[str, object]]:
 def test_trials_run_on_both_workers_with_their_gpu_and_stream_their_logs(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    lab = ray_lab(tmp_path / "lab")
+    lab = ray_lab(tmp_path / "lab", cluster.address)
     done = cluster.overnight("run", str(lab), "--trials", "6")
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -85,7 +85,7 @@ def test_trials_run_on_both_workers_with_their_gpu_and_stream_their_logs(
 
 
 def test_without_ray_installed_the_lab_says_what_to_install(tmp_path: Path) -> None:
-    lab = ray_lab(tmp_path / "lab")
+    lab = ray_lab(tmp_path / "lab", "127.0.0.1:6379")
     hide = tmp_path / "no-ray"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
@@ -98,7 +98,7 @@ def test_without_ray_installed_the_lab_says_what_to_install(tmp_path: Path) -> N
 
 def test_an_unreachable_cluster_is_one_clear_error_naming_the_address(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    lab = ray_lab(tmp_path / "lab", address="127.0.0.1:1")
+    lab = ray_lab(tmp_path / "lab", "127.0.0.1:1")
     done = run_cli("run", str(lab), "--trials", "1")
     assert done.returncode != 0
     assert "no Ray cluster answers at 127.0.0.1:1" in done.stderr, done.stderr
@@ -135,7 +135,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
 def test_a_worker_node_lost_mid_trial_interrupts_it_and_runs_it_again_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    lab = ray_lab(tmp_path / "lab", agents=1)
+    lab = ray_lab(tmp_path / "lab", cluster.address, agents=1)
     hold = lab / ".git" / "hold"
     proc = cluster.start("run", str(lab), "--trials", "2", "--no-ui")
     try:
@@ -172,7 +172,7 @@ def test_a_run_killed_mid_trial_resumes_killing_what_it_left_on_the_cluster(
 ) -> None:
     # no sandbox: bubblewrap would take the experiment down with its Ray worker; without
     # one, the experiment outlives both (its watchdog would end it at budget + grace)
-    lab = ray_lab(tmp_path / "lab", agents=1, lab={"sandbox": "none"})
+    lab = ray_lab(tmp_path / "lab", cluster.address, agents=1, lab={"sandbox": "none"})
     hold = lab / ".git" / "hold"
     proc = cluster.start("run", str(lab), "--trials", "3", "--no-ui")
     try:
@@ -220,13 +220,13 @@ def experiment_of(trial: str) -> list[int]:
 def test_a_trial_no_node_could_hold_is_refused_at_the_start(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    lab = ray_lab(tmp_path / "lab")
+    lab = ray_lab(tmp_path / "lab", cluster.address)
     config = (lab / "overnight.toml").read_text().replace("{ a100 = 1 }", "{ h100 = 1 }")
     (lab / "overnight.toml").write_text(config)
     subprocess.run(["git", "-C", str(lab), "commit", "-qam", "h100"], check=True)
     done = cluster.overnight("run", str(lab), "--trials", "1", "--no-ui")
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "no node of the Ray cluster at 127.0.0.1:6380 has what one trial reserves" in (
+    assert f"no node of the Ray cluster at {cluster.address} has what one trial reserves" in (
         done.stderr
     ), done.stderr
     assert "h100 = 1" in done.stderr and "fix: start nodes that declare it" in done.stderr
@@ -236,7 +236,7 @@ def test_a_trial_no_node_could_hold_is_refused_at_the_start(
 def test_a_run_that_changes_a_protected_file_on_its_node_is_rejected(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    lab = ray_lab(tmp_path / "lab", agents=1)
+    lab = ray_lab(tmp_path / "lab", cluster.address, agents=1)
     proc = cluster.start("run", str(lab), "--trials", "1", "--no-ui")
     try:
         wait_until(
