@@ -258,3 +258,62 @@ def test_a_run_that_changes_a_protected_file_on_its_node_is_rejected(
         t.reason == "integrity: the run protected file(s) modified: judge.py" for t in rejected
     ), [t.reason for t in rejected]
     assert (lab / "judge.py").read_text() == "# the protected evaluator\n"  # only its copy
+
+
+def test_a_cluster_stopped_under_a_running_lab_pauses_it_until_the_cluster_is_back(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab", cluster.address, agents=1)
+    hold = lab / ".git" / "hold"
+    proc = cluster.start("run", str(lab), "--trials", "2", "--no-ui")
+    try:
+        wait_until(lambda: any(t.status.value == "kept" for t in latest_trials(lab)), 180)
+        hold.touch()  # the next trial runs until the cluster is gone
+        wait_until(lambda: any(p["trial"] != 1 for p in events(lab, "trial.placed")), 120)
+        number = next(int(str(p["trial"])) for p in events(lab, "trial.placed") if p["trial"] != 1)
+        cluster.stop_nodes()
+        wait_until(lambda: bool(events(lab, "executor.unreachable")), 60)
+        wait_until(lambda: status_of(lab, number) == "interrupted", 60)
+        wait_until(lambda: paused(lab) is not None, 60)
+        hold.unlink()
+        assert proc.poll() is None  # the run waits for the cluster
+        cluster.start_head()
+        for _ in range(2):
+            cluster.add_worker()
+        out = finish(proc)
+    finally:
+        hold.unlink(missing_ok=True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        if not cluster.nodes:  # the next test has a cluster again
+            cluster.start_head()
+            for _ in range(2):
+                cluster.add_worker()
+    assert proc.returncode == 0, out
+    [down] = events(lab, "executor.unreachable")
+    assert down["address"] == cluster.address, down
+    [back] = events(lab, "executor.reachable")
+    assert float(str(back["lasted_s"])) > 0, back
+    assert f"the Ray cluster at {cluster.address} is unreachable" in str(paused(lab)), paused(lab)
+    assert any(e.get("state") == "working" and e.get("reason") == "the cluster is back"
+               for e in events(lab, "agent.state"))  # fmt: skip
+    trials = {t.number: t for t in latest_trials(lab)}
+    victim = trials[number]
+    assert "its Ray cluster went unreachable" in (victim.reason or ""), victim.reason
+    again = [t for t in trials.values() if t.requeued_from == victim.number]
+    assert len(again) == 1 and again[0].metric is not None, trials
+    placed_again = [p for p in events(lab, "trial.placed") if p["trial"] == again[0].number]
+    assert placed_again, "the trial run again ran on the cluster that came back"
+
+
+def status_of(lab: Path, number: int) -> str | None:
+    return next((t.status.value for t in latest_trials(lab) if t.number == number), None)
+
+
+def paused(lab: Path) -> str | None:
+    """Why the lab's agent was paused, if it was."""
+    return next(
+        (str(e.get("reason")) for e in events(lab, "agent.state") if e.get("state") == "paused"),
+        None,
+    )
