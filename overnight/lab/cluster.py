@@ -77,6 +77,7 @@ CHECK_S = 1.0
 """How often the head's address is probed while the lab is joined to the cluster."""
 MISSES = 3
 """Probes in a row that find no head before the cluster is said to be down."""
+RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"  # (Ray's spelling)
 RECONNECT_S = str(10 * 365 * 24 * 3600)
 """How long Ray lets the lab's own connection wait for a lost head (Ray's 60 s would end
 `overnight run`)."""
@@ -202,7 +203,8 @@ class Cluster:
     def _join(self) -> None:
         import ray
 
-        os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", RECONNECT_S)
+        # (this process's connection only, whatever the environment says: nodes keep theirs)
+        os.environ[RECONNECT_ENV] = RECONNECT_S
         ray.init(
             address=self.config.address,
             namespace="overnight",

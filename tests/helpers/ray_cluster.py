@@ -115,10 +115,10 @@ class Cluster:
             return {pid for pid in set(self.inside()) - before if _of_ray(pid)}
         raise AssertionError(f"ray start {args[0]} failed {TRIES} times") from failed
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """`overnight ARGS` in the namespace, in the background (stopped by the caller)."""
         return subprocess.Popen(
-            [*self.enter(), *OVERNIGHT, *args], env=self.env, text=True,
+            [*self.enter(), *OVERNIGHT, *args], env={**self.env, **(env or {})}, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
