@@ -37,8 +37,11 @@ time.sleep(1.5)
 if os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "tamper")):
     with open("judge.py", "a") as fh:
         fh.write("# changed by the run\\n")
-# a test holds a trial running as long as this file exists (the lab's .git is visible)
-while os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "hold")):
+# a test holds a trial running as long as this file exists (the lab's .git is visible),
+# or one trial: as long as hold-NUMBER does
+held = [os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), name)
+        for name in ("hold", f"hold-{os.environ.get('OVERNIGHT_TRIAL')}")]
+while any(os.path.exists(path) for path in held):
     time.sleep(0.1)
 print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
 """
@@ -265,7 +268,9 @@ def test_a_cluster_stopped_under_a_running_lab_pauses_it_until_the_cluster_is_ba
     cluster: Cluster, tmp_path: Path
 ) -> None:
     lab = ray_lab(tmp_path / "lab", cluster.address, agents=1)
-    hold = lab / ".git" / "hold"
+    number = 2  # the trial after the baseline runs until the cluster is gone
+    hold = lab / ".git" / f"hold-{number}"
+    hold.touch()
     # Ray ends a process whose head is gone this long (60 s unless told): not the lab's run
     ray_gives_up = 5
     proc = cluster.start(
@@ -273,10 +278,7 @@ def test_a_cluster_stopped_under_a_running_lab_pauses_it_until_the_cluster_is_ba
         env={"RAY_gcs_rpc_server_reconnect_timeout_s": str(ray_gives_up)},
     )  # fmt: skip
     try:
-        wait_until(lambda: any(t.status.value == "kept" for t in latest_trials(lab)), 180)
-        hold.touch()  # the next trial runs until the cluster is gone
-        wait_until(lambda: any(p["trial"] != 1 for p in events(lab, "trial.placed")), 120)
-        number = next(int(str(p["trial"])) for p in events(lab, "trial.placed") if p["trial"] != 1)
+        wait_until(lambda: any(p["trial"] == number for p in events(lab, "trial.placed")), 180)
         cluster.stop_nodes()
         wait_until(lambda: bool(events(lab, "executor.unreachable")), 60)
         wait_until(lambda: status_of(lab, number) == "interrupted", 60)
