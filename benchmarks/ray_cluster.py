@@ -45,6 +45,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +57,9 @@ from overnight.store import open_store, store_url
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
-PORT = 6381
+PORT = 20000 + uuid.uuid4().int % 30000
+"""The head's GCS port: one of its own (`ray start --head` refuses a port any GCS on the
+machine was started with, a test cluster's included)."""
 SCRIPT = """\
 import time
 print(f"t0: {time.time()!r}", flush=True)
@@ -181,6 +184,19 @@ def measure(lab: Path, cpu_s: float, local: bool) -> dict[str, float]:
     }
 
 
+def kill_namespace(holder: int) -> None:
+    """SIGKILL every process in the network namespace `holder` holds, but `holder`."""
+    mine = os.readlink(f"/proc/{holder}/ns/net")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == holder:
+            continue
+        try:
+            if os.readlink(entry / "ns" / "net") == mine:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[int(q * (len(ordered) - 1))]
@@ -215,7 +231,13 @@ def main() -> None:
         "OVERNIGHT_AUDIT_KEY": str(work / "audit.key"),
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
-    ns = subprocess.Popen(["unshare", "-n", "sleep", "infinity"])
+    # the namespace is ready (loopback up) before anything enters it: entering by pid
+    # before unshare has made it would enter this machine's namespace instead
+    ns = subprocess.Popen(
+        ["unshare", "-n", "sh", "-c", "ip link set lo up && echo up && exec sleep infinity"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert ns.stdout is not None and ns.stdout.readline().strip() == "up", "unshare -n failed"
     enter = ["nsenter", "-t", str(ns.pid), "-n"]
     log = (work / "ray.out").open("w")
 
@@ -230,7 +252,6 @@ def main() -> None:
     for agents in (int(n) for n in args.agents.split(",")):
         plan += [("local", "", agents, ROOT), ("ray", ray_section, agents, ROOT)]
     try:
-        subprocess.run([*enter, "ip", "link", "set", "lo", "up"], check=True)
         ray(
             "start", "--head", "--node-ip-address=127.0.0.1", f"--port={PORT}", "--num-cpus=0",
             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
@@ -277,7 +298,7 @@ def main() -> None:
             )
         print(f"head node's processes: {head_mb:.0f} MB resident ({len(head)} processes)")
     finally:
-        subprocess.run([*enter, RAY, "stop", "--force"], env=env, capture_output=True)
+        kill_namespace(ns.pid)  # (`ray stop` would stop every Ray cluster on the machine)
         ns.kill()
         ns.wait()
         log.close()

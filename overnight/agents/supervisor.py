@@ -111,7 +111,8 @@ def agent_loop(
     """One agent's work: propose, run, learn; yields each finished trial.
 
     With `watch` (an LLM agent behind the gateway), a brownout of its route pauses
-    it, or runs `optimizer` in its place, until the route answers again. With
+    it, or runs `optimizer` in its place, until the route answers again. On a Ray
+    cluster that goes unreachable it is paused until the cluster is back. With
     `control`, a pause asked for from outside holds it between trials. With
     `sharing`, it may move to the lab's best between trials.
     """
@@ -122,6 +123,9 @@ def agent_loop(
         if watch is not None and watch.down():
             yield from _ride_out(lab, name, watch, optimizer, allowance, stop)
             continue
+        remote = lab.experiments.cluster
+        if remote is not None and not lab.experiments.wait_for_cluster(remote, name, stop):
+            return
         if not allowance.take(stop):
             return
         try:

@@ -26,6 +26,13 @@ finding what a dead `overnight run` left running on the nodes (`reap`).
   commit for that task only (`hidden`): unpacked over its checkout, in a temporary
   folder of the node deleted when the task ends; never in an experiment's task. (On the
   head it would need the GPUs `gpus_per_trial` asks for, which the head may not have.)
+- **An outage is ridden out**: the head's address is probed every CHECK_S; MISSES
+  misses in a row and the cluster is *down* (`on_change` hears `executor.unreachable`),
+  the trials in flight come back `unreachable` and no new one is sent. Once the head
+  answers and a node can hold a trial again, the lab joins the cluster afresh (a
+  restarted head is a new cluster to Ray), reaps what the cut-off trials left on the
+  nodes, and says `executor.reachable`. Ray would end a driver whose head is gone for a
+  minute (the whole `overnight run`): the lab's connection is told to wait for ever.
 
 Knows nothing about trials' statuses or the store: the lab says what to run and
 records what comes back (`on_event` is told of each step, to be written ahead).
@@ -43,6 +50,7 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +74,17 @@ PROBE_S = 5.0
 INSTALL = "pip install 'overnight[ray]'"
 NODE_LOST = "its cluster node was lost"
 """How the reason of a trial interrupted by a lost node begins (it is re-queued at once)."""
+UNREACHABLE = "its Ray cluster went unreachable"
+"""How the reason of a trial cut off by an outage begins (re-queued, it waits for the
+cluster)."""
+CHECK_S = 1.0
+"""How often the head's address is probed while the lab is joined to the cluster."""
+MISSES = 3
+"""Probes in a row that find no head before the cluster is said to be down."""
+RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"  # (Ray's spelling)
+RECONNECT_S = str(10 * 365 * 24 * 3600)
+"""How long Ray lets the lab's own connection wait for a lost head (Ray's 60 s would end
+`overnight run`)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,8 @@ class Outcome:
     placed: Placed | None = None
     lost: str | None = None
     """Why the node or worker went away mid-trial (the trial is to be run again)."""
+    unreachable: str | None = None
+    """Why the cluster could not be reached mid-trial (run again once it is back)."""
     cancelled: bool = False
 
 
@@ -134,6 +155,15 @@ class Cluster:
         self._room = threading.BoundedSemaphore(limit) if limit else None
         self._task: Any = None
         self._reaper: Any = None
+        self.up = threading.Event()
+        """Set while the cluster answers (cleared by an outage, set again once it is back)."""
+        self.on_change: Callable[[str, dict[str, Any]], None] = lambda kind, payload: None
+        """Told `executor.unreachable` and `executor.reachable`, with their payloads."""
+        self._marks: set[str] = set()
+        self._head: tuple[str, int] | None = None
+        self._watching = False
+        self._down_at = 0.0
+        self._outage = threading.Lock()
 
     def connect(self) -> None:
         """Join the cluster as a driver; a ConfigError says why it cannot."""
@@ -155,17 +185,99 @@ class Cluster:
             self._probe(address)
         if not ray.is_initialized():  # (one connection per process: `start` made it)
             try:
-                ray.init(
-                    address=address,
-                    namespace="overnight",
-                    logging_level=logging.ERROR,
-                    log_to_driver=False,
-                )
+                self._join()
             except ConnectionError as exc:
                 raise self._unreachable(address, str(exc).splitlines()[0]) from None
         self._check_room(ray.nodes())  # type: ignore[no-untyped-call]
         self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
         self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
+        self._head = _host_port(
+            address if address != "auto" else ray.get_runtime_context().gcs_address
+        )
+        self.up.set()
+
+    def watch(self) -> None:
+        """Join the cluster (`connect`), and from now on watch its head (see the module's
+        docstring: an outage is ridden out)."""
+        self.connect()
+        if not self._watching:
+            self._watching = True
+            threading.Thread(target=self._watch, daemon=True, name="ray-health").start()
+
+    def _join(self) -> None:
+        import ray
+
+        # (this process's connection only, whatever the environment says: nodes keep theirs)
+        os.environ[RECONNECT_ENV] = RECONNECT_S
+        ray.init(
+            address=self.config.address,
+            namespace="overnight",
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+        )
+
+    def _answers(self) -> bool:
+        assert self._head is not None
+        try:
+            with socket.create_connection(self._head, timeout=CHECK_S):
+                return True
+        except OSError:
+            return False
+
+    def _watch(self) -> None:
+        """Probe the head for as long as this process runs: say when the cluster goes
+        down, and bring the lab back to it once it answers again."""
+        misses = 0
+        while True:
+            time.sleep(CHECK_S)
+            if self.up.is_set():
+                misses = 0 if self._answers() else misses + 1
+                if misses >= MISSES:
+                    self._went_down(f"its head has not answered for {MISSES * CHECK_S:g} s")
+            elif self._answers() and self._rejoin():
+                misses = 0
+                self.up.set()
+                self.on_change(
+                    "executor.reachable",
+                    {"address": self.config.address,
+                     "lasted_s": round(time.time() - self._down_at, 1)},
+                )  # fmt: skip
+
+    def _went_down(self, why: str) -> None:
+        """The cluster is down (said once per outage): no trial is sent until it is back."""
+        with self._outage:
+            if not self.up.is_set():
+                return
+            self.up.clear()
+            self._down_at = time.time()
+        self.on_change("executor.unreachable", {"address": self.config.address, "why": why})
+
+    def _rejoin(self) -> bool:
+        """Join the cluster afresh once a node can hold a trial; reap what the trials cut
+        off by the outage left on its nodes. False: not yet."""
+        import ray
+
+        try:
+            ray.shutdown()
+            self._join()
+            nodes = ray.nodes()  # type: ignore[no-untyped-call]
+            if not self._has_room(nodes):
+                return False
+            self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
+            self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
+            for mark in self._marks:
+                self.reap(mark)
+        except (ConnectionError, ray.exceptions.RayError):
+            return False
+        return True
+
+    def wait_up(self, stop: threading.Event) -> bool:
+        """Wait while the cluster is down; False if `stop` came first."""
+        self.watch()
+        while not self.up.wait(0.1):
+            if stop.is_set():
+                return False
+        return True
 
     def wanted(self) -> dict[str, float]:
         """What one trial reserves on its node, as Ray names resources."""
@@ -174,13 +286,20 @@ class Cluster:
             wanted["GPU"] = float(self.gpus)
         return {name: amount for name, amount in wanted.items() if amount}
 
+    def _has_room(self, nodes: list[dict[str, Any]]) -> bool:
+        """Whether a live node among `nodes` could hold one trial."""
+        wanted = self.wanted()
+        return any(
+            node.get("Alive")
+            and all(node.get("Resources", {}).get(k, 0) >= v for k, v in wanted.items())
+            for node in nodes
+        )
+
     def _check_room(self, nodes: list[dict[str, Any]]) -> None:
         """A trial no node could ever hold would wait forever: say so at the start."""
+        if self._has_room(nodes):
+            return
         wanted = self.wanted()
-        for node in nodes:
-            have = node.get("Resources", {})
-            if node.get("Alive") and all(have.get(k, 0) >= v for k, v in wanted.items()):
-                return
         asked = ", ".join(f"{k} = {v:g}" for k, v in wanted.items())
         raise ConfigError(
             self.config_path,
@@ -194,9 +313,8 @@ class Cluster:
         )
 
     def _probe(self, address: str) -> None:
-        host, _, port = address.removeprefix("ray://").rpartition(":")
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S):
+            with socket.create_connection(_host_port(address), timeout=PROBE_S):
                 pass
         except OSError as exc:
             raise self._unreachable(address, exc.strerror or str(exc)) from None
@@ -233,12 +351,15 @@ class Cluster:
         import ray
         from ray.exceptions import RayTaskError, TaskCancelledError
 
-        self.connect()
+        self.watch()
+        self._marks.add(experiment.mark)
         if self._room is not None:
             while not self._room.acquire(timeout=0.1):
                 if stop.is_set():
                     return Outcome(None, cancelled=True)
         try:
+            if not self.wait_up(stop):
+                return Outcome(None, cancelled=True)
             options: dict[str, Any] = {
                 "num_cpus": self.config.num_cpus,
                 "name": f"overnight trial {experiment.trial}",
@@ -264,7 +385,16 @@ class Cluster:
             try:
                 with log_path.open("ab") as log:
                     try:
-                        for ref in stream:
+                        while True:
+                            ref = stream._next_sync(timeout_s=0.2)  # (no timeout in __next__)
+                            if not self.up.is_set():
+                                return Outcome(
+                                    None, placed=placed,
+                                    unreachable=f"the cluster at {self.config.address} went "
+                                    "unreachable",
+                                )  # fmt: skip
+                            if ref.is_nil():
+                                continue
                             item = ray.get(ref)
                             if "log" in item:
                                 log.write(redactor.feed(item["log"]))
@@ -283,6 +413,8 @@ class Cluster:
                                 )
                     finally:
                         log.write(redactor.flush())
+            except StopIteration:
+                pass
             except TaskCancelledError:
                 return Outcome(None, placed=placed, cancelled=True)
             except RayTaskError:
@@ -290,6 +422,11 @@ class Cluster:
             except ray.exceptions.RayError as exc:
                 if stop.is_set():
                     return Outcome(None, placed=placed, cancelled=True)
+                if not self.up.is_set() or not self._answers():
+                    # (the stream broke with the head: nothing else is sent meanwhile)
+                    self._went_down(f"its head stopped answering ({type(exc).__name__})")
+                    why = f"the cluster at {self.config.address} went unreachable"
+                    return Outcome(None, placed=placed, unreachable=why)
                 where = f"node {placed.node[:12]} ({placed.host})" if placed else "its node"
                 return Outcome(None, placed=placed, lost=f"{where} was lost: {type(exc).__name__}")
             finally:
@@ -324,6 +461,11 @@ class Cluster:
                 if killed:
                     found.append({"node": node, "host": host, "killed": killed})
         return found
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def _redacted(result: RunResult) -> RunResult:

@@ -129,6 +129,8 @@ class Experiments:
         self.executor = LocalExecutor(config.parallel, paths.slots, config.gpus_per_trial)
         self.cluster = remote
         """`[executor] kind = "ray"`: where experiments run instead of this machine's slots."""
+        if remote is not None:  # an outage, and its end, on the run's record
+            remote.on_change = self._record
         self.deadline: float | None = None
         """When this run stops starting trials (time.monotonic(), the `--for` rule): a trial
         waiting for free disk space gives up then."""
@@ -190,7 +192,7 @@ class Experiments:
         lab = self.config
         log_path = self.paths.trial_log(self.run_id, trial.number)
         timeout = lab.budget + lab.grace
-        if not self._disk_room(stop):
+        if not self._disk_room(stop) or not self.wait_for_cluster(remote, trial.agent, stop):
             return Measured(None, _S.interrupted, "stopped before it ran", "", 0.0)
         commit = trial.candidate_commit or Git(worktree).head()
         watch = (*lab.record, *((VRAM,) if VRAM not in (*lab.record, lab.metric) else ()))
@@ -231,10 +233,29 @@ class Experiments:
             )  # fmt: skip
             reason = f"{cluster.NODE_LOST}: {outcome.lost}"
             return Measured(None, _S.interrupted, reason, "", 0.0)
+        if outcome.unreachable is not None:
+            reason = f"{cluster.UNREACHABLE}: {outcome.unreachable}"
+            return Measured(None, _S.interrupted, reason, "", 0.0)
         if outcome.result is None:
             return Measured(None, _S.interrupted, "stopped while running", "", 0.0)
         tampered = integrity.check_hashes(outcome.protected, self.protected)
         return classify(outcome.result, outcome.step, lab.metric, timeout, stop.is_set(), tampered)
+
+    def _record(self, kind: str, payload: dict[str, Any]) -> None:
+        self.store.append_event(self.run_id, kind, payload)
+
+    def wait_for_cluster(self, remote: cluster.Cluster, agent: str, stop: threading.Event) -> bool:
+        """While the cluster is unreachable, agent `agent` is paused (as in a brownout of
+        its model route) and waits; False if stopped first."""
+        remote.watch()
+        if remote.up.is_set():
+            return True
+        why = f"the Ray cluster at {remote.config.address} is unreachable"
+        self.store.set_agent_state(self.run_id, agent, "paused", reason=why)
+        back = remote.wait_up(stop)
+        if back:
+            self.store.set_agent_state(self.run_id, agent, "working", reason="the cluster is back")
+        return back
 
     def measure_holdout(
         self, trial: Trial, commit: str, stop: threading.Event

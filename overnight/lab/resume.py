@@ -185,11 +185,12 @@ def reap_cluster(root: Path, remote: cluster.Cluster, store: Store, run_id: str)
 
 def lost_again(store: Store, trial: Trial) -> Proposal | None:
     """The proposal that runs a trial again at once (its change, as a new trial) when its
-    cluster node was lost mid-run, as a start re-queues one a stop interrupted; None when
+    cluster node was lost mid-run, or the cluster went unreachable (the new trial waits for
+    it), as a start re-queues one a stop interrupted; None when
     it was not lost, or is not to be tried again (an `overnight try`'s, one re-queued
     already)."""
     lost = trial.status is TrialStatus.interrupted and (trial.reason or "").startswith(
-        cluster.NODE_LOST
+        (cluster.NODE_LOST, cluster.UNREACHABLE)
     )
     if not lost:
         return None

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from overnight.markers import TRIAL_MARKER
 from overnight.sessions import wait_until
 from tests.helpers.labs import PYTHON, make_lab
 from tests.helpers.processes import process_gone, run_cli
-from tests.helpers.ray_cluster import PORT, ROOT, Cluster
+from tests.helpers.ray_cluster import ROOT, Cluster
 from tests.helpers.store import latest_events, latest_trials
 
 pytestmark = pytest.mark.skipif(
@@ -38,8 +39,11 @@ time.sleep(1.5)
 if os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "tamper")):
     with open("judge.py", "a") as fh:
         fh.write("# changed by the run\\n")
-# a test holds a trial running as long as this file exists (the lab's .git is visible)
-while os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "hold")):
+# a test holds a trial running as long as this file exists (the lab's .git is visible),
+# or one trial: as long as hold-NUMBER does
+held = [os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), name)
+        for name in ("hold", f"hold-{os.environ.get('OVERNIGHT_TRIAL')}")]
+while any(os.path.exists(path) for path in held):
     time.sleep(0.1)
 print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
 """
@@ -47,9 +51,9 @@ print(f"score: {(X - 3) ** 2 + (Y - 1) ** 2}")
 
 def ray_lab(
     root: Path,
+    address: str,
     *,
     agents: int = 2,
-    address: str = f"127.0.0.1:{PORT}",
     lab: dict[str, object] | None = None,
 ) -> Path:
     """The toy lab (SLOW_SCRIPT), its trials on the cluster at `address`, each reserving
@@ -70,7 +74,7 @@ def events(lab: Path, kind: str) -> list[dict[str, object]]:
 def test_trials_run_on_both_workers_with_their_gpu_and_stream_their_logs(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    lab = ray_lab(tmp_path / "lab")
+    lab = ray_lab(tmp_path / "lab", cluster.address)
     done = cluster.overnight("run", str(lab), "--trials", "6")
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -87,7 +91,7 @@ def test_trials_run_on_both_workers_with_their_gpu_and_stream_their_logs(
 
 
 def test_without_ray_installed_the_lab_says_what_to_install(tmp_path: Path) -> None:
-    lab = ray_lab(tmp_path / "lab")
+    lab = ray_lab(tmp_path / "lab", "127.0.0.1:6379")
     hide = tmp_path / "no-ray"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
@@ -100,7 +104,7 @@ def test_without_ray_installed_the_lab_says_what_to_install(tmp_path: Path) -> N
 
 def test_an_unreachable_cluster_is_one_clear_error_naming_the_address(tmp_path: Path) -> None:
     pytest.importorskip("ray")
-    lab = ray_lab(tmp_path / "lab", address="127.0.0.1:1")
+    lab = ray_lab(tmp_path / "lab", "127.0.0.1:1")
     done = run_cli("run", str(lab), "--trials", "1")
     assert done.returncode != 0
     assert "no Ray cluster answers at 127.0.0.1:1" in done.stderr, done.stderr
@@ -137,7 +141,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
 def test_a_worker_node_lost_mid_trial_interrupts_it_and_runs_it_again_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    lab = ray_lab(tmp_path / "lab", agents=1)
+    lab = ray_lab(tmp_path / "lab", cluster.address, agents=1)
     hold = lab / ".git" / "hold"
     proc = cluster.start("run", str(lab), "--trials", "2", "--no-ui")
     try:
@@ -174,7 +178,7 @@ def test_a_run_killed_mid_trial_resumes_killing_what_it_left_on_the_cluster(
 ) -> None:
     # no sandbox: bubblewrap would take the experiment down with its Ray worker; without
     # one, the experiment outlives both (its watchdog would end it at budget + grace)
-    lab = ray_lab(tmp_path / "lab", agents=1, lab={"sandbox": "none"})
+    lab = ray_lab(tmp_path / "lab", cluster.address, agents=1, lab={"sandbox": "none"})
     hold = lab / ".git" / "hold"
     proc = cluster.start("run", str(lab), "--trials", "3", "--no-ui")
     try:
@@ -222,13 +226,13 @@ def experiment_of(trial: str) -> list[int]:
 def test_a_trial_no_node_could_hold_is_refused_at_the_start(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    lab = ray_lab(tmp_path / "lab")
+    lab = ray_lab(tmp_path / "lab", cluster.address)
     config = (lab / "overnight.toml").read_text().replace("{ a100 = 1 }", "{ h100 = 1 }")
     (lab / "overnight.toml").write_text(config)
     subprocess.run(["git", "-C", str(lab), "commit", "-qam", "h100"], check=True)
     done = cluster.overnight("run", str(lab), "--trials", "1", "--no-ui")
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "no node of the Ray cluster at 127.0.0.1:6380 has what one trial reserves" in (
+    assert f"no node of the Ray cluster at {cluster.address} has what one trial reserves" in (
         done.stderr
     ), done.stderr
     assert "h100 = 1" in done.stderr and "fix: start nodes that declare it" in done.stderr
@@ -238,7 +242,7 @@ def test_a_trial_no_node_could_hold_is_refused_at_the_start(
 def test_a_run_that_changes_a_protected_file_on_its_node_is_rejected(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    lab = ray_lab(tmp_path / "lab", agents=1)
+    lab = ray_lab(tmp_path / "lab", cluster.address, agents=1)
     proc = cluster.start("run", str(lab), "--trials", "1", "--no-ui")
     try:
         wait_until(
@@ -285,7 +289,7 @@ def test_the_holdout_runs_on_a_node_with_the_hidden_files_for_that_run_only(
         tmp_path / "lab", script=PEEK_SCRIPT, agents=[{"name": "t", "count": 1}],
         lab={"parallel": 1, "gpus_per_trial": 1, "holdout": f"{PYTHON} holdout_eval.py",
              "holdout_metric": "holdout_score", "hidden": ["holdout_eval.py", "holdout/**"]},
-        extra=f'[executor]\nkind = "ray"\naddress = "127.0.0.1:{PORT}"\n'
+        extra=f'[executor]\nkind = "ray"\naddress = "{cluster.address}"\n'
         "resources = { a100 = 1 }\n",
     )  # fmt: skip
     (lab / "holdout_eval.py").write_text(HOLDOUT_EVAL)
@@ -321,7 +325,7 @@ def test_the_shipped_example_runs_across_the_cluster_with_two_lines_changed(
     made = run_cli("example", "spirals", str(lab))
     assert made.returncode == 0, made.stdout + made.stderr
     with (lab / "overnight.toml").open("a") as fh:
-        fh.write(f'\n[executor]\nkind = "ray"\naddress = "127.0.0.1:{PORT}"\n')
+        fh.write(f'\n[executor]\nkind = "ray"\naddress = "{cluster.address}"\n')
     subprocess.run(["git", "-C", str(lab), "commit", "-qam", "on the cluster"], check=True)
 
     done = cluster.overnight("run", str(lab), "--trials", "3", "--no-ui", timeout=900)
@@ -340,3 +344,71 @@ def test_the_shipped_example_runs_across_the_cluster_with_two_lines_changed(
         log = Path(trial.log_path or "").read_text()
         assert "train_loss: " in log, log  # trained, then scored, on the node
         assert "[overnight: evaluate: python evaluate.py]\nval_loss: " in log, log
+
+
+def test_a_cluster_stopped_under_a_running_lab_pauses_it_until_the_cluster_is_back(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    lab = ray_lab(tmp_path / "lab", cluster.address, agents=1)
+    number = 2  # the trial after the baseline runs until the cluster is gone
+    hold = lab / ".git" / f"hold-{number}"
+    hold.touch()
+    # Ray ends a process whose head is gone this long (60 s unless told): not the lab's run
+    ray_gives_up = 5
+    proc = cluster.start(
+        "run", str(lab), "--trials", "2", "--no-ui",
+        env={"RAY_gcs_rpc_server_reconnect_timeout_s": str(ray_gives_up)},
+    )  # fmt: skip
+    try:
+        wait_until(lambda: any(p["trial"] == number for p in events(lab, "trial.placed")), 180)
+        cluster.stop_nodes()
+        wait_until(lambda: bool(events(lab, "executor.unreachable")), 60)
+        wait_until(lambda: status_of(lab, number) == "interrupted", 60)
+        wait_until(lambda: paused(lab) is not None, 60)
+        hold.unlink()
+        # the run waits out an outage longer than Ray would have let it
+        gone = time.monotonic()
+        wait_until(
+            lambda: proc.poll() is not None or time.monotonic() - gone > 3 * ray_gives_up, 30
+        )
+        assert proc.poll() is None, proc.communicate()[0]
+        cluster.start_head()
+        for _ in range(2):
+            cluster.add_worker()
+        out = finish(proc)
+    finally:
+        hold.unlink(missing_ok=True)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        if not cluster.nodes:  # the next test has a cluster again
+            cluster.start_head()
+            for _ in range(2):
+                cluster.add_worker()
+    assert proc.returncode == 0, out
+    [down] = events(lab, "executor.unreachable")
+    assert down["address"] == cluster.address, down
+    [back] = events(lab, "executor.reachable")
+    assert float(str(back["lasted_s"])) > 3 * ray_gives_up, back
+    assert f"the Ray cluster at {cluster.address} is unreachable" in str(paused(lab)), paused(lab)
+    assert any(e.get("state") == "working" and e.get("reason") == "the cluster is back"
+               for e in events(lab, "agent.state"))  # fmt: skip
+    trials = {t.number: t for t in latest_trials(lab)}
+    victim = trials[number]
+    assert "its Ray cluster went unreachable" in (victim.reason or ""), victim.reason
+    again = [t for t in trials.values() if t.requeued_from == victim.number]
+    assert len(again) == 1 and again[0].metric is not None, trials
+    placed_again = [p for p in events(lab, "trial.placed") if p["trial"] == again[0].number]
+    assert placed_again, "the trial run again ran on the cluster that came back"
+
+
+def status_of(lab: Path, number: int) -> str | None:
+    return next((t.status.value for t in latest_trials(lab) if t.number == number), None)
+
+
+def paused(lab: Path) -> str | None:
+    """Why the lab's agent was paused, if it was."""
+    return next(
+        (str(e.get("reason")) for e in events(lab, "agent.state") if e.get("state") == "paused"),
+        None,
+    )
