@@ -142,11 +142,10 @@ def test_a_worker_node_lost_mid_trial_interrupts_it_and_runs_it_again_once(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     lab = ray_lab(tmp_path / "lab", cluster.address, agents=1)
-    hold = lab / ".git" / "hold"
+    hold = lab / ".git" / "hold-2"
+    hold.touch()  # the first trial after the baseline runs until the node under it is gone
     proc = cluster.start("run", str(lab), "--trials", "2", "--no-ui")
     try:
-        wait_until(lambda: any(t.status.value == "kept" for t in latest_trials(lab)), 180)
-        hold.touch()  # the next trial runs until the node under it is gone
         wait_until(lambda: any(p["trial"] != 1 for p in events(lab, "trial.placed")), 120)
         placed = next(p for p in events(lab, "trial.placed") if p["trial"] != 1)
         os.kill(raylet_of(str(placed["node"])), signal.SIGKILL)
@@ -179,11 +178,10 @@ def test_a_run_killed_mid_trial_resumes_killing_what_it_left_on_the_cluster(
     # no sandbox: bubblewrap would take the experiment down with its Ray worker; without
     # one, the experiment outlives both (its watchdog would end it at budget + grace)
     lab = ray_lab(tmp_path / "lab", cluster.address, agents=1, lab={"sandbox": "none"})
-    hold = lab / ".git" / "hold"
+    hold = lab / ".git" / "hold-2"
+    hold.touch()  # the first trial after the baseline runs until the test lets go
     proc = cluster.start("run", str(lab), "--trials", "3", "--no-ui")
     try:
-        wait_until(lambda: any(t.status.value == "kept" for t in latest_trials(lab)), 180)
-        hold.touch()
         wait_until(lambda: any(p["trial"] != 1 for p in events(lab, "trial.placed")), 120)
         placed = next(p for p in events(lab, "trial.placed") if p["trial"] != 1)
         number = str(placed["trial"])
