@@ -118,6 +118,11 @@ class Placed:
     pid: int
     cuda: str | None
 
+    def payload(self) -> dict[str, str | None]:
+        """As a `trial.placed` or `holdout.placed` event records it."""
+        return {"node": self.node, "host": self.host, "task": self.task,
+                "cuda_visible_devices": self.cuda}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Outcome:

@@ -211,11 +211,8 @@ class Experiments:
 
         def started(where: cluster.Placed) -> None:
             self.store.append_event(
-                self.run_id, "trial.placed",
-                {"node": where.node, "host": where.host, "task": where.task,
-                 "cuda_visible_devices": where.cuda},
-                agent=trial.agent, trial=trial.number,
-            )  # fmt: skip
+                self.run_id, "trial.placed", where.payload(), agent=trial.agent, trial=trial.number
+            )
             self.store.update_trial(
                 trial.id, _S.running, log_path=str(log_path), started_at=time.time()
             )
@@ -316,11 +313,12 @@ class Experiments:
 
         def started(where: cluster.Placed) -> None:
             self.store.append_event(
-                self.run_id, "holdout.placed",
-                {"node": where.node, "host": where.host, "task": where.task,
-                 "cuda_visible_devices": where.cuda},
-                agent=trial.agent, trial=trial.number,
-            )  # fmt: skip
+                self.run_id,
+                "holdout.placed",
+                where.payload(),
+                agent=trial.agent,
+                trial=trial.number,
+            )
 
         archive = cluster.archive_of(judge.root, commit)
         for _ in range(2):
