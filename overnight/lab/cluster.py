@@ -186,6 +186,17 @@ class Cluster:
                 "to run trials on this machine",
             ) from None
         address = self.config.address
+        if address == "auto" and os.environ.get("RAY_ADDRESS", "").startswith("ray://"):
+            raise ConfigError(
+                self.config_path,
+                f'address = "auto" takes RAY_ADDRESS, {os.environ["RAY_ADDRESS"]}: a Ray '
+                "Client address, and Ray Client cannot stream a task's log and result back "
+                "as a trial runs",
+                field="executor.address",
+                line=self._line("address"),
+                fix='write the head\'s GCS address, address = "HOST:6379" (or unset '
+                "RAY_ADDRESS), and run overnight on a machine that can reach it",
+            )
         if address != "auto":
             self._probe(address)
         if not ray.is_initialized():  # (one connection per process: `start` made it)
@@ -469,7 +480,7 @@ class Cluster:
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
 
 

@@ -113,6 +113,19 @@ def test_an_unreachable_cluster_is_one_clear_error_naming_the_address(tmp_path: 
     assert not (lab / ".overnight" / "overnight.db").exists()  # refused before any run began
 
 
+def test_a_ray_client_address_from_the_environment_is_refused_naming_the_fix(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("ray")
+    lab = ray_lab(tmp_path / "lab", "auto")
+    done = run_cli("run", str(lab), "--trials", "1", env={"RAY_ADDRESS": "ray://127.0.0.1:1"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert 'executor.address: address = "auto" takes RAY_ADDRESS' in done.stderr, done.stderr
+    assert "a Ray Client address" in done.stderr, done.stderr
+    assert 'fix: write the head\'s GCS address, address = "HOST:6379"' in done.stderr
+    assert not (lab / ".overnight" / "overnight.db").exists()
+
+
 def raylet_of(node: str) -> int:
     """The pid of the raylet of cluster node `node` (it is that node, to Ray)."""
     for entry in Path("/proc").iterdir():

@@ -460,7 +460,13 @@ CASES = {
         "",
         '\n[executor]\nkind = "ray"\naddress = "my cluster"\n',
         "21: executor.address",
-        ("'my cluster' is not the address of a Ray cluster", "ray://HOST:10001"),
+        ("'my cluster' is not the address of a Ray cluster", '"HOST:6379"'),
+    ),
+    "a Ray Client address": Broken(
+        "",
+        '\n[executor]\nkind = "ray"\naddress = "ray://127.0.0.1:10001"\n',
+        "21: executor.address",
+        ("is a Ray Client address", 'address = "HOST:6379"', "can reach it"),
     ),
     "a Ray field on the local executor": Broken(
         "",
@@ -558,7 +564,7 @@ tries = 3
 
 [executor]
 kind = "ray"
-address = "ray://127.0.0.1:10001"
+address = "127.0.0.1:6379"
 num_cpus = 2
 resources = {a100 = 1}
 
