@@ -114,6 +114,18 @@ def gateway_url(lab: Lab) -> str:
         ) from None
 
 
+def _install_of(executable: Path) -> tuple[Path, ...]:
+    """What running `executable` needs to see when it lies under /tmp (which the sandbox
+    replaces): the folder it is called by (an npm `.bin` link), the one it resolves to, and
+    a `node_modules` tree either lies in (an npm CLI loads its platform package from a
+    sibling folder there)."""
+    found = []
+    for path in (executable.absolute(), executable.resolve()):
+        found.append(path.parent)
+        found += [p for p in path.parents if p.name == "node_modules"][:1]
+    return tuple(dict.fromkeys(found))
+
+
 class ExternalAgent:
     """One agent's turns, until `stop` is set."""
 
@@ -546,7 +558,7 @@ class ExternalAgent:
             visible=(
                 self.lab.org.root,
                 Path(sys.prefix),
-                Path(executable).resolve().parent,
+                *_install_of(Path(executable)),
                 Path(__file__).resolve().parents[1],  # the hook and `overnight try`
             ),
         )
