@@ -116,13 +116,16 @@ def gateway_url(lab: Lab) -> str:
 
 def _install_of(executable: Path) -> tuple[Path, ...]:
     """What running `executable` needs to see when it lies under /tmp (which the sandbox
-    replaces): the folder it is called by (an npm `.bin` link), the one it resolves to, and
-    a `node_modules` tree either lies in (an npm CLI loads its platform package from a
-    sibling folder there)."""
+    replaces): the folder it is called by (an npm `.bin` link), the one it resolves to, a
+    `node_modules` tree either lies in (an npm CLI loads its platform package from a
+    sibling folder there), and the virtualenv whose `bin` holds it (a Python CLI such as
+    aider imports from the venv's site-packages)."""
     found = []
     for path in (executable.absolute(), executable.resolve()):
         found.append(path.parent)
         found += [p for p in path.parents if p.name == "node_modules"][:1]
+        if (path.parent.parent / "pyvenv.cfg").exists():
+            found.append(path.parent.parent)
     return tuple(dict.fromkeys(found))
 
 
