@@ -47,7 +47,7 @@ from overnight.agents.brownout import PROBE_EVERY_S
 from overnight.agents.pause import PAUSE_FILE, ends_turn, why_paused
 from overnight.agents.runtimes import TurnContext, cli, instructions, key_of
 from overnight.errors import UserError
-from overnight.lab import notebook
+from overnight.lab import notebook, sandbox
 from overnight.lab.desk import KEY_ENV, URL_ENV
 from overnight.lab.git import Git
 from overnight.lab.lab import Lab
@@ -112,21 +112,6 @@ def gateway_url(lab: Lab) -> str:
             f"{path} is missing: the lab's gateway is not running.\n"
             f"  fix: start the lab with `overnight run {lab.org.root}`."
         ) from None
-
-
-def _install_of(executable: Path) -> tuple[Path, ...]:
-    """What running `executable` needs to see when it lies under /tmp (which the sandbox
-    replaces): the folder it is called by (an npm `.bin` link), the one it resolves to, a
-    `node_modules` tree either lies in (an npm CLI loads its platform package from a
-    sibling folder there), and the virtualenv whose `bin` holds it (a Python CLI such as
-    aider imports from the venv's site-packages)."""
-    found = []
-    for path in (executable.absolute(), executable.resolve()):
-        found.append(path.parent)
-        found += [p for p in path.parents if p.name == "node_modules"][:1]
-        if (path.parent.parent / "pyvenv.cfg").exists():
-            found.append(path.parent.parent)
-    return tuple(dict.fromkeys(found))
 
 
 class ExternalAgent:
@@ -561,7 +546,7 @@ class ExternalAgent:
             visible=(
                 self.lab.org.root,
                 Path(sys.prefix),
-                *_install_of(Path(executable)),
+                *sandbox.homes_of(Path(executable)),
                 Path(__file__).resolve().parents[1],  # the hook and `overnight try`
             ),
         )

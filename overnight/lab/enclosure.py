@@ -84,7 +84,7 @@ class Enclosure:
     def _command_homes(self) -> list[Path]:
         """Where the lab's commands' programs live (a venv's folder for `venv/bin/python`),
         shown again in the sandbox should they be under the /tmp it replaces."""
-        lab, homes = self.config.lab, []
+        lab, homes = self.config.lab, list[Path]()
         for command in (lab.run, lab.evaluate, lab.holdout):
             try:
                 words = shlex.split(command or "")
@@ -92,8 +92,7 @@ class Enclosure:
                 continue
             found = shutil.which(words[0]) if words else None
             if found:
-                program = Path(found).absolute().parent
-                homes.append(program.parent if program.name == "bin" else program)
+                homes += sandbox.homes_of(Path(found))
         return homes
 
 

@@ -125,6 +125,19 @@ class Walls:
         return [*argv, "--"]
 
 
+def homes_of(program: Path) -> tuple[Path, ...]:
+    """What running `program` needs shown again in a sandbox that replaced the /tmp it may lie
+    under: the folder it is called by and the one it resolves to (a virtualenv's, for a
+    `bin`: its site-packages), and a `node_modules` tree either lies in (an npm CLI loads
+    its platform package from a sibling folder there)."""
+    found: list[Path] = []
+    for path in (program.absolute(), program.resolve()):
+        folder = path.parent
+        found.append(folder.parent if folder.name == "bin" else folder)
+        found += [p for p in path.parents if p.name == "node_modules"][:1]
+    return tuple(dict.fromkeys(found))
+
+
 def hidden_paths(state_dir: Path, credential_files: Iterable[str] = ()) -> tuple[Path, ...]:
     """The lab's state, the audit key and credential files, as absolute paths."""
     paths = [state_dir, *(Path(p).expanduser() for p in (*CREDENTIAL_PATHS, *credential_files))]
