@@ -139,15 +139,20 @@ def raylet_of(node: str) -> int:
     raise AssertionError(f"no raylet for node {node}")
 
 
+def end(proc: subprocess.Popen[str]) -> None:
+    """A run still going killed, with its process group (a test's finally)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+
+
 def finish(proc: subprocess.Popen[str], timeout: float = 300) -> str:
     """What `proc` printed once it ended (killed, with its group, if it is still running
     after `timeout`)."""
     try:
         out, _ = proc.communicate(timeout=timeout)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        end(proc)
     return out
 
 
@@ -167,9 +172,7 @@ def test_a_worker_node_lost_mid_trial_interrupts_it_and_runs_it_again_once(
         out = finish(proc)
     finally:
         hold.unlink(missing_ok=True)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        end(proc)
         cluster.add_worker()  # the next test has two workers again
     assert proc.returncode == 0, out
     lost = events(lab, "executor.node_lost")
@@ -212,9 +215,7 @@ def test_a_run_killed_mid_trial_resumes_killing_what_it_left_on_the_cluster(
         resumed = subprocess.CompletedProcess(proc.args, proc.returncode, printed, "")
     finally:
         hold.unlink(missing_ok=True)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        end(proc)
         for pid in experiment_of(str(placed["trial"])) if "placed" in locals() else []:
             os.kill(pid, signal.SIGKILL)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -265,9 +266,7 @@ def test_a_run_that_changes_a_protected_file_on_its_node_is_rejected(
         (lab / ".git" / "tamper").touch()  # every trial after the baseline
         out = finish(proc)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        end(proc)
     assert proc.returncode == 0, out
     rejected = [t for t in latest_trials(lab) if t.agent != "baseline"]
     assert rejected and all(t.status.value == "rejected" for t in rejected), rejected
@@ -389,9 +388,7 @@ def test_a_cluster_stopped_under_a_running_lab_pauses_it_until_the_cluster_is_ba
         out = finish(proc)
     finally:
         hold.unlink(missing_ok=True)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        end(proc)
         if not cluster.nodes:  # the next test has a cluster again
             cluster.start_head()
             for _ in range(2):
