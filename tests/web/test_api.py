@@ -13,6 +13,7 @@ import contextlib
 import json
 import socket
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -456,22 +457,42 @@ def test_pause_resume_and_restart_a_built_in_agent(tmp_path: Path) -> None:
 def test_pause_and_resume_an_agent_in_a_terminal(tmp_path: Path) -> None:
     with web_lab(tmp_path, claude=True, idle_after="1s") as lab, lab.client() as client:
         headers = {"x-csrf-token": lab.csrf(client)}
-        wait_until(lambda: lab.state("claude") == "idle", timeout=60)
+        assert lab.fake is not None
+        fake = lab.fake
+        # idle between turns: it has made a request (`idle` is also its state before it starts)
+        wait_until(lambda: bool(fake.requests) and lab.state("claude") == "idle", timeout=60)
         assert client.post("/agents/claude/pause", headers=headers).status_code == 204
         wait_until(lambda: lab.state("claude") == "paused", timeout=30)
-        turns = len(lab.fake.requests) if lab.fake else 0
+        turns = len(fake.requests)
         nudges = len(lab.events("agent.nudged"))
         # idle_after is 1 s: unpaused it would have been nudged into new turns by now
         with contextlib.suppress(TimeoutError):
             wait_until(lambda: len(lab.events("agent.nudged")) > nudges, timeout=4)
         assert len(lab.events("agent.nudged")) == nudges
         assert client.post("/agents/claude/resume", headers=headers).status_code == 204
-        assert lab.fake is not None
-        wait_until(lambda: len(lab.fake.requests) > turns, timeout=60)  # its turns go on
+        try:
+            wait_until(lambda: len(fake.requests) > turns, timeout=60)  # its turns go on
+        except TimeoutError:
+            pytest.fail(f"no request within 60 s of the resume\n{agent_story(lab, 'claude')}")
         # restart: a new terminal session, and the conversation resumes
         assert client.post("/agents/claude/restart", headers=headers).status_code == 204
         wait_until(lambda: lab.events("agent.restarted") != [], timeout=30)
         assert lab.events("agent.restarted")[-1].payload["by"] == "request"
+
+
+def agent_story(lab: WebLab, agent: str) -> str:
+    """What a failure needs to say: the agent's state, its events and its terminal's end."""
+    events = "\n".join(
+        f"  {e.kind} {json.dumps(e.payload)}" for e in lab.events() if e.agent == agent
+    )
+    sessions = [e.payload["session"] for e in lab.events("agent.started") if e.agent == agent]
+    screen = ""
+    if sessions and lab.tmux_socket is not None:
+        screen = subprocess.run(
+            ["tmux", "-S", str(lab.tmux_socket), "capture-pane", "-p", "-J", "-S", "-40",
+             "-t", f"={sessions[0]}:"], capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+    return f"state {lab.state(agent)}\nevents:\n{events}\nterminal:\n{screen}"
 
 
 # -- serving -------------------------------------------------------------------------------
