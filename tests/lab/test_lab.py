@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -188,18 +189,22 @@ def test_trial_past_its_budget_is_killed_with_its_children(tmp_path: Path) -> No
     assert "killed after 2s" in str(trial.reason)
     # the whole process group got SIGKILL; the orphaned child dies a moment later
     try:
-        wait_until(lambda: not _sleeps_300(), timeout=10)
+        wait_until(lambda: not _sleeps_300(tmp_path), timeout=10)
     except TimeoutError:
         # Seen once in CI and not reproduced since: say who survived, and from where.
-        raise AssertionError(f"the trial's child outlived it: {_sleeps_300()}") from None
+        raise AssertionError(f"the trial's child outlived it: {_sleeps_300(tmp_path)}") from None
 
 
-def _sleeps_300() -> list[str]:
-    """Each live `sleep 300`: its pid, state, parent, group and session, and its run marker."""
+def _sleeps_300(under: Path) -> list[str]:
+    """Each live `sleep 300` started in a folder under `under` (this test's: not another
+    test's or anyone's on the machine): its pid, state, parent, group and session, and its
+    run marker."""
     found = []
     for proc in Path("/proc").iterdir():
         try:
             if not proc.name.isdigit() or (proc / "cmdline").read_bytes() != b"sleep\x00300\x00":
+                continue
+            if not os.readlink(proc / "cwd").startswith(str(under)):
                 continue
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             marks = [
