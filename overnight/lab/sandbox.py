@@ -131,7 +131,10 @@ def homes_of(program: Path) -> tuple[Path, ...]:
     `bin`: its site-packages), and a `node_modules` tree either lies in (an npm CLI loads
     its platform package from a sibling folder there)."""
     found: list[Path] = []
-    for path in (program.absolute(), program.resolve()):
+    # the folder it is called by, with the links above it followed: bwrap cannot make a
+    # mount point under a symbolic link (a checkout whose `build` links to another's)
+    called = program.absolute().parent.resolve() / program.name
+    for path in (called, program.resolve()):
         folder = path.parent
         found.append(folder.parent if folder.name == "bin" else folder)
         found += [p for p in path.parents if p.name == "node_modules"][:1]

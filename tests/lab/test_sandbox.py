@@ -373,3 +373,29 @@ def test_a_lab_run_by_an_interpreter_under_tmp_still_finds_it(tmp_path: Path) ->
     assert done.returncode == 0, done.stdout + done.stderr
     # the baseline measured (not `command not found`, 127), and the trial after it too
     assert [t.status.value in ("kept", "discarded") for t in latest_trials(lab)] == [True, True]
+
+
+def test_a_lab_run_by_an_interpreter_called_through_a_link_still_finds_it(
+    tmp_path: Path,
+) -> None:
+    """A venv the lab's `run` names through a symbolic link inside a folder the sandbox
+    shows (here the lab's own, as a checkout whose `build` links to another checkout's):
+    the sandbox shows it by the path the link leads to (bwrap cannot mount under a link)."""
+    venv = tmp_path / "elsewhere" / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    lab = tmp_path / "lab"
+    python = lab / "tools" / "venv" / "bin" / "python"
+    lab = make_lab(
+        lab,
+        lab={"run": f"{python} exp.py", "budget": "2s", "grace": "1s"},
+        knobs=TOY_KNOBS[:1],
+        agents=(),
+    )
+    (lab / "tools").symlink_to(venv.parent, target_is_directory=True)
+    (lab / "exp.py").write_text("X = 0.5\nprint('score: 1')\n")
+    subprocess.run(["git", "commit", "-qam", "quick"], cwd=lab, check=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})  # fmt: skip
+    done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [t.status.value in ("kept", "discarded") for t in latest_trials(lab)] == [True, True]
