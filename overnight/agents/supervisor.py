@@ -24,7 +24,7 @@ from pathlib import Path
 from overnight.agents.brownout import PROBE_EVERY_S, GatewayRoutes, RideOut, RouteWatch
 from overnight.agents.pause import ANOMALY_PAUSE, PAUSE_FILE, USER_PAUSE, by_person, why_paused
 from overnight.agents.requeued import Requeued
-from overnight.costs.anomaly import RunWatch
+from overnight.costs.anomaly import RESUMED, RunWatch
 from overnight.costs.forecast import record_every
 from overnight.costs.overview import ALLOWANCE, ANOMALY, FORECAST, run_forecast
 from overnight.errors import UserError
@@ -396,15 +396,19 @@ class Supervisor:
             self._halt(verdict.stop)
 
     def _tick(self) -> None:
-        """The rules that watch the clock and the spending, about once a second."""
+        """The rules that watch the clock and the spending, about once a second; the
+        anomaly watch at every look (five a second): a built-in agent's trials can follow
+        each other faster than once a second, and its pause holds it at the next one."""
         now = time.monotonic()
-        if self.rules is None or now - self._ticked < 1.0:
+        if self.rules is None:
+            return
+        self._watch_costs()
+        if now - self._ticked < 1.0:
             return
         self._ticked = now
         ruled = self.rules.tick()
         if ruled is not None:
             self._halt(ruled)
-        self._watch_costs()
         self._record_forecast(now)
 
     def _watch_costs(self) -> None:
@@ -711,7 +715,7 @@ class AgentControl:
                 )
             raise ControlRefused(f"agent {name!r} is not paused")
         path.unlink(missing_ok=True)
-        self.store.append_event(self.run_id, "agent.resume_requested", {}, agent=name)
+        self.store.append_event(self.run_id, RESUMED, {}, agent=name)  # (its turn is over)
         if in_terminal(self.runtimes[name]) and self._state(name) == "paused":
             # its own process reports its next state; until then it is between turns
             self.store.set_agent_state(self.run_id, name, "idle", reason="resumed")
