@@ -396,19 +396,15 @@ class Supervisor:
             self._halt(verdict.stop)
 
     def _tick(self) -> None:
-        """The rules that watch the clock and the spending, about once a second; the
-        anomaly watch at every look (five a second): a built-in agent's trials can follow
-        each other faster than once a second, and its pause holds it at the next one."""
+        """The rules that watch the clock and the spending, about once a second."""
         now = time.monotonic()
-        if self.rules is None:
-            return
-        self._watch_costs()
-        if now - self._ticked < 1.0:
+        if self.rules is None or now - self._ticked < 1.0:
             return
         self._ticked = now
         ruled = self.rules.tick()
         if ruled is not None:
             self._halt(ruled)
+        self._watch_costs()
         self._record_forecast(now)
 
     def _watch_costs(self) -> None:

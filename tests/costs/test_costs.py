@@ -483,7 +483,7 @@ def test_an_llm_agent_asking_again_and_again_is_held_at_its_next_trial_until_res
         }
         # held at a trial's end: whole trials of three requests, and none started once the
         # anomaly was recorded but the one already under way (the looping trials before it:
-        # those started before the supervisor's next look, a fifth of a second)
+        # those started before the supervisor's next look, about a second)
         assert held == MIN_HISTORY + 3 * len(looping)
         assert len([t for t in looping if t.created_at > first.at]) <= 1
         status = _agent(lab, "coder")
