@@ -24,7 +24,7 @@ from pathlib import Path
 from overnight.agents.brownout import PROBE_EVERY_S, GatewayRoutes, RideOut, RouteWatch
 from overnight.agents.pause import ANOMALY_PAUSE, PAUSE_FILE, USER_PAUSE, by_person, why_paused
 from overnight.agents.requeued import Requeued
-from overnight.costs.anomaly import RunWatch
+from overnight.costs.anomaly import RESUMED, RunWatch
 from overnight.costs.forecast import record_every
 from overnight.costs.overview import ALLOWANCE, ANOMALY, FORECAST, run_forecast
 from overnight.errors import UserError
@@ -711,7 +711,7 @@ class AgentControl:
                 )
             raise ControlRefused(f"agent {name!r} is not paused")
         path.unlink(missing_ok=True)
-        self.store.append_event(self.run_id, "agent.resume_requested", {}, agent=name)
+        self.store.append_event(self.run_id, RESUMED, {}, agent=name)  # (its turn is over)
         if in_terminal(self.runtimes[name]) and self._state(name) == "paused":
             # its own process reports its next state; until then it is between turns
             self.store.set_agent_state(self.run_id, name, "idle", reason="resumed")

@@ -105,6 +105,8 @@ def status(
             f"  {agent['name']:<14} {agent['runtime']:<11} {state:<15} trials {agent['trials']:<4}"
             f" kept {agent['kept']:<3} best {figure(agent['best_metric'])}"
         )
+        if agent["state"] in ("paused", "waiting") and agent["reason"]:
+            out.print(f"  {'':<14} {escape(agent['reason'])}")
     for item in data["running"]:
         out.print(f"  now: trial {item['trial']} ({item['agent']}) {item['status']}")
     for item in data["interrupted"]:

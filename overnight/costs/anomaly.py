@@ -17,6 +17,12 @@ the spikes they are meant to catch (one runaway turn in the history does not rai
 the bar for the next), unlike a mean and standard deviation. Nothing is judged until
 `MIN_HISTORY` turns are finished. A turn is reported at most once per measure.
 
+A turn ends when its trial finishes, when the agent calls for another trial, or when
+a person resumes the agent (`RESUMED`): a resume means "try again", so what the agent
+does next is judged afresh, and a turn that loops again after the resume is caught
+again, as soon as the first was (a turn still counting the requests of the one the
+pause stopped, and already reported, would never be).
+
 Knows nothing about pausing an agent or telling anyone: the supervisor turns an
 `Anomaly` into a `cost.anomaly` event (which notify delivers) and, for an agent with
 `on_anomaly = "pause"`, a pause until a person resumes it.
@@ -170,11 +176,14 @@ class Watch:
 
 
 FINISHED = tuple(f"trial.{s.value}" for s in TrialStatus if s.final)
+RESUMED = "agent.resume_requested"
+"""The event a person's resume of an agent records (overnight.agents.supervisor's
+AgentControl): the agent's turn is over."""
 
 
 class RunWatch:
-    """A `Watch` fed from the store: one run's new attempts and trial ends, in time order,
-    at most `batch` attempts per `poll`."""
+    """A `Watch` fed from the store: one run's new attempts, trial ends and resumes, in
+    time order, at most `batch` attempts per `poll`."""
 
     def __init__(self, store: Store, lab: str, run_id: str, batch: int = 10_000) -> None:
         self.store, self.lab, self.run_id, self.batch = store, lab, run_id, batch
@@ -186,7 +195,9 @@ class RunWatch:
         rows = self.store.attempts(self.lab, after=self._attempt, limit=self.batch)
         if rows:
             self._attempt = rows[-1]["id"]
-        ends = self.store.events(self.run_id, after=self._event, kinds=FINISHED, limit=self.batch)
+        ends = self.store.events(
+            self.run_id, after=self._event, kinds=(*FINISHED, RESUMED), limit=self.batch
+        )
         if ends:
             self._event = ends[-1].id
         merged: list[tuple[float, int, Any]] = [

@@ -296,6 +296,7 @@ def status(view: LabView) -> dict[str, Any]:
                 "runtime": a.runtime,
                 "state": a.state,
                 "state_since": a.state_since,
+                "reason": _reason(store, run.id, a.name),
                 "branch": a.branch,
                 "best_metric": a.best_metric,
                 "best_trial": a.best_trial,
@@ -341,6 +342,14 @@ def best_holder(agents: Sequence[AgentRecord], best: Trial | None) -> AgentRecor
     return next((a for a in holders if best and a.name == best.agent), None) or next(
         iter(holders), None
     )
+
+
+def _reason(store: Store, run_id: str, agent: str) -> str | None:
+    """Why the agent is in its state, as its latest `agent.state` event says (a pause's
+    reason: a person, a cost anomaly with its figures, a brownout, a crash streak)."""
+    last = store.last_event(run_id, ["agent.state"], agent=agent)
+    reason = last.payload.get("reason") if last is not None else None
+    return reason if isinstance(reason, str) else None
 
 
 def how_stopped(store: Store, run_id: str, pid: int | None) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,13 @@ from typing import Any
 import httpx
 import pytest
 
-from overnight.costs.anomaly import MIN_HISTORY, Watch, bar
+from overnight.costs.anomaly import MIN_HISTORY, RESUMED, Anomaly, RunWatch, Watch, bar
 from overnight.proposers.edits import Edit, render
 from overnight.records import Event, Trial, TrialStatus
 from overnight.sessions import wait_until
 from overnight.store import open_store, store_url
 from overnight.testing import FakeProvider, Reply, ToolCall, Usage
+from overnight.testing.store_contract import attempt_row
 from tests.helpers.agents import claude_lab
 from tests.helpers.labs import TOY_KNOBS, TUNER, make_lab
 from tests.helpers.processes import OVERNIGHT, run_cli, started
@@ -348,6 +350,40 @@ def test_a_turn_is_flagged_once_per_measure_and_joins_the_history_when_over() ->
     assert [(a.measure, a.requests) for a in caught] == [("requests", 3), ("tokens", 3)]
 
 
+def test_a_loop_after_a_person_s_resume_is_caught_again(tmp_path: Path) -> None:
+    # the supervisor's watch, fed from the store: an agent in a terminal loops on untagged
+    # calls (Claude Code's, between two `overnight try`s), is caught and paused; a person
+    # resumes it, and its conversation loops again
+    store = open_store(f"sqlite:///{tmp_path / 'lab.db'}")
+    try:
+        store.create_run("r1", "toy", "0" * 40, {}, {})
+        watch = RunWatch(store, "toy", "r1")
+
+        def call(trial: str | None = None) -> list[Anomaly]:
+            store.record_attempts(
+                "toy", "r1", [attempt_row("claude", 0.01, time.time(), trial=trial)]
+            )
+            return watch.poll()
+
+        for n in range(MIN_HISTORY):
+            assert call(trial=str(n)) == []
+            store.append_event("r1", "trial.discarded", {}, agent="claude")
+        looped = [call() for _ in range(4)]
+        assert [[a.measure for a in c] for c in looped] == [[], [], ["requests", "tokens"], []]
+        store.append_event("r1", RESUMED, {}, agent="claude")  # what the command center records
+        again = [call() for _ in range(4)]
+        # a fresh turn: caught at its 3rd request again (the history's median is still 1:
+        # the stopped turn's 4 requests joined it and did not move it)
+        assert [[(a.measure, a.requests) for a in c] for c in again] == [
+            [],
+            [],
+            [("requests", 3), ("tokens", 3)],
+            [],
+        ]
+    finally:
+        store.close()
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -403,3 +439,85 @@ def test_the_morning_report_is_written_at_the_run_s_end_and_reads_in_a_browser(
         finally:
             browser.close()
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+UNUSABLE = Reply(tool_calls=[ToolCall("run_tests", {"path": "exp.py"})], usage=USAGE)
+"""A model calling a tool the `llm` runtime does not offer: no DESCRIPTION, no edit, so the
+runtime asks again in the same trial, at most 1 + MAX_REASKS = 3 times, and the trial
+crashes. (The fake's default answer when its queue is empty, "ok", is no more usable.)"""
+
+
+def _chat(fake: FakeProvider) -> list[dict[str, Any]]:
+    return [r for r in fake.requests if r["path"] == "/v1/chat/completions"]
+
+
+def _agent(lab: Path, name: str) -> dict[str, Any]:
+    status = json.loads(run_cli("status", str(lab), "--json").stdout)
+    return next(a for a in status["agents"] if a["name"] == name)
+
+
+def test_an_llm_agent_asking_again_and_again_is_held_at_its_next_trial_until_resumed(
+    tmp_path: Path, fake: FakeProvider
+) -> None:
+    # MIN_HISTORY trials of one request each (its history of requests per trial: 1, 1, 1,
+    # 1, 1), then a model whose every answer is unusable: each trial asks three times
+    fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * MIN_HISTORY, *[UNUSABLE] * 3)
+    lab = _lab(tmp_path, fake, on_anomaly="pause")
+    argv = [*OVERNIGHT, "run", str(lab), "--for", "5m"]
+    env = {**os.environ, **ENV}
+    with started(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True):
+        wait_until((lab / ".overnight" / "web.url").is_file, timeout=60)
+        wait_until(lambda: _agent(lab, "coder")["state"] == "paused", timeout=60)
+        held = len(_chat(fake))
+        first, *_more = _events(lab, "cost.anomaly")
+        # the median is 1 and the MAD 0, so the bar is 1 + 5 x 0.25 x 1 = 2.25 requests: the
+        # first looping trial is caught at its 3rd request (and its 3 x 4200 tokens too)
+        assert first.agent == "coder" and first.payload["measure"] == "requests"
+        assert (first.payload["threshold"], first.payload["requests"]) == (2.25, 3)
+        assert first.payload["pause"] is True
+        assert first.payload["title"] == "cost anomaly: agent coder's requests per turn"
+        coder = [t for t in _read(lab)[0] if t.agent == "coder"]
+        looping = [t for t in coder if t.status is TrialStatus.crashed]
+        assert coder[:MIN_HISTORY] == coder[: -len(looping)] and int(first.payload["trial"]) in {
+            t.number for t in looping
+        }
+        # held at a trial's end: whole trials of three requests, and none started once the
+        # anomaly was recorded but the one already under way (the looping trials before it:
+        # those started before the supervisor's next look, about a second)
+        assert held == MIN_HISTORY + 3 * len(looping)
+        assert len([t for t in looping if t.created_at > first.at]) <= 1
+        status = _agent(lab, "coder")
+        assert status["reason"].startswith("paused for a cost anomaly: agent coder: requests")
+        assert "paused for a cost anomaly" in run_cli("status", str(lab)).stdout
+
+        def tuned() -> int:
+            return len([t for t in _read(lab)[0] if t.agent == "tuner" and t.status.final])
+
+        # meanwhile the tuner goes on, and the model hears nothing more from the coder
+        tuner = tuned()
+        wait_until(lambda: tuned() >= tuner + 2, timeout=60)
+        assert len(_chat(fake)) == held
+        assert len([t for t in _read(lab)[0] if t.agent == "coder"]) == len(coder)
+        assert {e.agent for e in _events(lab, "cost.anomaly")} == {"coder"}  # nobody else
+
+        # the model is fixed; a person resumes the coder from the command center
+        fake.enqueue(*[Reply(text=SAME, usage=USAGE)] * 100)
+        url = (lab / ".overnight" / "web.url").read_text().strip()
+        base, token = url.split("/?", 1)[0], url.split("token=", 1)[1]
+        flagged = len(_events(lab, "cost.anomaly"))
+        with httpx.Client(base_url=base, timeout=30) as client:
+            assert client.get(f"/?token={token}", follow_redirects=False).status_code == 303
+            csrf = client.get("/").text.split('name="csrf-token" content="', 1)[1].split('"')[0]
+            r = client.post("/agents/coder/resume", headers={"x-csrf-token": csrf})
+            assert r.status_code == 204, r.text
+
+        def after() -> list[Trial]:
+            return [t for t in _read(lab)[0] if t.agent == "coder" and t.status.final][len(coder) :]
+
+        # its trials go on, one request each: the looping trials in its history do not
+        # move the median, so nothing is flagged (and it is not paused again)
+        wait_until(lambda: len(after()) >= 3, timeout=60)
+        assert all(t.status is TrialStatus.discarded for t in after())
+        assert len(_events(lab, "cost.anomaly")) == flagged
+        assert _agent(lab, "coder")["state"] == "working"
+    print(f"the looping trials made {held - MIN_HISTORY} requests before the pause held them")
