@@ -1,4 +1,5 @@
-"""Persistence: the Store contract, its SQLAlchemy implementation, and migrations.
+"""Persistence: the Store contract, its SQLAlchemy implementation, and migrations; and
+a read of what the costs need through the driver alone (`direct`), for `overnight costs`.
 
 Owns every byte overnight keeps in a database and the only SQL in the project.
 Knows nothing about git, processes or the CLI.
