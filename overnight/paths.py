@@ -13,6 +13,7 @@
       reports/RUN/                  `overnight report`'s pages and charts
       gateway.url                   while `overnight run` serves the gateway (and trial desk)
       web.url                       while it serves the command center (0600: it holds a token)
+      costs-config.json             the config's part `overnight costs` reads, saved by it
 
 The whole directory is git-excluded and the owner's alone (`overnight.lab.privacy`),
 and the sandbox hides it from experiments. Only the names live here; what each file
@@ -42,6 +43,10 @@ class StateDir:
     @property
     def database(self) -> Path:
         return self.path / "overnight.db"
+
+    @property
+    def cost_config(self) -> Path:
+        return self.path / "costs-config.json"
 
     @property
     def lock(self) -> Path:

@@ -7,9 +7,34 @@ for its crash streak, 130 interrupted). One module per group of commands: `run`
 `ledger` (status, ledger, import, report), `scaffold` (init, example), `gateway`
 (gateway, fake-provider), `approvals` (approvals, approve, deny), `policy` and
 `audit` (their sub-commands); `progress` is the live view of `overnight run`,
-`common` what the commands share, and `app` puts them together and runs them.
+`common` what the commands share, and `app` puts them together and runs them;
+`quick` answers `overnight costs` before the app is built (see `main`).
 """
 
-from overnight.cli.app import app, main
+from __future__ import annotations
 
-__all__ = ["app", "main"]
+import faulthandler
+import signal
+import sys
+
+
+def main() -> None:
+    """The `overnight` command: `quick`'s answer if it has one, else the app's. The app is
+    imported only when needed: building it imports typer, rich and every command's
+    modules, several times what `overnight costs --json` takes to answer."""
+    from overnight.cli import quick
+
+    # `kill -USR1 PID` writes where every thread of this process is to its stderr: for a
+    # command that seems stuck, without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    try:
+        if quick.answer(sys.argv[1:]):
+            return
+    except KeyboardInterrupt:
+        sys.exit(130)
+    from overnight.cli.app import main as run_app
+
+    run_app()
+
+
+__all__ = ["main"]

@@ -8,8 +8,6 @@ mistake as click prints it). Knows nothing about what any command does.
 
 from __future__ import annotations
 
-import faulthandler
-import signal
 import sys
 from typing import Annotated, Any
 
@@ -73,9 +71,6 @@ def _everywhere(
 
 
 def main() -> None:
-    # `kill -USR1 PID` writes where every thread of this process is to its stderr: for a
-    # command that seems stuck, without stopping it.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         # without standalone mode, click returns the code of a typer.Exit instead of exiting
         code = app(standalone_mode=False, prog_name="overnight")

@@ -1,43 +1,24 @@
-"""What the commands share: the consoles they write to, the lab argument, and reading a
-lab whose config may not load.
+"""What the commands share: the lab argument, reading a lab whose config may not load, and
+(from `console`) the consoles they write to.
 
 Knows nothing about any one command.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.text import Text
+
+from overnight.cli.console import err, out, print_json, warn
 
 if TYPE_CHECKING:
     from overnight.lab.ledger import LabStore, LabView
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+__all__ = ["Dir", "err", "lab_store", "out", "print_json", "raise_interrupt", "run_view", "warn"]
 
 Dir = Annotated[Path, typer.Argument(help="The lab: a git repository with overnight.toml.")]
-
-
-def print_json(data: Any) -> None:
-    """`data` as indented JSON on stdout: coloured at a terminal; plain in a pipe, where
-    colouring a large answer would take longer than computing it."""
-    if out.is_terminal:
-        out.print_json(json.dumps(data))
-    else:
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-
-
-def warn(warning: str | None) -> None:
-    """`warning: ...` on stderr (nothing for None)."""
-    if warning:
-        err.print(Text("warning: ", style="yellow") + Text(warning), soft_wrap=True)
 
 
 def lab_store(directory: Path) -> LabStore:

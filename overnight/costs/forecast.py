@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from overnight.org import OrgConfig
-from overnight.org.gateway import GatewayConfig, LimitConfig
+from overnight.costs.config import CostConfig, Limit
 from overnight.records import CostGroup
 
 WINDOW_HOURS = 2
@@ -125,22 +124,9 @@ def record_every(seconds: float | None) -> float:
     return max(1.0, min(RECORD_EVERY_S, seconds / RECORDS_PER_RUN))
 
 
-def agent_limit(gateway: GatewayConfig, name: str, budget: float | None) -> LimitConfig | None:
-    """The limit the gateway applies to agent `name` (`[gateway.budgets.agents]`, else the
-    agent's own `budget` as a total, else `[gateway.budgets.agent]`), or None."""
-    limit = gateway.budgets.agents.get(name)
-    if limit is None and budget is not None:
-        limit = LimitConfig(total_usd=budget)
-    if limit is None:
-        limit = gateway.budgets.agent
-    if limit.total_usd is None and limit.daily_usd is None:
-        return None
-    return limit
-
-
 def forecast(
     groups: Sequence[CostGroup],
-    config: OrgConfig,
+    config: CostConfig,
     *,
     now: float,
     started: float,
@@ -168,7 +154,7 @@ def forecast(
     total_burn = sum(burn.values())
     outlooks: list[Outlook] = []
 
-    def add(who: str, limit: LimitConfig, total: float, day: float, rate: float) -> None:
+    def add(who: str, limit: Limit, total: float, day: float, rate: float) -> None:
         for period, cap, used in (
             ("total", limit.total_usd, total),
             ("daily", limit.daily_usd, day),
@@ -182,11 +168,9 @@ def forecast(
                     out = None  # the day ends first
             outlooks.append(Outlook(who, period, cap, used, rate, out))
 
-    gateway = config.gateway
-    if gateway is not None:
-        add("org", gateway.budgets.org, sum(spent.values()), sum(today.values()), total_burn)
-        for name, cfg in config.agent_names():
-            limit = agent_limit(gateway, name, cfg.budget)
+    if config.gateway:
+        add("org", config.org, sum(spent.values()), sum(today.values()), total_burn)
+        for name, limit in config.agents:
             if limit is not None:
                 add(name, limit, spent.get(name, 0.0), today.get(name, 0.0), burn.get(name, 0.0))
     return Forecast(now, sum(spent.values()), total_burn, burn, until, outlooks)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overnight.costs.advice import advise
+from overnight.costs.config import CostConfig
 from overnight.costs.forecast import Forecast, Recorded, forecast
-from overnight.costs.summary import Costs, summarize
-from overnight.org import OrgConfig
+from overnight.costs.summary import Costs, Reads, summarize
 from overnight.records import Event, Run, Trial
-from overnight.store import Store
+
+if TYPE_CHECKING:
+    from overnight.org import OrgConfig
 
 ANOMALY = "cost.anomaly"
 FORECAST = "cost.forecast"
@@ -57,14 +59,15 @@ class Overview:
 
 
 def overview(
-    store: Store,
-    config: OrgConfig,
+    store: Reads,
+    config: OrgConfig | CostConfig,
     run: Run,
     *,
     trials: Sequence[Trial] | None = None,
     now: float | None = None,
 ) -> Overview:
     now = time.time() if now is None else now
+    config = config if isinstance(config, CostConfig) else CostConfig.of(config)
     costs = summarize(store, config, run, trials=trials, now=now)
     started, until = _allowance(store, run)
     outlook = forecast(costs.groups, config, now=now, started=started, until=until)
@@ -76,7 +79,7 @@ def overview(
     return Overview(costs, outlook, anomalies, advise(costs, started=started), recorded)
 
 
-def _allowance(store: Store, run: Run) -> tuple[float, float | None]:
+def _allowance(store: Reads, run: Run) -> tuple[float, float | None]:
     """When the run (last) started and its `--for` deadline, if it has one."""
     allowance = store.last_event(run.id, [ALLOWANCE])
     if allowance is None:
@@ -84,9 +87,9 @@ def _allowance(store: Store, run: Run) -> tuple[float, float | None]:
     return allowance.at, allowance.payload.get("until")
 
 
-def run_forecast(store: Store, config: OrgConfig, run: Run, now: float | None = None) -> Forecast:
+def run_forecast(store: Reads, config: OrgConfig, run: Run, now: float | None = None) -> Forecast:
     """The forecast alone (for `overnight status`): the rollup, not the trials, is read."""
     started, until = _allowance(store, run)
     groups = store.cost_groups(run.lab, run.id)
-    return forecast(groups, config, now=time.time() if now is None else now, started=started,
+    return forecast(groups, CostConfig.of(config), now=time.time() if now is None else now, started=started,
                     until=until)  # fmt: skip

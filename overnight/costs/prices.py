@@ -12,8 +12,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING
 
-from overnight.org.gateway import PriceConfig
+if TYPE_CHECKING:
+    from overnight.costs.config import PriceOverride
+    from overnight.org.gateway import PriceConfig
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class PriceTable:
 
     def __init__(
         self,
-        overrides: Mapping[str, PriceConfig] | None = None,
+        overrides: Mapping[str, PriceConfig] | Mapping[str, PriceOverride] | None = None,
         shipped: Mapping[str, tuple[Price, ...]] = SHIPPED,
     ) -> None:
         self._shipped = dict(shipped)

@@ -14,13 +14,36 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
+from overnight.costs.config import CostConfig
 from overnight.costs.prices import PriceTable
-from overnight.org import OrgConfig
-from overnight.org.config import Goal
-from overnight.records import BASELINE, IMPORTED, CostGroup, Keep, Run, Trial, TrialStatus
-from overnight.store import Store
+from overnight.records import (
+    BASELINE,
+    IMPORTED,
+    AgentRecord,
+    CostGroup,
+    Event,
+    Keep,
+    Run,
+    Trial,
+    TrialStatus,
+)
+
+
+class Reads(Protocol):
+    """What of a store the costs read: a `Store`, or `overnight.store.direct`'s snapshot."""
+
+    def cost_groups(self, lab: str, run_id: str | None = None) -> list[CostGroup]: ...
+    def trial_counts(self, run_id: str) -> dict[tuple[str, TrialStatus], int]: ...
+    def keeps(self, run_id: str) -> list[Keep]: ...
+    def agents(self, run_id: str) -> list[AgentRecord]: ...
+    def events(
+        self, run_id: str, *, after: int = 0, limit: int = 1000, kinds: Iterable[str] | None = None
+    ) -> list[Event]: ...
+    def last_event(
+        self, run_id: str, kinds: Iterable[str], *, agent: str | None = None, after: int = 0
+    ) -> Event | None: ...
 
 
 @dataclass(frozen=True)
@@ -135,9 +158,10 @@ class Costs:
         return next((a for a in self.agents if a.name == name), None)
 
 
-def improvements(keeps: Iterable[Keep], goal: Goal) -> dict[int, float]:
+def improvements(keeps: Iterable[Keep], goal: str) -> dict[int, float]:
     """Each keep's gain over the lab's best before it, by trial number (the baseline and an
-    imported history set the bar but gain nothing)."""
+    imported history set the bar but gain nothing); `goal` is the lab's ('minimize' or
+    'maximize')."""
     best: float | None = None
     out: dict[int, float] = {}
     for k in sorted((k for k in keeps if k.metric is not None), key=lambda k: (k.at, k.number)):
@@ -145,7 +169,7 @@ def improvements(keeps: Iterable[Keep], goal: Goal) -> dict[int, float]:
         if best is None:
             best = k.metric
             continue
-        gain = best - k.metric if goal is Goal.minimize else k.metric - best
+        gain = best - k.metric if goal == "minimize" else k.metric - best
         if gain > 0:
             best = k.metric
             if k.agent not in (BASELINE, IMPORTED):
@@ -173,8 +197,8 @@ def _day(day: int) -> str:
 
 
 def summarize(
-    store: Store,
-    config: OrgConfig,
+    store: Reads,
+    config: CostConfig,
     run: Run,
     *,
     trials: Sequence[Trial] | None = None,
@@ -182,7 +206,7 @@ def summarize(
     now: float | None = None,
 ) -> Costs:
     """The run's costs from the store's rollup and its trials (passed in if already read)."""
-    prices = PriceTable(config.gateway.prices if config.gateway else None)
+    prices = PriceTable(config.prices)
     groups = store.cost_groups(run.lab, run.id)
     if trials is None:  # the counts from SQL, and only the keeps read whole
         counts = store.trial_counts(run.id)
@@ -246,7 +270,7 @@ def summarize(
             total = spend
         else:
             by[kind][key] = spend
-    gains = improvements(kept, config.lab.goal)
+    gains = improvements(kept, config.goal)
     names = sorted(set(runtimes) - {BASELINE, IMPORTED} | set(by["agent"]))
     mine: dict[str, list[Keep]] = {}
     for k in kept:

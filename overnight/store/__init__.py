@@ -1,4 +1,5 @@
-"""Persistence: the Store contract, its SQLAlchemy implementation, and migrations.
+"""Persistence: the Store contract, its SQLAlchemy implementation, and migrations; and
+a read of what the costs need through the driver alone (`direct`), for `overnight costs`.
 
 Owns every byte overnight keeps in a database and the only SQL in the project.
 Knows nothing about git, processes or the CLI.
@@ -9,10 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from overnight.paths import StateDir
 from overnight.store.base import Store, TransitionError
-from overnight.store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from overnight.store.sql import SqlStore
 
 ENV_URL = "OVERNIGHT_DB"
 
@@ -44,7 +48,19 @@ def open_store(url: str) -> Store:
         # may then take it for closed and delete its WAL under our feet.
         with contextlib.suppress(FileExistsError):
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    from overnight.store.sql import SqlStore
+
     return SqlStore(url)
+
+
+def __getattr__(name: str) -> Any:
+    # SqlStore imports SQLAlchemy, which a reader that never opens a store through it (such
+    # as `overnight costs`, through `direct`) should not pay for.
+    if name == "SqlStore":
+        from overnight.store.sql import SqlStore
+
+        return SqlStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

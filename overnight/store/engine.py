@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
@@ -19,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from overnight import redaction
 from overnight.records import Event
 from overnight.store.migrations import migrate
+from overnight.store.reads import Query
 
 # PostgreSQL advisory locks (SQLite needs none: BEGIN IMMEDIATE serializes every writer).
 MIGRATE_LOCK = 727100
@@ -40,6 +42,16 @@ def sqlalchemy_url(url: str) -> str:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return url
+
+
+def query(conn: Connection) -> Query:
+    """`reads`' way to run a statement, on a SQLAlchemy connection."""
+
+    def run(sql: str, params: Mapping[str, Any]) -> Sequence[Any]:
+        result = conn.execute(text(sql), dict(params))
+        return result.all() if result.returns_rows else []
+
+    return run
 
 
 def make_engine(url: str) -> Engine:

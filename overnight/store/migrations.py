@@ -12,8 +12,10 @@ study lives in the same database and owns names like `trials`.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, text
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 _ID = {
     "sqlite": "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -281,6 +283,8 @@ def migrate(conn: Connection) -> list[str]:
     lock (SQLite: BEGIN IMMEDIATE; PostgreSQL: an advisory lock), so two
     processes opening a new database at once do not both migrate it.
     """
+    from sqlalchemy import text  # here: `direct` reads the names above without SQLAlchemy
+
     conn.execute(
         text(
             "CREATE TABLE IF NOT EXISTS ov_migrations "

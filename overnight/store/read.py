@@ -1,14 +1,13 @@
 """Rows read into records: each table's row as the frozen record the Store returns.
 
-Knows nothing about queries; `sql` and `governance` select rows and hand them here.
+Knows nothing about queries; `sql`, `reads` and `governance` select rows and hand them
+here: a SQLAlchemy row or `direct`'s, read by column name. Imports no driver.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
-
-from sqlalchemy.engine import Row
 
 from overnight.records import (
     AgentRecord,
@@ -20,19 +19,22 @@ from overnight.records import (
     TrialStatus,
 )
 
+Row = Any
+"""A row whose columns read as attributes (`row.id`)."""
 
-def event(r: Row[Any]) -> Event:
+
+def event(r: Row) -> Event:
     return Event(int(r.id), r.run_id, float(r.at), r.kind, r.agent, r.trial, json.loads(r.payload))
 
 
-def audit(r: Row[Any]) -> AuditRecord:
+def audit(r: Row) -> AuditRecord:
     return AuditRecord(
         r.lab, int(r.seq), float(r.at), r.kind, r.actor, r.subject, r.payload, r.correlation,
         r.prev_hash, r.hash,
     )  # fmt: skip
 
 
-def approval(r: Row[Any]) -> Approval:
+def approval(r: Row) -> Approval:
     return Approval(
         id=r.id,
         lab=r.lab,
@@ -51,7 +53,7 @@ def approval(r: Row[Any]) -> Approval:
     )
 
 
-def run(row: Row[Any]) -> Run:
+def run(row: Row) -> Run:
     return Run(
         id=row.id,
         lab=row.lab,
@@ -63,7 +65,7 @@ def run(row: Row[Any]) -> Run:
     )
 
 
-def agent(row: Row[Any]) -> AgentRecord:
+def agent(row: Row) -> AgentRecord:
     return AgentRecord(
         run_id=row.run_id,
         name=row.name,
@@ -79,7 +81,7 @@ def agent(row: Row[Any]) -> AgentRecord:
     )
 
 
-def trial(row: Row[Any]) -> Trial:
+def trial(row: Row) -> Trial:
     return Trial(
         id=int(row.id),
         run_id=row.run_id,

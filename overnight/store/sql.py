@@ -30,10 +30,10 @@ from overnight.records import (
     UsageRow,
     can_move,
 )
-from overnight.store import read
+from overnight.store import read, reads
 from overnight.store.base import TRIAL_FIELDS, Store, TransitionError
 from overnight.store.costs import CostRows
-from overnight.store.engine import ID_ORDER_LOCK, dumps, sqlalchemy_url
+from overnight.store.engine import ID_ORDER_LOCK, dumps, query, sqlalchemy_url
 from overnight.store.governance import GovernanceRecords
 from overnight.store.notifications import NotificationRows
 
@@ -107,11 +107,7 @@ class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
 
     def latest_run(self, lab: str) -> Run | None:
         with self.engine.begin() as conn:
-            row = conn.execute(
-                text("SELECT * FROM ov_runs WHERE lab = :lab ORDER BY created_at DESC LIMIT 1"),
-                {"lab": lab},
-            ).first()
-        return read.run(row) if row else None
+            return reads.latest_run(query(conn), lab)
 
     def labs(self) -> list[str]:
         with self.engine.begin() as conn:
@@ -160,10 +156,7 @@ class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
 
     def agents(self, run_id: str) -> list[AgentRecord]:
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                text("SELECT * FROM ov_agents WHERE run_id = :r ORDER BY name"), {"r": run_id}
-            ).all()
-        return [read.agent(row) for row in rows]
+            return reads.agents(query(conn), run_id)
 
     def set_agent_best(
         self,
@@ -442,25 +435,11 @@ class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
 
     def trial_counts(self, run_id: str) -> dict[tuple[str, TrialStatus], int]:
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT agent, status, COUNT(*) FROM ov_trials WHERE run_id = :r"
-                    " GROUP BY agent, status"
-                ),
-                {"r": run_id},
-            ).all()
-        return {(r[0], TrialStatus(r[1])): int(r[2]) for r in rows}
+            return reads.trial_counts(query(conn), run_id)
 
     def keeps(self, run_id: str) -> list[Keep]:
         with self.engine.begin() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT number, agent, metric, COALESCE(finished_at, updated_at)"
-                    " FROM ov_trials WHERE run_id = :r AND status = 'kept' ORDER BY number"
-                ),
-                {"r": run_id},
-            ).all()
-        return [Keep(int(r[0]), r[1], r[2], float(r[3])) for r in rows]
+            return reads.keeps(query(conn), run_id)
 
     def append_event(
         self,
@@ -482,35 +461,21 @@ class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
         limit: int = 1000,
         kinds: Iterable[str] | None = None,
     ) -> list[Event]:
-        sql = "SELECT * FROM ov_events WHERE run_id = :r AND id > :after"
-        params: dict[str, Any] = {"r": run_id, "after": after, "limit": limit}
         if kinds is not None:
-            names = list(kinds)
-            if not names:
+            kinds = list(kinds)
+            if not kinds:
                 return []
-            sql += " AND kind IN (" + ", ".join(f":k{i}" for i in range(len(names))) + ")"
-            params.update({f"k{i}": k for i, k in enumerate(names)})
         with self.engine.begin() as conn:
-            rows = conn.execute(text(sql + " ORDER BY id LIMIT :limit"), params).all()
-        return [read.event(r) for r in rows]
+            return reads.events(query(conn), run_id, after=after, limit=limit, kinds=kinds)
 
     def last_event(
         self, run_id: str, kinds: Iterable[str], *, agent: str | None = None, after: int = 0
     ) -> Event | None:
-        params: dict[str, Any] = {"r": run_id, "after": after}
-        keys = []
-        for i, kind in enumerate(kinds):
-            params[f"k{i}"] = kind
-            keys.append(f":k{i}")
-        if not keys:
+        kinds = list(kinds)
+        if not kinds:
             return None
-        sql = f"SELECT * FROM ov_events WHERE run_id = :r AND id > :after AND kind IN ({', '.join(keys)})"
-        if agent is not None:
-            sql += " AND agent = :a"
-            params["a"] = agent
         with self.engine.begin() as conn:
-            row = conn.execute(text(sql + " ORDER BY id DESC LIMIT 1"), params).first()
-        return None if row is None else read.event(row)
+            return reads.last_event(query(conn), run_id, kinds, agent=agent, after=after)
 
     def lab_events(self, lab: str, *, after: int = 0, limit: int = 1000) -> list[Event]:
         with self.engine.begin() as conn:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from overnight.agents.supervisor import AgentControl
-from overnight.costs.forecast import agent_limit
+from overnight.costs.config import agent_limit
 from overnight.costs.overview import Overview, overview
 from overnight.governance.governor import Governor
 from overnight.lab.git import Git, GitError

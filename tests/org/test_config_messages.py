@@ -642,7 +642,7 @@ def test_a_usage_mistake_prints_usage_and_error_not_a_traceback(args: list[str])
 def _command_paths() -> list[list[str]]:
     import typer.main
 
-    from overnight.cli import app
+    from overnight.cli.app import app
 
     def walk(command: Any, path: list[str]) -> Iterator[list[str]]:
         subcommands = getattr(command, "commands", None)
