@@ -92,9 +92,14 @@ def _run_lab(
     from overnight.lab.stop import interrupted as by_interrupt
     from overnight.wiring import Checks
 
+    from overnight.costs.config import config_bytes, save
+
     seconds = _duration("--for", for_) if for_ else None
     keep_private()
+    text = config_bytes(directory.resolve())  # (read before it is loaded: see `save`)
     lab = Lab.start(directory, checks=Checks(), new_run=new, base_ref=base_ref)
+    if text is not None:
+        save(lab.org.root, text, lab.org.config)  # `overnight costs` answers quickly at once
     for warning in lab.warnings:
         warn(warning)
     view = Progress(lab, trials, seconds, live=live)

@@ -129,6 +129,8 @@ def test_costs_shows_spend_per_agent_route_and_day_with_cache_savings(
     trials, _events, attempts = _read(lab)
     coder = [t for t in trials if t.agent == "coder" and t.status.final]
     assert coder and all(t.status is TrialStatus.discarded for t in coder)
+    # the run kept its config's costs' part: `overnight costs` answers quickly at once
+    assert (lab / ".overnight" / "costs-config.json").is_file()
     data = json.loads(run_cli("costs", str(lab), "--json").stdout)
     # each reply: 1000 input at $2/M, 3000 cached at $0.5/M, 200 output at $10/M
     each = (1000 * 2 + 3000 * 0.5 + 200 * 10) / 1e6
