@@ -86,13 +86,12 @@ def _run_lab(
 ) -> None:
     from overnight.agents.supervisor import Supervisor
     from overnight.cli.progress import Progress
+    from overnight.costs.config import config_bytes, save
     from overnight.daemon import UiOptions, lab_services
     from overnight.lab.lab import Lab
     from overnight.lab.stop import Stop
     from overnight.lab.stop import interrupted as by_interrupt
     from overnight.wiring import Checks
-
-    from overnight.costs.config import config_bytes, save
 
     seconds = _duration("--for", for_) if for_ else None
     keep_private()
