@@ -70,14 +70,17 @@ class Allowance:
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
-    def take(self, stop: threading.Event) -> bool:
+    def take(self, stop: threading.Event, spare: int = 0) -> bool:
+        """One more trial may start (and is counted); with `spare`, only if more than that
+        many would be left for others (a trial taken ahead must not leave an agent without
+        one)."""
         with self._lock:
             if stop.is_set() or self.closed:
                 return False
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return False
             if self._left is not None:
-                if self._left <= 0:
+                if self._left <= spare:
                     return False
                 self._left -= 1
             return True
@@ -188,8 +191,8 @@ def agent_loop(
 class _Upcoming:
     """An agent's next candidate, made while its current trial runs, when its proposer
     can propose without the last result (`ahead`): see `overnight.lab.ahead`. Its trial
-    is taken from the allowance when the making starts (none is made without one left),
-    and given back if it is withdrawn."""
+    is taken from the allowance when the making starts (none is made while the other
+    agents could want what is left), and given back if it is withdrawn."""
 
     def __init__(
         self, lab: Lab, name: str, proposer: Proposer, allowance: Allowance, stop: threading.Event
@@ -209,7 +212,7 @@ class _Upcoming:
         ahead = getattr(self.proposer, "ahead", None)
         if self._thread is not None or not callable(ahead) or not ahead():
             return
-        if not self.allowance.take(self.stop):
+        if not self.allowance.take(self.stop, spare=len(self.lab.agents())):
             return
         self.reserved = True
         self.made_any = True

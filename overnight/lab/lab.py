@@ -122,6 +122,8 @@ class Lab:
         self.paths = StateDir.of(org.root)
         self.state_dir = self.paths.path
         self.requeued: list[Trial] = []
+        self._ahead: set[str] = set()
+        """Agents whose checkout for changes made ahead this process made (`prepare`)."""
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
         self.enclosure = Enclosure(org, self.paths)
@@ -360,6 +362,9 @@ class Lab:
         afresh instead if the agent has moved on by then."""
         parent = self.agent(agent_name).best_commit
         where = self.paths.ahead(self.run.id, agent_name)
+        if agent_name not in self._ahead:  # one a killed run left (a stale index.lock...)
+            self.drop_ahead(agent_name)
+            self._ahead.add(agent_name)
         packs = self.experiments.cluster is not None  # (what a cluster's node unpacks)
         return ahead.prepare(self.git, where, parent, propose, pack=packs)
 
