@@ -27,8 +27,8 @@ prints, for each:
   at the end;
 
 and the machine's load average before and after (other work on it slows both).
-`--before REF` also runs the local lab (4 agents) on the overnight of commit REF,
-for a before/after in the same run.
+`--before REF` also runs the lab with 4 agents, locally and on Ray, on the overnight
+of commit REF, for a before/after in the same run.
 
     .venv/bin/python benchmarks/ray_cluster.py [--trials 200] [--agents 4,8] [--before main]
 
@@ -249,6 +249,7 @@ def main() -> None:
     if args.before:
         old = checkout_of(args.before, work / "before")
         plan.append((f"local @ {args.before}", "", 4, old))
+        plan.append((f"ray @ {args.before}", ray_section, 4, old))
     for agents in (int(n) for n in args.agents.split(",")):
         plan += [("local", "", agents, ROOT), ("ray", ray_section, agents, ROOT)]
     try:
@@ -272,7 +273,7 @@ def main() -> None:
                 [*enter, sys.executable, "-m", "overnight", "run", str(lab), "--no-ui",
                  "--trials", str(args.trials)],
                 env={**env, "PYTHONPATH": str(code)}, capture_output=True, text=True,
-                timeout=3600,
+                timeout=3600, cwd=lab,  # (`-m` puts the cwd first: a checkout there would win)
             )  # fmt: skip
             if done.returncode != 0:
                 sys.exit(f"{kind}: overnight run failed:\n{done.stdout}\n{done.stderr}")

@@ -72,6 +72,10 @@ class StateDir:
     def worktree(self, run_id: str, agent: str) -> Path:
         return self.path / WORKTREES / run_id / agent
 
+    def ahead(self, run_id: str, agent: str) -> Path:
+        """The checkout where an agent's next candidate is prepared while its trial runs."""
+        return self.path / "ahead" / run_id / agent
+
     def agent_homes(self, run_id: str) -> Path:
         return self.path / "agents" / run_id
 

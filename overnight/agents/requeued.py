@@ -66,6 +66,16 @@ class _OwnRequeues:
     def observe(self, trial: Trial) -> None:
         self._proposer.observe(trial)
 
+    def ahead(self) -> bool:
+        ahead = getattr(self._proposer, "ahead", None)
+        return bool(ahead()) if callable(ahead) else False
+
+    def withdraw(self, proposal: Proposal) -> None:
+        # (a re-queued point goes back to the queue, and from there to its maker again)
+        withdraw = getattr(self._proposer, "withdraw", None)
+        if callable(withdraw):
+            withdraw(proposal)
+
     def resume(self, finished: Sequence[Trial], requeue: Sequence[Trial]) -> None:
         self._proposer.resume(finished, requeue)
 

@@ -17,7 +17,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,9 +29,10 @@ from overnight.costs.forecast import record_every
 from overnight.costs.overview import ALLOWANCE, ANOMALY, FORECAST, run_forecast
 from overnight.errors import UserError
 from overnight.governance.governor import Governor
+from overnight.lab.ahead import Prepared
 from overnight.lab.git import Git
 from overnight.lab.lab import Lab
-from overnight.lab.proposal import ProposerUnavailable
+from overnight.lab.proposal import Proposal, ProposalError, ProposerUnavailable
 from overnight.lab.runner import kill_marked
 from overnight.lab.sharing import Sharing
 from overnight.lab.stop import CRASH_PAUSE, Stop, StopRules, agents_done, by_time, by_trials
@@ -69,17 +70,26 @@ class Allowance:
         self.started = time.monotonic()
         self._lock = threading.Lock()
 
-    def take(self, stop: threading.Event) -> bool:
+    def take(self, stop: threading.Event, spare: int = 0) -> bool:
+        """One more trial may start (and is counted); with `spare`, only if more than that
+        many would be left for others (a trial taken ahead must not leave an agent without
+        one)."""
         with self._lock:
             if stop.is_set() or self.closed:
                 return False
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 return False
             if self._left is not None:
-                if self._left <= 0:
+                if self._left <= spare:
                     return False
                 self._left -= 1
             return True
+
+    def open(self, stop: threading.Event) -> bool:
+        """Whether a trial taken already may still start (no stop, rule or deadline since)."""
+        if stop.is_set() or self.closed:
+            return False
+        return self.deadline is None or time.monotonic() < self.deadline
 
     def spent(self) -> bool:
         """Whether `--trials` ran out."""
@@ -107,7 +117,7 @@ def agent_loop(
     optimizer: Proposer | None = None,
     control: AgentControl | None = None,
     sharing: Sharing | None = None,
-) -> Iterator[Trial]:
+) -> Generator[Trial, None, None]:
     """One agent's work: propose, run, learn; yields each finished trial.
 
     With `watch` (an LLM agent behind the gateway), a brownout of its route pauses
@@ -117,43 +127,147 @@ def agent_loop(
     `sharing`, it may move to the lab's best between trials.
     """
     worktree = Path(lab.agent(name).worktree)
-    while not stop.is_set():
-        if control is not None and control.hold(name, stop):
-            continue
-        if watch is not None and watch.down():
-            yield from _ride_out(lab, name, watch, optimizer, allowance, stop)
-            continue
-        remote = lab.experiments.cluster
-        if remote is not None and not lab.experiments.wait_for_cluster(remote, name, stop):
-            return
-        if not allowance.take(stop):
-            return
-        try:
-            trial = lab.run_trial(name, lambda t: proposer.propose(worktree, t), stop)
-        except ProposerUnavailable as exc:
-            allowance.give_back()  # nothing was tried
-            if exc.brownout and watch is not None:
-                continue  # the route is down: ride it out above
-            if exc.retry_after is not None:  # rate-limited: wait as told, not hammering
-                until = time.time() + exc.retry_after
-                lab.store.set_agent_state(lab.run.id, name, "waiting", reason=str(exc), until=until)
-                if stop.wait(exc.retry_after):
-                    return
-                lab.store.set_agent_state(lab.run.id, name, "working")
+    upcoming = _Upcoming(lab, name, proposer, allowance, stop)
+    try:
+        while not stop.is_set():
+            if control is not None and control.hold(name, stop):
                 continue
-            lab.store.set_agent_state(lab.run.id, name, "paused", reason=str(exc))
+            if watch is not None and watch.down():
+                yield from _ride_out(lab, name, watch, optimizer, allowance, stop)
+                continue
+            remote = lab.experiments.cluster
+            if remote is not None and not lab.experiments.wait_for_cluster(remote, name, stop):
+                return
+            if not upcoming.reserved and not allowance.take(stop):
+                return
+            if upcoming.reserved and not allowance.open(stop):
+                return
+            prepared = upcoming.take()
+
+            def fresh(trial: Trial) -> Proposal:
+                proposal = proposer.propose(worktree, trial)
+                upcoming.start(trial)  # the next one is made while this one runs
+                return proposal
+
+            if prepared is not None:
+                upcoming.start(None)
+            try:
+                trial = lab.run_trial(name, prepared or fresh, stop)
+            except ProposerUnavailable as exc:
+                allowance.give_back()  # nothing was tried
+                upcoming.withdraw()
+                if exc.brownout and watch is not None:
+                    continue  # the route is down: ride it out above
+                if exc.retry_after is not None:  # rate-limited: wait as told, not hammering
+                    until = time.time() + exc.retry_after
+                    lab.store.set_agent_state(
+                        lab.run.id, name, "waiting", reason=str(exc), until=until
+                    )
+                    if stop.wait(exc.retry_after):
+                        return
+                    lab.store.set_agent_state(lab.run.id, name, "working")
+                    continue
+                lab.store.set_agent_state(lab.run.id, name, "paused", reason=str(exc))
+                return
+            upcoming.wait()  # (the proposer hears of this trial after it made the next)
+            proposer.observe(trial)
+            yield trial
+            if trial.status is TrialStatus.interrupted:
+                return
+            adoption = sharing.consider(name) if sharing is not None else None
+            if adoption is not None:  # its next proposals start at the lab's best
+                upcoming.withdraw()  # (made on the commit it left)
+                best = lab.store.trials(lab.run.id, statuses=[TrialStatus.kept])
+                adopted = next(t for t in best if t.number == adoption.to_trial)
+                for thinker in (proposer, optimizer):
+                    if thinker is not None:
+                        thinker.adopted(worktree, adopted)
+    finally:
+        upcoming.withdraw()
+        if upcoming.made_any:
+            lab.drop_ahead(name)
+
+
+class _Upcoming:
+    """An agent's next candidate, made while its current trial runs, when its proposer
+    can propose without the last result (`ahead`): see `overnight.lab.ahead`. Its trial
+    is taken from the allowance when the making starts (none is made while the other
+    agents could want what is left), and given back if it is withdrawn."""
+
+    def __init__(
+        self, lab: Lab, name: str, proposer: Proposer, allowance: Allowance, stop: threading.Event
+    ) -> None:
+        self.lab, self.name, self.proposer, self.stop = lab, name, proposer, stop
+        self.allowance = allowance
+        self.reserved = False
+        """Whether the next trial was taken from the allowance already."""
+        self.made_any = False
+        self._thread: threading.Thread | None = None
+        self._made: Prepared | None = None
+        self._error: BaseException | None = None
+
+    def start(self, trial: Trial | None) -> None:
+        """Begin making the next candidate (the proposer is asked with `trial`, the one
+        about to run, or none), unless the proposer needs that trial's result first."""
+        ahead = getattr(self.proposer, "ahead", None)
+        if self._thread is not None or not callable(ahead) or not ahead():
             return
-        proposer.observe(trial)
-        yield trial
-        if trial.status is TrialStatus.interrupted:
+        if not self.allowance.take(self.stop, spare=len(self.lab.agents())):
             return
-        adoption = sharing.consider(name) if sharing is not None else None
-        if adoption is not None:  # its next proposals start at the lab's best
-            best = lab.store.trials(lab.run.id, statuses=[TrialStatus.kept])
-            adopted = next(t for t in best if t.number == adoption.to_trial)
-            for thinker in (proposer, optimizer):
-                if thinker is not None:
-                    thinker.adopted(worktree, adopted)
+        self.reserved = True
+        self.made_any = True
+
+        def make() -> None:
+            try:
+                self._made = self.lab.prepare(
+                    self.name,
+                    lambda where: self.proposer.propose(where, trial),  # type: ignore[arg-type]
+                )
+            except ProposalError:
+                pass  # proposed again when its turn comes, which records why
+            except BaseException as exc:
+                self._error = exc
+
+        self._thread = threading.Thread(target=make, name=f"ahead-{self.name}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Until the making is done (raises what went wrong in it)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def take(self) -> Prepared | None:
+        """The candidate made ahead, if it still starts where the agent stands; its trial
+        is then the one taken from the allowance."""
+        self.wait()
+        self.reserved = False
+        made, self._made = self._made, None
+        if made is not None and made.parent != self.lab.agent(self.name).best_commit:
+            self._withdraw(made)  # its trial was kept: the agent moved on
+            return None
+        return made
+
+    def withdraw(self) -> None:
+        """Drop the candidate made ahead (the agent moves, the run ends): the proposer
+        hears it, and its trial goes back to the allowance."""
+        try:
+            self.wait()
+        finally:
+            if self.reserved:
+                self.reserved = False
+                self.allowance.give_back()
+            made, self._made = self._made, None
+            if made is not None:
+                self._withdraw(made)
+
+    def _withdraw(self, made: Prepared) -> None:
+        withdraw = getattr(self.proposer, "withdraw", None)
+        if callable(withdraw):
+            withdraw(made.proposal)
 
 
 def _ride_out(
@@ -326,13 +440,15 @@ class Supervisor:
             store.set_agent_state(run_id, name, "working")
             watch, optimizer = self._brownout_policy(name)
             while True:
-                for trial in agent_loop(
+                loop = agent_loop(
                     self.lab, name, proposer, self.allowance, stop, watch, optimizer, control,
                     self.sharing if self.sharing.enabled else None,
-                ):  # fmt: skip
-                    self._report(trial)
-                    if self.rules is not None and name in self.rules.paused:
-                        break  # its crash streak: its work for this run is over
+                )  # fmt: skip
+                with contextlib.closing(loop):  # (what it made ahead is withdrawn at once)
+                    for trial in loop:
+                        self._report(trial)
+                        if self.rules is not None and name in self.rules.paused:
+                            break  # its crash streak: its work for this run is over
                 if control is None or not control.restarting(name, self.stop_event):
                     break
         except BaseException as exc:

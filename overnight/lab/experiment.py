@@ -140,11 +140,14 @@ class Experiments:
             lambda kind, payload: store.append_event(run_id, kind, payload),
         )  # fmt: skip
 
-    def measure(self, trial: Trial, worktree: Path, stop: threading.Event) -> Measured:
+    def measure(
+        self, trial: Trial, worktree: Path, stop: threading.Event, archive: bytes | None = None
+    ) -> Measured:
         """Run the lab's command (then `evaluate`) once on `worktree`, recording the trial
-        `running` with its log and pid; on the cluster when the lab has one."""
+        `running` with its log and pid; on the cluster when the lab has one (`archive`:
+        the candidate's files as a tar, when they were packed ahead)."""
         if self.cluster is not None:
-            return self._measure_on_cluster(self.cluster, trial, worktree, stop)
+            return self._measure_on_cluster(self.cluster, trial, worktree, stop, archive)
         lab = self.config
         log_path = self.paths.trial_log(self.run_id, trial.number)
         timeout = lab.budget + lab.grace
@@ -183,7 +186,12 @@ class Experiments:
         return classify(result, step, lab.metric, timeout, stop.is_set(), tampered)
 
     def _measure_on_cluster(
-        self, remote: cluster.Cluster, trial: Trial, worktree: Path, stop: threading.Event
+        self,
+        remote: cluster.Cluster,
+        trial: Trial,
+        worktree: Path,
+        stop: threading.Event,
+        archive: bytes | None = None,
     ) -> Measured:
         """`measure`, with the experiment a task on the cluster: the candidate commit
         travels there, the log streams back into the trial's log, the protected files'
@@ -217,9 +225,9 @@ class Experiments:
                 trial.id, _S.running, log_path=str(log_path), started_at=time.time()
             )
 
-        outcome = remote.measure(
-            experiment, cluster.archive_of(worktree, commit), log_path, stop, started
-        )
+        if archive is None:
+            archive = cluster.archive_of(worktree, commit)
+        outcome = remote.measure(experiment, archive, log_path, stop, started)
         if outcome.lost is not None:
             placed = outcome.placed
             self.store.append_event(

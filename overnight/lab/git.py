@@ -184,6 +184,15 @@ class Git:
         self.run("commit", "-q", "--allow-empty", "--no-verify", "-m", message)
         return self.head()
 
+    def tree_of_all(self) -> str:
+        """Everything in the working tree, as a tree object (no commit made)."""
+        self.run("add", "-A")
+        return self.run("write-tree").strip()
+
+    def commit_tree(self, tree: str, parent: str, message: str) -> str:
+        """A commit of `tree` on `parent` (no ref or worktree moves); returns it."""
+        return self.run("commit-tree", tree, "-p", parent, "-m", message).strip()
+
     def diff(self, old: str, new: str) -> tuple[str, list[str]]:
         """The patch from `old` to `new`, and every path it touches (both sides of a rename)."""
         patch = self.run(

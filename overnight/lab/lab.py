@@ -13,6 +13,7 @@ proposals are made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -24,7 +25,8 @@ from typing import Any
 from opentelemetry import trace
 
 from overnight.errors import BaselineFailed, RepoError, UserError
-from overnight.lab import cluster, holdout, integrity, keeps, preflight, privacy, resume
+from overnight.lab import ahead, cluster, holdout, integrity, keeps, preflight, privacy, resume
+from overnight.lab.ahead import Prepared
 from overnight.lab.enclosure import Enclosure
 from overnight.lab.experiment import Experiments, Measured, memory_fields
 from overnight.lab.git import Git, worktree_of
@@ -69,6 +71,10 @@ class _Attempt:
     branch: str | None
     """The agent's branch, moved to a kept candidate (None: the baseline's has none)."""
     trial: Trial
+    ahead: Prepared | None = None
+    """The candidate made ahead on `parent` (`overnight.lab.ahead`): only committed here."""
+    made_ahead: bool = False
+    """Whether the candidate is the one made ahead (its parent was still the agent's best)."""
     candidate: str = ""
     changed: list[str] = field(default_factory=list)
     metrics: list[float] = field(default_factory=list)
@@ -116,6 +122,8 @@ class Lab:
         self.paths = StateDir.of(org.root)
         self.state_dir = self.paths.path
         self.requeued: list[Trial] = []
+        self._ahead: set[str] = set()
+        """Agents whose checkout for changes made ahead this process made (`prepare`)."""
         self.judge: Judge | None = None
         """Governance, asked before a change runs and before it is kept (None: nobody asks)."""
         self.enclosure = Enclosure(org, self.paths)
@@ -296,14 +304,15 @@ class Lab:
     def run_trial(
         self,
         agent_name: str,
-        proposal: Proposal | Callable[[Trial], Proposal],
+        proposal: Proposal | Callable[[Trial], Proposal] | Prepared,
         stop: threading.Event,
     ) -> Trial:
         """Propose -> apply -> check -> run -> measure -> keep or discard, for one agent.
 
         `proposal` may be a function of the new trial (numbered, still without a
         description), so a proposer can tag its LLM calls with the trial; when it
-        raises ProposalError the trial is `crashed` with the error's data kept.
+        raises ProposalError the trial is `crashed` with the error's data kept. Or it is
+        a candidate `prepare`d ahead on the agent's best commit (see `overnight.lab.ahead`).
         """
         lock = self.agent_lock(agent_name)
         # A flock is shared with any child forked while it is held, until that child's
@@ -345,6 +354,27 @@ class Lab:
                 return trial
         finally:
             lock.release()
+
+    def prepare(self, agent_name: str, propose: Callable[[Path], Proposal]) -> Prepared:
+        """Agent `agent_name`'s next candidate, made ahead on its best commit in a checkout
+        of its own (its worktree may be running an experiment); `propose` is given that
+        checkout. Its trial is `run_trial(agent_name, prepared, ...)`, which proposes
+        afresh instead if the agent has moved on by then."""
+        parent = self.agent(agent_name).best_commit
+        where = self.paths.ahead(self.run.id, agent_name)
+        if agent_name not in self._ahead:  # one a killed run left (a stale index.lock...)
+            self.drop_ahead(agent_name)
+            self._ahead.add(agent_name)
+        packs = self.experiments.cluster is not None  # (what a cluster's node unpacks)
+        return ahead.prepare(self.git, where, parent, propose, pack=packs)
+
+    def drop_ahead(self, agent_name: str) -> None:
+        """Delete the checkout where the agent's candidates were made ahead, if any."""
+        where = self.paths.ahead(self.run.id, agent_name)
+        if where.exists():
+            self.git.remove_worktree(where)
+        with contextlib.suppress(OSError):  # (the run's folder, once its last one is gone)
+            where.parent.rmdir()
 
     def try_worktree(
         self,
@@ -388,11 +418,16 @@ class Lab:
         worktree_path: Path,
         parent: str,
         best_metric: float | None,
-        proposal: Proposal | Callable[[Trial], Proposal],
+        asked: Proposal | Callable[[Trial], Proposal] | Prepared,
         stop: threading.Event,
         branch: str | None = None,
     ) -> Trial:
         """One trial, numbered at once, through its stages in order until one ends it."""
+        proposal: Proposal | Callable[[Trial], Proposal]
+        if isinstance(asked, Prepared):
+            prepared, proposal = asked, asked.proposal
+        else:
+            prepared, proposal = None, asked
         if isinstance(proposal, Proposal):
             trial = self.store.add_trial(
                 self.run.id, agent_name, parent, proposal.description, proposal.data,
@@ -402,7 +437,7 @@ class Lab:
             trial = self.store.add_trial(self.run.id, agent_name, parent, "", {})
         t = _Attempt(
             agent=agent_name, worktree=Git(worktree_path), parent=parent, best=best_metric,
-            proposal=proposal, stop=stop, branch=branch, trial=trial,
+            proposal=proposal, stop=stop, branch=branch, trial=trial, ahead=prepared,
         )  # fmt: skip
         try:
             return (
@@ -467,8 +502,20 @@ class Lab:
         is its unchanged parent): a change that does not apply crashes the trial."""
         proposal = t.proposal
         assert isinstance(proposal, Proposal)
+        made = t.ahead
         if t.baseline:
             t.candidate = t.parent
+        elif made is not None and made.tree is not None and made.parent == t.parent:
+            # made ahead: committed now that it is numbered, and checked out to run
+            message = f"overnight trial {t.trial.number}: {proposal.description}"
+            t.candidate = t.worktree.commit_tree(made.tree, t.parent, message)
+            t.worktree.run("reset", "-q", "--hard", t.candidate)
+            t.trial = self.store.update_trial(
+                t.trial.id, _S.applied, candidate_commit=t.candidate, diff=made.patch
+            )
+            t.changed = list(made.changed)
+            t.made_ahead = True
+            return None
         else:
             try:
                 proposal.apply(t.worktree.path)
@@ -508,7 +555,8 @@ class Lab:
         measures: list[Measured] = []
         duration = 0.0
         while True:
-            measured = self.experiments.measure(t.trial, t.worktree.path, t.stop)
+            packed = t.ahead.archive if t.ahead is not None and t.made_ahead else None
+            measured = self.experiments.measure(t.trial, t.worktree.path, t.stop, packed)
             duration += measured.duration_s
             measures.append(measured)
             memory = memory_fields(measures)

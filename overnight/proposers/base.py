@@ -58,5 +58,16 @@ class Proposer(Protocol):
         """Its agent moved to the lab's best (`best`, a kept trial of another agent; the
         worktree is at its commit now): the next proposals start from there."""
 
+    # Optional: a proposer with `ahead` and `withdraw` may be asked for its next change
+    # while its agent's trial still runs (see overnight.lab.ahead):
+    #
+    #   def ahead(self) -> bool:
+    #       """Whether its next proposal may be made before the running trial's result is
+    #       in (then `propose` is given a checkout at the agent's best commit, and the
+    #       running trial or None)."""
+    #
+    #   def withdraw(self, proposal: Proposal) -> None:
+    #       """A proposal made ahead will not be tried (the agent moved on, the run ended)."""
+
 
 ProposerFactory = Callable[[ProposerSetup], Proposer]

@@ -138,6 +138,9 @@ class OptunaProposer:
         self._misses = 0
         """Explore steps in a row that found nothing since the move (or the last keep)."""
         self._random = random.Random(seed)
+        self._withdrawn: list[tuple[int, dict[str, Any], int | None]] = []
+        """Draws made ahead and not tried (optuna trial, params, re-queued from): asked
+        again before the study is."""
 
     def propose(self, worktree: Path, trial: Trial) -> Proposal:
         before = knob_files.current_values(worktree, self.knobs)
@@ -150,6 +153,11 @@ class OptunaProposer:
                     f" (exploring near trial {origin}, the lab's best)",
                 )  # fmt: skip
             self._explore = None  # outside the knobs' space: TPE takes over
+        if self._withdrawn:
+            number, params, again = self._withdrawn.pop(0)
+            return self._proposal(
+                before, params, {"params": params, "optuna_trial": number}, requeued_from=again
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             with _ask_lock:
@@ -229,6 +237,25 @@ class OptunaProposer:
             self.study.enqueue_trial(
                 dict(params), user_attrs={_REQUEUE_ATTR: trial.number}, skip_if_exists=False
             )
+
+    def ahead(self) -> bool:
+        """A TPE draw may be made while the agent's trial runs (constant liar counts that
+        trial); an explore step, from where the agent will stand, may not."""
+        return self._explore is None
+
+    def withdraw(self, proposal: Proposal) -> None:
+        """A draw made ahead that was not tried (its agent moved on): it is proposed again
+        next, from wherever the agent then stands (an explore step goes first)."""
+        number = proposal.data.get("optuna_trial")
+        params = proposal.data.get("params")
+        if number is not None and isinstance(params, dict):
+            self._withdrawn.append((int(number), dict(params), proposal.requeued_from))
+
+    def close(self) -> None:
+        """The study hears that the draws still withdrawn will not be tried."""
+        while self._withdrawn:
+            number, _params, _again = self._withdrawn.pop()
+            self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
     def adopted(self, worktree: Path, best: Trial) -> None:
         """The next proposals explore around the adopted commit's knobs (a TPE draw would

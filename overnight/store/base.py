@@ -412,7 +412,9 @@ class Store(abc.ABC):
     def optuna_storage(self) -> BaseStorage:
         """Where the Optuna proposers keep their studies: this store's database, through one
         storage per database and process (creating one runs Optuna's own migrations), which
-        outlives this Store's `close()`."""
+        outlives this Store's `close()`. Reads come from a copy of each study kept in this
+        process, taken when the study is opened (`overnight.store.studies`): write a study
+        from one process at a time."""
 
     @abc.abstractmethod
     def close(self) -> None: ...

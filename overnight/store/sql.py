@@ -38,10 +38,10 @@ from overnight.store.governance import GovernanceRecords
 from overnight.store.notifications import NotificationRows
 
 if TYPE_CHECKING:
-    from optuna.storages import RDBStorage
+    from overnight.store.studies import StudyCopy
 
 _JSON_FIELDS = {"proposal", "metrics", "recorded"}
-_optuna_storages: dict[str, RDBStorage] = {}
+_optuna_storages: dict[str, StudyCopy] = {}
 
 
 def _sqlite_normal_sync(dbapi_conn: Any, _record: Any) -> None:
@@ -590,9 +590,11 @@ class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
 
     # the optimizer ------------------------------------------------------------
 
-    def optuna_storage(self) -> RDBStorage:
+    def optuna_storage(self) -> StudyCopy:
         # Optuna is imported by the optimizer's processes only: it takes a while.
         import optuna
+
+        from overnight.store.studies import StudyCopy
 
         with _optuna_lock:
             if self.url not in _optuna_storages:
@@ -605,7 +607,7 @@ class SqlStore(GovernanceRecords, CostRows, NotificationRows, Store):
                     # syncs the disk at every commit, several per ask and tell
                     event.listen(storage.engine, "connect", _sqlite_normal_sync)
                     storage.engine.dispose()  # (connections opened so far had FULL)
-                _optuna_storages[self.url] = storage
+                _optuna_storages[self.url] = StudyCopy(storage)
             return _optuna_storages[self.url]
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -121,6 +122,40 @@ def test_parallel_agents_share_one_study(tmp_path: Path) -> None:
     run_id = trials[0].run_id
     study = optuna.load_study(study_name=study_name(run_id), storage=store_url(lab))
     assert len(study.trials) == 10
+
+
+def test_optuna_agents_make_their_next_change_while_their_trial_runs(tmp_path: Path) -> None:
+    """An optuna agent's next point is drawn, and its change written, while its trial still
+    runs (so a freed slot starts its next experiment sooner); each trial is still its own
+    commit on its agent's best, numbered in its message, with the diff the ledger holds,
+    no point is left asked and untried in the study, and the checkouts those changes were
+    made in are gone once the run ends."""
+    lab = make_lab(tmp_path / "lab", lab={"parallel": 2}, agents=[{"name": "t", "count": 2}])
+    result = run_cli("run", str(lab), "--trials", "12")
+    assert result.returncode == 0, result.stderr
+    trials = latest_trials(lab)
+    assert sum(1 for t in trials if t.agent != "baseline") == 12
+    study = optuna.load_study(study_name=study_name(trials[0].run_id), storage=store_url(lab))
+    drawn = {s.number: s.datetime_start.timestamp() for s in study.trials if s.datetime_start}
+    early = 0
+    for agent in ("t-1", "t-2"):
+        mine = [t for t in trials if t.agent == agent]
+        for before, after in itertools.pairwise(mine):
+            early += drawn[after.proposal["optuna_trial"]] < (before.finished_at or 0)
+    assert early >= 4, early  # (not after each keep: that draw is made again on the new best)
+    for t in trials[1:]:
+        assert t.candidate_commit is not None
+        assert git(lab, "rev-parse", f"{t.candidate_commit}^").strip() == t.parent_commit
+        message = git(lab, "log", "-1", "--format=%s", t.candidate_commit)
+        assert message.startswith(f"overnight trial {t.number}: "), message
+        diff = git(
+            lab, "diff", "--no-ext-diff", "--no-renames", t.parent_commit, t.candidate_commit
+        )
+        assert diff == t.diff
+    states = {s.state for s in study.trials}
+    assert states <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL}
+    assert "ahead" not in git(lab, "worktree", "list")
+    assert not [p for p in (lab / ".overnight").rglob("*") if "ahead" in p.parts and p.is_file()]
 
 
 def test_overnight_seed_repeats_the_tuners_proposals(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ alike, and what only the SQL store does: migrations, and ledgers saved by releas
 from __future__ import annotations
 
 import sqlite3
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,3 +103,64 @@ class TestSqlStore(StoreContract):
     @pytest.fixture
     def store_factory(self, store_url: str) -> Callable[[], Store]:
         return lambda: open_store(store_url)
+
+
+def test_an_optuna_study_read_from_its_copy_is_the_databases(store: SqlStore) -> None:
+    """What optuna agents ask and tell through the store's storage (reads from a copy in this
+    process) is what the database holds, as another process reads it; a study opened again
+    takes what another writer added, and a trial created meanwhile numbers on from it."""
+    import optuna
+    from optuna.distributions import FloatDistribution, IntDistribution
+    from optuna.trial import TrialState
+
+    from overnight.store.engine import sqlalchemy_url
+
+    space = {"x": FloatDistribution(-5, 5), "n": IntDistribution(1, 9)}
+
+    def sampler() -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():  # (constant_liar is flagged experimental)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                n_startup_trials=3, multivariate=True, constant_liar=True, seed=1
+            )
+
+    ours = optuna.create_study(study_name="s", storage=store.optuna_storage(), sampler=sampler())
+    running = [ours.ask(space) for _ in range(3)]  # asked side by side, as parallel agents do
+    for _ in range(12):
+        done = running.pop(0)
+        ours.tell(done.number, (done.params["x"] - 1) ** 2 + done.params["n"])
+        running.append(ours.ask(space))
+    ours.tell(running.pop(0).number, state=TrialState.FAIL)
+    ours.enqueue_trial({"x": 0.5, "n": 3}, user_attrs={"again": 7})
+    popped = ours.ask(space)  # the re-queued point, WAITING until now
+    assert popped.params == {"x": 0.5, "n": 3} and popped.user_attrs == {"again": 7}
+    ours.add_trial(
+        optuna.trial.create_trial(params={"x": 2.0, "n": 1}, distributions=space, value=3)
+    )
+
+    def seen(study: optuna.Study) -> list[tuple[object, ...]]:
+        return [
+            (t.number, t.state, t.params, t.values, t.user_attrs, t.datetime_complete is None)
+            for t in study.get_trials(deepcopy=False)
+        ]
+
+    elsewhere = optuna.storages.RDBStorage(sqlalchemy_url(store.url))  # another process's
+    theirs = optuna.load_study(study_name="s", storage=elsewhere)
+    assert seen(theirs) == seen(ours) and len(seen(ours)) == 17
+    # another writer: a new trial and a tell; the copy sees them once the study is opened again
+    theirs.tell(running[0].number, 0.25)
+    theirs.add_trial(
+        optuna.trial.create_trial(params={"x": 1.0, "n": 2}, distributions=space, value=2)
+    )
+    assert ours.trials[running[0].number].state is TrialState.RUNNING  # (not opened again yet)
+    again = optuna.load_study(study_name="s", storage=store.optuna_storage(), sampler=sampler())
+    assert seen(again) == seen(theirs)
+    # a trial asked on a study whose copy missed a trial created elsewhere numbers on after it
+    theirs.add_trial(
+        optuna.trial.create_trial(params={"x": 3.0, "n": 4}, distributions=space, value=5)
+    )
+    late = again.ask(space)
+    assert late.number == 19
+    assert seen(again) == seen(optuna.load_study(study_name="s", storage=elsewhere))
+    for engine in (elsewhere.engine, store.optuna_storage().db.engine):
+        engine.dispose()
