@@ -2,7 +2,9 @@
 
 Starts a cluster of its own in a network namespace of its own (everything on
 127.0.0.1): a head that runs no trials and two workers of 2 CPUs each. Then the
-same lab — optuna agents, `parallel = 4`, an experiment that sleeps one second —
+same lab — optuna agents, `parallel = 4`, an experiment that sleeps one second (run by
+`python -I -S`: this venv's editable installs make a plain start ~100 ms slower, which
+is the experiment's own start, not overnight's dispatch) —
 runs `--trials N` with `kind = "local"` and with `kind = "ray"`, first with as many
 agents as slots (4), then with more (`--agents 4,8`: trials then wait for a slot). It
 prints, for each:
@@ -75,7 +77,7 @@ CONFIG = """\
 [lab]
 name = "bench"
 editable = ["exp.py"]
-run = "{python} exp.py"
+run = "{python} -I -S exp.py"
 metric = "score"
 budget = "30s"
 grace = "5s"
