@@ -283,6 +283,7 @@ class _CappedLog:
         if room > 0:
             head = chunk[:room]
             self.fh.write(head)
+            self.fh.flush()  # (the log is read while it grows: the page, a Ray worker's tail)
             self.written += len(head)
         if len(chunk) > max(room, 0):
             self.dropped += len(chunk) - max(room, 0)
