@@ -358,21 +358,7 @@ def test_a_lab_run_by_an_interpreter_under_tmp_still_finds_it(tmp_path: Path) ->
     machine's /tmp (as here, pytest's folders) is shown again inside it."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    lab = make_lab(
-        tmp_path / "lab",
-        lab={"run": f"{python} exp.py", "budget": "2s", "grace": "1s"},
-        knobs=TOY_KNOBS[:1],
-        agents=(),
-    )
-    (lab / "exp.py").write_text("X = 0.5\nprint('score: 1')\n")
-    subprocess.run(["git", "commit", "-qam", "quick"], cwd=lab, check=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})  # fmt: skip
-    done = run_cli("run", str(lab), "--trials", "1", "--no-ui")
-    assert done.returncode == 0, done.stdout + done.stderr
-    # the baseline measured (not `command not found`, 127), and the trial after it too
-    assert [t.status.value in ("kept", "discarded") for t in latest_trials(lab)] == [True, True]
+    _run_by(venv / "bin" / "python", tmp_path / "lab")
 
 
 def test_a_lab_run_by_an_interpreter_called_through_a_link_still_finds_it(
@@ -384,14 +370,21 @@ def test_a_lab_run_by_an_interpreter_called_through_a_link_still_finds_it(
     venv = tmp_path / "elsewhere" / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     lab = tmp_path / "lab"
-    python = lab / "tools" / "venv" / "bin" / "python"
+    _run_by(lab / "tools" / "venv" / "bin" / "python", lab, link=(lab / "tools", venv.parent))
+
+
+def _run_by(python: Path, root: Path, link: tuple[Path, Path] | None = None) -> None:
+    """A one-knob lab at `root` whose `run` is `python exp.py` (`link`: a symbolic link made
+    in it first), run for one trial: the baseline and the trial are measured (not
+    `command not found`, 127)."""
     lab = make_lab(
-        lab,
+        root,
         lab={"run": f"{python} exp.py", "budget": "2s", "grace": "1s"},
         knobs=TOY_KNOBS[:1],
         agents=(),
     )
-    (lab / "tools").symlink_to(venv.parent, target_is_directory=True)
+    if link is not None:
+        link[0].symlink_to(link[1], target_is_directory=True)
     (lab / "exp.py").write_text("X = 0.5\nprint('score: 1')\n")
     subprocess.run(["git", "commit", "-qam", "quick"], cwd=lab, check=True,
                    env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
