@@ -10,11 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from overnight.errors import RepoError, UserError
 from overnight.paths import STATE_DIR, WORKTREES, worktree_owner
+
+_WORKTREES = threading.Lock()
+"""Held while a worktree is added, removed or pruned: git's bookkeeping of worktrees is not
+safe to change from two threads at once (a prune reading a worktree another thread is
+still adding fails: "failed to read .git/worktrees/NAME/commondir"), and agents make
+their next changes ahead in worktrees of their own, each in its own thread."""
 
 _ENV = {
     **os.environ,
@@ -148,19 +155,21 @@ class Git:
 
     def add_worktree(self, path: Path, commit: str) -> Git:
         """A detached worktree at `commit`; reuses a registered one at `path` if present."""
-        self.run("worktree", "prune")
-        if not (path / ".git").exists():
-            self.run("worktree", "add", "--detach", "-f", str(path), commit)
+        with _WORKTREES:
+            self.run("worktree", "prune")
+            if not (path / ".git").exists():
+                self.run("worktree", "add", "--detach", "-f", str(path), commit)
         return Git(path)
 
     def remove_worktree(self, path: Path) -> None:
         """Unregister the worktree at `path` and delete it, whatever is in it."""
-        self.run("worktree", "remove", "--force", "--force", str(path), check=False)
-        if path.exists():
-            import shutil
+        with _WORKTREES:
+            self.run("worktree", "remove", "--force", "--force", str(path), check=False)
+            if path.exists():
+                import shutil
 
-            shutil.rmtree(path, ignore_errors=True)
-        self.run("worktree", "prune")
+                shutil.rmtree(path, ignore_errors=True)
+            self.run("worktree", "prune")
 
     def ever_committed(self) -> dict[str, str]:
         """Every path any commit reachable from a ref or a reflog ever held -> the short id

@@ -211,7 +211,7 @@ class Holdout:
         checkout = self.where / name
         self.git.remove_worktree(checkout)  # a leftover of a run that died
         checkout.parent.mkdir(parents=True, exist_ok=True)
-        self.git.run("worktree", "add", "--detach", "-f", str(checkout), commit)
+        self.git.add_worktree(checkout, commit)
         try:
             files = hidden_files(self.root, self.hidden)
             if not files:

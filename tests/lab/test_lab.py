@@ -428,3 +428,35 @@ def test_two_labs_with_the_same_run_id_leave_each_others_experiments_alone(
             assert latest_trials(first)[0].status is S.kept
     finally:
         hold.unlink(missing_ok=True)
+
+
+def test_worktrees_added_and_removed_from_many_threads_at_once_all_succeed(
+    tmp_path: Path,
+) -> None:
+    """Agents make their next changes ahead in worktrees of their own, each in its own
+    thread: git's bookkeeping of worktrees must not see one half-made by another."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "start")
+    lab_git = Git(repo)
+    head = lab_git.run("rev-parse", "HEAD").strip()
+    errors: list[str] = []
+
+    def churn(i: int) -> None:
+        try:
+            for j in range(8):
+                where = tmp_path / f"w{i}-{j}"
+                lab_git.add_worktree(where, head)
+                assert (where / ".git").exists()
+                lab_git.remove_worktree(where)
+        except Exception as exc:  # (said below, with the others')
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=churn, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert lab_git.run("worktree", "list").count("\n") == 1  # the repository's own
