@@ -10,14 +10,16 @@ records (`governance`).
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, exc, make_url, text
 from sqlalchemy.pool import NullPool
 
 from overnight import redaction
+from overnight.errors import UserError
 from overnight.records import Event
 from overnight.store.migrations import migrate
 from overnight.store.reads import Query
@@ -83,16 +85,60 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, poolclass=NullPool)
 
 
+def shown_url(url: str) -> str:
+    """`url` as it may be printed: its password, if any, as ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (exc.ArgumentError, ValueError):  # (one it cannot read: hide what looks like one)
+        return re.sub(r"(//[^/:@]*:)[^@]*@", r"\1***@", url)
+
+
+def _unusable(url: str, why: str) -> UserError:
+    return UserError(
+        f"the store's URL {shown_url(url)!r} cannot be used: {why}.\n"
+        "  fix: set OVERNIGHT_DB to a postgresql://USER@HOST/DB (or sqlite:///PATH) URL, or "
+        "unset it to keep the lab's store in .overnight/."
+    )
+
+
+def _unreachable(url: str, error: exc.DBAPIError) -> UserError:
+    """The one-line story of a store that did not open (the driver's first line, never the
+    URL's password)."""
+    first = next((line.strip() for line in str(error.orig).splitlines() if line.strip()), "")
+    why = redaction.redact(first) or type(error.orig).__name__
+    if url.startswith("sqlite"):
+        fix = (
+            "check that the folder exists and is yours (overnight keeps the lab's store in "
+            ".overnight/), and that no other program holds the file"
+        )
+    else:
+        fix = (
+            "start the database server or correct OVERNIGHT_DB (its host, port, user and "
+            "database), or unset OVERNIGHT_DB to keep the lab's store in .overnight/"
+        )
+    return UserError(f"the store at {shown_url(url)} could not be opened: {why}\n  fix: {fix}.")
+
+
 class SqlBase:
     """A migrated database over any SQLAlchemy URL we support (sqlite, postgresql)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        scheme = sqlalchemy_url(url).partition(":")[0]
+        if scheme not in ("sqlite", "postgresql+psycopg"):
+            raise _unusable(url, "overnight keeps its store in SQLite or PostgreSQL")
+        try:
+            self.engine = make_engine(url)
+        except (exc.ArgumentError, ValueError):  # (ValueError: a port that is no number)
+            raise _unusable(url, "it does not read as a database URL") from None
         self._pg = self.engine.dialect.name == "postgresql"
-        with self.engine.begin() as conn:
-            self._lock(conn, MIGRATE_LOCK)
-            migrate(conn)
+        try:
+            with self.engine.begin() as conn:
+                self._lock(conn, MIGRATE_LOCK)
+                migrate(conn)
+        except (exc.OperationalError, exc.InterfaceError) as error:
+            self.engine.dispose()
+            raise _unreachable(url, error) from None
 
     def _lock(self, conn: Connection, key: int) -> None:
         if self._pg:

@@ -221,3 +221,34 @@ def test_an_llm_agent_needs_a_gateway_route(lab: Path) -> None:
     )
     git(lab, "commit", "-qam", "a misspelt route")
     _fails(run_cli("run", str(lab)), 2, "agents[0].model", "'smrt'", "set model to one of: smart")
+
+
+def test_a_store_that_cannot_be_opened_is_one_error_naming_it_without_its_password(
+    lab: Path,
+) -> None:
+    # nothing listens on port 1 here: the connection is refused at once
+    refused = {"OVERNIGHT_DB": "postgresql://bob:s3cret@127.0.0.1:1/test"}
+    for command in (("run", str(lab), "--trials", "1"), ("status", str(lab))):
+        message = _fails(
+            run_cli(*command, env=refused),
+            2,
+            "the store at postgresql://bob:***@127.0.0.1:1/test could not be opened",
+            "Connection refused",
+            "fix: start the database server or correct OVERNIGHT_DB",
+        )
+        assert "s3cret" not in message
+        assert len(message.strip().splitlines()) == 2, message
+    unusable = {"OVERNIGHT_DB": "mysql://bob:s3cret@db/lab"}
+    message = _fails(
+        run_cli("status", str(lab), env=unusable),
+        2,
+        "mysql://bob:***@db/lab",
+        "overnight keeps its store in SQLite or PostgreSQL",
+        "fix: set OVERNIGHT_DB to a postgresql://",
+    )
+    assert "s3cret" not in message
+    garbled = {"OVERNIGHT_DB": "postgresql://bob:s3cret@db:port/lab"}
+    message = _fails(run_cli("status", str(lab), env=garbled), 2, "does not read as a database URL")
+    assert "s3cret" not in message
+    # without it, the lab's own store opens (and has no run: none could start)
+    _fails(run_cli("status", str(lab)), 2, "has no run yet")
