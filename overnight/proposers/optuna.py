@@ -13,7 +13,9 @@ A TPE draw does not depend on where its agent stands, so when the agent moves
 to the lab's best (sharing), its next proposals explore around the knobs of
 that commit instead, as population-based training's explore step does: a local
 search from where the agent stands (which moves on with each keep), until
-`patience` explore steps in a row found nothing; then TPE draws again. The study
+`patience` explore steps in a row found nothing, or every neighbour it may step to
+was measured already; then TPE draws again. A step never goes to a point the study
+has measured (the steps lie on a lattice: x1.25 then x0.8 comes back). The study
 hears of every explore step like any other trial.
 `OVERNIGHT_SEED` makes the draws repeatable (benchmarks, a bug report).
 Knows nothing about git or the runner.
@@ -27,7 +29,7 @@ import random
 import threading
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,8 @@ SWITCH_CHOICE = 0.25
 """The chance an explore step switches a choice knob to another of its values."""
 STEP = 0.1
 """An explore step moves a linear knob by this share of its range (a log knob: x0.8 or x1.25)."""
+EXPLORE_DRAWS = 32
+"""Neighbours an explore step draws, at most, looking for one the study has not measured."""
 # Optuna pops a WAITING (re-queued) trial with a read-then-write that two threads
 # on SQLite can both win; one ask at a time per process keeps every point unique.
 _ask_lock = threading.Lock()
@@ -146,13 +150,13 @@ class OptunaProposer:
         before = knob_files.current_values(worktree, self.knobs)
         if self._explore is not None:
             origin = self._explore
-            params = explore(before, self.knobs, self._random)
+            params = explore(before, self.knobs, self._random, self._measured())
             if params is not None:
                 return self._proposal(
                     before, params, {"params": params, "explore_of": origin},
                     f" (exploring near trial {origin}, the lab's best)",
                 )  # fmt: skip
-            self._explore = None  # outside the knobs' space: TPE takes over
+            self._explore = None  # outside the knobs' space, or no new neighbour: TPE
         if self._withdrawn:
             number, params, again = self._withdrawn.pop(0)
             return self._proposal(
@@ -274,6 +278,15 @@ class OptunaProposer:
         if self._misses >= self._patience:
             self._explore = None
 
+    def _measured(self) -> set[tuple[Any, ...]]:
+        """The points (`point`) the study has measured, or is measuring."""
+        done = (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)
+        return {
+            point(t.params, self.knobs)
+            for t in self.study.get_trials(deepcopy=False, states=done)
+            if set(t.params) == set(self.distributions)
+        }
+
     def _heard(self, trial: Trial) -> None:
         """Tell the study a trial it did not ask for (an explore step, one asked in another
         study), as a trial of its own."""
@@ -321,12 +334,38 @@ class OptunaProposer:
         )
 
 
+def point(params: dict[str, Any], knobs: Sequence[KnobConfig]) -> tuple[Any, ...]:
+    """`params` as a point of the knobs' space: numbers to 5 significant digits (far finer
+    than a step), so that x1.25 then x0.8 is the point it came from."""
+    return tuple(
+        float(f"{value:.5g}") if isinstance(value, float) else value
+        for value in (params.get(k.name) for k in knobs)
+    )
+
+
 def explore(
-    values: dict[str, Any], knobs: Sequence[KnobConfig], rng: random.Random
+    values: dict[str, Any],
+    knobs: Sequence[KnobConfig],
+    rng: random.Random,
+    measured: Collection[tuple[Any, ...]] = (),
 ) -> dict[str, Any] | None:
     """The knobs at `values`, nudged (population-based training's explore step): each
     range knob a step up or down, each choice knob switched now and then, at least one
-    knob changed. None when a value lies outside its knob's space (TPE takes over)."""
+    knob changed, never to a point in `measured` (`point`s). None when a value lies
+    outside its knob's space, or no unmeasured neighbour came of EXPLORE_DRAWS draws (TPE
+    takes over)."""
+    for _ in range(EXPLORE_DRAWS):
+        params = _neighbour(values, knobs, rng)
+        if params is None:
+            return None
+        if point(params, knobs) not in measured:
+            return params
+    return None
+
+
+def _neighbour(
+    values: dict[str, Any], knobs: Sequence[KnobConfig], rng: random.Random
+) -> dict[str, Any] | None:
     params: dict[str, Any] = {}
     for knob in knobs:
         value = values.get(knob.name)

@@ -142,6 +142,13 @@ def test_a_trailing_optuna_agent_moves_to_the_labs_best_and_builds_on_it(tmp_pat
             assert f"exploring near trial {best.number}" in later[0].description
     for agent in ("t-1", "t-2"):
         spaced([e for e in adoptions if e.agent == agent], trials, 2)
+    # an explore step never re-measures a point the lab had measured when it was proposed
+    for step in (t for t in trials if "explore_of" in t.proposal):
+        earlier = [
+            t.proposal["params"] for t in trials
+            if "params" in t.proposal and (t.finished_at or step.created_at) < step.created_at
+        ]  # fmt: skip
+        assert step.proposal["params"] not in earlier, step
     # the branch of the agent that moved last holds the adopted commit, or keeps built on it
     last = adoptions[-1]
     status = json.loads(run_cli("status", str(lab), "--json").stdout)
