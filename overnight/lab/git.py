@@ -7,6 +7,7 @@ Owns how overnight talks to git: which commands, with which safety flags
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -161,8 +162,10 @@ class Git:
                 self.run("worktree", "add", "--detach", "-f", str(path), commit)
         return Git(path)
 
-    def remove_worktree(self, path: Path) -> None:
-        """Unregister the worktree at `path` and delete it, whatever is in it."""
+    def remove_worktree(self, path: Path, *, empty_parent: bool = False) -> None:
+        """Unregister the worktree at `path` and delete it, whatever is in it; with
+        `empty_parent`, its folder too once no other worktree is left in it (under the
+        same lock: another thread may be adding one there)."""
         with _WORKTREES:
             self.run("worktree", "remove", "--force", "--force", str(path), check=False)
             if path.exists():
@@ -170,6 +173,9 @@ class Git:
 
                 shutil.rmtree(path, ignore_errors=True)
             self.run("worktree", "prune")
+            if empty_parent:
+                with contextlib.suppress(OSError):  # (not empty: another's is there)
+                    path.parent.rmdir()
 
     def ever_committed(self) -> dict[str, str]:
         """Every path any commit reachable from a ref or a reflog ever held -> the short id

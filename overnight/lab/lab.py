@@ -13,7 +13,6 @@ proposals are made.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -371,10 +370,8 @@ class Lab:
     def drop_ahead(self, agent_name: str) -> None:
         """Delete the checkout where the agent's candidates were made ahead, if any."""
         where = self.paths.ahead(self.run.id, agent_name)
-        if where.exists():
-            self.git.remove_worktree(where)
-        with contextlib.suppress(OSError):  # (the run's folder, once its last one is gone)
-            where.parent.rmdir()
+        if where.exists():  # (and the run's folder, once its last one is gone)
+            self.git.remove_worktree(where, empty_parent=True)
 
     def try_worktree(
         self,

@@ -9,14 +9,19 @@ agent keeps the run's). A run resumed with the other `share` value goes on in
 the study that value names (so does a run with `share = "none"` recorded before
 studies were per agent), seeded with the trials the lab recorded: the agent's
 own, or all the optuna agents'.
-A TPE draw does not depend on where its agent stands, so when the agent moves
-to the lab's best (sharing), its next proposals explore around the knobs of
-that commit instead, as population-based training's explore step does: a local
-search from where the agent stands (which moves on with each keep), until
-`patience` explore steps in a row found nothing, or every neighbour it may step to
-was measured already; then TPE draws again. A step never goes to a point the study
-has measured (the steps lie on a lattice: x1.25 then x0.8 comes back). The study
-hears of every explore step like any other trial.
+A TPE draw does not depend on where its agent stands. When the agent moves to
+the lab's best (sharing) and the run measured its metric to vary from run to run
+(a noise floor with σ > 0, `min_delta = "auto"`), its next proposals explore around
+the knobs of that commit instead, as population-based training's explore step
+does: a local search from where the agent stands (which moves on with each keep),
+until `patience` explore steps in a row found nothing, or every neighbour it may
+step to was measured already; then TPE draws again. A step never goes to a point
+the study has measured (the steps lie on a lattice: x1.25 then x0.8 comes back).
+Every explore step is a trial of the study from the moment it is proposed, like
+a TPE draw. On a metric measured
+as repeatable, or not measured for noise, the agent goes on drawing from the shared
+study, which already knows the lab's best: there a local search only took draws
+from TPE (`benchmarks/research.py`, spirals against tsp).
 `OVERNIGHT_SEED` makes the draws repeatable (benchmarks, a bug report).
 Knows nothing about git or the runner.
 """
@@ -123,6 +128,9 @@ class OptunaProposer:
         finally:
             store.close()  # (the storage outlives it: one per database and process)
         self.agent = setup.agent
+        self._store_url, self._run_id = setup.store_url, setup.run_id
+        self._sigma: float | None = None
+        """σ of the run's noise floor, once measured (`_noisy`)."""
         # a study of its own when there are others to keep it from (one agent: the run's)
         self.shared = setup.config.shares() or len(setup.config.agent_names()) < 2
         name = study_name(setup.run_id, None if self.shared else setup.agent)
@@ -150,10 +158,13 @@ class OptunaProposer:
         before = knob_files.current_values(worktree, self.knobs)
         if self._explore is not None:
             origin = self._explore
-            params = explore(before, self.knobs, self._random, self._measured())
+            with _ask_lock:  # (a point another agent steps to now is in the study at once)
+                params = explore(before, self.knobs, self._random, self._measured())
+                number = self._running(params, trial) if params is not None else None
             if params is not None:
                 return self._proposal(
-                    before, params, {"params": params, "explore_of": origin},
+                    before, params,
+                    {"params": params, "optuna_trial": number, "explore_of": origin},
                     f" (exploring near trial {origin}, the lab's best)",
                 )  # fmt: skip
             self._explore = None  # outside the knobs' space, or no new neighbour: TPE
@@ -198,16 +209,16 @@ class OptunaProposer:
 
     def observe(self, trial: Trial) -> None:
         number = trial.proposal.get("optuna_trial")
-        if number is None:
+        if number is None:  # (an explore step recorded before they were study trials)
             if trial.proposal.get("explore_of") is not None:
                 self._heard(trial)
-                self._explored(trial)
-            return
         # skip_if_finished: resume() may tell again what was already heard; once counts
-        if trial.status in (TrialStatus.kept, TrialStatus.discarded) and trial.metric is not None:
+        elif trial.status in (TrialStatus.kept, TrialStatus.discarded) and trial.metric is not None:
             self.study.tell(int(number), trial.metric, skip_if_finished=True)
         else:
             self.study.tell(int(number), state=TrialState.FAIL, skip_if_finished=True)
+        if trial.proposal.get("explore_of") is not None:
+            self._explored(trial)
 
     def resume(self, finished: Sequence[Trial], requeue: Sequence[Trial]) -> None:
         """Catch up after a stop: tell what finished unheard, fail orphans, re-queue.
@@ -262,9 +273,24 @@ class OptunaProposer:
             self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
 
     def adopted(self, worktree: Path, best: Trial) -> None:
-        """The next proposals explore around the adopted commit's knobs (a TPE draw would
-        land anywhere, wherever the agent stands)."""
-        self._explore, self._misses = best.number, 0
+        """On a noisy metric, the next proposals explore around the adopted commit's knobs
+        (a TPE draw would land anywhere, wherever the agent stands)."""
+        if self._noisy():
+            self._explore, self._misses = best.number, 0
+
+    def _noisy(self) -> bool:
+        """Whether the run measured its metric to vary between runs of the same code."""
+        if self._sigma is None:
+            store = open_store(self._store_url)
+            try:
+                run = store.get_run(self._run_id)
+            finally:
+                store.close()
+            floor = run.noise_floor if run is not None else None
+            if not floor:
+                return False  # (not measured yet, or never: asked again next time)
+            self._sigma = float(floor.get("sigma") or 0.0)
+        return self._sigma > 0
 
     def _explored(self, trial: Trial) -> None:
         """A keep moves the search on from the kept knobs (the worktree is there now);
@@ -286,6 +312,20 @@ class OptunaProposer:
             for t in self.study.get_trials(deepcopy=False, states=done)
             if set(t.params) == set(self.distributions)
         }
+
+    def _running(self, params: dict[str, Any], trial: Trial) -> int:
+        """An explore step as a study trial being measured, from now until its agent tells
+        how it went (so the other agents' steps, and TPE's constant liar, know of it).
+        Its number in the study."""
+        frozen = optuna.trial.create_trial(
+            params=params,
+            distributions=self.distributions,
+            user_attrs={_TRIAL_ATTR: trial.number},
+            state=TrialState.RUNNING,
+        )
+        storage = self.study._storage
+        trial_id = storage.create_new_trial(self.study._study_id, template_trial=frozen)
+        return int(storage.get_trial_number_from_id(trial_id))
 
     def _heard(self, trial: Trial) -> None:
         """Tell the study a trial it did not ask for (an explore step, one asked in another

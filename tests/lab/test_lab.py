@@ -434,7 +434,8 @@ def test_worktrees_added_and_removed_from_many_threads_at_once_all_succeed(
     tmp_path: Path,
 ) -> None:
     """Agents make their next changes ahead in worktrees of their own, each in its own
-    thread: git's bookkeeping of worktrees must not see one half-made by another."""
+    thread, side by side in one folder: git's bookkeeping of worktrees must not see one
+    half-made by another, nor the folder go while another's is being added to it."""
     repo = tmp_path / "repo"
     repo.mkdir()
     git(repo, "init", "-q")
@@ -446,10 +447,10 @@ def test_worktrees_added_and_removed_from_many_threads_at_once_all_succeed(
     def churn(i: int) -> None:
         try:
             for j in range(8):
-                where = tmp_path / f"w{i}-{j}"
+                where = tmp_path / "ahead" / f"w{i}-{j}"
                 lab_git.add_worktree(where, head)
                 assert (where / ".git").exists()
-                lab_git.remove_worktree(where)
+                lab_git.remove_worktree(where, empty_parent=True)
         except Exception as exc:  # (said below, with the others')
             errors.append(str(exc))
 
@@ -460,3 +461,4 @@ def test_worktrees_added_and_removed_from_many_threads_at_once_all_succeed(
         thread.join()
     assert errors == []
     assert lab_git.run("worktree", "list").count("\n") == 1  # the repository's own
+    assert not (tmp_path / "ahead").exists()  # the last one out removed the folder

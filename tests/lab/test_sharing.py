@@ -27,13 +27,14 @@ from tests.helpers.processes import OVERNIGHT, run_cli, started, stop
 from tests.helpers.store import latest_events, latest_trials
 
 BASINS = """\
+import random
 BASIN = "a"
 X = 0.5
 if BASIN == "a":
     score = 1.0 + (X - 0.2) ** 2
 else:
     score = 0.1 + (X - 0.8) ** 2
-print(f"score: {score}")
+print(f"score: {score + random.gauss(0, NOISE)}")
 """
 
 BASINS_CONFIG = """\
@@ -64,9 +65,11 @@ count = 2
 """
 
 
-def basins(tmp_path: Path, share: str = "") -> Path:
+def basins(tmp_path: Path, share: str = "", noise: float = 0.0) -> Path:
+    """Two basins, one far better; a score measured exactly, or with gaussian `noise`."""
     config = BASINS_CONFIG.format(python=sys.executable, share=share)
-    return make_lab(tmp_path / "lab", script=BASINS, config=config)
+    script = BASINS.replace("NOISE", repr(noise))
+    return make_lab(tmp_path / "lab", script=script, config=config)
 
 
 def ledger(lab: Path, name: str = "basins") -> tuple[list[Trial], list[Event]]:
@@ -108,11 +111,17 @@ def spaced(adoptions: list[Event], trials: list[Trial], patience: int) -> None:
             assert len(between) >= patience, (first, then)
 
 
-def test_a_trailing_optuna_agent_moves_to_the_labs_best_and_builds_on_it(tmp_path: Path) -> None:
-    lab = basins(tmp_path)  # no `share`: two agents share by default
+@pytest.mark.parametrize("noise", [0.0, 0.0002], ids=["exact", "noisy"])
+def test_a_trailing_optuna_agent_moves_to_the_labs_best_and_builds_on_it(
+    tmp_path: Path, noise: float
+) -> None:
+    lab = basins(tmp_path, noise=noise)  # no `share`: two agents share by default
     done = run_cli("run", str(lab), "--trials", "30", "--no-ui")
     assert done.returncode == 0, done.stdout + done.stderr
     trials, events = ledger(lab)
+    # the run measured its noise (min_delta unset, a short budget): σ 0, or about `noise`
+    sigma = json.loads(run_cli("status", str(lab), "--json").stdout)["noise_floor"]["sigma"]
+    assert (sigma > 0) == (noise > 0), sigma
     # one Optuna study heard every trial of both agents: what one learns, both do
     assert studies(lab, trials) == {"shared": measured(trials, ("t-1", "t-2"))}
     adoptions = [e for e in events if e.kind == "agent.adopted"]
@@ -134,12 +143,16 @@ def test_a_trailing_optuna_agent_moves_to_the_labs_best_and_builds_on_it(tmp_pat
         own = [t for t in trials if t.agent == mover and t.status.final]
         before = [t for t in own if (t.finished_at or 0) <= event.at]
         assert len(before) >= 2 and after(before[-1]) == p["from_commit"]
-        # its next trial starts at the adopted commit, and explores near it
+        # its next trial starts at the adopted commit; on a noisy metric it explores near
+        # it, on an exact one the shared study (which knows the best) draws it
         later = [t for t in own if t.created_at > event.at]
         if later:
             assert later[0].parent_commit == p["to_commit"]
             assert parents[later[0].number] == p["to_commit"][:7]
-            assert f"exploring near trial {best.number}" in later[0].description
+            exploring = f"exploring near trial {best.number}" in later[0].description
+            assert exploring == (noise > 0), later[0].description
+    if noise == 0:
+        assert not [t for t in trials if "explore_of" in t.proposal]
     for agent in ("t-1", "t-2"):
         spaced([e for e in adoptions if e.agent == agent], trials, 2)
     # an explore step never re-measures a point the lab had measured when it was proposed
