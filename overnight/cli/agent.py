@@ -118,20 +118,22 @@ def _stopping_on_interrupt(work: Callable[[], Trial], stop: threading.Event) -> 
     as `overnight run` stops its trials, then raises KeyboardInterrupt: on a Ray cluster the
     trial's task is cancelled, not left running on its node until its watchdog's kill."""
     box: dict[str, Any] = {}
+    done = threading.Event()
 
     def run() -> None:
         try:
             box["trial"] = work()
         except BaseException as exc:  # (raised again in the main thread)
             box["error"] = exc
+        finally:
+            done.set()
 
-    thread = threading.Thread(target=run, name="trial", daemon=True)
-    thread.start()
+    threading.Thread(target=run, name="trial", daemon=True).start()
     try:
-        thread.join()
+        done.wait()  # (not join: a join interrupted once returns at once the next time)
     except KeyboardInterrupt:
         stop.set()
-        thread.join()
+        done.wait()
         raise
     if "error" in box:
         raise box["error"]

@@ -289,7 +289,8 @@ def test_an_agents_overnight_try_after_the_run_runs_its_experiment_on_a_worker(
         end(proc)
     assert proc.returncode == 130, out
     assert "interrupted; the trial is recorded as interrupted" in out, out
-    assert status_of(lab, number) == "interrupted"
+    [held] = [t for t in latest_trials(lab) if t.number == number]
+    assert (held.status.value, held.reason) == ("interrupted", "stopped while running"), held
 
 
 def test_a_trial_no_node_could_hold_is_refused_at_the_start(
