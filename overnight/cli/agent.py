@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from overnight.cli.common import out, raise_interrupt
 from overnight.errors import UserError
 from overnight.lab.privacy import keep_private
+
+if TYPE_CHECKING:
+    from overnight.records import Trial
 
 commands = typer.Typer()
 
@@ -70,6 +74,16 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
 
     keep_private()
     lab, agent = Lab.attach(directory)
+    try:
+        if lab.experiments.cluster is not None:
+            # as `overnight run` joins it before any run begins: a cluster that does not
+            # answer is said before the trial is numbered (the change stays in the worktree)
+            lab.experiments.cluster.connect()
+            # and joining put Ray's SIGTERM handler in place (exit 15 midway): ours again
+            signal.signal(signal.SIGTERM, raise_interrupt)
+    except BaseException:
+        lab.close()
+        raise
     if lab.config.gateway is not None:
         # the command center judges the trial (policies, approvals) and records it; this
         # is the agent's process, which must not
@@ -82,7 +96,7 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
     try:
         before = lab.agent(agent)
         out.print(f"overnight: trial for {agent}: running `{lab.config.lab.run}` ...", markup=False)
-        trial = lab.try_worktree(agent, description, stop)
+        trial = _stopping_on_interrupt(lambda: lab.try_worktree(agent, description, stop), stop)
         adoption = Sharing(lab).consider(agent)
     except KeyboardInterrupt:
         out.print("overnight: interrupted; the trial is recorded as interrupted")
@@ -97,6 +111,34 @@ def _try_here(directory: Path, description: str) -> dict[str, Any]:
         "best_before": before.best_metric,
         "adopted": adoption.message(cfg.metric) if adoption is not None else None,
     }
+
+
+def _stopping_on_interrupt(work: Callable[[], Trial], stop: threading.Event) -> Trial:
+    """`work()` in a thread; Ctrl-C (or SIGTERM) sets `stop` and waits for the trial to end,
+    as `overnight run` stops its trials, then raises KeyboardInterrupt: on a Ray cluster the
+    trial's task is cancelled, not left running on its node until its watchdog's kill."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["trial"] = work()
+        except BaseException as exc:  # (raised again in the main thread)
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="trial", daemon=True).start()
+    try:
+        done.wait()  # (not join: a join interrupted once returns at once the next time)
+    except KeyboardInterrupt:
+        stop.set()
+        done.wait()
+        raise
+    if "error" in box:
+        raise box["error"]
+    trial: Trial = box["trial"]
+    return trial
 
 
 def _print_trial(result: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from overnight.sessions import wait_until
 from tests.helpers.labs import PYTHON, make_lab
 from tests.helpers.processes import process_gone, run_cli
 from tests.helpers.ray_cluster import ROOT, Cluster
-from tests.helpers.store import latest_events, latest_trials
+from tests.helpers.store import latest_agents, latest_events, latest_trials
 
 pytestmark = pytest.mark.skipif(
     shutil.which("unshare") is None or shutil.which("nsenter") is None or os.geteuid() != 0,
@@ -55,11 +55,12 @@ def ray_lab(
     *,
     agents: int = 2,
     lab: dict[str, object] | None = None,
+    script: str = SLOW_SCRIPT,
 ) -> Path:
     """The toy lab (SLOW_SCRIPT), its trials on the cluster at `address`, each reserving
     a GPU and an `a100`."""
     return make_lab(
-        root, script=SLOW_SCRIPT, agents=[{"name": "t", "count": agents}],
+        root, script=script, agents=[{"name": "t", "count": agents}],
         lab={"parallel": 2, "gpus_per_trial": 1, "env": [f"HOLD_DIR={root / '.git'}"],
              **(lab or {})},
         extra=f'[executor]\nkind = "ray"\naddress = "{address}"\nresources = {{ a100 = 1 }}\n',
@@ -233,6 +234,63 @@ def experiment_of(trial: str) -> list[int]:
         for pid, env in find_marked(TRIAL_MARKER, trial)
         if env.get("HOLD_DIR") and not process_gone(pid)
     ]
+
+
+def test_an_agents_overnight_try_after_the_run_runs_its_experiment_on_a_worker(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # no sandbox: an interrupted `try` must end its experiment on the node itself
+    lab = ray_lab(
+        tmp_path / "lab", cluster.address, agents=1, lab={"min_delta": 0, "sandbox": "none"},
+        script=SLOW_SCRIPT.replace("time.sleep(1.5)\n", ""),  # (held where it must be)
+    )  # fmt: skip
+    done = cluster.overnight("run", str(lab), "--trials", "1", "--no-ui")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (agent,) = latest_agents(lab)
+    worktree = Path(agent.worktree)
+    exp = worktree / "exp.py"
+    exp.write_text(exp.read_text().replace("X = 0.5", "X = 3").replace("Y = 5", "Y = 1"))
+    numbered = len(latest_trials(lab))
+
+    # no command center, so this process joins the cluster: one that does not answer is
+    # said before a trial is numbered, and the agent's change stays
+    config = (lab / "overnight.toml").read_text()
+    (lab / "overnight.toml").write_text(config.replace(cluster.address, "127.0.0.1:1"))
+    refused = cluster.overnight("try", "at the optimum", "--dir", str(worktree))
+    (lab / "overnight.toml").write_text(config)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "no Ray cluster answers at 127.0.0.1:1" in refused.stderr, refused.stderr
+    assert len(latest_trials(lab)) == numbered and "X = 3" in exp.read_text()
+
+    kept = cluster.overnight("try", "at the optimum", "--dir", str(worktree))
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "KEPT: score 0 " in kept.stdout, kept.stdout
+    trial = latest_trials(lab)[-1]
+    [placed] = [p for p in events(lab, "trial.placed") if p["trial"] == trial.number]
+    workers = set().union(*cluster.nodes[1:])  # (the head's processes come first)
+    assert raylet_of(str(placed["node"])) in workers, placed
+    assert placed["cuda_visible_devices"] == "0", placed
+    assert "training on 0" in Path(trial.log_path or "").read_text()
+
+    # Ctrl-C or SIGTERM stops the trial, on its node too
+    exp.write_text(exp.read_text().replace("X = 3", "X = 4"))
+    number = trial.number + 1
+    hold = lab / ".git" / f"hold-{number}"
+    hold.touch()
+    proc = cluster.start("try", "held", "--dir", str(worktree))
+    try:
+        wait_until(lambda: bool(experiment_of(str(number))), 60)
+        left = experiment_of(str(number))
+        os.kill(proc.pid, signal.SIGTERM)  # nsenter execs overnight: this is the `try`
+        out = finish(proc, timeout=60)
+        wait_until(lambda: all(process_gone(pid) for pid in left), 10)
+    finally:
+        hold.unlink()
+        end(proc)
+    assert proc.returncode == 130, out
+    assert "interrupted; the trial is recorded as interrupted" in out, out
+    [held] = [t for t in latest_trials(lab) if t.number == number]
+    assert (held.status.value, held.reason) == ("interrupted", "stopped while running"), held
 
 
 def test_a_trial_no_node_could_hold_is_refused_at_the_start(
