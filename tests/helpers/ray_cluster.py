@@ -47,6 +47,8 @@ class Cluster:
     """The head's GCS port. Any is free in a namespace of its own, but `ray start --head`
     refuses a port a GCS anywhere on the machine was started with (it looks at every
     process): each cluster has one of its own, so two suites can run side by side."""
+    client_port: int = 0
+    """The head's Ray Client server port (`ray://`), one of its own for the same reason."""
     nodes: list[set[int]] = field(default_factory=list)
     """Each node's processes as `ray start` left them, the head's first."""
 
@@ -56,6 +58,11 @@ class Cluster:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def client_address(self) -> str:
+        """The head's Ray Client address, what a lab on another machine would name."""
+        return f"ray://127.0.0.1:{self.client_port}"
 
     def ray(self, *args: str, timeout: float = START_S) -> str:
         """Run `ray ARGS` in the namespace; its output, asserting it succeeded. (To a file,
@@ -81,7 +88,8 @@ class Cluster:
 
     def start_head(self) -> None:
         self.nodes[:0] = [self._start_node(
-            "--head", f"--port={self.port}", "--num-cpus=1", "--include-dashboard=false",
+            "--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}",
+            "--num-cpus=1", "--include-dashboard=false",
             "--disable-usage-stats", f"--temp-dir={self.temp}",
         )]  # fmt: skip
 
@@ -152,7 +160,8 @@ def _of_ray(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"/ray/" in argv or argv.startswith(b"ray::")
+    # (the head's Ray Client server runs as `python -m ray.util.client.server`)
+    return b"/ray/" in argv or argv.startswith(b"ray::") or b"\0ray.util.client." in argv
 
 
 @contextlib.contextmanager
@@ -173,7 +182,8 @@ def running_cluster() -> Iterator[Cluster]:
         "RAY_health_check_timeout_ms": "60000",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
-    found = Cluster(ns, temp, env, port=random.randrange(20000, 30000))
+    port, client_port = random.sample(range(20000, 30000), 2)
+    found = Cluster(ns, temp, env, port=port, client_port=client_port)
     try:
         assert ns.stdout is not None
         assert ns.stdout.readline() == "up\n", "unshare could not make a network namespace"
