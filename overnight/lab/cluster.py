@@ -254,9 +254,12 @@ class Cluster:
     def _join(self) -> None:
         """Join the cluster as a driver; ConnectionError: it cannot be reached. Through
         Ray Client, within JOIN_S, trying again while its server says it could not start
-        the driver it runs for the lab on the head: once the server answers, Ray's client
-        waits without end for that driver (a test's join once never ended: `overnight
-        run` would hang before any run began, saying nothing)."""
+        the driver it runs for the lab on the head: that driver is forked from the server
+        while its gRPC threads run, and unless the head was started with
+        GRPC_ENABLE_FORK_SUPPORT=false 8 in 120 died before they ran here (Ray issue
+        63202); Ray's client then says so after up to ~45 s, and a fresh try starts a new
+        one. Once the server answers, Ray's client waits for that driver without a bound
+        of its own: JOIN_S is the lab's, so `overnight run` never hangs there silently."""
         import ray
 
         # (this process's connection only, whatever the environment says: nodes keep theirs)
@@ -277,18 +280,26 @@ class Cluster:
         deadline = time.monotonic() + JOIN_S
 
         def joining() -> None:
+            failed = 0
             while True:
                 try:
                     join()
                     return
                 except ConnectionError as exc:
-                    # the server answered but could not start the lab's driver (a loaded
-                    # head, seen here): again, while there is time
-                    if "Initialization failure" in str(exc) and time.monotonic() < deadline:
-                        time.sleep(1)
-                        continue
-                    box["error"] = exc
-                    return
+                    # the server answered but the lab's driver died as it started: a
+                    # fresh try (a new driver), while there is time
+                    if "Initialization failure" not in str(exc):
+                        box["error"] = exc
+                        return
+                    failed += 1
+                    if time.monotonic() >= deadline:
+                        box["error"] = ConnectionError(
+                            "its Ray Client server could not start the lab's driver, "
+                            f"{failed} times; start the head with "
+                            "GRPC_ENABLE_FORK_SUPPORT=false"
+                        )
+                        return
+                    time.sleep(1)
                 except BaseException as exc:  # (said in the caller's thread)
                     box["error"] = exc
                     return
@@ -413,8 +424,9 @@ class Cluster:
     def _unreachable(self, address: str, why: str) -> ConfigError:
         if address.startswith(CLIENT):
             fix = (
-                "start the cluster first, its head with a Ray Client server (`ray start "
-                "--head --port=6379 --ray-client-server-port=10001` on the head node, "
+                "start the cluster first, its head with a Ray Client server "
+                "(`GRPC_ENABLE_FORK_SUPPORT=false ray start --head --port=6379 "
+                "--ray-client-server-port=10001` on the head node, "
                 "`ray start --address=HEAD:6379` on each worker), open that port on the "
                 "head to this machine, and point address at it"
             )

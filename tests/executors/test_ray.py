@@ -124,6 +124,8 @@ def test_an_unreachable_ray_client_address_is_one_clear_error_naming_the_port(
     assert done.returncode == 2, done.stdout + done.stderr
     assert "executor.address: no Ray cluster answers at ray://127.0.0.1:1" in done.stderr
     assert "--ray-client-server-port=10001" in done.stderr, done.stderr
+    # (and how to start a head whose Ray Client server starts every lab's driver)
+    assert "GRPC_ENABLE_FORK_SUPPORT=false ray start --head" in done.stderr, done.stderr
     assert "open that port on the head to this machine" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not (lab / ".overnight" / "overnight.db").exists()

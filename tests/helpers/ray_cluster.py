@@ -36,6 +36,11 @@ TRIES = 3
 """How many times a node is started before the fixture gives up: `ray start` gives a node's
 raylet 30 s (fixed in Ray) to register with the GCS, which a machine loaded ~5x over its
 cores sometimes exceeds (`The current node timed out during startup`)."""
+HEAD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
+"""What the head starts with, as the README tells a user whose lab joins through `ray://`:
+its Ray Client server forks a driver per connection while gRPC threads run, and with
+gRPC's fork handlers on (grpcio's default) 8 of 120 such drivers died before they ran
+(`Initialization failure from server`; Ray issue 63202), with them off none of 120."""
 
 
 @dataclass
@@ -64,15 +69,17 @@ class Cluster:
         """The head's Ray Client address, what a lab on another machine would name."""
         return f"ray://127.0.0.1:{self.client_port}"
 
-    def ray(self, *args: str, timeout: float = START_S) -> str:
-        """Run `ray ARGS` in the namespace; its output, asserting it succeeded. (To a file,
-        not a pipe: the daemons `ray start` leaves behind would hold a pipe open.)"""
+    def ray(self, *args: str, timeout: float = START_S, env: dict[str, str] | None = None) -> str:
+        """Run `ray ARGS` in the namespace (with `env` added to the cluster's); its output,
+        asserting it succeeded. (To a file, not a pipe: the daemons `ray start` leaves
+        behind would hold a pipe open.)"""
         out = self.temp.with_suffix(".out")
         with out.open("w") as fh:
             try:
                 done = subprocess.run(
                     [*self.enter(), RAY, *args],
-                    env=self.env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
+                    env={**self.env, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT,
+                    timeout=timeout,
                 )  # fmt: skip
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"ray {args[0]} hung:\n{out.read_text()}") from None
@@ -90,7 +97,7 @@ class Cluster:
         self.nodes[:0] = [self._start_node(
             "--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}",
             "--num-cpus=1", "--include-dashboard=false",
-            "--disable-usage-stats", f"--temp-dir={self.temp}",
+            "--disable-usage-stats", f"--temp-dir={self.temp}", env=HEAD_ENV,
         )]  # fmt: skip
 
     def stop_nodes(self) -> None:
@@ -105,15 +112,15 @@ class Cluster:
             '--resources={"a100": 1}',
         )]  # fmt: skip
 
-    def _start_node(self, *args: str) -> set[int]:
-        """`ray start ARGS` (TRIES times at most, what a failed start left killed before
-        the next); the Ray processes of the node it started."""
+    def _start_node(self, *args: str, env: dict[str, str] | None = None) -> set[int]:
+        """`ray start ARGS` (with `env`; TRIES times at most, what a failed start left
+        killed before the next); the Ray processes of the node it started."""
         for _ in range(TRIES):
             before = set(self.inside())
             try:
                 self.ray(
                     "start", "--node-ip-address=127.0.0.1", "--object-store-memory=100000000",
-                    *args,
+                    *args, env=env,
                 )  # fmt: skip
             except AssertionError as exc:
                 failed = exc
