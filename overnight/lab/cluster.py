@@ -15,17 +15,24 @@ finding what a dead `overnight run` left running on the nodes (`reap`).
   a process group of its own, kills all of it at budget + grace, measures its peak
   memory and finds the metric and recorded lines; the protected files are hashed after
   the run and the hashes come back, so the integrity guard's after-run check holds.
-- **The log streams back while it runs**: the task is a streaming generator, yielding
-  the log's new bytes as they are written (then the result), which the lab appends to
-  the trial's own log. No actor to place or keep alive: the chunks go through the
-  object store to the caller in order, and a dead worker ends the stream with an error
-  naming what died.
+- **The log streams back while it runs**, through a relay: a small actor the lab starts
+  on the head node (no CPU) when it joins. The task pushes where it started, then the
+  log's new bytes as they are written (each push waits for the last: in order), then the
+  result; the lab long-polls the relay for its trial's items and appends the bytes to
+  the trial's own log, and a dead worker or node fails the task's own result, naming
+  what died. One way for both kinds of address: a GCS address (`auto`, `HOST:6379`)
+  and Ray Client's `ray://HOST:10001` (which cannot stream a generator task's items,
+  the obvious way). The relay lives and dies with the lab's connection (its owner); on
+  the head, it is lost only with the cluster.
 - **Ray's own retries are off** (`max_retries=0`): the lab decides what a lost node
   means for a trial.
 - **The hidden holdout runs as such a task too**, the hidden files packed beside the
   commit for that task only (`hidden`): unpacked over its checkout, in a temporary
   folder of the node deleted when the task ends; never in an experiment's task. (On the
   head it would need the GPUs `gpus_per_trial` asks for, which the head may not have.)
+- **`ray://` (Ray Client)** joins from a machine outside the cluster through the one
+  port of the head's Ray Client server: everything above is the same (tasks, relay,
+  reaping), run by a driver Ray starts for the lab on the head.
 - **An outage is ridden out**: the head's address is probed every CHECK_S; MISSES
   misses in a row and the cluster is *down* (`on_change` hears `executor.unreachable`),
   the trials in flight come back `unreachable` and no new one is sent. Once the head
@@ -40,6 +47,7 @@ records what comes back (`on_event` is told of each step, to be written ahead).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -51,7 +59,8 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +78,16 @@ CHUNK = 64 * 1024
 """Most log bytes in one streamed item."""
 POLL_S = 0.05
 """How often the worker looks for new log bytes (a first line reaches the lab within it)."""
+TAKE_S = 0.2
+"""Most seconds one long poll of the relay waits for a trial's items (how often the lab
+looks at `stop`, the cluster's health and whether the task ended without its result)."""
+CLIENT = "ray://"
+"""How a Ray Client address begins."""
+JOIN_S = 120.0
+"""Most seconds joining through Ray Client may take before the cluster is said not to
+answer (the head starts a driver for the lab: seconds, more on a loaded head)."""
+HEAD = {"node:__internal_head__": 0.001}
+"""What pins the relay to the head node (Ray's own resource, on the head alone)."""
 PROBE_S = 5.0
 """Seconds a start waits for the cluster's address to answer before saying it does not."""
 INSTALL = "pip install 'overnight[ray]'"
@@ -160,6 +179,7 @@ class Cluster:
         self._room = threading.BoundedSemaphore(limit) if limit else None
         self._task: Any = None
         self._reaper: Any = None
+        self._relay: Any = None
         self.up = threading.Event()
         """Set while the cluster answers (cleared by an outage, set again once it is back)."""
         self.on_change: Callable[[str, dict[str, Any]], None] = lambda kind, payload: None
@@ -185,18 +205,9 @@ class Cluster:
                 fix=f"{INSTALL} (here and on every node of the cluster), or remove [executor] "
                 "to run trials on this machine",
             ) from None
-        address = self.config.address
-        if address == "auto" and os.environ.get("RAY_ADDRESS", "").startswith("ray://"):
-            raise ConfigError(
-                self.config_path,
-                f'address = "auto" takes RAY_ADDRESS, {os.environ["RAY_ADDRESS"]}: a Ray '
-                "Client address, and Ray Client cannot stream a task's log and result back "
-                "as a trial runs",
-                field="executor.address",
-                line=self._line("address"),
-                fix='write the head\'s GCS address, address = "HOST:6379" (or unset '
-                "RAY_ADDRESS), and run overnight on a machine that can reach it",
-            )
+        address = self.address
+        if address.startswith(CLIENT):
+            self._check_client()
         if address != "auto":
             self._probe(address)
         if not ray.is_initialized():  # (one connection per process: `start` made it)
@@ -204,13 +215,33 @@ class Cluster:
                 self._join()
             except ConnectionError as exc:
                 raise self._unreachable(address, str(exc).splitlines()[0]) from None
+            except RuntimeError as exc:  # (Ray Client: another Ray or Python there)
+                raise self._mismatch(address, str(exc)) from None
         self._check_room(ray.nodes())  # type: ignore[no-untyped-call]
-        self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
-        self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
+        self._remotes()
         self._head = _host_port(
             address if address != "auto" else ray.get_runtime_context().gcs_address
         )
         self.up.set()
+
+    @property
+    def address(self) -> str:
+        """The address the lab joins: `[executor] address`, or what RAY_ADDRESS names
+        when that is `auto` and it is a Ray Client address (a lab outside the cluster)."""
+        named = os.environ.get("RAY_ADDRESS", "").strip()
+        if self.config.address == "auto" and named.startswith(CLIENT):
+            return named
+        return self.config.address
+
+    def _remotes(self) -> None:
+        """The task, the reaper and a relay of this connection to the cluster."""
+        import ray
+
+        self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
+        self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
+        self._relay = (
+            ray.remote(_Relay).options(num_cpus=0, resources=HEAD, max_restarts=0).remote()
+        )
 
     def watch(self) -> None:
         """Join the cluster (`connect`), and from now on watch its head (see the module's
@@ -221,16 +252,67 @@ class Cluster:
             threading.Thread(target=self._watch, daemon=True, name="ray-health").start()
 
     def _join(self) -> None:
+        """Join the cluster as a driver; ConnectionError: it cannot be reached. Through
+        Ray Client, within JOIN_S, trying again while its server says it could not start
+        the driver it runs for the lab on the head: that driver is forked from the server
+        while its gRPC threads run, and unless the head was started with
+        GRPC_ENABLE_FORK_SUPPORT=false 8 in 120 died before they ran here (Ray issue
+        63202); Ray's client then says so after up to ~45 s, and a fresh try starts a new
+        one. Once the server answers, Ray's client waits for that driver without a bound
+        of its own: JOIN_S is the lab's, so `overnight run` never hangs there silently."""
         import ray
 
         # (this process's connection only, whatever the environment says: nodes keep theirs)
         os.environ[RECONNECT_ENV] = RECONNECT_S
-        ray.init(
-            address=self.config.address,
-            namespace="overnight",
-            logging_level=logging.ERROR,
-            log_to_driver=False,
-        )
+
+        def join() -> None:
+            ray.init(
+                address=self.address,
+                namespace="overnight",
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+            )
+
+        if not self.address.startswith(CLIENT):
+            join()
+            return
+        box: dict[str, BaseException] = {}
+        deadline = time.monotonic() + JOIN_S
+
+        def joining() -> None:
+            failed = 0
+            while True:
+                try:
+                    join()
+                    return
+                except ConnectionError as exc:
+                    # the server answered but the lab's driver died as it started: a
+                    # fresh try (a new driver), while there is time
+                    if "Initialization failure" not in str(exc):
+                        box["error"] = exc
+                        return
+                    failed += 1
+                    if time.monotonic() >= deadline:
+                        box["error"] = ConnectionError(
+                            "its Ray Client server could not start the lab's driver, "
+                            f"{failed} times; start the head with "
+                            "GRPC_ENABLE_FORK_SUPPORT=false"
+                        )
+                        return
+                    time.sleep(1)
+                except BaseException as exc:  # (said in the caller's thread)
+                    box["error"] = exc
+                    return
+
+        joiner = threading.Thread(target=joining, daemon=True, name="ray-join")
+        joiner.start()
+        joiner.join(JOIN_S)
+        if joiner.is_alive():
+            raise ConnectionError(
+                f"its Ray Client server took more than {JOIN_S:g} s to let the lab join"
+            )
+        if "error" in box:
+            raise box["error"]
 
     def _answers(self) -> bool:
         assert self._head is not None
@@ -255,7 +337,7 @@ class Cluster:
                 self.up.set()
                 self.on_change(
                     "executor.reachable",
-                    {"address": self.config.address,
+                    {"address": self.address,
                      "lasted_s": round(time.time() - self._down_at, 1)},
                 )  # fmt: skip
 
@@ -266,7 +348,7 @@ class Cluster:
                 return
             self.up.clear()
             self._down_at = time.time()
-        self.on_change("executor.unreachable", {"address": self.config.address, "why": why})
+        self.on_change("executor.unreachable", {"address": self.address, "why": why})
 
     def _rejoin(self) -> bool:
         """Join the cluster afresh once a node can hold a trial; reap what the trials cut
@@ -279,11 +361,10 @@ class Cluster:
             nodes = ray.nodes()  # type: ignore[no-untyped-call]
             if not self._has_room(nodes):
                 return False
-            self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
-            self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
+            self._remotes()
             for mark in self._marks:
                 self.reap(mark)
-        except (ConnectionError, ray.exceptions.RayError):
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError):
             return False
         return True
 
@@ -319,8 +400,7 @@ class Cluster:
         asked = ", ".join(f"{k} = {v:g}" for k, v in wanted.items())
         raise ConfigError(
             self.config_path,
-            f"no node of the Ray cluster at {self.config.address} has what one trial "
-            f"reserves ({asked})",
+            f"no node of the Ray cluster at {self.address} has what one trial reserves ({asked})",
             field="executor",
             line=self._line("kind"),
             fix="start nodes that declare it (`ray start --num-cpus=N --num-gpus=N "
@@ -342,14 +422,51 @@ class Cluster:
             return None
 
     def _unreachable(self, address: str, why: str) -> ConfigError:
+        if address.startswith(CLIENT):
+            fix = (
+                "start the cluster first, its head with a Ray Client server "
+                "(`GRPC_ENABLE_FORK_SUPPORT=false ray start --head --port=6379 "
+                "--ray-client-server-port=10001` on the head node, "
+                "`ray start --address=HEAD:6379` on each worker), open that port on the "
+                "head to this machine, and point address at it"
+            )
+        else:
+            fix = (
+                "start the cluster first (`ray start --head --port=6379` on the head node, "
+                "`ray start --address=HEAD:6379` on each worker) or point address at its head"
+            )
         return ConfigError(
             self.config_path,
             f"no Ray cluster answers at {address} ({why})",
             field="executor.address",
             line=self._line("address"),
-            fix="start the cluster first (`ray start --head --port=6379` on the head node, "
-            "`ray start --address=HEAD:6379` on each worker) or point address at its head",
+            fix=fix,
         )
+
+    def _mismatch(self, address: str, why: str) -> ConfigError:
+        return ConfigError(
+            self.config_path,
+            f"the Ray cluster at {address} cannot be joined from here: {why.splitlines()[0]}",
+            field="executor.address",
+            line=self._line("address"),
+            fix="install here the Ray and Python versions the cluster runs (they must "
+            "match), or run overnight on the head node",
+        )
+
+    def _check_client(self) -> None:
+        """Ray Client needs gRPC (`ray[client]`), which plain `ray` does not install."""
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                self.config_path,
+                f"{self.address} is a Ray Client address, but Ray Client (grpcio, "
+                "`ray[client]`) is not installed here",
+                field="executor.address",
+                line=self._line("address"),
+                fix=f"{INSTALL} (it brings ray[client]), or run overnight on the head node "
+                'with address = "auto"',
+            ) from None
 
     def measure(
         self,
@@ -373,6 +490,9 @@ class Cluster:
             while not self._room.acquire(timeout=0.1):
                 if stop.is_set():
                     return Outcome(None, cancelled=True)
+        placed: Placed | None = None
+        relay: Any = None
+        key = uuid.uuid4().hex  # (the trial's items at the relay)
         try:
             if not self.wait_up(stop):
                 return Outcome(None, cancelled=True)
@@ -384,34 +504,32 @@ class Cluster:
                 options["num_gpus"] = self.gpus
             if self.config.resources:
                 options["resources"] = dict(self.config.resources)
-            stream = self._task.options(**options).remote(experiment, archive, hidden)
-            done = threading.Event()
-
-            def cancel_on_stop() -> None:
-                while not done.wait(0.1):
-                    if stop.is_set():
-                        ray.cancel(stream)
-                        return
-
-            watcher = threading.Thread(target=cancel_on_stop, daemon=True, name="ray-cancel")
-            watcher.start()
-            placed: Placed | None = None
+            relay = self._relay
+            task = self._task.options(**options).remote(
+                experiment, ray.put(archive), ray.put(hidden) if hidden else b"", relay, key
+            )
             redactor = redaction.StreamRedactor()
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with log_path.open("ab") as log:
-                    try:
-                        while True:
-                            ref = stream._next_sync(timeout_s=0.2)  # (no timeout in __next__)
-                            if not self.up.is_set():
-                                return Outcome(
-                                    None, placed=placed,
-                                    unreachable=f"the cluster at {self.config.address} went "
-                                    "unreachable",
-                                )  # fmt: skip
-                            if ref.is_nil():
-                                continue
-                            item = ray.get(ref)
+            done: dict[str, Any] | None = None
+            ended = cancelled = False
+            taking: Any = None  # (a long poll of the relay under way)
+            with log_path.open("ab") as log:
+                try:
+                    while done is None:
+                        if stop.is_set() and not cancelled:
+                            ray.cancel(task)
+                            cancelled = True
+                        if not self.up.is_set():
+                            return Outcome(
+                                None, placed=placed,
+                                unreachable=f"the cluster at {self.address} went unreachable",
+                            )  # fmt: skip
+                        if taking is None:
+                            taking = relay.take.remote(key, 0 if ended else TAKE_S)
+                        if not ray.wait([taking], timeout=TAKE_S + 1)[0]:
+                            continue  # (a slow relay: look at stop and the cluster again)
+                        items, taking = ray.get(taking), None
+                        for item in items:
                             if "log" in item:
                                 log.write(redactor.feed(item["log"]))
                                 log.flush()
@@ -419,39 +537,40 @@ class Cluster:
                                 placed = Placed(**item["placed"])
                                 on_start(placed)
                             elif "done" in item:
-                                log.write(redactor.flush())
-                                result: RunResult = item["done"]["result"]
-                                return Outcome(
-                                    _redacted(result),
-                                    step=item["done"]["step"],
-                                    protected=item["done"]["protected"],
-                                    placed=placed,
-                                )
-                    finally:
-                        log.write(redactor.flush())
-            except StopIteration:
-                pass
-            except TaskCancelledError:
-                return Outcome(None, placed=placed, cancelled=True)
-            except RayTaskError:
-                raise  # our code failed on the worker: a bug, shown as one
-            except ray.exceptions.RayError as exc:
-                if stop.is_set():
-                    return Outcome(None, placed=placed, cancelled=True)
-                if not self.up.is_set() or not self._answers():
-                    # (the stream broke with the head: nothing else is sent meanwhile)
-                    self._went_down(f"its head stopped answering ({type(exc).__name__})")
-                    why = f"the cluster at {self.config.address} went unreachable"
-                    return Outcome(None, placed=placed, unreachable=why)
-                where = f"node {placed.node[:12]} ({placed.host})" if placed else "its node"
-                return Outcome(None, placed=placed, lost=f"{where} was lost: {type(exc).__name__}")
-            finally:
-                done.set()
-                watcher.join()
+                                done = item["done"]
+                        if ended and done is None:
+                            # the task ended without its result through the relay: its
+                            # error (or, should its last push have failed, its result)
+                            done = ray.get(task)
+                        elif not items:
+                            ended = bool(ray.wait([task], timeout=0)[0])
+                finally:
+                    log.write(redactor.flush())
+            if done is None:
+                raise RuntimeError(f"trial {experiment.trial}: the worker ended early")
+            return Outcome(
+                _redacted(done["result"]), step=done["step"], protected=done["protected"],
+                placed=placed,
+            )  # fmt: skip
+        except TaskCancelledError:
+            return Outcome(None, placed=placed, cancelled=True)
+        except RayTaskError:
+            raise  # our code failed on the worker: a bug, shown as one
+        except (ray.exceptions.RayError, ConnectionError) as exc:
             if stop.is_set():
                 return Outcome(None, placed=placed, cancelled=True)
-            raise RuntimeError(f"trial {experiment.trial}: the worker's stream ended early")
+            if isinstance(exc, ConnectionError) or not self.up.is_set() or not self._answers():
+                # (the task, or the relay, broke with the head, or Ray Client's connection
+                # to it did: nothing else is sent meanwhile)
+                self._went_down(f"its head stopped answering ({type(exc).__name__})")
+                why = f"the cluster at {self.address} went unreachable"
+                return Outcome(None, placed=placed, unreachable=why)
+            where = f"node {placed.node[:12]} ({placed.host})" if placed else "its node"
+            return Outcome(None, placed=placed, lost=f"{where} was lost: {type(exc).__name__}")
         finally:
+            if relay is not None:
+                with contextlib.suppress(Exception):
+                    relay.drop.remote(key)
             if self._room is not None:
                 self._room.release()
 
@@ -480,7 +599,7 @@ class Cluster:
 
 
 def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
+    host, _, port = address.removeprefix(CLIENT).rpartition(":")
     return host.strip("[]"), int(port)
 
 
@@ -491,12 +610,49 @@ def _redacted(result: RunResult) -> RunResult:
 # -- on the worker -------------------------------------------------------------
 
 
+class _Relay:
+    """The relay (a Ray actor on the head): what running trials' tasks push — where each
+    started, its log's new bytes, its result — kept per trial until the lab takes it."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, list[dict[str, Any]]] = {}
+        self._came: dict[str, asyncio.Event] = {}
+
+    async def push(self, key: str, item: dict[str, Any]) -> None:
+        self._items.setdefault(key, []).append(item)
+        self._came.setdefault(key, asyncio.Event()).set()
+
+    async def take(self, key: str, wait_s: float) -> list[dict[str, Any]]:
+        """The trial's items so far, oldest first; waits up to `wait_s` for one."""
+        came = self._came.setdefault(key, asyncio.Event())
+        if not self._items.get(key) and wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(came.wait(), wait_s)
+        came.clear()
+        return self._items.pop(key, [])
+
+    async def drop(self, key: str) -> None:
+        """Forget a trial the lab is done with."""
+        self._items.pop(key, None)
+        self._came.pop(key, None)
+
+
 def _experiment(
-    experiment: Experiment, archive: bytes, hidden: bytes = b""
-) -> Iterator[dict[str, Any]]:
+    experiment: Experiment, archive: bytes, hidden: bytes, relay: Any, key: str
+) -> dict[str, Any]:
     """The Ray task: unpack the commit (and the hidden files, for a holdout), run the steps,
-    stream the log, return the result. The checkout is deleted when the task ends."""
+    push where it runs, the log and the result to `relay` (under `key`), return the result.
+    The checkout is deleted when the task ends."""
     import ray
+
+    def push(item: dict[str, Any]) -> None:
+        """One item to the lab, once the last is there (so they arrive in order)."""
+        nonlocal relay
+        if relay is not None:
+            try:
+                ray.get(relay.push.remote(key, item))
+            except ray.exceptions.RayError:
+                relay = None  # the lab's connection is gone: Ray ends this task with it
 
     context = ray.get_runtime_context()
     with tempfile.TemporaryDirectory(prefix="overnight-trial-") as tmp:
@@ -511,7 +667,7 @@ def _experiment(
         env.pop("CUDA_VISIBLE_DEVICES", None)
         if cuda is not None:  # the GPUs Ray gave this task, numbered on its node
             env["CUDA_VISIBLE_DEVICES"] = cuda
-        yield {
+        push({
             "placed": {
                 "node": context.get_node_id(),
                 "host": socket.gethostname(),
@@ -519,7 +675,7 @@ def _experiment(
                 "pid": os.getpid(),
                 "cuda": cuda,
             }
-        }
+        })  # fmt: skip
         stop = threading.Event()
         box: dict[str, Any] = {}
 
@@ -537,7 +693,7 @@ def _experiment(
                     finished = not runner.is_alive()  # before reading: the last bytes count
                     chunk = fh.read(CHUNK)
                     if chunk:
-                        yield {"log": chunk}
+                        push({"log": chunk})
                     elif finished:
                         break
                     else:
@@ -548,7 +704,9 @@ def _experiment(
             runner.join()
         if "error" in box:
             raise box["error"]
-        yield {"done": box["done"]}
+        push({"done": box["done"]})
+        done: dict[str, Any] = box["done"]
+        return done
 
 
 def _run_steps(

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from overnight.errors import Invalid
 
-_ADDRESS = re.compile(r"^(?:auto|[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
+_ADDRESS = re.compile(r"^(?:auto|(?:ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
 _RAY_ONLY = ("address", "num_cpus", "resources")
 
 
@@ -30,9 +30,9 @@ class ExecutorConfig(_Model):
 
     kind: Literal["local", "ray"] = "local"
     address: str = "auto"
-    """The cluster: `"auto"` (the one `ray start` began on this machine, or RAY_ADDRESS)
-    or `"host:port"` of its head (GCS). Not `"ray://host:10001"`: Ray Client cannot
-    stream a task's results, which is how a trial's log and result come back."""
+    """The cluster: `"auto"` (the one `ray start` began on this machine, or RAY_ADDRESS),
+    `"host:port"` of its head (GCS), or `"ray://host:10001"`: its head's Ray Client
+    server, for a lab on a machine outside the cluster."""
     num_cpus: float = Field(default=1.0, ge=0)
     """CPUs one trial's experiment reserves on its node."""
     resources: dict[str, float] = {}
@@ -42,17 +42,11 @@ class ExecutorConfig(_Model):
     @field_validator("address")
     @classmethod
     def _an_address(cls, value: str) -> str:
-        if value.strip().startswith("ray://"):
-            raise Invalid(
-                f"{value!r} is a Ray Client address, and Ray Client cannot stream a task's "
-                "log and result back as a trial runs",
-                fix='write the head\'s GCS address, address = "HOST:6379", and run overnight '
-                "on a machine that can reach it (the head node, say)",
-            )
         if not _ADDRESS.match(value.strip()):
             raise Invalid(
                 f"{value!r} is not the address of a Ray cluster",
-                fix='write address = "auto" or "HOST:6379" (the head\'s GCS port)',
+                fix='write address = "auto", "HOST:6379" (the head\'s GCS port) or '
+                '"ray://HOST:10001" (its Ray Client server)',
             )
         return value.strip()
 

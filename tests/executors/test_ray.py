@@ -34,6 +34,8 @@ import os, time
 X = 0.5
 Y = 5
 print("training on", os.environ.get("CUDA_VISIBLE_DEVICES"), flush=True)
+# (past the bytes the lab holds back of a log while they could begin a secret)
+print("." * 1000, flush=True)
 time.sleep(1.5)
 # a test makes a run touch the protected evaluator while this file exists
 if os.path.exists(os.path.join(os.environ.get("HOLD_DIR", "/nonexistent"), "tamper")):
@@ -114,17 +116,91 @@ def test_an_unreachable_cluster_is_one_clear_error_naming_the_address(tmp_path: 
     assert not (lab / ".overnight" / "overnight.db").exists()  # refused before any run began
 
 
-def test_a_ray_client_address_from_the_environment_is_refused_naming_the_fix(
+def test_an_unreachable_ray_client_address_is_one_clear_error_naming_the_port(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("ray")
-    lab = ray_lab(tmp_path / "lab", "auto")
+    lab = ray_lab(tmp_path / "lab", "ray://127.0.0.1:1")
+    done = run_cli("run", str(lab), "--trials", "1")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "executor.address: no Ray cluster answers at ray://127.0.0.1:1" in done.stderr
+    assert "--ray-client-server-port=10001" in done.stderr, done.stderr
+    # (and how to start a head whose Ray Client server starts every lab's driver)
+    assert "GRPC_ENABLE_FORK_SUPPORT=false ray start --head" in done.stderr, done.stderr
+    assert "open that port on the head to this machine" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (lab / ".overnight" / "overnight.db").exists()
+    # `auto` takes a Ray Client address from RAY_ADDRESS, as Ray does
+    lab = ray_lab(tmp_path / "auto", "auto")
     done = run_cli("run", str(lab), "--trials", "1", env={"RAY_ADDRESS": "ray://127.0.0.1:1"})
     assert done.returncode == 2, done.stdout + done.stderr
-    assert 'executor.address: address = "auto" takes RAY_ADDRESS' in done.stderr, done.stderr
-    assert "a Ray Client address" in done.stderr, done.stderr
-    assert 'fix: write the head\'s GCS address, address = "HOST:6379"' in done.stderr
+    assert "no Ray cluster answers at ray://127.0.0.1:1" in done.stderr, done.stderr
+
+
+def test_without_ray_client_installed_a_ray_client_address_says_what_to_install(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("ray")
+    lab = ray_lab(tmp_path / "lab", "ray://127.0.0.1:10001")
+    hide = tmp_path / "no-grpc"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['grpc'] = None\n")
+    done = run_cli("run", str(lab), "--trials", "1", env={"PYTHONPATH": f"{hide}:{ROOT}"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "but Ray Client (grpcio, `ray[client]`) is not installed here" in done.stderr
+    assert "fix: pip install 'overnight[ray]' (it brings ray[client])" in done.stderr
     assert not (lab / ".overnight" / "overnight.db").exists()
+
+
+def test_a_lab_outside_the_cluster_runs_on_it_through_ray_client(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # ray://: the head's Ray Client server, the one port a lab on another machine reaches
+    lab = ray_lab(
+        tmp_path / "lab", cluster.client_address, agents=1, lab={"budget": "8s", "grace": "1s"}
+    )
+    number = 3  # the last trial runs past its budget
+    hold = lab / ".git" / f"hold-{number}"
+    hold.touch()
+    proc = cluster.start("run", str(lab), "--trials", "2", "--no-ui")
+    try:
+        # its log streams back while it runs
+        wait_until(lambda: proc.poll() is not None or "training on 0" in log_of(lab, number), 180)
+        assert proc.poll() is None, finish(proc)
+        assert status_of(lab, number) == "running"
+        out = finish(proc)
+    finally:
+        hold.unlink(missing_ok=True)
+        end(proc)
+    assert proc.returncode == 0, out
+    trials = {t.number: t for t in latest_trials(lab)}
+    held = trials[number]
+    assert held.status.value == "timed_out", held
+    assert "killed after 9s" in (held.reason or ""), held.reason
+    left = [  # its whole process group was killed, on its node
+        pid
+        for pid, env in find_marked(TRIAL_MARKER, str(number))
+        if env.get("HOLD_DIR") == str(lab / ".git") and not process_gone(pid)
+    ]
+    assert not left, left
+    assert any(t.status.value == "kept" for t in trials.values()), trials
+    for trial in trials.values():
+        if trial.number != number:
+            log = Path(trial.log_path or "").read_text()
+            assert "training on 0" in log and "score: " in log, log
+            assert trial.peak_rss_mb is not None and trial.peak_rss_mb > 1, trial
+    placed = events(lab, "trial.placed")
+    assert {p["trial"] for p in placed} == set(trials), placed  # each on a worker node
+    assert {p["cuda_visible_devices"] for p in placed} == {"0"}, placed
+    assert not events(lab, "executor.unreachable")
+
+
+def log_of(lab: Path, number: int) -> str:
+    """What a trial's log holds so far."""
+    trial = next((t for t in latest_trials(lab) if t.number == number), None)
+    if trial is None or not trial.log_path or not Path(trial.log_path).exists():
+        return ""
+    return Path(trial.log_path).read_text(errors="replace")
 
 
 def raylet_of(node: str) -> int:

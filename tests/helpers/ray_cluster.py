@@ -36,6 +36,11 @@ TRIES = 3
 """How many times a node is started before the fixture gives up: `ray start` gives a node's
 raylet 30 s (fixed in Ray) to register with the GCS, which a machine loaded ~5x over its
 cores sometimes exceeds (`The current node timed out during startup`)."""
+HEAD_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
+"""What the head starts with, as the README tells a user whose lab joins through `ray://`:
+its Ray Client server forks a driver per connection while gRPC threads run, and with
+gRPC's fork handlers on (grpcio's default) 8 of 120 such drivers died before they ran
+(`Initialization failure from server`; Ray issue 63202), with them off none of 120."""
 
 
 @dataclass
@@ -47,6 +52,8 @@ class Cluster:
     """The head's GCS port. Any is free in a namespace of its own, but `ray start --head`
     refuses a port a GCS anywhere on the machine was started with (it looks at every
     process): each cluster has one of its own, so two suites can run side by side."""
+    client_port: int = 0
+    """The head's Ray Client server port (`ray://`), one of its own for the same reason."""
     nodes: list[set[int]] = field(default_factory=list)
     """Each node's processes as `ray start` left them, the head's first."""
 
@@ -57,15 +64,22 @@ class Cluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def ray(self, *args: str, timeout: float = START_S) -> str:
-        """Run `ray ARGS` in the namespace; its output, asserting it succeeded. (To a file,
-        not a pipe: the daemons `ray start` leaves behind would hold a pipe open.)"""
+    @property
+    def client_address(self) -> str:
+        """The head's Ray Client address, what a lab on another machine would name."""
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    def ray(self, *args: str, timeout: float = START_S, env: dict[str, str] | None = None) -> str:
+        """Run `ray ARGS` in the namespace (with `env` added to the cluster's); its output,
+        asserting it succeeded. (To a file, not a pipe: the daemons `ray start` leaves
+        behind would hold a pipe open.)"""
         out = self.temp.with_suffix(".out")
         with out.open("w") as fh:
             try:
                 done = subprocess.run(
                     [*self.enter(), RAY, *args],
-                    env=self.env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout,
+                    env={**self.env, **(env or {})}, stdout=fh, stderr=subprocess.STDOUT,
+                    timeout=timeout,
                 )  # fmt: skip
             except subprocess.TimeoutExpired:
                 raise AssertionError(f"ray {args[0]} hung:\n{out.read_text()}") from None
@@ -81,8 +95,9 @@ class Cluster:
 
     def start_head(self) -> None:
         self.nodes[:0] = [self._start_node(
-            "--head", f"--port={self.port}", "--num-cpus=1", "--include-dashboard=false",
-            "--disable-usage-stats", f"--temp-dir={self.temp}",
+            "--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}",
+            "--num-cpus=1", "--include-dashboard=false",
+            "--disable-usage-stats", f"--temp-dir={self.temp}", env=HEAD_ENV,
         )]  # fmt: skip
 
     def stop_nodes(self) -> None:
@@ -97,15 +112,15 @@ class Cluster:
             '--resources={"a100": 1}',
         )]  # fmt: skip
 
-    def _start_node(self, *args: str) -> set[int]:
-        """`ray start ARGS` (TRIES times at most, what a failed start left killed before
-        the next); the Ray processes of the node it started."""
+    def _start_node(self, *args: str, env: dict[str, str] | None = None) -> set[int]:
+        """`ray start ARGS` (with `env`; TRIES times at most, what a failed start left
+        killed before the next); the Ray processes of the node it started."""
         for _ in range(TRIES):
             before = set(self.inside())
             try:
                 self.ray(
                     "start", "--node-ip-address=127.0.0.1", "--object-store-memory=100000000",
-                    *args,
+                    *args, env=env,
                 )  # fmt: skip
             except AssertionError as exc:
                 failed = exc
@@ -152,7 +167,8 @@ def _of_ray(pid: int) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"/ray/" in argv or argv.startswith(b"ray::")
+    # (the head's Ray Client server runs as `python -m ray.util.client.server`)
+    return b"/ray/" in argv or argv.startswith(b"ray::") or b"\0ray.util.client." in argv
 
 
 @contextlib.contextmanager
@@ -173,7 +189,8 @@ def running_cluster() -> Iterator[Cluster]:
         "RAY_health_check_timeout_ms": "60000",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
-    found = Cluster(ns, temp, env, port=random.randrange(20000, 30000))
+    port, client_port = random.sample(range(20000, 30000), 2)
+    found = Cluster(ns, temp, env, port=port, client_port=client_port)
     try:
         assert ns.stdout is not None
         assert ns.stdout.readline() == "up\n", "unshare could not make a network namespace"

@@ -462,11 +462,11 @@ CASES = {
         "21: executor.address",
         ("'my cluster' is not the address of a Ray cluster", '"HOST:6379"'),
     ),
-    "a Ray Client address": Broken(
+    "a Ray Client address without its port": Broken(
         "",
-        '\n[executor]\nkind = "ray"\naddress = "ray://127.0.0.1:10001"\n',
+        '\n[executor]\nkind = "ray"\naddress = "ray://head"\n',
         "21: executor.address",
-        ("is a Ray Client address", 'address = "HOST:6379"', "can reach it"),
+        ("'ray://head' is not the address of a Ray cluster", '"ray://HOST:10001"'),
     ),
     "a Ray field on the local executor": Broken(
         "",
