@@ -93,13 +93,19 @@ def test_trials_run_on_both_workers_with_their_gpu_and_stream_their_logs(
         assert trial.peak_rss_mb is not None and trial.peak_rss_mb > 1
 
 
-def test_without_ray_installed_the_lab_says_what_to_install(tmp_path: Path) -> None:
-    lab = ray_lab(tmp_path / "lab", "127.0.0.1:6379")
-    hide = tmp_path / "no-ray"
+def run_without(module: str, lab: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`overnight run` of `lab` where `module` cannot be imported; it fails as bad input."""
+    hide = tmp_path / f"no-{module}"
     hide.mkdir()
-    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
+    (hide / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")
     done = run_cli("run", str(lab), "--trials", "1", env={"PYTHONPATH": f"{hide}:{ROOT}"})
     assert done.returncode == 2, done.stdout + done.stderr
+    return done
+
+
+def test_without_ray_installed_the_lab_says_what_to_install(tmp_path: Path) -> None:
+    lab = ray_lab(tmp_path / "lab", "127.0.0.1:6379")
+    done = run_without("ray", lab, tmp_path)
     assert "but Ray is not installed here" in done.stderr, done.stderr
     assert "fix: pip install 'overnight[ray]'" in done.stderr, done.stderr
     assert not (lab / ".overnight" / "overnight.db").exists()
@@ -142,11 +148,7 @@ def test_without_ray_client_installed_a_ray_client_address_says_what_to_install(
 ) -> None:
     pytest.importorskip("ray")
     lab = ray_lab(tmp_path / "lab", "ray://127.0.0.1:10001")
-    hide = tmp_path / "no-grpc"
-    hide.mkdir()
-    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['grpc'] = None\n")
-    done = run_cli("run", str(lab), "--trials", "1", env={"PYTHONPATH": f"{hide}:{ROOT}"})
-    assert done.returncode == 2, done.stdout + done.stderr
+    done = run_without("grpc", lab, tmp_path)
     assert "but Ray Client (grpcio, `ray[client]`) is not installed here" in done.stderr
     assert "fix: pip install 'overnight[ray]' (it brings ray[client])" in done.stderr
     assert not (lab / ".overnight" / "overnight.db").exists()
