@@ -667,15 +667,6 @@ def _experiment(
         env.pop("CUDA_VISIBLE_DEVICES", None)
         if cuda is not None:  # the GPUs Ray gave this task, numbered on its node
             env["CUDA_VISIBLE_DEVICES"] = cuda
-        push({
-            "placed": {
-                "node": context.get_node_id(),
-                "host": socket.gethostname(),
-                "task": context.get_task_id() or "",
-                "pid": os.getpid(),
-                "cuda": cuda,
-            }
-        })  # fmt: skip
         stop = threading.Event()
         box: dict[str, Any] = {}
 
@@ -686,8 +677,17 @@ def _experiment(
                 box["error"] = exc
 
         runner = threading.Thread(target=steps, daemon=True, name="experiment")
-        runner.start()
+        runner.start()  # (first: the experiment need not wait for the relay to hear of it)
         try:
+            push({
+                "placed": {
+                    "node": context.get_node_id(),
+                    "host": socket.gethostname(),
+                    "task": context.get_task_id() or "",
+                    "pid": os.getpid(),
+                    "cuda": cuda,
+                }
+            })  # fmt: skip
             with log.open("rb") as fh:
                 while True:
                     finished = not runner.is_alive()  # before reading: the last bytes count
