@@ -59,6 +59,8 @@ from overnight.store import open_store
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+STARTUP = 5
+"""Random draws each agent's study starts with before TPE models it, per agent drawing."""
 _REQUEUE_ATTR = "overnight_requeued_from"
 _TRIAL_ATTR = "overnight_trial"
 """On a study trial added from an explore proposal: the lab's trial it was."""
@@ -120,7 +122,10 @@ class OptunaProposer:
             # constant_liar / multivariate are flagged experimental; we rely on them knowingly
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(
-                n_startup_trials=5, multivariate=True, constant_liar=True, seed=seed
+                n_startup_trials=STARTUP * self._drawers(setup),
+                multivariate=True,
+                constant_liar=True,
+                seed=seed,
             )
         store = open_store(setup.store_url)  # the study lives in the lab's database
         try:
@@ -153,6 +158,16 @@ class OptunaProposer:
         self._withdrawn: list[tuple[int, dict[str, Any], int | None]] = []
         """Draws made ahead and not tried (optuna trial, params, re-queued from): asked
         again before the study is."""
+
+    @staticmethod
+    def _drawers(setup: ProposerSetup) -> int:
+        """How many optuna agents draw from this agent's study: all of the lab's when they
+        share one, else one. The study's random start is STARTUP draws for each, so sharing
+        never explores less than the agents would alone."""
+        config = setup.config
+        if not (config.shares() or len(config.agent_names()) < 2):
+            return 1
+        return max(1, sum(1 for _name, a in config.agent_names() if a.runtime == "optuna"))
 
     def propose(self, worktree: Path, trial: Trial) -> Proposal:
         before = knob_files.current_values(worktree, self.knobs)
