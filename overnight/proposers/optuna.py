@@ -113,6 +113,12 @@ def study_name(run_id: str, agent: str | None = None) -> str:
 class OptunaProposer:
     def __init__(self, setup: ProposerSetup) -> None:
         seed = agent_seed(setup.agent)
+        config = setup.config
+        # a study of its own when there are others to keep it from (one agent: the run's)
+        self.shared = config.shares() or len(config.agent_names()) < 2
+        # its random start: STARTUP draws for each optuna agent drawing from it, so sharing
+        # never explores less than the agents would alone
+        drawers = sum(1 for _name, a in config.agent_names() if a.runtime == "optuna")
         self.knobs = list(setup.config.knobs)
         self.distributions = {k.name: distribution(k) for k in self.knobs}
         direction = (
@@ -124,7 +130,7 @@ class OptunaProposer:
             # constant_liar / multivariate are flagged experimental; we rely on them knowingly
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(
-                n_startup_trials=STARTUP * self._drawers(setup),
+                n_startup_trials=STARTUP * (max(1, drawers) if self.shared else 1),
                 multivariate=True,
                 constant_liar=True,
                 seed=seed,
@@ -137,9 +143,7 @@ class OptunaProposer:
         self.agent = setup.agent
         self._store_url, self._run_id = setup.store_url, setup.run_id
         self._sigma: float | None = None
-        """σ of the run's noise floor, once measured (`_noisy`)."""
-        # a study of its own when there are others to keep it from (one agent: the run's)
-        self.shared = setup.config.shares() or len(setup.config.agent_names()) < 2
+        """σ of the run's noise floor (`_noisy`), read at the first move."""
         name = study_name(setup.run_id, None if self.shared else setup.agent)
         self._new = name not in {s.study_name for s in storage.get_all_studies()}
         """Whether this study began now: a resumed run's then hears of what finished."""
@@ -160,16 +164,6 @@ class OptunaProposer:
         self._withdrawn: list[tuple[int, dict[str, Any], int | None]] = []
         """Draws made ahead and not tried (optuna trial, params, re-queued from): asked
         again before the study is."""
-
-    @staticmethod
-    def _drawers(setup: ProposerSetup) -> int:
-        """How many optuna agents draw from this agent's study: all of the lab's when they
-        share one, else one. The study's random start is STARTUP draws for each, so sharing
-        never explores less than the agents would alone."""
-        config = setup.config
-        if not (config.shares() or len(config.agent_names()) < 2):
-            return 1
-        return max(1, sum(1 for _name, a in config.agent_names() if a.runtime == "optuna"))
 
     def propose(self, worktree: Path, trial: Trial) -> Proposal:
         before = knob_files.current_values(worktree, self.knobs)
@@ -296,16 +290,15 @@ class OptunaProposer:
             self._explore, self._misses = best.number, 0
 
     def _noisy(self) -> bool:
-        """Whether the run measured its metric to vary between runs of the same code."""
+        """Whether the run measured its metric to vary between runs of the same code (read
+        once: a move comes after the baseline, whose runs are where the noise is measured)."""
         if self._sigma is None:
             store = open_store(self._store_url)
             try:
                 run = store.get_run(self._run_id)
             finally:
                 store.close()
-            floor = run.noise_floor if run is not None else None
-            if not floor:
-                return False  # (not measured yet, or never: asked again next time)
+            floor = (run.noise_floor if run is not None else None) or {}
             self._sigma = float(floor.get("sigma") or 0.0)
         return self._sigma > 0
 
