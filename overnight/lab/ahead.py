@@ -8,7 +8,8 @@ made while its current trial runs, in a checkout of its own (not the worktree it
 experiment runs in), on the commit the agent goes on from should that trial not be
 kept: the candidate's tree and diff, no trial numbered, no commit made. The next
 trial then only commits that tree (numbered, as any trial's commit) and checks it
-out; for a cluster, its files were packed for the node ahead too. If the agent moved
+out; for a cluster not even that: its files were packed for the node ahead, and the
+agent's worktree stays where it was. If the agent moved
 meanwhile (a keep, a move to the lab's best), the proposal goes back to its proposer
 (`withdraw`), which proposes it again from where the agent stands. A kill loses
 nothing: no trial was recorded, and the proposer's resume tidies up what it was

@@ -17,12 +17,13 @@ finding what a dead `overnight run` left running on the nodes (`reap`).
   the run and the hashes come back, so the integrity guard's after-run check holds.
 - **The log streams back while it runs**, through a relay: a small actor the lab starts
   on the head node (no CPU) when it joins. The task pushes where it started, then the
-  log's new bytes as they are written (each push waits for the last: in order), then the
-  result; the lab long-polls the relay for its trial's items and appends the bytes to
-  the trial's own log, and a dead worker or node fails the task's own result, naming
-  what died. One way for both kinds of address: a GCS address (`auto`, `HOST:6379`)
-  and Ray Client's `ray://HOST:10001` (which cannot stream a generator task's items,
-  the obvious way). The relay lives and dies with the lab's connection (its owner); on
+  log's new bytes as they are written (each push waits for the last: in order); the lab
+  long-polls the relay for its trial's items and appends the bytes to the trial's own
+  log. The result, with the log's last bytes and how many items were pushed, is the
+  task's own return value (straight to the lab, not through the head), and a dead
+  worker or node fails it, naming what died. One way for both kinds of address: a GCS
+  address (`auto`, `HOST:6379`) and Ray Client's `ray://HOST:10001` (which cannot
+  stream a generator task's items, the obvious way). The relay lives and dies with the lab's connection (its owner); on
   the head, it is lost only with the cluster.
 - **Ray's own retries are off** (`max_retries=0`): the lab decides what a lost node
   means for a trial.
@@ -476,13 +477,17 @@ class Cluster:
         stop: threading.Event,
         on_start: Callable[[Placed], None],
         hidden: bytes = b"",
+        near: str | None = None,
     ) -> Outcome:
         """Run `experiment` on the code in `archive` (a tar of the commit) on some node,
         appending its log to `log_path` as it comes; `on_start` hears where it started.
         `hidden` (a tar of the holdout's hidden files, for a holdout run only) is unpacked
-        over the checkout there."""
+        over the checkout there. `near`: the node to prefer while it has room (where the
+        agent's last trial ran: its slot was just freed there, and Ray's lease is asked of
+        that node at once instead of through the head)."""
         import ray
         from ray.exceptions import RayTaskError, TaskCancelledError
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.watch()
         self._marks.add(experiment.mark)
@@ -504,18 +509,23 @@ class Cluster:
                 options["num_gpus"] = self.gpus
             if self.config.resources:
                 options["resources"] = dict(self.config.resources)
+            if near is not None:  # (elsewhere at once when it has no room: not waiting there)
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                    near, soft=True, _spill_on_unavailable=True
+                )
             relay = self._relay
             task = self._task.options(**options).remote(
-                experiment, ray.put(archive), ray.put(hidden) if hidden else b"", relay, key
-            )
+                experiment, archive, hidden, relay, key
+            )  # (small arguments travel inside the task; Ray puts big ones in its store)
             redactor = redaction.StreamRedactor()
             log_path.parent.mkdir(parents=True, exist_ok=True)
-            done: dict[str, Any] | None = None
-            ended = cancelled = False
+            done: dict[str, Any] | None = None  # (the task's result, once it ended)
+            cancelled = False
+            taken = 0  # (items taken from the relay)
             taking: Any = None  # (a long poll of the relay under way)
             with log_path.open("ab") as log:
                 try:
-                    while done is None:
+                    while done is None or taken < done["pushed"]:
                         if stop.is_set() and not cancelled:
                             ray.cancel(task)
                             cancelled = True
@@ -525,29 +535,26 @@ class Cluster:
                                 unreachable=f"the cluster at {self.address} went unreachable",
                             )  # fmt: skip
                         if taking is None:
-                            taking = relay.take.remote(key, 0 if ended else TAKE_S)
-                        if not ray.wait([taking], timeout=TAKE_S + 1)[0]:
+                            taking = relay.take.remote(key, TAKE_S)
+                        waits = [taking] if done is not None else [taking, task]
+                        ready = ray.wait(waits, num_returns=1, timeout=TAKE_S + 1)[0]
+                        if not ready:
                             continue  # (a slow relay: look at stop and the cluster again)
+                        if taking not in ready:
+                            done = ray.get(task)  # (or its error, raised)
+                            continue  # (then what it pushed before, should some be on the way)
                         items, taking = ray.get(taking), None
+                        taken += len(items)
                         for item in items:
                             if "log" in item:
                                 log.write(redactor.feed(item["log"]))
                                 log.flush()
-                            elif "placed" in item:
+                            else:
                                 placed = Placed(**item["placed"])
                                 on_start(placed)
-                            elif "done" in item:
-                                done = item["done"]
-                        if ended and done is None:
-                            # the task ended without its result through the relay: its
-                            # error (or, should its last push have failed, its result)
-                            done = ray.get(task)
-                        elif not items:
-                            ended = bool(ray.wait([task], timeout=0)[0])
+                    log.write(redactor.feed(done["log"]))
                 finally:
                     log.write(redactor.flush())
-            if done is None:
-                raise RuntimeError(f"trial {experiment.trial}: the worker ended early")
             return Outcome(
                 _redacted(done["result"]), step=done["step"], protected=done["protected"],
                 placed=placed,
@@ -617,24 +624,26 @@ class _Relay:
     def __init__(self) -> None:
         self._items: dict[str, list[dict[str, Any]]] = {}
         self._came: dict[str, asyncio.Event] = {}
+        """Per trial, what its one long poll under way waits on."""
 
     async def push(self, key: str, item: dict[str, Any]) -> None:
         self._items.setdefault(key, []).append(item)
-        self._came.setdefault(key, asyncio.Event()).set()
+        if key in self._came:
+            self._came[key].set()
 
     async def take(self, key: str, wait_s: float) -> list[dict[str, Any]]:
         """The trial's items so far, oldest first; waits up to `wait_s` for one."""
-        came = self._came.setdefault(key, asyncio.Event())
         if not self._items.get(key) and wait_s > 0:
+            came = self._came[key] = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(came.wait(), wait_s)
-        came.clear()
+            if self._came.get(key) is came:
+                del self._came[key]
         return self._items.pop(key, [])
 
     async def drop(self, key: str) -> None:
         """Forget a trial the lab is done with."""
         self._items.pop(key, None)
-        self._came.pop(key, None)
 
 
 def _experiment(
@@ -645,12 +654,15 @@ def _experiment(
     The checkout is deleted when the task ends."""
     import ray
 
+    pushed = 0
+
     def push(item: dict[str, Any]) -> None:
         """One item to the lab, once the last is there (so they arrive in order)."""
-        nonlocal relay
+        nonlocal relay, pushed
         if relay is not None:
             try:
                 ray.get(relay.push.remote(key, item))
+                pushed += 1
             except ray.exceptions.RayError:
                 relay = None  # the lab's connection is gone: Ray ends this task with it
 
@@ -692,10 +704,10 @@ def _experiment(
                 while True:
                     finished = not runner.is_alive()  # before reading: the last bytes count
                     chunk = fh.read(CHUNK)
+                    if finished and len(chunk) < CHUNK:
+                        break  # (the last bytes go with the result, straight to the lab)
                     if chunk:
                         push({"log": chunk})
-                    elif finished:
-                        break
                     else:
                         runner.join(POLL_S)
         finally:
@@ -704,9 +716,8 @@ def _experiment(
             runner.join()
         if "error" in box:
             raise box["error"]
-        push({"done": box["done"]})
         done: dict[str, Any] = box["done"]
-        return done
+        return {**done, "log": chunk, "pushed": pushed}
 
 
 def _run_steps(

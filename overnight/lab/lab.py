@@ -74,6 +74,9 @@ class _Attempt:
     """The candidate made ahead on `parent` (`overnight.lab.ahead`): only committed here."""
     made_ahead: bool = False
     """Whether the candidate is the one made ahead (its parent was still the agent's best)."""
+    checked_out: bool = True
+    """Whether the agent's worktree was moved off `parent` (a cluster's node runs a
+    candidate made ahead from its packed files: the worktree stays clean at `parent`)."""
     candidate: str = ""
     changed: list[str] = field(default_factory=list)
     metrics: list[float] = field(default_factory=list)
@@ -503,10 +506,13 @@ class Lab:
         if t.baseline:
             t.candidate = t.parent
         elif made is not None and made.tree is not None and made.parent == t.parent:
-            # made ahead: committed now that it is numbered, and checked out to run
+            # made ahead: committed now that it is numbered, and checked out to run here
+            # (on a cluster its packed files run: two git processes less a trial)
             message = f"overnight trial {t.trial.number}: {proposal.description}"
             t.candidate = t.worktree.commit_tree(made.tree, t.parent, message)
-            t.worktree.run("reset", "-q", "--hard", t.candidate)
+            t.checked_out = made.archive is None
+            if t.checked_out:
+                t.worktree.run("reset", "-q", "--hard", t.candidate)
             t.trial = self.store.update_trial(
                 t.trial.id, _S.applied, candidate_commit=t.candidate, diff=made.patch
             )
@@ -606,7 +612,8 @@ class Lab:
                 t.trial.id, _S.interrupted, reason="overnight error", finished_at=time.time()
             )
         kept = final.candidate_commit if final.status is _S.kept else None
-        t.worktree.reset_clean(kept or t.parent)
+        if t.checked_out or kept:
+            t.worktree.reset_clean(kept or t.parent)
 
     def _end(self, t: _Attempt, status: TrialStatus, reason: str | None, **fields: Any) -> Trial:
         """Record the trial finished with `status` and `reason` (and `fields`)."""
