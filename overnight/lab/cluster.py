@@ -64,16 +64,17 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from overnight import redaction
 from overnight.errors import ConfigError
 from overnight.lab import integrity, sandbox
 from overnight.lab.runner import RunResult, kill_marked, run_budgeted
 from overnight.markers import RUN_MARKER, TRIAL_MARKER
-from overnight.org.config import LabConfig, OrgConfig
-from overnight.org.executor import ExecutorConfig
-from overnight.org.load import line_of
+
+if TYPE_CHECKING:  # (a worker imports this module for its task: it needs none of these)
+    from overnight.org.config import LabConfig, OrgConfig
+    from overnight.org.executor import ExecutorConfig
 
 CHUNK = 64 * 1024
 """Most log bytes in one streamed item."""
@@ -87,6 +88,11 @@ CLIENT = "ray://"
 JOIN_S = 120.0
 """Most seconds joining through Ray Client may take before the cluster is said not to
 answer (the head starts a driver for the lab: seconds, more on a loaded head)."""
+WARM_MAX = 8
+"""Most worker processes a node is asked to start ahead for trials (`Cluster._warm`)."""
+WARM_S = 0.5
+"""How long a warm-up task holds its worker process (longer than the others take to be
+handed theirs: each gets a process of its own)."""
 HEAD = {"node:__internal_head__": 0.001}
 """What pins the relay to the head node (Ray's own resource, on the head alone)."""
 PROBE_S = 5.0
@@ -178,8 +184,12 @@ class Cluster:
         # holds (Ray queues a task until a node has its resources)
         limit = lab.parallel if "parallel" in lab.model_fields_set else None
         self._room = threading.BoundedSemaphore(limit) if limit else None
+        self._room_size = limit or 0
         self._task: Any = None
         self._reaper: Any = None
+        self._warmer: Any = None
+        self._warmed = True
+        self._warming = threading.Lock()
         self._relay: Any = None
         self.up = threading.Event()
         """Set while the cluster answers (cleared by an outage, set again once it is back)."""
@@ -240,6 +250,8 @@ class Cluster:
 
         self._task = ray.remote(max_retries=0, retry_exceptions=False)(_experiment)
         self._reaper = ray.remote(max_retries=0, num_cpus=0)(_reap)
+        self._warmer = ray.remote(max_retries=0, num_cpus=0)(_warm_up)
+        self._warmed = False
         self._relay = (
             ray.remote(_Relay).options(num_cpus=0, resources=HEAD, max_restarts=0).remote()
         )
@@ -377,6 +389,38 @@ class Cluster:
                 return False
         return True
 
+    def _warm(self, busy: str) -> None:
+        """Once a connection's first experiment runs (on node `busy`: the baseline, most
+        often), have each node start the worker processes its next trials will run in:
+        Ray starts one when a task finds none idle (about a second, most of it importing
+        overnight), which the first trial of every other slot would wait for. As many as
+        the node holds trials (at most WARM_MAX, and `parallel` in all, the running one
+        counted), by tasks that reserve nothing and are not waited for; Ray keeps the
+        processes for the tasks that follow. (Not before that first experiment: it would
+        wait behind them for a core.)"""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        with self._warming:
+            if self._warmed:
+                return
+            self._warmed = True
+        nodes = ray.nodes()  # type: ignore[no-untyped-call]
+        wanted = self.wanted()
+        slots: dict[str, int] = {}
+        for node in nodes:
+            if node.get("Alive"):
+                have = node.get("Resources", {})
+                room = [int(have.get(k, 0) // v) for k, v in wanted.items()]
+                slots[node["NodeID"]] = min([*room, WARM_MAX]) - (node["NodeID"] == busy)
+        left = (self._room_size or sum(slots.values())) - 1
+        for turn in range(WARM_MAX):  # (round the nodes, one each a turn)
+            for node_id, fits in slots.items():
+                if turn < fits and left > 0:
+                    left -= 1
+                    strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+                    self._warmer.options(scheduling_strategy=strategy).remote(WARM_S)
+
     def wanted(self) -> dict[str, float]:
         """What one trial reserves on its node, as Ray names resources."""
         wanted = {"CPU": self.config.num_cpus, **self.config.resources}
@@ -418,6 +462,8 @@ class Cluster:
 
     def _line(self, field: str) -> int | None:
         try:
+            from overnight.org.load import line_of
+
             return line_of(self.config_path.read_text(encoding="utf-8"), ("executor", field))
         except OSError:
             return None
@@ -552,6 +598,7 @@ class Cluster:
                             else:
                                 placed = Placed(**item["placed"])
                                 on_start(placed)
+                                self._warm(busy=placed.node)
                     log.write(redactor.feed(done["log"]))
                 finally:
                     log.write(redactor.flush())
@@ -768,6 +815,12 @@ def _unpack(archive: bytes, into: Path) -> None:
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
+
+
+def _warm_up(seconds: float) -> None:
+    """A task that only holds its worker process a moment (so that the ones sent to a node
+    together each start one of their own); importing this module is the point."""
+    time.sleep(seconds)
 
 
 def _kill_trial(mark: str, trial: int) -> None:
