@@ -128,11 +128,18 @@ def agent_loop(
     """
     worktree = Path(lab.agent(name).worktree)
     upcoming = _Upcoming(lab, name, proposer, allowance, stop)
+    heard: list[Trial] = []  # (the last trial, while its proposer has yet to hear of it)
+
+    def hear() -> None:
+        while heard:
+            proposer.observe(heard.pop())
+
     try:
         while not stop.is_set():
             if control is not None and control.hold(name, stop):
                 continue
             if watch is not None and watch.down():
+                hear()
                 yield from _ride_out(lab, name, watch, optimizer, allowance, stop)
                 continue
             remote = lab.experiments.cluster
@@ -143,16 +150,22 @@ def agent_loop(
             if upcoming.reserved and not allowance.open(stop):
                 return
             prepared = upcoming.take()
+            if prepared is None:
+                hear()  # (before it proposes)
+            asked: list[Trial | None] = [None]  # (the trial a fresh proposal was asked for)
 
-            def fresh(trial: Trial) -> Proposal:
-                proposal = proposer.propose(worktree, trial)
-                upcoming.start(trial)  # the next one is made while this one runs
-                return proposal
+            def fresh(trial: Trial, asked: list[Trial | None] = asked) -> Proposal:
+                asked[0] = trial
+                return proposer.propose(worktree, trial)
 
-            if prepared is not None:
-                upcoming.start(None)
+            def running(asked: list[Trial | None] = asked) -> None:
+                """The trial's experiment runs: the proposer hears of the last trial and
+                makes the next candidate now, not before (its CPU would slow the start)."""
+                hear()
+                upcoming.start(asked[0])  # the next one is made while this one runs
+
             try:
-                trial = lab.run_trial(name, prepared or fresh, stop)
+                trial = lab.run_trial(name, prepared or fresh, stop, on_running=running)
             except ProposerUnavailable as exc:
                 allowance.give_back()  # nothing was tried
                 upcoming.withdraw()
@@ -170,12 +183,16 @@ def agent_loop(
                 lab.store.set_agent_state(lab.run.id, name, "paused", reason=str(exc))
                 return
             upcoming.wait()  # (the proposer hears of this trial after it made the next)
-            proposer.observe(trial)
+            hear()  # (the one before, should this trial not have run)
+            heard.append(trial)
+            if not upcoming.ahead():  # (it proposes the next one from this result)
+                hear()
             yield trial
             if trial.status is TrialStatus.interrupted:
                 return
             adoption = sharing.consider(name) if sharing is not None else None
             if adoption is not None:  # its next proposals start at the lab's best
+                hear()
                 upcoming.withdraw()  # (made on the commit it left)
                 best = lab.store.trials(lab.run.id, statuses=[TrialStatus.kept])
                 adopted = next(t for t in best if t.number == adoption.to_trial)
@@ -186,6 +203,7 @@ def agent_loop(
         upcoming.withdraw()
         if upcoming.made_any:
             lab.drop_ahead(name)
+        hear()
 
 
 class _Upcoming:
@@ -206,11 +224,15 @@ class _Upcoming:
         self._made: Prepared | None = None
         self._error: BaseException | None = None
 
+    def ahead(self) -> bool:
+        """Whether the proposer can propose the next candidate before the last result."""
+        ahead = getattr(self.proposer, "ahead", None)
+        return callable(ahead) and bool(ahead())
+
     def start(self, trial: Trial | None) -> None:
         """Begin making the next candidate (the proposer is asked with `trial`, the one
-        about to run, or none), unless the proposer needs that trial's result first."""
-        ahead = getattr(self.proposer, "ahead", None)
-        if self._thread is not None or not callable(ahead) or not ahead():
+        running, or none), unless the proposer needs that trial's result first."""
+        if self._thread is not None or not self.ahead():
             return
         if not self.allowance.take(self.stop, spare=len(self.lab.agents())):
             return

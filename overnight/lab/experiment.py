@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,13 +143,21 @@ class Experiments:
         )  # fmt: skip
 
     def measure(
-        self, trial: Trial, worktree: Path, stop: threading.Event, archive: bytes | None = None
+        self,
+        trial: Trial,
+        worktree: Path,
+        stop: threading.Event,
+        archive: bytes | None = None,
+        on_running: Callable[[], None] | None = None,
     ) -> Measured:
         """Run the lab's command (then `evaluate`) once on `worktree`, recording the trial
         `running` with its log and pid; on the cluster when the lab has one (`archive`:
-        the candidate's files as a tar, when they were packed ahead)."""
+        the candidate's files as a tar, when they were packed ahead). `on_running` hears
+        when the experiment has started."""
         if self.cluster is not None:
-            return self._measure_on_cluster(self.cluster, trial, worktree, stop, archive)
+            return self._measure_on_cluster(
+                self.cluster, trial, worktree, stop, archive, on_running
+            )
         lab = self.config
         log_path = self.paths.trial_log(self.run_id, trial.number)
         timeout = lab.budget + lab.grace
@@ -164,6 +172,8 @@ class Experiments:
 
             def record_pid(pid: int) -> None:
                 self.store.update_trial(trial.id, _S.running, pid=pid)
+                if on_running is not None:
+                    on_running()
 
             watch = [*lab.record, *([VRAM] if VRAM not in (*lab.record, lab.metric) else [])]
             result = run_budgeted(
@@ -194,6 +204,7 @@ class Experiments:
         worktree: Path,
         stop: threading.Event,
         archive: bytes | None = None,
+        on_running: Callable[[], None] | None = None,
     ) -> Measured:
         """`measure`, with the experiment a task on the cluster: the candidate commit
         travels there, the log streams back into the trial's log, the protected files'
@@ -227,6 +238,8 @@ class Experiments:
             self.store.update_trial(
                 trial.id, _S.running, log_path=str(log_path), started_at=time.time()
             )
+            if on_running is not None:
+                on_running()
 
         if archive is None:
             archive = cluster.archive_of(worktree, commit)

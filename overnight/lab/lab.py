@@ -88,6 +88,8 @@ class _Attempt:
     """Whether the improvement was far beyond every one kept so far (and re-run)."""
     concern: str | None = None
     """Why the hidden holdout disputes the improvement."""
+    on_running: Callable[[], None] | None = None
+    """Told once its experiment has started (`Lab.run_trial`)."""
 
     @property
     def baseline(self) -> bool:
@@ -308,6 +310,7 @@ class Lab:
         agent_name: str,
         proposal: Proposal | Callable[[Trial], Proposal] | Prepared,
         stop: threading.Event,
+        on_running: Callable[[], None] | None = None,
     ) -> Trial:
         """Propose -> apply -> check -> run -> measure -> keep or discard, for one agent.
 
@@ -315,6 +318,7 @@ class Lab:
         description), so a proposer can tag its LLM calls with the trial; when it
         raises ProposalError the trial is `crashed` with the error's data kept. Or it is
         a candidate `prepare`d ahead on the agent's best commit (see `overnight.lab.ahead`).
+        `on_running` is called (in this thread) once its experiment has started.
         """
         lock = self.agent_lock(agent_name)
         # A flock is shared with any child forked while it is held, until that child's
@@ -338,6 +342,7 @@ class Lab:
                     proposal,
                     stop,
                     branch=agent.branch,
+                    on_running=on_running,
                 )
                 trial = self._again_if_lost(
                     trial, agent_name, Path(agent.worktree), agent.best_commit,
@@ -421,6 +426,7 @@ class Lab:
         asked: Proposal | Callable[[Trial], Proposal] | Prepared,
         stop: threading.Event,
         branch: str | None = None,
+        on_running: Callable[[], None] | None = None,
     ) -> Trial:
         """One trial, numbered at once, through its stages in order until one ends it."""
         proposal: Proposal | Callable[[Trial], Proposal]
@@ -438,6 +444,7 @@ class Lab:
         t = _Attempt(
             agent=agent_name, worktree=Git(worktree_path), parent=parent, best=best_metric,
             proposal=proposal, stop=stop, branch=branch, trial=trial, ahead=prepared,
+            on_running=on_running,
         )  # fmt: skip
         try:
             return (
@@ -559,7 +566,9 @@ class Lab:
         duration = 0.0
         while True:
             packed = t.ahead.archive if t.ahead is not None and t.made_ahead else None
-            measured = self.experiments.measure(t.trial, t.worktree.path, t.stop, packed)
+            measured = self.experiments.measure(
+                t.trial, t.worktree.path, t.stop, packed, on_running=t.on_running
+            )
             duration += measured.duration_s
             measures.append(measured)
             memory = memory_fields(measures)
