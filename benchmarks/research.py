@@ -6,7 +6,9 @@ right, and does the experiment slot stay busy while LLM agents think.
   (`patience = 3`):
   the trials it took the lab's best to reach a target, and the lab's best after N trials.
   Trials are counted over all agents together, the baseline not included. Target: with
-  sharing, the median trials to target at most 0.8x that without.
+  sharing, the median trials to target at most 0.8x that without. On a noisy lab (tsp)
+  a best is often one lucky run, so each lab best's commit is also run REMEASURE times
+  afresh, and the same figures are printed for what it is worth (the mean of those).
 - **noise**: tsp's unchanged solver run 20 times (σ, the standard deviation of its
   tour_length) against the σ each tsp run of the search estimated from its `noise_runs`
   baseline runs (`min_delta = "auto"` is twice that). Target: within ±50% of σ.
@@ -42,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -209,9 +212,15 @@ class Outcome:
     seconds: float
     bests: tuple[float, ...] = ()
     """The lab's best after each finished trial, in order."""
+    means: tuple[float, ...] = ()
+    """On a noisy lab: the mean of REMEASURE fresh runs of the lab's best commit after each
+    finished trial (what that commit is worth, not the one lucky run that made it best)."""
 
     def trials_to(self, target: float) -> int | None:
         return next((n for n, best in enumerate(self.bests, 1) if best <= target), None)
+
+    def trials_to_mean(self, target: float) -> int | None:
+        return next((n for n, mean in enumerate(self.means, 1) if mean <= target), None)
 
 
 def search_run(s: Search, config: str, seed: int, tmp: Path) -> Outcome:
@@ -242,22 +251,56 @@ def search_run(s: Search, config: str, seed: int, tmp: Path) -> Outcome:
         key=lambda t: t.finished_at or 0.0,
     )
     best, to_target, explore_bests = baseline.metric, None, 0
-    bests = []
+    bests, commits = [], []
+    commit = run.base_commit
     for count, trial in enumerate(done, 1):
         if trial.status is TrialStatus.kept and trial.metric is not None:
             if trial.metric < best and "explore_of" in trial.proposal:
                 explore_bests += 1
-            best = min(best, trial.metric)  # both labs minimize
+            if trial.metric < best:  # both labs minimize
+                best, commit = trial.metric, trial.candidate_commit or commit
         if to_target is None and best <= s.target:
             to_target = count
         bests.append(best)
+        commits.append(commit)
     floor = run.noise_floor
     sigma = float(floor["sigma"]) if floor else None
     explores = sum(1 for t in done if "explore_of" in t.proposal)
+    means: tuple[float, ...] = ()
+    if sigma:  # a noisy lab: what each lab best is worth
+        worth = {c: remeasured(root, c, s, tmp, env) for c in dict.fromkeys(commits)}
+        means = tuple(worth[c] for c in commits)
     return Outcome(
         to_target, best, len(done), adoptions, explores, explore_bests, sigma, seconds,
-        tuple(bests),
+        tuple(bests), means,
     )  # fmt: skip
+
+
+REMEASURE = 5
+"""Fresh runs of each lab best commit on a noisy lab (its `means`)."""
+
+
+def remeasured(root: Path, commit: str, s: Search, tmp: Path, env: dict[str, str]) -> float:
+    """The mean metric of REMEASURE runs of the lab's `run` and `evaluate` on `commit`, in a
+    checkout of its own."""
+    lab = tomllib.loads((root / "overnight.toml").read_text())["lab"]
+    command = " && ".join(filter(None, [lab["run"], lab.get("evaluate")]))
+    where = Path(tempfile.mkdtemp(dir=tmp, prefix="remeasure-"))
+    tar = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", commit],
+        check=True, capture_output=True,
+    ).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(where)], input=tar, check=True)
+    values = []
+    for _ in range(REMEASURE):
+        out = subprocess.run(
+            command, shell=True, cwd=where, env=env,
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+        found = re.findall(rf"^{lab['metric']}: ([0-9.eE+-]+)$", out, re.M)
+        assert found, f"{s.lab}: no {lab['metric']} in {out!r}"
+        values.append(float(found[-1]))
+    return statistics.fmean(values)
 
 
 def median_to_target(outcomes: Sequence[Outcome], trials: int) -> float:
@@ -379,6 +422,31 @@ def paired(s: Search, results: dict[str, list[Outcome]]) -> None:
             reached = sum(1 for c in counts if c)
             cells.append(f"{config} {shown(middle, s.trials)} ({reached}/{len(runs)})")
         print(f"  to {target:g}: median trials (runs that reached it): " + ", ".join(cells))
+    if all(o.means for runs in results.values() for o in runs):
+        print(
+            f"  what the lab's best is worth (the mean of {REMEASURE} fresh runs of its commit, "
+            "not the lucky run that made it best):"
+        )
+        for target in (*s.looser, s.target, *s.stricter):
+            cells = []
+            for config, runs in results.items():
+                counts = [o.trials_to_mean(target) for o in runs]
+                middle = statistics.median(c or math.inf for c in counts)
+                reached = sum(1 for c in counts if c)
+                cells.append(f"{config} {shown(middle, s.trials)} ({reached}/{len(runs)})")
+            print(f"    to {target:g}: median trials (runs that reached it): " + ", ".join(cells))
+        for config, runs in results.items():
+            print(
+                f"    {config}: after {s.trials} trials, median "
+                f"{statistics.median(o.means[-1] for o in runs):.4f}"
+            )
+        pairs = list(zip(results["two, share best"], results["two, share none"], strict=True))
+        lower = sum(1 for a, b in pairs if a.means[-1] < b.means[-1])
+        print(
+            f"    after {s.trials}, seed by seed: share best's is worth more (lower) in {lower} "
+            f"of {len(pairs)} seeds",
+            flush=True,
+        )
     shared, alone = results["two, share best"], results["two, share none"]
     lower = sum(1 for a, b in zip(shared, alone, strict=True) if a.best < b.best)
     higher = sum(1 for a, b in zip(shared, alone, strict=True) if a.best > b.best)
