@@ -49,6 +49,7 @@ records what comes back (`on_event` is told of each step, to be written ahead).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import logging
@@ -88,6 +89,8 @@ CLIENT = "ray://"
 JOIN_S = 120.0
 """Most seconds joining through Ray Client may take before the cluster is said not to
 answer (the head starts a driver for the lab: seconds, more on a loaded head)."""
+FREED_MAX = 64
+"""Most nodes remembered as where a trial just ended."""
 WARM_MAX = 8
 """Most worker processes a node is asked to start ahead for trials (`Cluster._warm`)."""
 WARM_S = 0.5
@@ -185,6 +188,8 @@ class Cluster:
         limit = lab.parallel if "parallel" in lab.model_fields_set else None
         self._room = threading.BoundedSemaphore(limit) if limit else None
         self._room_size = limit or 0
+        self._freed: collections.deque[str] = collections.deque(maxlen=FREED_MAX)
+        """Nodes where a trial just ended, newest last (`_freed_node`)."""
         self._task: Any = None
         self._reaper: Any = None
         self._warmer: Any = None
@@ -421,6 +426,13 @@ class Cluster:
                     strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
                     self._warmer.options(scheduling_strategy=strategy).remote(WARM_S)
 
+    def _freed_node(self) -> str | None:
+        """The node where a trial ended most recently and no trial has been sent since."""
+        try:
+            return self._freed.pop()
+        except IndexError:
+            return None
+
     def wanted(self) -> dict[str, float]:
         """What one trial reserves on its node, as Ray names resources."""
         wanted = {"CPU": self.config.num_cpus, **self.config.resources}
@@ -523,14 +535,13 @@ class Cluster:
         stop: threading.Event,
         on_start: Callable[[Placed], None],
         hidden: bytes = b"",
-        near: str | None = None,
     ) -> Outcome:
         """Run `experiment` on the code in `archive` (a tar of the commit) on some node,
         appending its log to `log_path` as it comes; `on_start` hears where it started.
         `hidden` (a tar of the holdout's hidden files, for a holdout run only) is unpacked
-        over the checkout there. `near`: the node to prefer while it has room (where the
-        agent's last trial ran: its slot was just freed there, and Ray's lease is asked of
-        that node at once instead of through the head)."""
+        over the checkout there. It goes first to the node where a trial ended last (a
+        slot just freed: Ray's lease is asked of that node at once, not through the head),
+        elsewhere at once should that node be full by then."""
         import ray
         from ray.exceptions import RayTaskError, TaskCancelledError
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -555,7 +566,8 @@ class Cluster:
                 options["num_gpus"] = self.gpus
             if self.config.resources:
                 options["resources"] = dict(self.config.resources)
-            if near is not None:  # (elsewhere at once when it has no room: not waiting there)
+            near = self._freed_node()
+            if near is not None:
                 options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                     near, soft=True, _spill_on_unavailable=True
                 )
@@ -625,6 +637,8 @@ class Cluster:
             if relay is not None:
                 with contextlib.suppress(Exception):
                     relay.drop.remote(key)
+            if placed is not None:
+                self._freed.append(placed.node)
             if self._room is not None:
                 self._room.release()
 

@@ -131,8 +131,6 @@ class Experiments:
         """`[executor] kind = "ray"`: where experiments run instead of this machine's slots."""
         if remote is not None:  # an outage, and its end, on the run's record
             remote.on_change = self._record
-        self._near: dict[str, str] = {}
-        """Per agent, the cluster node its last trial ran on (its next one goes there first)."""
         self.deadline: float | None = None
         """When this run stops starting trials (time.monotonic(), the `--for` rule): a trial
         waiting for free disk space gives up then."""
@@ -231,7 +229,6 @@ class Experiments:
         )  # fmt: skip
 
         def started(where: cluster.Placed) -> None:
-            self._near[trial.agent] = where.node
             self.store.append_event(
                 self.run_id, "trial.placed", where.payload(), agent=trial.agent, trial=trial.number
             )
@@ -243,8 +240,7 @@ class Experiments:
 
         if archive is None:
             archive = cluster.archive_of(worktree, commit)
-        near = self._near.get(trial.agent)
-        outcome = remote.measure(experiment, archive, log_path, stop, started, near=near)
+        outcome = remote.measure(experiment, archive, log_path, stop, started)
         if outcome.lost is not None:
             placed = outcome.placed
             self.store.append_event(
