@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -410,31 +410,35 @@ def search(
     return tsp
 
 
+def to_targets(
+    s: Search,
+    results: dict[str, list[Outcome]],
+    trials_to: Callable[[Outcome, float], int | None],
+    indent: str,
+) -> None:
+    """Per target (the looser, the target, the stricter), each config's median trials to
+    it by `trials_to`, and how many of its runs reached it."""
+    for target in (*s.looser, s.target, *s.stricter):
+        cells = []
+        for config, runs in results.items():
+            counts = [trials_to(o, target) for o in runs]
+            middle = statistics.median(c or math.inf for c in counts)
+            reached = sum(1 for c in counts if c)
+            cells.append(f"{config} {shown(middle, s.trials)} ({reached}/{len(runs)})")
+        print(f"{indent}to {target:g}: median trials (runs that reached it): " + ", ".join(cells))
+
+
 def paired(s: Search, results: dict[str, list[Outcome]]) -> None:
     """What the median hides: how often each config reached the target at all, the same
     runs against the stricter targets, and the two-agent configs seed by seed (their agents
     draw the same first points, so early luck is common to both)."""
-    for target in (*s.looser, s.target, *s.stricter):
-        cells = []
-        for config, runs in results.items():
-            counts = [o.trials_to(target) for o in runs]
-            middle = statistics.median(c or math.inf for c in counts)
-            reached = sum(1 for c in counts if c)
-            cells.append(f"{config} {shown(middle, s.trials)} ({reached}/{len(runs)})")
-        print(f"  to {target:g}: median trials (runs that reached it): " + ", ".join(cells))
+    to_targets(s, results, Outcome.trials_to, "  ")
     if all(o.means for runs in results.values() for o in runs):
         print(
             f"  what the lab's best is worth (the mean of {REMEASURE} fresh runs of its commit, "
             "not the lucky run that made it best):"
         )
-        for target in (*s.looser, s.target, *s.stricter):
-            cells = []
-            for config, runs in results.items():
-                counts = [o.trials_to_mean(target) for o in runs]
-                middle = statistics.median(c or math.inf for c in counts)
-                reached = sum(1 for c in counts if c)
-                cells.append(f"{config} {shown(middle, s.trials)} ({reached}/{len(runs)})")
-            print(f"    to {target:g}: median trials (runs that reached it): " + ", ".join(cells))
+        to_targets(s, results, Outcome.trials_to_mean, "    ")
         for config, runs in results.items():
             print(
                 f"    {config}: after {s.trials} trials, median "
