@@ -23,8 +23,8 @@ finding what a dead `overnight run` left running on the nodes (`reap`).
   task's own return value (straight to the lab, not through the head), and a dead
   worker or node fails it, naming what died. One way for both kinds of address: a GCS
   address (`auto`, `HOST:6379`) and Ray Client's `ray://HOST:10001` (which cannot
-  stream a generator task's items, the obvious way). The relay lives and dies with the lab's connection (its owner); on
-  the head, it is lost only with the cluster.
+  stream a generator task's items, the obvious way). The relay lives and dies with the
+  lab's connection (its owner); on the head, it is lost only with the cluster.
 - **Ray's own retries are off** (`max_retries=0`): the lab decides what a lost node
   means for a trial.
 - **The hidden holdout runs as such a task too**, the hidden files packed beside the
@@ -194,6 +194,8 @@ class Cluster:
         self._reaper: Any = None
         self._warmer: Any = None
         self._warmed = True
+        """Whether this connection's nodes were asked to start workers (`_warm`); nothing
+        to warm before there is a connection."""
         self._warming = threading.Lock()
         self._relay: Any = None
         self.up = threading.Event()
@@ -406,6 +408,8 @@ class Cluster:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+        if self._warmed:  # (every trial after the first: no lock taken)
+            return
         with self._warming:
             if self._warmed:
                 return
