@@ -215,12 +215,21 @@ class Outcome:
     means: tuple[float, ...] = ()
     """On a noisy lab: the mean of REMEASURE fresh runs of the lab's best commit after each
     finished trial (what that commit is worth, not the one lucky run that made it best)."""
+    measured: tuple[float, ...] = ()
+    """Each finished trial's metric, kept or not (nan: not measured), in order."""
+    held: int = 0
+    """Trials that measured the target but were discarded as within the noise of their
+    agent's best, before the lab's best reached it (what the noise floor held back)."""
 
     def trials_to(self, target: float) -> int | None:
         return next((n for n, best in enumerate(self.bests, 1) if best <= target), None)
 
     def trials_to_mean(self, target: float) -> int | None:
         return next((n for n, mean in enumerate(self.means, 1) if mean <= target), None)
+
+    def trials_to_measured(self, target: float) -> int | None:
+        """Trials until one measured `target` or better, whether kept or not."""
+        return next((n for n, m in enumerate(self.measured, 1) if m <= target), None)
 
 
 def search_run(s: Search, config: str, seed: int, tmp: Path) -> Outcome:
@@ -263,6 +272,12 @@ def search_run(s: Search, config: str, seed: int, tmp: Path) -> Outcome:
             to_target = count
         bests.append(best)
         commits.append(commit)
+    held = sum(
+        1
+        for count, t in enumerate(done, 1)
+        if t.status is TrialStatus.discarded and (t.reason or "").startswith("within noise")
+        and t.metric is not None and t.metric <= s.target and (to_target or math.inf) > count
+    )  # fmt: skip
     floor = run.noise_floor
     sigma = float(floor["sigma"]) if floor else None
     explores = sum(1 for t in done if "explore_of" in t.proposal)
@@ -272,7 +287,8 @@ def search_run(s: Search, config: str, seed: int, tmp: Path) -> Outcome:
         means = tuple(worth[c] for c in commits)
     return Outcome(
         to_target, best, len(done), adoptions, explores, explore_bests, sigma, seconds,
-        tuple(bests), means,
+        tuple(bests), means, tuple(math.nan if t.metric is None else t.metric for t in done),
+        held,
     )  # fmt: skip
 
 
@@ -433,6 +449,21 @@ def paired(s: Search, results: dict[str, list[Outcome]]) -> None:
     runs against the stricter targets, and the two-agent configs seed by seed (their agents
     draw the same first points, so early luck is common to both)."""
     to_targets(s, results, Outcome.trials_to, "  ")
+    if all(o.sigma for runs in results.values() for o in runs):
+        print(
+            "  the first trial that measured it, kept or not (the lab's best moves only past "
+            "the noise floor of its agent's best):"
+        )
+        to_targets(s, results, Outcome.trials_to_measured, "    ")
+        held = ", ".join(
+            f"{config} {sum(o.held for o in runs)} trials in {sum(1 for o in runs if o.held)} runs"
+            for config, runs in results.items()
+        )
+        print(
+            f"    measured the target but discarded as within the noise, before the lab's "
+            f"best reached it: {held}",
+            flush=True,
+        )
     if all(o.means for runs in results.values() for o in runs):
         print(
             f"  what the lab's best is worth (the mean of {REMEASURE} fresh runs of its commit, "
