@@ -62,7 +62,8 @@ from overnight.store import open_store
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 STARTUP = 5
-"""Random draws each agent's study starts with before TPE models it, per agent drawing."""
+"""Trials an agent's study holds before TPE models it: the baseline and four random draws
+(a shared study: the baseline and four random draws per optuna agent drawing from it)."""
 _REQUEUE_ATTR = "overnight_requeued_from"
 _TRIAL_ATTR = "overnight_trial"
 """On a study trial added from an explore proposal: the lab's trial it was."""
@@ -116,11 +117,12 @@ class OptunaProposer:
         config = setup.config
         # a study of its own when there are others to keep it from (one agent: the run's)
         self.shared = config.shares() or len(config.agent_names()) < 2
-        # its random start: STARTUP draws for each optuna agent drawing from it, so sharing
-        # never explores less than the agents would alone
         drawers = sum(1 for _name, a in config.agent_names() if a.runtime == "optuna")
         self.knobs = list(setup.config.knobs)
         self.distributions = {k.name: distribution(k) for k in self.knobs}
+        # its random start: the baseline (which seeds every study, `baseline`), then as many
+        # random draws as the optuna agents drawing from it would make alone, then TPE
+        draws = (STARTUP - 1) * (max(1, drawers) if self.shared else 1)
         direction = (
             StudyDirection.MINIMIZE
             if setup.config.lab.goal is Goal.minimize
@@ -130,7 +132,7 @@ class OptunaProposer:
             # constant_liar / multivariate are flagged experimental; we rely on them knowingly
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(
-                n_startup_trials=STARTUP * (max(1, drawers) if self.shared else 1),
+                n_startup_trials=1 + draws,
                 multivariate=True,
                 constant_liar=True,
                 seed=seed,
