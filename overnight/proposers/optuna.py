@@ -120,8 +120,9 @@ class OptunaProposer:
         drawers = sum(1 for _name, a in config.agent_names() if a.runtime == "optuna")
         self.knobs = list(setup.config.knobs)
         self.distributions = {k.name: distribution(k) for k in self.knobs}
-        # its random start: the baseline (which seeds every study, `baseline`), then as many
-        # random draws as the optuna agents drawing from it would make alone, then TPE
+        # its random start: the baseline (which seeds each study whose knobs it lies inside,
+        # `baseline`), then as many random draws as the optuna agents drawing from it would
+        # make alone, then TPE
         draws = (STARTUP - 1) * (max(1, drawers) if self.shared else 1)
         direction = (
             StudyDirection.MINIMIZE
